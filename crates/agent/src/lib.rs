@@ -1,0 +1,161 @@
+//! A component's membership with the manager.
+//!
+//! Every monitor (memory, processor, storage) runs one agent thread: it
+//! registers with the manager (role, address, capacity and a random instance id
+//! that tells a restart from a reconnect), then heartbeats with its current use
+//! and counters at the interval the manager asks for. When the manager is
+//! unreachable the agent keeps retrying with backoff, and when the manager no
+//! longer knows it (a manager restart without its record, or the component was
+//! declared dead) it registers again under its previous id. The data path never
+//! waits for the agent.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lego_transport::{Client, ClientOptions, Credentials, TransportError};
+use lego_wire::auth::Secret;
+use lego_wire::control::{HeartbeatReq, RegisterReq, RegisterResp};
+use lego_wire::Op;
+use tracing::{info, warn};
+
+/// What a component reports on each heartbeat: bytes in use and counters.
+pub type Report = Box<dyn Fn() -> (u64, BTreeMap<String, u64>) + Send + Sync>;
+
+/// Who the component is.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub manager: String,
+    pub secret: Secret,
+    /// "memory", "processor" or "storage".
+    pub role: String,
+    /// Where the component serves.
+    pub addr: String,
+    pub capacity: u64,
+}
+
+/// A running agent. `id()` is 0 until the first registration succeeds.
+#[derive(Clone)]
+pub struct Agent {
+    id: Arc<AtomicU64>,
+    pub instance: u64,
+}
+
+impl Agent {
+    pub fn id(&self) -> u64 {
+        self.id.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the agent thread.
+pub fn spawn_agent(cfg: AgentConfig, report: Report) -> std::io::Result<Agent> {
+    let rnd = lego_wire::auth::random_bytes().map_err(std::io::Error::other)?;
+    let instance = u64::from_le_bytes(rnd[..8].try_into().expect("8 bytes")) | 1;
+    let agent = Agent {
+        id: Arc::new(AtomicU64::new(0)),
+        instance,
+    };
+    let a = agent.clone();
+    std::thread::Builder::new()
+        .name(format!("{}-agent", cfg.role))
+        .spawn(move || run(cfg, report, a))?;
+    Ok(agent)
+}
+
+fn run(cfg: AgentConfig, report: Report, agent: Agent) {
+    let creds = Credentials::component(&cfg.secret);
+    let opts = ClientOptions {
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        let (registered, e) = session(&cfg, &creds, &opts, &report, &agent);
+        if registered {
+            failures = 0;
+            backoff = Duration::from_millis(100);
+        }
+        if failures == 0 {
+            warn!(manager = %cfg.manager, "lost the manager, retrying: {e}");
+        }
+        failures += 1;
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One connection's worth of registering and heartbeating; returns when the
+/// connection fails, with whether it got as far as registering.
+fn session(
+    cfg: &AgentConfig,
+    creds: &Credentials,
+    opts: &ClientOptions,
+    report: &Report,
+    agent: &Agent,
+) -> (bool, TransportError) {
+    let mut registered = false;
+    match session_inner(cfg, creds, opts, report, agent, &mut registered) {
+        Err(e) => (registered, e),
+    }
+}
+
+fn session_inner(
+    cfg: &AgentConfig,
+    creds: &Credentials,
+    opts: &ClientOptions,
+    report: &Report,
+    agent: &Agent,
+    registered: &mut bool,
+) -> Result<std::convert::Infallible, TransportError> {
+    let client = Client::connect(&cfg.manager, creds, opts)?;
+    loop {
+        let previous = match agent.id() {
+            0 => None,
+            id => Some(id),
+        };
+        let resp: RegisterResp = client.call_json(
+            Op::Register,
+            &RegisterReq {
+                role: cfg.role.clone(),
+                addr: cfg.addr.clone(),
+                capacity: cfg.capacity,
+                instance: agent.instance,
+                previous,
+            },
+        )?;
+        agent.id.store(resp.id, Ordering::Relaxed);
+        *registered = true;
+        info!(id = resp.id, role = %cfg.role, manager = %cfg.manager, "registered with the manager");
+        let interval = Duration::from_millis(resp.heartbeat_ms.max(10));
+        loop {
+            let (used, counters) = report();
+            let hb = HeartbeatReq {
+                id: resp.id,
+                instance: agent.instance,
+                used,
+                counters,
+            };
+            match client.call_json::<_, serde_json_value::Empty>(Op::Heartbeat, &hb) {
+                Ok(_) => {}
+                Err(e) if e.remote_code().is_some() => {
+                    warn!(
+                        id = resp.id,
+                        "manager refused the heartbeat, registering again: {e}"
+                    );
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(interval);
+        }
+    }
+}
+
+mod serde_json_value {
+    /// An empty JSON object answer.
+    #[derive(serde::Deserialize)]
+    pub struct Empty {}
+}

@@ -1,0 +1,47 @@
+//! `lego bench`: measurements printed side by side with the machine's own
+//! floors, measured in the same run. Every report states where the threads
+//! ran and the guest halt-poll setting, which decide cross-CPU wakeup cost.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+mod memory;
+pub mod stats;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Page read/write latency and throughput against a memory monitor, beside a bare TCP round trip
+    Memory(memory::MemoryBenchArgs),
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Memory(a) => memory::run(a),
+    }
+}
+
+/// The facts every report starts with.
+pub fn environment() -> String {
+    let halt = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+        .map(|s| format!("{} ns", s.trim()))
+        .unwrap_or_else(|_| "not available (no haltpoll module)".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let allowed = cpus_allowed(std::process::id());
+    format!(
+        "machine: {cpus} CPUs; guest_halt_poll_ns = {halt}\n\
+         thread placement: not pinned; bench process allowed on CPUs {allowed}, the scheduler places each thread"
+    )
+}
+
+/// The CPUs a process may run on, from /proc.
+pub fn cpus_allowed(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "?".into())
+}

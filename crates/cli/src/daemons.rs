@@ -1,0 +1,121 @@
+//! `lego manager` and `lego memory`: parse flags, start the daemon, stay up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::cluster::{write_atomic, SecretArgs};
+use crate::size::parse_size;
+
+/// Flags every daemon has.
+#[derive(Args, Clone, Debug)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Once serving, write {"addr": ..., "http": ...} to this file (for supervisors)
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// Exit when the process with this pid is gone (set by `lego up`)
+    #[arg(long, value_name = "PID", hide = true)]
+    pub exit_with: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ManagerArgs {
+    /// Address to serve components and clients on (HOST:PORT or unix:PATH)
+    #[arg(long, default_value = "127.0.0.1:7700", value_name = "ADDR")]
+    pub listen: String,
+    /// Address for HTTP (/state JSON, /metrics Prometheus), or "none"
+    #[arg(long, default_value = "127.0.0.1:7780", value_name = "ADDR")]
+    pub http: String,
+    /// The metadata database (redb); survives restarts
+    #[arg(long, default_value = "lego-manager.redb", value_name = "PATH")]
+    pub db: PathBuf,
+    /// How often components heartbeat, in milliseconds
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub heartbeat_ms: u64,
+    /// Declare a component dead after this much silence [default: 2.5 heartbeats]
+    #[arg(long, value_name = "MS")]
+    pub dead_after_ms: Option<u64>,
+    /// Size of a vRegion: the unit of memory placement
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub vregion_size: u64,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    /// Memory this monitor may hold for pages (e.g. 4GiB)
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub capacity: u64,
+    /// The manager's address
+    #[arg(long, value_name = "ADDR")]
+    pub manager: String,
+    /// Address to serve pages on (port 0: any free port)
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub listen: String,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+fn ready(args: &DaemonArgs, addr: &str, http: Option<&str>) -> Result<()> {
+    if let Some(p) = &args.ready_file {
+        let doc = serde_json::json!({ "addr": addr, "http": http, "pid": std::process::id() });
+        write_atomic(p, doc.to_string().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Blocks until SIGTERM or SIGINT, or until the watched parent is gone.
+fn stay_up(args: &DaemonArgs) -> Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!("stopping on signal");
+            return Ok(());
+        }
+        if let Some(pid) = args.exit_with {
+            if std::os::unix::process::parent_id() != pid {
+                tracing::warn!(pid, "supervising `lego up` is gone; exiting");
+                return Ok(());
+            }
+        }
+    }
+}
+
+pub fn manager(a: ManagerArgs) -> Result<()> {
+    let secret = a.daemon.secret.secret()?;
+    let http = (a.http != "none").then(|| a.http.clone());
+    let m = lego_manager::run(lego_manager::ManagerConfig {
+        listen: a.listen.clone(),
+        http,
+        db: a.db.clone(),
+        secret,
+        heartbeat_ms: a.heartbeat_ms.max(1),
+        dead_after_ms: a.dead_after_ms.unwrap_or(a.heartbeat_ms * 5 / 2),
+        vregion_bytes: a.vregion_size,
+    })
+    .context("the manager cannot start")?;
+    ready(&a.daemon, &m.addr, m.http.as_deref())?;
+    stay_up(&a.daemon)
+}
+
+pub fn memory(a: MemoryArgs) -> Result<()> {
+    let secret = a.daemon.secret.secret()?;
+    let m = lego_memory::run(lego_memory::MemoryConfig {
+        capacity: a.capacity,
+        listen: a.listen.clone(),
+        manager: a.manager.clone(),
+        secret,
+    })
+    .context("the memory monitor cannot start")?;
+    ready(&a.daemon, &m.addr, None)?;
+    stay_up(&a.daemon)
+}

@@ -1,0 +1,78 @@
+//! `lego`: one binary for every role and every user action.
+//!
+//! Roles (daemons): `manager`, `memory`. User actions: `up` (a local cluster
+//! on loopback), `status`, `vnode`, `bench`. Logs go to stderr; set
+//! `LEGO_LOG` (e.g. `debug`, `lego_transport=debug`) to change what is shown.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod cluster;
+mod daemons;
+mod size;
+mod status;
+mod up;
+mod vnode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lego",
+    version,
+    about = "lego: a split kernel for hardware resource disaggregation (LegoOS in Linux user space)",
+    long_about = "lego: a split kernel for hardware resource disaggregation, after LegoOS (OSDI 2018).\n\n\
+        Processor, memory and storage monitors are daemons that share nothing and talk by messages; \
+        a global manager places 1 GiB vRegions of address spaces on memory monitors by load and keeps \
+        vNodes, the virtual nodes users see.\n\n\
+        Quick start:  lego up          (a local cluster on loopback; Ctrl-C stops it)\n              \
+        lego status      (in another shell)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the global manager: membership, failure detection, vRegion and vNode placement
+    Manager(daemons::ManagerArgs),
+    /// Run a memory monitor: a capacity-bounded page store for vRegions
+    Memory(daemons::MemoryArgs),
+    /// Create, list and delete vNodes (named virtual nodes)
+    Vnode(vnode::VnodeArgs),
+    /// Start a local cluster on loopback (a manager and memory monitors) until Ctrl-C
+    Up(up::UpArgs),
+    /// Show the cluster: components, health, capacity and use, vNodes, vRegions
+    Status(status::StatusArgs),
+    /// Measure lego against the machine's own floors, side by side
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEGO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.cmd {
+        Cmd::Manager(a) => daemons::manager(a),
+        Cmd::Memory(a) => daemons::memory(a),
+        Cmd::Vnode(a) => vnode::run(a),
+        Cmd::Up(a) => up::run(a),
+        Cmd::Status(a) => status::run(a),
+        Cmd::Bench(b) => bench::run(b),
+    };
+    if let Err(e) = result {
+        eprintln!("lego: error: {e:#}");
+        std::process::exit(1);
+    }
+}

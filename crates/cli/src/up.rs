@@ -1,0 +1,336 @@
+//! `lego up`: a local cluster on loopback, and the launcher behind it that
+//! `lego bench` (and later `lego run`) reuse.
+//!
+//! Each daemon is this same binary started as a child process in its own
+//! process group (so a Ctrl-C reaches `lego up`, which then stops the children
+//! in order), with its log in `DIR/logs/ROLE.log`, told to exit if `lego up`
+//! disappears. Ports are chosen by the kernel; each daemon reports its address
+//! through a ready file. Once every memory monitor has registered with the
+//! manager, `DIR/cluster.json` tells clients where the manager is.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lego_wire::auth::Secret;
+use lego_wire::control::ClusterState;
+use lego_wire::Op;
+use tracing::{info, warn};
+
+use crate::cluster::{default_dir, load_or_create_secret, write_atomic, ClusterFile, Target};
+use crate::size::{human, parse_size};
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// How many memory monitors to start
+    #[arg(long, default_value_t = 2)]
+    pub memory_monitors: usize,
+    /// Capacity of each memory monitor
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub capacity: u64,
+    /// Directory for the secret, the manager's database, logs and cluster.json
+    /// [default: $LEGO_DIR, else ~/.lego]
+    #[arg(long, env = "LEGO_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Heartbeat interval of the cluster, in milliseconds
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub heartbeat_ms: u64,
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub dir: PathBuf,
+    pub memory_monitors: usize,
+    pub capacity: u64,
+    pub heartbeat_ms: u64,
+}
+
+struct Daemon {
+    name: String,
+    child: Child,
+    exited: bool,
+}
+
+/// A running local cluster; stopping it (or dropping it) stops every daemon.
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub file: ClusterFile,
+    pub secret: Secret,
+    daemons: Vec<Daemon>,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+impl LocalCluster {
+    pub fn start(spec: &Spec) -> Result<Self> {
+        let dir = &spec.dir;
+        std::fs::create_dir_all(dir.join("logs"))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("run"))?;
+        if let Ok(text) = std::fs::read_to_string(dir.join("cluster.json")) {
+            if let Ok(f) = serde_json::from_str::<ClusterFile>(&text) {
+                if pid_alive(f.pid) && f.pid != std::process::id() {
+                    bail!(
+                        "a lego cluster is already running in {} (lego up, pid {}): stop it, or use another --dir",
+                        dir.display(),
+                        f.pid
+                    );
+                }
+            }
+            let _ = std::fs::remove_file(dir.join("cluster.json"));
+        }
+        let secret = load_or_create_secret(dir)?;
+        let mut cluster = LocalCluster {
+            dir: dir.clone(),
+            file: ClusterFile {
+                manager: String::new(),
+                http: None,
+                pid: std::process::id(),
+                memory_monitors: Vec::new(),
+            },
+            secret,
+            daemons: Vec::new(),
+        };
+        let hb = spec.heartbeat_ms.to_string();
+        let db = dir.join("manager.redb");
+        let ready = cluster.spawn(
+            "manager",
+            &[
+                "manager",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--heartbeat-ms",
+                &hb,
+            ],
+            &[("--db", db.as_os_str())],
+        )?;
+        cluster.file.manager = ready["addr"].as_str().unwrap_or_default().to_string();
+        cluster.file.http = ready["http"].as_str().map(str::to_string);
+        let cap = spec.capacity.to_string();
+        for i in 1..=spec.memory_monitors {
+            let manager = cluster.file.manager.clone();
+            let ready = cluster.spawn(
+                &format!("memory-{i}"),
+                &["memory", "--capacity", &cap, "--manager", &manager],
+                &[],
+            )?;
+            cluster
+                .file
+                .memory_monitors
+                .push(ready["addr"].as_str().unwrap_or_default().to_string());
+        }
+        cluster.wait_registered(spec.memory_monitors)?;
+        write_atomic(
+            &dir.join("cluster.json"),
+            serde_json::to_string_pretty(&cluster.file)?.as_bytes(),
+        )?;
+        Ok(cluster)
+    }
+
+    /// Starts one daemon and waits for its ready file.
+    fn spawn(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        path_args: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<serde_json::Value> {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().context("cannot find the lego executable")?;
+        let ready = self.dir.join("run").join(format!("{name}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        let log_path = self.dir.join("logs").join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .arg("--secret-file")
+            .arg(self.dir.join("secret"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--exit-with")
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        for (flag, value) in path_args {
+            cmd.arg(flag).arg(value);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
+        self.daemons.push(Daemon {
+            name: name.to_string(),
+            child,
+            exited: false,
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    return Ok(v);
+                }
+            }
+            let d = self.daemons.last_mut().expect("just pushed");
+            if let Some(status) = d.child.try_wait()? {
+                d.exited = true;
+                bail!(
+                    "the {name} exited ({status}) before it was ready:\n{}",
+                    tail(&log_path)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the {name} was not ready within 15 s; see {}",
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_registered(&self, memory_monitors: usize) -> Result<()> {
+        let target = self.target();
+        let client = target.connect()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st: ClusterState = client.call_json(Op::ClusterState, &())?;
+            let alive = st
+                .components
+                .iter()
+                .filter(|c| {
+                    c.role == "memory"
+                        && c.health == "alive"
+                        && self.file.memory_monitors.contains(&c.addr)
+                })
+                .count();
+            if alive >= memory_monitors {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {alive} of {memory_monitors} memory monitors registered within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// How clients reach this cluster.
+    pub fn target(&self) -> Target {
+        Target {
+            manager: self.file.manager.clone(),
+            secret: self.secret.clone(),
+        }
+    }
+
+    /// The pid of a daemon by name (`manager`, `memory-1`, ...).
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.daemons
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.child.id())
+    }
+
+    /// Reports daemons that exited on their own since the last call.
+    pub fn check_children(&mut self) -> Vec<String> {
+        let mut gone = Vec::new();
+        for d in self.daemons.iter_mut().filter(|d| !d.exited) {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                d.exited = true;
+                gone.push(format!("{} exited ({status})", d.name));
+            }
+        }
+        gone
+    }
+
+    /// Stops every daemon: SIGTERM, then SIGKILL after 5 s; memory monitors first.
+    pub fn stop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join("cluster.json"));
+        for d in self.daemons.iter_mut().rev().filter(|d| !d.exited) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(d.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match d.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        warn!(daemon = %d.name, "did not stop within 5 s; killing it");
+                        let _ = d.child.kill();
+                        let _ = d.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            d.exited = true;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+pub fn run(a: UpArgs) -> Result<()> {
+    if a.memory_monitors < 2 {
+        warn!("with fewer than two memory monitors no vRegion can be placed (each needs a primary and a backup)");
+    }
+    let dir = a.dir.clone().unwrap_or_else(default_dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut cluster = LocalCluster::start(&Spec {
+        dir: dir.clone(),
+        memory_monitors: a.memory_monitors,
+        capacity: a.capacity,
+        heartbeat_ms: a.heartbeat_ms,
+    })?;
+    let dir_flag = if a.dir.is_some() {
+        format!(" --dir {}", dir.display())
+    } else {
+        String::new()
+    };
+    println!("lego cluster up in {}", dir.display());
+    println!("  manager          {}", cluster.file.manager);
+    if let Some(h) = &cluster.file.http {
+        println!("  state, metrics   http://{h}/state  http://{h}/metrics");
+    }
+    for (i, m) in cluster.file.memory_monitors.iter().enumerate() {
+        println!("  memory monitor {} {m} ({})", i + 1, human(a.capacity));
+    }
+    println!("  secret           {}", dir.join("secret").display());
+    println!("  logs             {}", dir.join("logs").display());
+    println!("see it with `lego status{dir_flag}`; Ctrl-C stops the cluster");
+    while !stop.load(Ordering::Relaxed) {
+        for gone in cluster.check_children() {
+            warn!("{gone}; see {}", dir.join("logs").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    info!("stopping the cluster");
+    cluster.stop();
+    println!("lego cluster stopped");
+    Ok(())
+}

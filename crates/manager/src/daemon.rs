@@ -1,0 +1,92 @@
+//! `lego manager`: opens the database, restores the placement state, serves
+//! requests and HTTP, and runs the failure detector.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lego_placement::{Placement, PlacementConfig};
+use lego_transport::{listen, spawn_server, ServerConfig};
+use lego_wire::auth::Secret;
+use tracing::info;
+
+use crate::db::Db;
+use crate::service::{ManagerService, ServiceConfig};
+use crate::ManagerError;
+
+/// How to run a manager.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub listen: String,
+    /// Where to serve HTTP (`None`: not at all).
+    pub http: Option<String>,
+    /// The redb file holding the metadata.
+    pub db: PathBuf,
+    pub secret: Secret,
+    pub heartbeat_ms: u64,
+    pub dead_after_ms: u64,
+    pub vregion_bytes: u64,
+}
+
+/// A running manager.
+pub struct RunningManager {
+    pub addr: String,
+    pub http: Option<String>,
+    pub service: Arc<ManagerService>,
+}
+
+/// Starts the manager; returns once it is listening.
+pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
+    let db = Db::open(&cfg.db)?;
+    let loaded = db.load()?;
+    let pcfg = PlacementConfig {
+        dead_after_ms: cfg.dead_after_ms,
+    };
+    info!(
+        db = %cfg.db.display(),
+        components = loaded.components.len(),
+        vnodes = loaded.vnodes.len(),
+        vregions = loaded.vregions.len(),
+        "metadata loaded"
+    );
+    let mut placement =
+        Placement::restore(pcfg, 0, loaded.components, loaded.vnodes, loaded.vregions);
+    placement.raise_next_ids(loaded.next_component_id, loaded.next_vnode_id);
+    let svc = Arc::new(ManagerService::new(
+        placement,
+        db,
+        ServiceConfig {
+            heartbeat_ms: cfg.heartbeat_ms,
+            dead_after_ms: cfg.dead_after_ms,
+            vregion_bytes: cfg.vregion_bytes,
+        },
+        cfg.secret.clone(),
+    ));
+    let server = spawn_server(
+        listen(&cfg.listen)?,
+        ServerConfig::new("manager", cfg.secret.clone()),
+        svc.clone(),
+    )
+    .map_err(ManagerError::Thread)?;
+    let http = match &cfg.http {
+        Some(a) => Some(crate::http::serve(a, svc.clone())?),
+        None => None,
+    };
+    let _ = svc.addrs.set((server.local_addr.clone(), http.clone()));
+    let s = svc.clone();
+    let period = Duration::from_millis((cfg.heartbeat_ms / 4).clamp(5, 250));
+    std::thread::Builder::new()
+        .name("manager-detector".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            s.tick();
+        })
+        .map_err(ManagerError::Thread)?;
+    info!(addr = %server.local_addr, http = ?http, heartbeat_ms = cfg.heartbeat_ms,
+        dead_after_ms = cfg.dead_after_ms, "manager serving");
+    Ok(RunningManager {
+        addr: server.local_addr,
+        http,
+        service: svc,
+    })
+}

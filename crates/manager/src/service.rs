@@ -1,0 +1,464 @@
+//! The manager's request handler: the placement state machine behind a lock,
+//! its changes made durable before they are answered, and the side effects
+//! (freeing pages on memory monitors) done outside the lock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use lego_placement::{
+    asid_vnode, Event, Health, Placement, PlacementError, Role, VRegionAssignment, VRegionKey,
+};
+use lego_transport::{Client, ClientOptions, Credentials, Handler, PeerInfo, Reject};
+use lego_wire::auth::{Claim, Secret};
+use lego_wire::control::*;
+use lego_wire::pages::{decode_u64, encode_u64};
+use lego_wire::{ErrorCode, Op};
+use tracing::{info, warn};
+
+use crate::db::{Change, Db};
+
+/// Counters of the manager itself.
+#[derive(Debug, Default)]
+pub struct ManagerCounters {
+    pub registrations: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub deaths: AtomicU64,
+    pub vregions_assigned: AtomicU64,
+    pub spaces_created: AtomicU64,
+    pub spaces_released: AtomicU64,
+}
+
+/// Fixed facts about this manager.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub heartbeat_ms: u64,
+    pub dead_after_ms: u64,
+    pub vregion_bytes: u64,
+}
+
+/// The manager's state and request handler.
+pub struct ManagerService {
+    state: Mutex<Placement>,
+    db: Db,
+    started: Instant,
+    cfg: ServiceConfig,
+    secret: Secret,
+    /// Where the RPC and HTTP endpoints listen, once bound.
+    pub addrs: OnceLock<(String, Option<String>)>,
+    reports: Mutex<HashMap<u64, BTreeMap<String, u64>>>,
+    pool: Mutex<HashMap<String, Client>>,
+    pub counters: ManagerCounters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn reject(e: PlacementError) -> Reject {
+    use PlacementError as P;
+    let code = match &e {
+        P::NotEnoughMemoryMonitors { .. } | P::NoSpareMemoryMonitor(_) => ErrorCode::Unavailable,
+        P::UnknownComponent(_) | P::UnknownVnode(_) | P::UnknownVnodeId(_) => ErrorCode::NotFound,
+        P::VnodeExists(_) | P::StaleInstance { .. } | P::ComponentDead(_) => ErrorCode::Conflict,
+        _ => ErrorCode::BadRequest,
+    };
+    Reject::new(code, e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> Reject {
+    warn!("internal error: {e}");
+    Reject::new(ErrorCode::Internal, e.to_string())
+}
+
+impl ManagerService {
+    pub fn new(placement: Placement, db: Db, cfg: ServiceConfig, secret: Secret) -> Self {
+        ManagerService {
+            state: Mutex::new(placement),
+            db,
+            started: Instant::now(),
+            cfg,
+            secret,
+            addrs: OnceLock::new(),
+            reports: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+            counters: ManagerCounters::default(),
+        }
+    }
+
+    /// Milliseconds since this manager started: the state machine's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs the failure detector once and logs what happened.
+    pub fn tick(&self) {
+        let now = self.now_ms();
+        let mut st = lock(&self.state);
+        st.tick(now);
+        let events = st.take_events();
+        drop(st);
+        self.log_events(events);
+    }
+
+    fn log_events(&self, events: Vec<Event>) {
+        for e in events {
+            match e {
+                Event::ComponentRegistered {
+                    id,
+                    role,
+                    addr,
+                    rejoined,
+                } => {
+                    self.counters.registrations.fetch_add(1, Ordering::Relaxed);
+                    info!(id, %role, %addr, rejoined, "component registered");
+                }
+                Event::ComponentDead {
+                    id,
+                    role,
+                    addr,
+                    silent_ms,
+                } => {
+                    self.counters.deaths.fetch_add(1, Ordering::Relaxed);
+                    lock(&self.reports).remove(&id);
+                    warn!(id, %role, %addr, silent_ms, "component is dead: missed its heartbeats");
+                }
+            }
+        }
+    }
+
+    fn persist(&self, changes: &[Change<'_>]) -> Result<(), Reject> {
+        self.db.apply(changes).map_err(internal)
+    }
+
+    /// A snapshot of the whole cluster, as `lego status` and `/state` show it.
+    pub fn cluster_state(&self) -> ClusterState {
+        let now = self.now_ms();
+        let st = lock(&self.state);
+        let reports = lock(&self.reports);
+        let (addr, http) = self.addrs.get().cloned().unwrap_or_default();
+        ClusterState {
+            manager: ManagerInfo {
+                addr,
+                http,
+                uptime_ms: now,
+                heartbeat_ms: self.cfg.heartbeat_ms,
+                dead_after_ms: self.cfg.dead_after_ms,
+                vregion_bytes: self.cfg.vregion_bytes,
+            },
+            components: st
+                .components()
+                .map(|c| ComponentInfo {
+                    id: c.id,
+                    role: c.role.to_string(),
+                    addr: c.addr.clone(),
+                    health: c.health.to_string(),
+                    capacity: c.capacity,
+                    used: c.used,
+                    last_heard_ms_ago: now.saturating_sub(c.last_heard_ms),
+                    counters: reports.get(&c.id).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            vnodes: st
+                .vnodes()
+                .map(|v| VnodeInfo {
+                    id: v.id,
+                    name: v.name.clone(),
+                })
+                .collect(),
+            vregions: st
+                .vregions()
+                .map(|(k, a)| VRegionInfo {
+                    asid: k.asid,
+                    index: k.index,
+                    primary: a.primary,
+                    backup: a.backup,
+                })
+                .collect(),
+        }
+    }
+
+    fn require_component(peer: &PeerInfo, op: Op) -> Result<(), Reject> {
+        match peer.claim {
+            Claim::Component => Ok(()),
+            Claim::Vnode(v) => Err(Reject::new(
+                ErrorCode::NotEntitled,
+                format!("{op} is for lego components; this connection speaks for vnode {v}"),
+            )),
+        }
+    }
+
+    fn require_vnode(peer: &PeerInfo, vnode: u32) -> Result<(), Reject> {
+        match peer.claim {
+            Claim::Vnode(v) if v != vnode => Err(Reject::new(
+                ErrorCode::NotEntitled,
+                format!("vnode {vnode} is not this connection's vnode ({v})"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn endpoint(st: &Placement, id: u64) -> Endpoint {
+        Endpoint {
+            id,
+            addr: st.component(id).map(|c| c.addr.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Tells the memory monitors holding `removed` vRegions to free their
+    /// address spaces. Returns (pages freed, monitors that could not be told).
+    fn free_on_monitors(&self, removed: &[(VRegionKey, VRegionAssignment)]) -> (u64, Vec<String>) {
+        let mut by_monitor: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        for (k, a) in removed {
+            for id in [a.primary, a.backup] {
+                by_monitor.entry(id).or_default().insert(k.asid);
+            }
+        }
+        let targets: Vec<(u64, Option<String>, BTreeSet<u64>)> = {
+            let st = lock(&self.state);
+            by_monitor
+                .into_iter()
+                .map(|(id, spaces)| {
+                    let addr = st
+                        .component(id)
+                        .filter(|c| c.health == Health::Alive)
+                        .map(|c| c.addr.clone());
+                    (id, addr, spaces)
+                })
+                .collect()
+        };
+        let (mut freed, mut unreachable) = (0, Vec::new());
+        for (id, addr, spaces) in targets {
+            let Some(addr) = addr else {
+                unreachable.push(format!("memory monitor {id} (dead)"));
+                continue;
+            };
+            let result = spaces.iter().try_fold(0, |acc, &asid| {
+                let c = self.client(&addr)?;
+                let f = c.call(Op::FreeSpace, &[&encode_u64(asid)]);
+                if f.is_err() {
+                    lock(&self.pool).remove(&addr);
+                }
+                let f = f?;
+                Ok::<u64, lego_transport::TransportError>(
+                    acc + decode_u64("freed", &f.body).unwrap_or(0),
+                )
+            });
+            match result {
+                Ok(n) => freed += n,
+                Err(e) => {
+                    warn!(id, %addr, "cannot free pages on memory monitor: {e}");
+                    unreachable.push(format!("memory monitor {id} at {addr}"));
+                }
+            }
+        }
+        (freed, unreachable)
+    }
+
+    fn client(&self, addr: &str) -> Result<Client, lego_transport::TransportError> {
+        if let Some(c) = lock(&self.pool).get(addr).filter(|c| !c.is_broken()) {
+            return Ok(c.clone());
+        }
+        let opts = ClientOptions {
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            ..ClientOptions::default()
+        };
+        let c = Client::connect(addr, &Credentials::component(&self.secret), &opts)?;
+        lock(&self.pool).insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn dispatch(&self, peer: &PeerInfo, op: Op, body: &[u8]) -> Result<Vec<u8>, Reject> {
+        match op {
+            Op::Ping => Ok(Vec::new()),
+            Op::Register => {
+                Self::require_component(peer, op)?;
+                let req: RegisterReq = from_body(body)?;
+                let role: Role = req.role.parse().map_err(reject)?;
+                let mut st = lock(&self.state);
+                let id = st
+                    .register(
+                        self.now_ms(),
+                        role,
+                        req.addr,
+                        req.capacity,
+                        req.instance,
+                        req.previous,
+                    )
+                    .map_err(reject)?;
+                let comp = st.component(id).expect("just registered").clone();
+                let next = (st.next_component_id(), st.next_vnode_id());
+                self.persist(&[
+                    Change::Component(&comp),
+                    Change::NextIds {
+                        component: next.0,
+                        vnode: next.1,
+                    },
+                ])?;
+                let events = st.take_events();
+                drop(st);
+                self.log_events(events);
+                Ok(to_body(&RegisterResp {
+                    id,
+                    heartbeat_ms: self.cfg.heartbeat_ms,
+                }))
+            }
+            Op::Heartbeat => {
+                Self::require_component(peer, op)?;
+                let req: HeartbeatReq = from_body(body)?;
+                lock(&self.state)
+                    .heartbeat(self.now_ms(), req.id, req.instance, req.used)
+                    .map_err(reject)?;
+                self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+                lock(&self.reports).insert(req.id, req.counters);
+                Ok(b"{}".to_vec())
+            }
+            Op::AssignVRegion => {
+                let req: AssignReq = from_body(body)?;
+                Self::require_vnode(peer, asid_vnode(req.asid))?;
+                let key = VRegionKey {
+                    asid: req.asid,
+                    index: req.index,
+                };
+                let mut st = lock(&self.state);
+                let (a, created) = st.assign_vregion(key).map_err(reject)?;
+                if created {
+                    self.persist(&[Change::VRegion(key, a)])?;
+                    self.counters
+                        .vregions_assigned
+                        .fetch_add(1, Ordering::Relaxed);
+                    info!(%key, primary = a.primary, backup = a.backup, "vregion placed");
+                }
+                let resp = AssignResp {
+                    primary: Self::endpoint(&st, a.primary),
+                    backup: Self::endpoint(&st, a.backup),
+                    created,
+                };
+                Ok(to_body(&resp))
+            }
+            Op::CreateSpace => {
+                let req: CreateSpaceReq = from_body(body)?;
+                let mut st = lock(&self.state);
+                let vid = st
+                    .vnode_by_name(&req.vnode)
+                    .map(|v| v.id)
+                    .ok_or_else(|| reject(PlacementError::UnknownVnode(req.vnode.clone())))?;
+                Self::require_vnode(peer, vid)?;
+                let (asid, vnode) = st.create_space(vid).map_err(reject)?;
+                self.persist(&[Change::Vnode(&vnode)])?;
+                self.counters.spaces_created.fetch_add(1, Ordering::Relaxed);
+                Ok(to_body(&CreateSpaceResp {
+                    asid,
+                    vnode_id: vid,
+                    vregion_bytes: self.cfg.vregion_bytes,
+                }))
+            }
+            Op::ReleaseSpace => {
+                let req: ReleaseSpaceReq = from_body(body)?;
+                Self::require_vnode(peer, asid_vnode(req.asid))?;
+                let removed = {
+                    let mut st = lock(&self.state);
+                    let removed = st.release_space(req.asid);
+                    let changes: Vec<Change> = removed
+                        .iter()
+                        .map(|(k, _)| Change::DeleteVRegion(*k))
+                        .collect();
+                    self.persist(&changes)?;
+                    removed
+                };
+                let (freed, unreachable) = self.free_on_monitors(&removed);
+                self.counters
+                    .spaces_released
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(
+                    asid = format_args!("{:#x}", req.asid),
+                    vregions = removed.len(),
+                    freed,
+                    "address space released"
+                );
+                Ok(to_body(&ReleaseSpaceResp {
+                    vregions: removed.len() as u64,
+                    freed_pages: freed,
+                    unreachable,
+                }))
+            }
+            Op::VnodeCreate => {
+                Self::require_component(peer, op)?;
+                let req: VnodeReq = from_body(body)?;
+                let mut st = lock(&self.state);
+                let v = st.create_vnode(&req.name).map_err(reject)?;
+                let next = (st.next_component_id(), st.next_vnode_id());
+                self.persist(&[
+                    Change::Vnode(&v),
+                    Change::NextIds {
+                        component: next.0,
+                        vnode: next.1,
+                    },
+                ])?;
+                info!(id = v.id, name = %v.name, "vnode created");
+                Ok(to_body(&VnodeInfo {
+                    id: v.id,
+                    name: v.name,
+                }))
+            }
+            Op::VnodeList => {
+                let st = lock(&self.state);
+                let list: Vec<VnodeInfo> = st
+                    .vnodes()
+                    .filter(|v| {
+                        matches!(peer.claim, Claim::Component) || peer.claim == Claim::Vnode(v.id)
+                    })
+                    .map(|v| VnodeInfo {
+                        id: v.id,
+                        name: v.name.clone(),
+                    })
+                    .collect();
+                Ok(to_body(&list))
+            }
+            Op::VnodeDelete => {
+                Self::require_component(peer, op)?;
+                let req: VnodeReq = from_body(body)?;
+                let (v, removed) = {
+                    let mut st = lock(&self.state);
+                    let (v, removed) = st.delete_vnode(&req.name).map_err(reject)?;
+                    let mut changes: Vec<Change> = removed
+                        .iter()
+                        .map(|(k, _)| Change::DeleteVRegion(*k))
+                        .collect();
+                    changes.push(Change::DeleteVnode(v.id));
+                    self.persist(&changes)?;
+                    (v, removed)
+                };
+                let (freed, _) = self.free_on_monitors(&removed);
+                info!(id = v.id, name = %v.name, vregions = removed.len(), freed, "vnode deleted");
+                Ok(to_body(&VnodeInfo {
+                    id: v.id,
+                    name: v.name,
+                }))
+            }
+            Op::ClusterState => {
+                Self::require_component(peer, op)?;
+                Ok(to_body(&self.cluster_state()))
+            }
+            other => Err(Reject::new(
+                ErrorCode::UnknownOp,
+                format!("the manager does not serve {other}"),
+            )),
+        }
+    }
+}
+
+impl Handler for ManagerService {
+    fn handle(
+        &self,
+        peer: &PeerInfo,
+        op: Op,
+        body: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(), Reject> {
+        *reply = self.dispatch(peer, op, body)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! `lego memory`: the memory monitor daemon.
+
+use std::sync::Arc;
+
+use lego_agent::{spawn_agent, AgentConfig};
+use lego_transport::{listen, spawn_server, ServerConfig, TransportError};
+use lego_wire::auth::Secret;
+use tracing::info;
+
+use crate::service::MemoryService;
+use crate::store::PageStore;
+
+/// How to run a memory monitor.
+#[derive(Clone, Debug)]
+pub struct MemoryConfig {
+    /// Bytes of page memory this monitor may hold.
+    pub capacity: u64,
+    pub listen: String,
+    pub manager: String,
+    pub secret: Secret,
+}
+
+/// A running memory monitor.
+pub struct RunningMemory {
+    pub addr: String,
+    pub service: Arc<MemoryService>,
+}
+
+/// Starts serving and registering; returns once the listener is bound.
+pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
+    let store = Arc::new(PageStore::new(cfg.capacity));
+    let service = Arc::new(MemoryService::new(store));
+    let listener = listen(&cfg.listen)?;
+    let server = spawn_server(
+        listener,
+        ServerConfig::new("memory", cfg.secret.clone()),
+        service.clone(),
+    )
+    .map_err(|source| TransportError::Listen {
+        addr: cfg.listen.clone(),
+        source,
+    })?;
+    let _ = service.server.set(server.counters.clone());
+    info!(addr = %server.local_addr, capacity = cfg.capacity, "memory monitor serving");
+    let s = service.clone();
+    spawn_agent(
+        AgentConfig {
+            manager: cfg.manager,
+            secret: cfg.secret,
+            role: "memory".into(),
+            addr: server.local_addr.clone(),
+            capacity: cfg.capacity,
+        },
+        Box::new(move || {
+            (
+                s.store.pages_held() * lego_wire::PAGE_SIZE as u64,
+                s.counters(),
+            )
+        }),
+    )
+    .map_err(|source| TransportError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    Ok(RunningMemory {
+        addr: server.local_addr,
+        service,
+    })
+}

@@ -1,0 +1,16 @@
+//! The memory monitor (LegoOS's mComponent).
+//!
+//! - [`store`]: the page store: pages of address spaces, allocated on first
+//!   write, bounded by a capacity, freed by range or by whole address space.
+//! - [`service`]: the request handler: decodes page requests, checks that the
+//!   connection is entitled to the address space, and answers.
+//! - [`daemon`]: `lego memory`: listens, registers with the manager and
+//!   heartbeats its use and counters.
+#![forbid(unsafe_code)]
+
+pub mod daemon;
+pub mod service;
+pub mod store;
+
+pub use daemon::{run, MemoryConfig};
+pub use store::{PageStore, StoreError};

@@ -1,0 +1,173 @@
+//! The memory monitor's request handler.
+//!
+//! Entitlement: a connection that authenticated as a component (a daemon or
+//! the CLI, holding the cluster secret) may touch any address space; one that
+//! authenticated as a vNode may touch only address spaces of that vNode (the
+//! vNode id is the high 32 bits of the address-space id). Anything else is
+//! refused with `NotEntitled` and counted.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lego_transport::{Handler, PeerInfo, Reject, ServerCounters};
+use lego_wire::auth::Claim;
+use lego_wire::control::{to_body, MemStats};
+use lego_wire::pages::{
+    decode_u64, encode_u64, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply,
+};
+use lego_wire::{ErrorCode, Op, PAGE_SIZE};
+
+use crate::store::{PageStore, StoreError};
+
+/// Serves page requests from a [`PageStore`].
+pub struct MemoryService {
+    pub store: Arc<PageStore>,
+    pub not_entitled: AtomicU64,
+    /// Set once the server runs, for the counters it keeps.
+    pub server: std::sync::OnceLock<Arc<ServerCounters>>,
+}
+
+/// The vNode an address space belongs to.
+pub fn asid_vnode(asid: u64) -> u32 {
+    (asid >> 32) as u32
+}
+
+impl MemoryService {
+    pub fn new(store: Arc<PageStore>) -> Self {
+        MemoryService {
+            store,
+            not_entitled: AtomicU64::new(0),
+            server: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn check(&self, peer: &PeerInfo, asid: u64) -> Result<(), Reject> {
+        match peer.claim {
+            Claim::Component => Ok(()),
+            Claim::Vnode(v) if asid_vnode(asid) == v && v != 0 => Ok(()),
+            Claim::Vnode(v) => {
+                self.not_entitled.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    conn = peer.conn,
+                    asid = format_args!("{asid:#x}"),
+                    vnode = v,
+                    "refused a request for another vnode's address space"
+                );
+                Err(Reject::new(
+                    ErrorCode::NotEntitled,
+                    format!(
+                        "address space {asid:#x} belongs to vnode {}; this connection may only touch vnode {v}",
+                        asid_vnode(asid)
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// All counters, by Prometheus-style name.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let s = &self.store;
+        let c = &s.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut m: BTreeMap<String, u64> = [
+            ("pages_held", s.pages_held()),
+            ("capacity_pages", s.capacity_pages()),
+            ("pages_read_total", g(&c.pages_read)),
+            ("pages_written_total", g(&c.pages_written)),
+            ("pages_allocated_total", g(&c.pages_allocated)),
+            ("pages_freed_total", g(&c.pages_freed)),
+            ("bytes_in_total", g(&c.bytes_in)),
+            ("bytes_out_total", g(&c.bytes_out)),
+            ("oom_refusals_total", g(&c.oom_refusals)),
+            ("not_entitled_total", g(&self.not_entitled)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(sc) = self.server.get() {
+            m.extend(sc.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)));
+        }
+        m
+    }
+}
+
+impl Handler for MemoryService {
+    fn handle(
+        &self,
+        peer: &PeerInfo,
+        op: Op,
+        body: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(), Reject> {
+        match op {
+            Op::Ping => Ok(()),
+            Op::ReadPages => {
+                let req = ReadPages::decode(body)?;
+                self.check(peer, req.asid)?;
+                // Room for the head and every page; the head is written last.
+                let head_len = ReadPagesReply::encode_head(&vec![false; req.pages.len()]).len();
+                reply.resize(head_len, 0);
+                reply.reserve(req.pages.len() * PAGE_SIZE);
+                let present = self.store.read(req.asid, &req.pages, reply);
+                reply[..head_len].copy_from_slice(&ReadPagesReply::encode_head(&present));
+                Ok(())
+            }
+            Op::WritePages => {
+                let req = WritePages::decode(body)?;
+                self.check(peer, req.asid)?;
+                let allocated = self
+                    .store
+                    .write(req.asid, &req.pages, req.data)
+                    .map_err(|e| match e {
+                        StoreError::OutOfMemory { .. } => {
+                            tracing::warn!(asid = format_args!("{:#x}", req.asid), "{e}");
+                            Reject::new(ErrorCode::OutOfMemory, e.to_string())
+                        }
+                        StoreError::BadLength { .. } => Reject::bad_request(e),
+                    })?;
+                reply.extend_from_slice(
+                    &WriteReply {
+                        stored: req.pages.len() as u32,
+                        allocated: allocated as u32,
+                    }
+                    .encode(),
+                );
+                Ok(())
+            }
+            Op::FreeRange => {
+                let req = FreeRange::decode(body)?;
+                self.check(peer, req.asid)?;
+                let n = self.store.free_range(req.asid, req.first, req.count);
+                reply.extend_from_slice(&encode_u64(n));
+                Ok(())
+            }
+            Op::FreeSpace => {
+                let asid = decode_u64("free_space", body)?;
+                self.check(peer, asid)?;
+                let n = self.store.free_space(asid);
+                tracing::debug!(
+                    asid = format_args!("{asid:#x}"),
+                    pages = n,
+                    "freed address space"
+                );
+                reply.extend_from_slice(&encode_u64(n));
+                Ok(())
+            }
+            Op::MemStats => {
+                let stats = MemStats {
+                    capacity_pages: self.store.capacity_pages(),
+                    pages_held: self.store.pages_held(),
+                    address_spaces: self.store.address_spaces(),
+                    counters: self.counters(),
+                };
+                reply.extend_from_slice(&to_body(&stats));
+                Ok(())
+            }
+            other => Err(Reject::new(
+                ErrorCode::UnknownOp,
+                format!("a memory monitor does not serve {other}"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The one error type of the crate.
+
+use thiserror::Error;
+
+use crate::{ComponentId, VRegionKey, VnodeId};
+
+/// Why a placement request was refused. Refusals never change the state.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum PlacementError {
+    #[error("unknown component {0}")]
+    UnknownComponent(ComponentId),
+    #[error("stale instance {instance:#x} for component {id} (registered instance is {registered:#x}); re-register")]
+    StaleInstance {
+        id: ComponentId,
+        instance: u64,
+        registered: u64,
+    },
+    #[error("component {0} was marked dead and must re-register")]
+    ComponentDead(ComponentId),
+    #[error("invalid component address {0:?}: must not be empty")]
+    InvalidAddress(String),
+    #[error("unknown role {0:?} (expected memory, processor or storage)")]
+    UnknownRole(String),
+    #[error("need two alive memory monitors to place a vregion, {alive} alive")]
+    NotEnoughMemoryMonitors { alive: usize },
+    #[error("no alive memory monitor left to take over a replica of {0}")]
+    NoSpareMemoryMonitor(VRegionKey),
+    #[error("no surviving replica of {key}: component {survivor} is dead or gone")]
+    NoSurvivingReplica {
+        key: VRegionKey,
+        survivor: ComponentId,
+    },
+    #[error("unknown {0}")]
+    UnknownVRegion(VRegionKey),
+    #[error("component {id} holds no replica of {key}")]
+    NotAReplica { key: VRegionKey, id: ComponentId },
+    #[error("unknown vnode {0:?}")]
+    UnknownVnode(String),
+    #[error("unknown vnode id {0}")]
+    UnknownVnodeId(VnodeId),
+    #[error("invalid vnode name {name:?}: {reason}")]
+    InvalidVnodeName { name: String, reason: &'static str },
+    #[error("vnode {0:?} already exists")]
+    VnodeExists(String),
+    #[error("vnode ids exhausted")]
+    VnodeIdsExhausted,
+    #[error("address space ids of vnode {0} exhausted")]
+    SpacesExhausted(VnodeId),
+}

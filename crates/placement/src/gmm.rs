@@ -1,0 +1,143 @@
+//! The GMM: which two distinct memory monitors (a primary and a backup) hold
+//! each vRegion, chosen by load; freeing the vRegions of an address space;
+//! moving a replica off a failed monitor.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    asid_vnode, Asid, ComponentId, Health, Placement, PlacementError, Role, VRegionAssignment,
+    VRegionKey,
+};
+
+impl Placement {
+    /// Places a vRegion, or returns its existing placement unchanged
+    /// (second value false). A new vRegion goes to the two least-loaded
+    /// alive memory monitors, ranked by (used / capacity, number of vRegion
+    /// replicas held, id); the first is the primary.
+    pub fn assign_vregion(
+        &mut self,
+        key: VRegionKey,
+    ) -> Result<(VRegionAssignment, bool), PlacementError> {
+        if let Some(existing) = self.vregions.get(&key) {
+            return Ok((*existing, false));
+        }
+        let vnode = asid_vnode(key.asid);
+        if !self.vnodes.contains_key(&vnode) {
+            return Err(PlacementError::UnknownVnodeId(vnode));
+        }
+        let ranked = self.ranked_memory_monitors(&[]);
+        let [primary, backup, ..] = ranked[..] else {
+            return Err(PlacementError::NotEnoughMemoryMonitors {
+                alive: ranked.len(),
+            });
+        };
+        let assignment = VRegionAssignment { primary, backup };
+        self.vregions.insert(key, assignment);
+        Ok((assignment, true))
+    }
+
+    /// Where a vRegion is placed, if it is.
+    pub fn vregion(&self, key: VRegionKey) -> Option<VRegionAssignment> {
+        self.vregions.get(&key).copied()
+    }
+
+    /// All placed vRegions, ordered by key.
+    pub fn vregions(&self) -> impl Iterator<Item = (&VRegionKey, &VRegionAssignment)> {
+        self.vregions.iter()
+    }
+
+    /// The vRegions of which `id` holds a replica (primary or backup),
+    /// ordered by key: what to recover when it dies.
+    pub fn vregions_on(&self, id: ComponentId) -> Vec<(VRegionKey, VRegionAssignment)> {
+        self.vregions
+            .iter()
+            .filter(|(_, assignment)| assignment.holds(id))
+            .map(|(key, assignment)| (*key, *assignment))
+            .collect()
+    }
+
+    /// Removes every vRegion of the address space and returns them, so the
+    /// manager can tell their memory monitors to free them.
+    pub fn release_space(&mut self, asid: Asid) -> Vec<(VRegionKey, VRegionAssignment)> {
+        self.remove_vregions(asid, asid)
+    }
+
+    /// Moves the replica of `key` held by `failed` elsewhere: the surviving
+    /// replica becomes (or stays) the primary, and the least-loaded alive
+    /// memory monitor holding neither becomes the backup. Returns the new
+    /// assignment; the manager then copies the vRegion from the primary to
+    /// the new backup.
+    pub fn replace_replica(
+        &mut self,
+        key: VRegionKey,
+        failed: ComponentId,
+    ) -> Result<VRegionAssignment, PlacementError> {
+        let current = self
+            .vregion(key)
+            .ok_or(PlacementError::UnknownVRegion(key))?;
+        let survivor = if current.primary == failed {
+            current.backup
+        } else if current.backup == failed {
+            current.primary
+        } else {
+            return Err(PlacementError::NotAReplica { key, id: failed });
+        };
+        if self
+            .components
+            .get(&survivor)
+            .is_none_or(|c| c.health == Health::Dead)
+        {
+            return Err(PlacementError::NoSurvivingReplica { key, survivor });
+        }
+        let backup = *self
+            .ranked_memory_monitors(&[survivor, failed])
+            .first()
+            .ok_or(PlacementError::NoSpareMemoryMonitor(key))?;
+        let assignment = VRegionAssignment {
+            primary: survivor,
+            backup,
+        };
+        self.vregions.insert(key, assignment);
+        Ok(assignment)
+    }
+
+    /// Removes the vRegions of address spaces `first..=last`.
+    pub(crate) fn remove_vregions(
+        &mut self,
+        first: Asid,
+        last: Asid,
+    ) -> Vec<(VRegionKey, VRegionAssignment)> {
+        let range = VRegionKey {
+            asid: first,
+            index: 0,
+        }..=VRegionKey {
+            asid: last,
+            index: u64::MAX,
+        };
+        let keys: Vec<VRegionKey> = self.vregions.range(range).map(|(key, _)| *key).collect();
+        keys.into_iter()
+            .filter_map(|key| self.vregions.remove(&key).map(|a| (key, a)))
+            .collect()
+    }
+
+    /// Alive memory monitors not in `exclude`, least loaded first.
+    fn ranked_memory_monitors(&self, exclude: &[ComponentId]) -> Vec<ComponentId> {
+        let mut replicas: BTreeMap<ComponentId, u64> = BTreeMap::new();
+        for assignment in self.vregions.values() {
+            *replicas.entry(assignment.primary).or_default() += 1;
+            *replicas.entry(assignment.backup).or_default() += 1;
+        }
+        let mut candidates: Vec<(f64, u64, ComponentId)> = self
+            .components
+            .values()
+            .filter(|c| c.role == Role::Memory && c.health == Health::Alive)
+            .filter(|c| !exclude.contains(&c.id))
+            .map(|c| {
+                let load = c.used as f64 / c.capacity.max(1) as f64;
+                (load, replicas.get(&c.id).copied().unwrap_or(0), c.id)
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        candidates.into_iter().map(|(_, _, id)| id).collect()
+    }
+}

@@ -1,0 +1,129 @@
+//! Membership: components register (or rejoin under their old id), send
+//! heartbeats with their load, and are declared dead when silent for longer
+//! than `dead_after_ms`.
+
+use crate::{Component, ComponentId, Event, Health, Placement, PlacementError, Role};
+
+impl Placement {
+    /// A component says hello. If `previous` names a known component of the
+    /// same role, that id is reused (address, capacity and instance are
+    /// updated, health becomes Alive, and the event says `rejoined`);
+    /// otherwise the component gets a fresh id. Queues an
+    /// [`Event::ComponentRegistered`].
+    pub fn register(
+        &mut self,
+        now_ms: u64,
+        role: Role,
+        addr: String,
+        capacity: u64,
+        instance: u64,
+        previous: Option<ComponentId>,
+    ) -> Result<ComponentId, PlacementError> {
+        if addr.trim().is_empty() {
+            return Err(PlacementError::InvalidAddress(addr));
+        }
+        let old = previous
+            .and_then(|id| self.components.get(&id))
+            .filter(|old| old.role == role);
+        let (id, used) = match old {
+            // The same daemon reconnecting (e.g. after a manager restart)
+            // still holds what it held; a restarted daemon holds nothing.
+            Some(old) => (
+                old.id,
+                if old.instance == instance {
+                    old.used
+                } else {
+                    0
+                },
+            ),
+            None => {
+                let id = self.next_component;
+                self.next_component += 1;
+                (id, 0)
+            }
+        };
+        let rejoined = old.is_some();
+        self.events.push(Event::ComponentRegistered {
+            id,
+            role,
+            addr: addr.clone(),
+            rejoined,
+        });
+        self.components.insert(
+            id,
+            Component {
+                id,
+                role,
+                addr,
+                capacity,
+                used,
+                instance,
+                health: Health::Alive,
+                last_heard_ms: now_ms,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Records a heartbeat: the component's load and that it is alive.
+    /// Refused for an unknown id, for another instance than the registered
+    /// one, and for a component already marked dead (it must re-register).
+    pub fn heartbeat(
+        &mut self,
+        now_ms: u64,
+        id: ComponentId,
+        instance: u64,
+        used: u64,
+    ) -> Result<(), PlacementError> {
+        let component = self
+            .components
+            .get_mut(&id)
+            .ok_or(PlacementError::UnknownComponent(id))?;
+        if component.instance != instance {
+            return Err(PlacementError::StaleInstance {
+                id,
+                instance,
+                registered: component.instance,
+            });
+        }
+        if component.health == Health::Dead {
+            return Err(PlacementError::ComponentDead(id));
+        }
+        component.used = used;
+        component.last_heard_ms = component.last_heard_ms.max(now_ms);
+        component.health = Health::Alive;
+        Ok(())
+    }
+
+    /// Marks dead every component (alive or unknown) silent for more than
+    /// `dead_after_ms`. Each death is reported once: the events are both
+    /// returned and queued for [`Placement::take_events`].
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Event> {
+        let dead_after_ms = self.config.dead_after_ms;
+        let mut events = Vec::new();
+        for component in self.components.values_mut() {
+            let silent_ms = now_ms.saturating_sub(component.last_heard_ms);
+            if component.health != Health::Dead && silent_ms > dead_after_ms {
+                component.health = Health::Dead;
+                events.push(Event::ComponentDead {
+                    id: component.id,
+                    role: component.role,
+                    addr: component.addr.clone(),
+                    silent_ms,
+                });
+            }
+        }
+        self.events.extend(events.iter().cloned());
+        events
+    }
+
+    /// The component with this id, whatever its health.
+    pub fn component(&self, id: ComponentId) -> Option<&Component> {
+        self.components.get(&id)
+    }
+
+    /// All components, dead ones included, ordered by id.
+    pub fn components(&self) -> impl Iterator<Item = &Component> {
+        self.components.values()
+    }
+}

@@ -1,0 +1,251 @@
+//! Registration, rejoining, heartbeats and failure detection.
+
+use super::*;
+use Role::{Memory, Processor, Storage};
+
+#[test]
+fn membership() {
+    run(vec![
+        (
+            "fresh ids start at 1 and count up across roles",
+            vec![
+                join(0, Memory, 1),
+                join(0, Processor, 2),
+                join(0, Storage, 3),
+                Op::Health(2, Health::Alive),
+                Op::NextIds(4, 1),
+                Op::Events(vec![
+                    registered(1, Memory, false),
+                    registered(2, Processor, false),
+                    registered(3, Storage, false),
+                ]),
+                Op::Events(vec![]),
+            ],
+        ),
+        (
+            "rejoin with a known id of the same role reuses it and updates it",
+            vec![
+                join(0, Memory, 1),
+                beat(5, 1, GIB),
+                Op::Register {
+                    now: 10,
+                    role: Memory,
+                    addr: "elsewhere:7001".into(),
+                    capacity: 8 * GIB,
+                    instance: 77,
+                    previous: Some(1),
+                    expect: Ok(1),
+                },
+                Op::Used(1, 0),
+                Op::LastHeard(1, 10),
+                Op::Events(vec![
+                    registered(1, Memory, false),
+                    Event::ComponentRegistered {
+                        id: 1,
+                        role: Memory,
+                        addr: "elsewhere:7001".into(),
+                        rejoined: true,
+                    },
+                ]),
+                Op::Heartbeat {
+                    now: 20,
+                    id: 1,
+                    instance: inst(1),
+                    used: 0,
+                    expect: Err(PlacementError::StaleInstance {
+                        id: 1,
+                        instance: inst(1),
+                        registered: 77,
+                    }),
+                },
+                Op::Heartbeat {
+                    now: 20,
+                    id: 1,
+                    instance: 77,
+                    used: GIB,
+                    expect: Ok(()),
+                },
+                Op::NextIds(2, 1),
+            ],
+        ),
+        (
+            "rejoin with the same instance keeps the reported load",
+            vec![
+                join(0, Memory, 1),
+                beat(5, 1, GIB),
+                rejoin(10, Memory, 1),
+                Op::Used(1, GIB),
+            ],
+        ),
+        (
+            "previous naming an unknown id or another role gets a fresh id",
+            vec![
+                join(0, Memory, 1),
+                Op::Register {
+                    now: 0,
+                    role: Memory,
+                    addr: "a:1".into(),
+                    capacity: GIB,
+                    instance: 1,
+                    previous: Some(9),
+                    expect: Ok(2),
+                },
+                Op::Register {
+                    now: 0,
+                    role: Processor,
+                    addr: "b:1".into(),
+                    capacity: GIB,
+                    instance: 1,
+                    previous: Some(1),
+                    expect: Ok(3),
+                },
+                Op::Health(1, Health::Alive),
+                Op::NextIds(4, 1),
+            ],
+        ),
+        (
+            "an empty address is refused without using an id or queueing an event",
+            vec![
+                Op::Register {
+                    now: 0,
+                    role: Storage,
+                    addr: " ".into(),
+                    capacity: 0,
+                    instance: 1,
+                    previous: None,
+                    expect: Err(PlacementError::InvalidAddress(" ".into())),
+                },
+                Op::Events(vec![]),
+                join(0, Storage, 1),
+            ],
+        ),
+        (
+            "heartbeat from an unknown id",
+            vec![
+                join(0, Memory, 1),
+                Op::Heartbeat {
+                    now: 1,
+                    id: 5,
+                    instance: inst(5),
+                    used: 0,
+                    expect: Err(PlacementError::UnknownComponent(5)),
+                },
+            ],
+        ),
+        (
+            "heartbeat from a stale instance changes nothing",
+            vec![
+                join(0, Memory, 1),
+                Op::Heartbeat {
+                    now: 900,
+                    id: 1,
+                    instance: 999,
+                    used: 3,
+                    expect: Err(PlacementError::StaleInstance {
+                        id: 1,
+                        instance: 999,
+                        registered: inst(1),
+                    }),
+                },
+                Op::Used(1, 0),
+                Op::LastHeard(1, 0),
+                Op::Tick {
+                    now: 1001,
+                    dead: vec![1],
+                },
+            ],
+        ),
+        (
+            "a dead component's heartbeat is refused until it re-registers",
+            vec![
+                join(0, Memory, 1),
+                Op::Tick {
+                    now: 1001,
+                    dead: vec![1],
+                },
+                Op::Health(1, Health::Dead),
+                Op::Heartbeat {
+                    now: 1002,
+                    id: 1,
+                    instance: inst(1),
+                    used: 0,
+                    expect: Err(PlacementError::ComponentDead(1)),
+                },
+                Op::Health(1, Health::Dead),
+                rejoin(1003, Memory, 1),
+                Op::Health(1, Health::Alive),
+                beat(1004, 1, 0),
+                Op::Tick {
+                    now: 2004,
+                    dead: vec![],
+                },
+                Op::Events(vec![
+                    registered(1, Memory, false),
+                    died(1, Memory, 1001),
+                    registered(1, Memory, true),
+                ]),
+            ],
+        ),
+        (
+            "tick kills exactly when silent > dead_after_ms, and reports each death once",
+            vec![
+                join(0, Memory, 1),
+                join(500, Processor, 2),
+                Op::Tick {
+                    now: 1000,
+                    dead: vec![],
+                },
+                Op::Health(1, Health::Alive),
+                Op::Tick {
+                    now: 1001,
+                    dead: vec![1],
+                },
+                Op::Tick {
+                    now: 1500,
+                    dead: vec![],
+                },
+                Op::Tick {
+                    now: 1501,
+                    dead: vec![2],
+                },
+                Op::Tick {
+                    now: 9000,
+                    dead: vec![],
+                },
+                Op::Events(vec![
+                    registered(1, Memory, false),
+                    registered(2, Processor, false),
+                    died(1, Memory, 1001),
+                    died(2, Processor, 1001),
+                ]),
+            ],
+        ),
+        (
+            "heartbeats postpone death; an out-of-order old heartbeat does not rewind",
+            vec![
+                join(0, Storage, 1),
+                beat(900, 1, 0),
+                beat(800, 1, 0),
+                Op::LastHeard(1, 900),
+                Op::Tick {
+                    now: 1900,
+                    dead: vec![],
+                },
+                Op::Tick {
+                    now: 1901,
+                    dead: vec![1],
+                },
+            ],
+        ),
+        (
+            "a clock behind last_heard_ms kills nobody",
+            vec![
+                join(5000, Memory, 1),
+                Op::Tick {
+                    now: 0,
+                    dead: vec![],
+                },
+            ],
+        ),
+    ]);
+}

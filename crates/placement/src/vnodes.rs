@@ -1,0 +1,95 @@
+//! vNodes: named virtual nodes, their address-space ids, and their removal
+//! (which takes their vRegions with them).
+
+use crate::{
+    make_asid, Asid, Placement, PlacementError, VRegionAssignment, VRegionKey, Vnode, VnodeId,
+};
+
+/// The longest vNode name, in characters (all ASCII).
+pub const MAX_VNODE_NAME: usize = 64;
+
+/// Checks a vNode name: 1..=64 characters of `[A-Za-z0-9._-]`, not starting
+/// with '.' or '-'.
+pub fn validate_vnode_name(name: &str) -> Result<(), PlacementError> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        "only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"
+    } else if name.len() > MAX_VNODE_NAME {
+        "longer than 64 characters"
+    } else if name.starts_with(['.', '-']) {
+        "must not start with '.' or '-'"
+    } else {
+        return Ok(());
+    };
+    Err(PlacementError::InvalidVnodeName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+impl Placement {
+    /// Creates a vNode with a fresh id and no address spaces yet.
+    pub fn create_vnode(&mut self, name: &str) -> Result<Vnode, PlacementError> {
+        validate_vnode_name(name)?;
+        if self.vnode_ids.contains_key(name) {
+            return Err(PlacementError::VnodeExists(name.to_string()));
+        }
+        let id = self.next_vnode;
+        self.next_vnode = id.checked_add(1).ok_or(PlacementError::VnodeIdsExhausted)?;
+        let vnode = Vnode {
+            id,
+            name: name.to_string(),
+            next_space: 1,
+        };
+        self.vnode_ids.insert(vnode.name.clone(), id);
+        self.vnodes.insert(id, vnode.clone());
+        Ok(vnode)
+    }
+
+    /// The vNode with this name.
+    pub fn vnode_by_name(&self, name: &str) -> Option<&Vnode> {
+        self.vnode_ids.get(name).and_then(|id| self.vnodes.get(id))
+    }
+
+    /// The vNode with this id.
+    pub fn vnode(&self, id: VnodeId) -> Option<&Vnode> {
+        self.vnodes.get(&id)
+    }
+
+    /// All vNodes, ordered by id.
+    pub fn vnodes(&self) -> impl Iterator<Item = &Vnode> {
+        self.vnodes.values()
+    }
+
+    /// Removes the vNode and every vRegion of its address spaces; returns
+    /// both so the manager can free the vRegions on their memory monitors.
+    pub fn delete_vnode(
+        &mut self,
+        name: &str,
+    ) -> Result<(Vnode, Vec<(VRegionKey, VRegionAssignment)>), PlacementError> {
+        let unknown = || PlacementError::UnknownVnode(name.to_string());
+        let id = *self.vnode_ids.get(name).ok_or_else(unknown)?;
+        let vnode = self.vnodes.remove(&id).ok_or_else(unknown)?;
+        self.vnode_ids.remove(name);
+        let removed = self.remove_vregions(make_asid(id, 0), make_asid(id, u32::MAX));
+        Ok((vnode, removed))
+    }
+
+    /// Allocates the next address-space id of the vNode; also returns the
+    /// updated vNode, to be persisted.
+    pub fn create_space(&mut self, vnode: VnodeId) -> Result<(Asid, Vnode), PlacementError> {
+        let record = self
+            .vnodes
+            .get_mut(&vnode)
+            .ok_or(PlacementError::UnknownVnodeId(vnode))?;
+        let seq = record.next_space.max(1);
+        record.next_space = seq
+            .checked_add(1)
+            .ok_or(PlacementError::SpacesExhausted(vnode))?;
+        Ok((make_asid(vnode, seq), record.clone()))
+    }
+}

@@ -1,0 +1,329 @@
+//! An authenticated client connection with many requests in flight.
+//!
+//! Any number of threads may call [`Client::call`] (or [`Client::send`] then
+//! [`Client::wait`]) at once. Requests are written under a mutex; answers are
+//! read by whichever waiter currently holds the read half (leader/follower):
+//! it delivers answers meant for others into a table and wakes them, and when
+//! its own answer arrives it hands the read half on. With one request in flight
+//! the caller reads its own answer: no thread hop on the reply path.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lego_wire::auth::{decode_challenge, Claim, Hello, Secret, KEY_LEN};
+use lego_wire::control::{from_body, to_body};
+use lego_wire::frame::{read_frame, write_frame};
+use lego_wire::{Frame, Op, WireError, DEFAULT_MAX_BODY};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::link::{connect, ReadHalf, WriteHalf};
+use crate::TransportError;
+
+/// Who we are and the key that proves it.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub claim: Claim,
+    key: [u8; KEY_LEN],
+}
+
+impl Credentials {
+    /// A daemon or the CLI: holds the cluster secret.
+    pub fn component(secret: &Secret) -> Self {
+        Credentials {
+            claim: Claim::Component,
+            key: secret.key_for(Claim::Component),
+        }
+    }
+
+    /// A process of a vNode, holding only that vNode's key.
+    pub fn vnode(vnode: u32, key: [u8; KEY_LEN]) -> Self {
+        Credentials {
+            claim: Claim::Vnode(vnode),
+            key,
+        }
+    }
+}
+
+/// Knobs of a client connection.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// How long a request may wait for its answer before the connection is
+    /// declared broken.
+    pub request_timeout: Duration,
+    pub max_body: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+type Answer = Result<Frame, String>;
+
+struct Inner {
+    peer: String,
+    max_body: u32,
+    timeout_ms: u64,
+    next_id: AtomicU64,
+    writer: Mutex<BufWriter<WriteHalf>>,
+    reader: Mutex<BufReader<ReadHalf>>,
+    /// Answers read by a leader for other waiters, and the reason the
+    /// connection broke, if it did.
+    table: Mutex<Table>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Table {
+    answers: HashMap<u64, Answer>,
+    broken: Option<String>,
+}
+
+/// A connection to one component. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    /// Connects to `addr` and authenticates with `creds`.
+    pub fn connect(
+        addr: &str,
+        creds: &Credentials,
+        opts: &ClientOptions,
+    ) -> Result<Client, TransportError> {
+        let link = connect(addr, opts.connect_timeout)?;
+        let peer = addr.to_string();
+        let hs_err = |source| TransportError::Handshake {
+            peer: peer.clone(),
+            source,
+        };
+        let (r, w) = link.split().map_err(|e| hs_err(WireError::Io(e)))?;
+        r.set_read_timeout(Some(opts.connect_timeout))
+            .map_err(|e| hs_err(WireError::Io(e)))?;
+        let mut reader = BufReader::with_capacity(64 << 10, r);
+        let mut writer = BufWriter::with_capacity(64 << 10, w);
+
+        let challenge = read_frame(&mut reader, 4096).map_err(hs_err)?;
+        if let Some(e) = challenge.error() {
+            return Err(TransportError::AuthRefused {
+                peer,
+                message: e.message,
+            });
+        }
+        if challenge.header.op != Op::Challenge {
+            return Err(hs_err(WireError::malformed(
+                "handshake",
+                "expected a challenge",
+            )));
+        }
+        let server_nonce = decode_challenge(&challenge.body).map_err(hs_err)?;
+        let hello = Hello::new(&creds.key, creds.claim, &server_nonce).map_err(hs_err)?;
+        write_frame(&mut writer, Op::Hello, 0, 0, &[&hello.encode()]).map_err(hs_err)?;
+        writer.flush().map_err(|e| hs_err(WireError::Io(e)))?;
+        let welcome = read_frame(&mut reader, 4096).map_err(hs_err)?;
+        if let Some(e) = welcome.error() {
+            return Err(TransportError::AuthRefused {
+                peer,
+                message: e.message,
+            });
+        }
+        if welcome.header.op != Op::Welcome
+            || !hello.check_welcome(&creds.key, &server_nonce, &welcome.body)
+        {
+            return Err(TransportError::ServerNotAuthentic { peer });
+        }
+        // From now on this bounds every wait for an answer.
+        reader
+            .get_ref()
+            .set_read_timeout(Some(opts.request_timeout))
+            .map_err(|e| hs_err(WireError::Io(e)))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                peer,
+                max_body: opts.max_body,
+                timeout_ms: opts.request_timeout.as_millis() as u64,
+                next_id: AtomicU64::new(1),
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                table: Mutex::new(Table::default()),
+                wake: Condvar::new(),
+            }),
+        })
+    }
+
+    /// The address this client is connected to.
+    pub fn peer(&self) -> &str {
+        &self.inner.peer
+    }
+
+    /// Sends a request without waiting; returns its id for [`Client::wait`].
+    /// The request is flushed at once.
+    pub fn send(&self, op: Op, parts: &[&[u8]]) -> Result<u64, TransportError> {
+        self.send_inner(op, parts, true)
+    }
+
+    /// Like [`Client::send`] but leaves the request in the write buffer until
+    /// the next flushing send or [`Client::flush`]: batches many small requests
+    /// into few system calls.
+    pub fn send_buffered(&self, op: Op, parts: &[&[u8]]) -> Result<u64, TransportError> {
+        self.send_inner(op, parts, false)
+    }
+
+    /// Flushes requests queued by [`Client::send_buffered`].
+    pub fn flush(&self) -> Result<(), TransportError> {
+        let mut w = lock(&self.inner.writer);
+        w.flush()
+            .map_err(|e| self.break_with(format!("write failed: {e}")))
+    }
+
+    fn send_inner(&self, op: Op, parts: &[&[u8]], flush: bool) -> Result<u64, TransportError> {
+        if let Some(reason) = &lock(&self.inner.table).broken {
+            return Err(self.broken(reason.clone()));
+        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > self.inner.max_body as usize {
+            return Err(TransportError::Protocol {
+                peer: self.inner.peer.clone(),
+                source: WireError::TooLarge {
+                    len: len.min(u32::MAX as usize) as u32,
+                    max: self.inner.max_body,
+                },
+            });
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut w = lock(&self.inner.writer);
+        let res = write_frame(&mut *w, op, 0, id, parts).and_then(|()| {
+            if flush {
+                w.flush()?;
+            }
+            Ok(())
+        });
+        drop(w);
+        res.map_err(|e| self.break_with(format!("write failed: {e}")))?;
+        Ok(id)
+    }
+
+    /// Waits for the answer to request `id`. An error answer becomes
+    /// [`TransportError::Remote`].
+    pub fn wait(&self, id: u64) -> Result<Frame, TransportError> {
+        let frame = self.wait_frame(id)?;
+        match frame.error() {
+            Some(e) => Err(TransportError::Remote {
+                peer: self.inner.peer.clone(),
+                op: frame.header.op,
+                code: e.code,
+                message: e.message,
+            }),
+            None => Ok(frame),
+        }
+    }
+
+    fn wait_frame(&self, id: u64) -> Result<Frame, TransportError> {
+        let inner = &*self.inner;
+        let mut table = lock(&inner.table);
+        loop {
+            if let Some(answer) = table.answers.remove(&id) {
+                return answer.map_err(|r| self.broken(r));
+            }
+            if let Some(reason) = &table.broken {
+                return Err(self.broken(reason.clone()));
+            }
+            let Ok(mut reader) = inner.reader.try_lock() else {
+                // Someone else is reading; they will wake us.
+                table = inner.wake.wait(table).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            drop(table);
+            // We lead: read until our own answer comes.
+            let result = loop {
+                match read_frame(&mut *reader, inner.max_body) {
+                    Ok(f) if f.header.req_id == id => break Ok(f),
+                    Ok(f) => {
+                        let mut t = lock(&inner.table);
+                        t.answers.insert(f.header.req_id, Ok(f));
+                        inner.wake.notify_all();
+                    }
+                    Err(WireError::Io(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break Err(format!("no answer within {} ms", inner.timeout_ms));
+                    }
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            drop(reader);
+            let mut t = lock(&inner.table);
+            if let Err(reason) = &result {
+                t.broken.get_or_insert_with(|| reason.clone());
+            }
+            // Hand the read half on to another waiter.
+            inner.wake.notify_all();
+            drop(t);
+            return result.map_err(|r| {
+                if r.starts_with("no answer within") {
+                    TransportError::Timeout {
+                        peer: inner.peer.clone(),
+                        after_ms: inner.timeout_ms,
+                    }
+                } else {
+                    self.broken(r)
+                }
+            });
+        }
+    }
+
+    /// Sends a request and waits for its answer.
+    pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Frame, TransportError> {
+        let id = self.send(op, parts)?;
+        self.wait(id)
+    }
+
+    /// A control-plane call with JSON bodies.
+    pub fn call_json<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        op: Op,
+        req: &Q,
+    ) -> Result<A, TransportError> {
+        let frame = self.call(op, &[&to_body(req)])?;
+        from_body(&frame.body).map_err(|source| TransportError::Protocol {
+            peer: self.inner.peer.clone(),
+            source,
+        })
+    }
+
+    /// True once the connection has failed; every later call fails at once.
+    pub fn is_broken(&self) -> bool {
+        lock(&self.inner.table).broken.is_some()
+    }
+
+    fn broken(&self, reason: String) -> TransportError {
+        TransportError::Broken {
+            peer: self.inner.peer.clone(),
+            reason,
+        }
+    }
+
+    fn break_with(&self, reason: String) -> TransportError {
+        let mut t = lock(&self.inner.table);
+        t.broken.get_or_insert_with(|| reason.clone());
+        self.inner.wake.notify_all();
+        self.broken(reason)
+    }
+}

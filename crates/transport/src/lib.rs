@@ -1,0 +1,25 @@
+//! lego's transport.
+//!
+//! - [`link`]: the [`Transport`] trait and its implementations. A transport
+//!   connects and listens on addresses and yields [`Link`]s: byte streams that
+//!   split into a read half and a write half. TCP (`HOST:PORT`, with
+//!   TCP_NODELAY) and Unix sockets (`unix:PATH`) exist today; shared-memory
+//!   rings can slot in as one more implementation without touching a monitor.
+//! - [`client`]: an authenticated connection on which many threads may have
+//!   requests in flight at once (pipelining by request id, no extra thread on
+//!   the reply path: whichever waiter holds the read half reads for everyone).
+//! - [`server`]: the accept loop, the handshake and one thread per connection
+//!   that hands each request to a [`server::Handler`] and survives bad peers.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod error;
+pub mod link;
+pub mod server;
+
+pub use client::{Client, ClientOptions, Credentials};
+pub use error::TransportError;
+pub use link::{connect, listen, Link, Listener, Transport};
+pub use server::{
+    spawn_server, Handler, PeerInfo, Reject, ServerConfig, ServerCounters, ServerHandle,
+};

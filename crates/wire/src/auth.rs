@@ -1,0 +1,224 @@
+//! The cluster secret, per-vNode keys and the mutual challenge-response handshake.
+//!
+//! ```text
+//! client                                   server
+//!   |  <----------- Challenge { server nonce }  |
+//!   |  Hello { claim, client nonce,             |
+//!   |          HMAC(key, "hello"|sn|cn|claim) } --->   server checks the proof
+//!   |  <---- Welcome { HMAC(key, "welcome"|cn|sn|claim) }   client checks the server
+//! ```
+//!
+//! `key` is the cluster secret for a [`Claim::Component`] (daemons and the CLI:
+//! full rights) or the vNode key `HMAC(secret, "lego-vnode-key-v1"|vid)` for a
+//! [`Claim::Vnode`] (a runtime inside an application: rights to that vNode's
+//! objects only). Nonces are fresh random 32 bytes on both sides, so a recorded
+//! handshake cannot be replayed; the secret itself never crosses the wire.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::WireError;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Length of secrets, keys, nonces and MACs.
+pub const KEY_LEN: usize = 32;
+
+/// The secret every component of a cluster holds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret([u8; KEY_LEN]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    pub fn from_bytes(b: [u8; KEY_LEN]) -> Self {
+        Secret(b)
+    }
+
+    /// A fresh random secret.
+    pub fn generate() -> Result<Self, WireError> {
+        Ok(Secret(random_bytes()?))
+    }
+
+    /// Parses 64 hex digits (surrounding whitespace is ignored).
+    pub fn from_hex(text: &str) -> Result<Self, WireError> {
+        let t = text.trim();
+        if t.len() != 2 * KEY_LEN || !t.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(WireError::malformed(
+                "secret",
+                format!("expected {} hex digits", 2 * KEY_LEN),
+            ));
+        }
+        let mut b = [0u8; KEY_LEN];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).expect("checked hex");
+        }
+        Ok(Secret(b))
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The key a vNode's processes authenticate with.
+    pub fn vnode_key(&self, vnode: u32) -> [u8; KEY_LEN] {
+        mac(&self.0, &[b"lego-vnode-key-v1", &vnode.to_le_bytes()])
+    }
+
+    /// The key that proves `claim`.
+    pub fn key_for(&self, claim: Claim) -> [u8; KEY_LEN] {
+        match claim {
+            Claim::Component => self.0,
+            Claim::Vnode(v) => self.vnode_key(v),
+        }
+    }
+}
+
+/// What a client claims to be, and so what it may touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// A lego daemon or the CLI: holds the cluster secret.
+    Component,
+    /// A process of vNode `id`: holds only that vNode's key.
+    Vnode(u32),
+}
+
+impl Claim {
+    fn encode(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        match self {
+            Claim::Component => b[0] = 1,
+            Claim::Vnode(v) => {
+                b[0] = 2;
+                b[4..].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let v = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        match (b[0], b[1..4] == [0, 0, 0], v) {
+            (1, true, 0) => Ok(Claim::Component),
+            (2, true, v) if v != 0 => Ok(Claim::Vnode(v)),
+            _ => Err(WireError::malformed("hello", "invalid claim")),
+        }
+    }
+}
+
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::Component => f.write_str("component"),
+            Claim::Vnode(v) => write!(f, "vnode {v}"),
+        }
+    }
+}
+
+/// Fresh random bytes from the OS.
+pub fn random_bytes() -> Result<[u8; KEY_LEN], WireError> {
+    let mut b = [0u8; KEY_LEN];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| WireError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(b)
+}
+
+fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+fn verify(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.verify_slice(tag).is_ok()
+}
+
+/// Body of [`crate::Op::Challenge`]: the server's nonce.
+pub fn decode_challenge(body: &[u8]) -> Result<[u8; KEY_LEN], WireError> {
+    body.try_into()
+        .map_err(|_| WireError::malformed("challenge", "expected a 32-byte nonce"))
+}
+
+/// Body of [`crate::Op::Hello`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub claim: Claim,
+    pub nonce: [u8; KEY_LEN],
+    pub proof: [u8; KEY_LEN],
+}
+
+impl Hello {
+    /// Builds the client's hello answering `server_nonce`.
+    pub fn new(
+        secret_key: &[u8; KEY_LEN],
+        claim: Claim,
+        server_nonce: &[u8; KEY_LEN],
+    ) -> Result<Self, WireError> {
+        let nonce = random_bytes()?;
+        let proof = mac(
+            secret_key,
+            &[b"hello", server_nonce, &nonce, &claim.encode()],
+        );
+        Ok(Hello {
+            claim,
+            nonce,
+            proof,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        [&self.claim.encode()[..], &self.nonce, &self.proof].concat()
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        if body.len() != 8 + 2 * KEY_LEN {
+            return Err(WireError::malformed("hello", "wrong length"));
+        }
+        Ok(Hello {
+            claim: Claim::decode(&body[..8])?,
+            nonce: body[8..40].try_into().expect("32 bytes"),
+            proof: body[40..72].try_into().expect("32 bytes"),
+        })
+    }
+
+    /// Server side: does the proof show the key for the claim?
+    pub fn verify(&self, secret: &Secret, server_nonce: &[u8; KEY_LEN]) -> bool {
+        verify(
+            &secret.key_for(self.claim),
+            &[b"hello", server_nonce, &self.nonce, &self.claim.encode()],
+            &self.proof,
+        )
+    }
+
+    /// Server side: the welcome proof answering this hello.
+    pub fn welcome(&self, secret: &Secret, server_nonce: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+        mac(
+            &secret.key_for(self.claim),
+            &[b"welcome", &self.nonce, server_nonce, &self.claim.encode()],
+        )
+    }
+
+    /// Client side: does the server's welcome show it holds the same key?
+    pub fn check_welcome(
+        &self,
+        key: &[u8; KEY_LEN],
+        server_nonce: &[u8; KEY_LEN],
+        welcome: &[u8],
+    ) -> bool {
+        verify(
+            key,
+            &[b"welcome", &self.nonce, server_nonce, &self.claim.encode()],
+            welcome,
+        )
+    }
+}

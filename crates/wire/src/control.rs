@@ -1,0 +1,166 @@
+//! Control-plane message bodies: JSON documents, since they are small, rare and
+//! read by people too. Each request type names its answer type in a comment.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::WireError;
+
+/// Encodes a control body.
+pub fn to_body<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("control types always serialize")
+}
+
+/// Decodes a control body; malformed JSON is an error, never a panic.
+pub fn from_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// `Register` -> [`RegisterResp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterReq {
+    /// "memory", "processor" or "storage".
+    pub role: String,
+    /// Where the component serves requests.
+    pub addr: String,
+    /// Capacity in bytes (memory, ExCache or disk, by role).
+    pub capacity: u64,
+    /// Random per start of the daemon: tells a restart from a reconnect.
+    pub instance: u64,
+    /// The id this daemon had before, when it re-registers.
+    pub previous: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResp {
+    pub id: u64,
+    /// How often the manager wants a heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+/// `Heartbeat` -> `{}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReq {
+    pub id: u64,
+    pub instance: u64,
+    /// Bytes in use.
+    pub used: u64,
+    /// The component's counters, re-exported by the manager's `/metrics`.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// `AssignVRegion` -> [`AssignResp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignReq {
+    pub asid: u64,
+    /// Virtual address divided by the vRegion size.
+    pub index: u64,
+}
+
+/// A component and where to reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: u64,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignResp {
+    pub primary: Endpoint,
+    pub backup: Endpoint,
+    /// True when this call created the assignment.
+    pub created: bool,
+}
+
+/// `CreateSpace` -> [`CreateSpaceResp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSpaceReq {
+    pub vnode: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSpaceResp {
+    pub asid: u64,
+    pub vnode_id: u32,
+    /// Size of a vRegion in bytes.
+    pub vregion_bytes: u64,
+}
+
+/// `ReleaseSpace` -> [`ReleaseSpaceResp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSpaceReq {
+    pub asid: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSpaceResp {
+    pub vregions: u64,
+    pub freed_pages: u64,
+    /// Memory monitors that could not be told (dead or unreachable).
+    pub unreachable: Vec<String>,
+}
+
+/// `VnodeCreate` and `VnodeDelete` -> [`VnodeInfo`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnodeReq {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnodeInfo {
+    pub id: u32,
+    pub name: String,
+}
+
+/// One component as the manager sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentInfo {
+    pub id: u64,
+    pub role: String,
+    pub addr: String,
+    /// "alive", "dead" or "unknown".
+    pub health: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub last_heard_ms_ago: u64,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// One vRegion assignment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VRegionInfo {
+    pub asid: u64,
+    pub index: u64,
+    pub primary: u64,
+    pub backup: u64,
+}
+
+/// The manager itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerInfo {
+    pub addr: String,
+    pub http: Option<String>,
+    pub uptime_ms: u64,
+    pub heartbeat_ms: u64,
+    pub dead_after_ms: u64,
+    pub vregion_bytes: u64,
+}
+
+/// `ClusterState` -> this, also served as JSON over HTTP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub manager: ManagerInfo,
+    pub components: Vec<ComponentInfo>,
+    pub vnodes: Vec<VnodeInfo>,
+    pub vregions: Vec<VRegionInfo>,
+}
+
+/// `MemStats` -> this.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemStats {
+    pub capacity_pages: u64,
+    pub pages_held: u64,
+    pub address_spaces: u64,
+    pub counters: BTreeMap<String, u64>,
+}

@@ -1,0 +1,110 @@
+//! Operation codes and error codes: the closed vocabulary of the protocol.
+
+use crate::WireError;
+
+macro_rules! u16_enum {
+    ($(#[$m:meta])* pub enum $name:ident : $err:ident { $($(#[$vm:meta])* $var:ident = $val:expr, $text:literal;)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum $name { $($(#[$vm])* $var = $val,)* }
+
+        impl TryFrom<u16> for $name {
+            type Error = WireError;
+            fn try_from(v: u16) -> Result<Self, WireError> {
+                match v {
+                    $($val => Ok($name::$var),)*
+                    other => Err(WireError::$err(other)),
+                }
+            }
+        }
+
+        impl $name {
+            /// Every value, for tests and tables.
+            pub const ALL: &'static [$name] = &[$($name::$var,)*];
+            /// A short lower-case name for logs and metrics.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$var => $text,)* }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+u16_enum! {
+    /// What a frame asks for. Responses carry the op of their request.
+    pub enum Op: UnknownOp {
+        /// Handshake, server to client: a fresh nonce.
+        Challenge = 0x0001, "challenge";
+        /// Handshake, client to server: the claim and its proof.
+        Hello = 0x0002, "hello";
+        /// Handshake, server to client: the server's proof.
+        Welcome = 0x0003, "welcome";
+        /// Empty request, empty response.
+        Ping = 0x0010, "ping";
+        /// Memory monitor: read a batch of pages.
+        ReadPages = 0x0100, "read_pages";
+        /// Memory monitor: write a batch of pages.
+        WritePages = 0x0101, "write_pages";
+        /// Memory monitor: free a range of pages.
+        FreeRange = 0x0102, "free_range";
+        /// Memory monitor: free a whole address space.
+        FreeSpace = 0x0103, "free_space";
+        /// Memory monitor: counters as JSON.
+        MemStats = 0x0104, "mem_stats";
+        /// Manager: a component registers.
+        Register = 0x0200, "register";
+        /// Manager: a component is alive and reports its load.
+        Heartbeat = 0x0201, "heartbeat";
+        /// Manager (GMM): where does this vRegion live?
+        AssignVRegion = 0x0202, "assign_vregion";
+        /// Manager: allocate a new address space id for a vNode.
+        CreateSpace = 0x0203, "create_space";
+        /// Manager: an address space is gone; free its pages everywhere.
+        ReleaseSpace = 0x0204, "release_space";
+        /// Manager: create a vNode.
+        VnodeCreate = 0x0210, "vnode_create";
+        /// Manager: list vNodes.
+        VnodeList = 0x0211, "vnode_list";
+        /// Manager: delete a vNode.
+        VnodeDelete = 0x0212, "vnode_delete";
+        /// Manager: the whole cluster state.
+        ClusterState = 0x0220, "cluster_state";
+    }
+}
+
+u16_enum! {
+    /// Why a request was refused.
+    pub enum ErrorCode: UnknownErrorCode {
+        /// The frame could not be decoded; the connection is closed.
+        BadFrame = 1, "bad frame";
+        /// The handshake failed: wrong secret or bad proof.
+        AuthFailed = 2, "authentication failed";
+        /// The body of a well-framed request is malformed or inconsistent.
+        BadRequest = 3, "bad request";
+        /// The operation is not served by this component.
+        UnknownOp = 4, "unknown operation";
+        /// The connection is not entitled to the address space or object.
+        NotEntitled = 5, "not entitled";
+        /// The memory monitor's capacity is exhausted.
+        OutOfMemory = 6, "out of memory";
+        /// No such object.
+        NotFound = 7, "not found";
+        /// The object already exists or the state forbids the operation.
+        Conflict = 8, "conflict";
+        /// Not enough live components to satisfy the request.
+        Unavailable = 9, "unavailable";
+        /// The frame is larger than the maximum.
+        TooLarge = 10, "too large";
+        /// A bug or an I/O failure inside the component.
+        Internal = 11, "internal error";
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Op>() == 2);
+const _: () = assert!(std::mem::size_of::<ErrorCode>() == 2);

@@ -1,0 +1,246 @@
+//! Bodies of the memory data path, with fixed binary layouts and raw page payloads.
+//!
+//! ```text
+//! ReadPages      asid u64 | count u32 | 0 u32 | page numbers u64 x count
+//! ReadPagesReply count u32 | 0 u32 | present u8 x count | pad to 8 | 4 KiB x (number present)
+//! WritePages     asid u64 | count u32 | 0 u32 | page numbers u64 x count | 4 KiB x count
+//! WriteReply     stored u32 | newly allocated u32
+//! FreeRange      asid u64 | first page u64 | count u64
+//! FreeSpace      asid u64
+//! Freed          pages u64
+//! ```
+//!
+//! A page number is a virtual address divided by [`PAGE_SIZE`]. A page that was
+//! never written (or was freed) reads as absent: the reader zero-fills it.
+
+use crate::{WireError, MAX_BATCH_PAGES, PAGE_SIZE};
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn check_len(what: &'static str, body: &[u8], want: usize) -> Result<(), WireError> {
+    if body.len() != want {
+        return Err(WireError::malformed(
+            what,
+            format!("body is {} bytes, expected {want}", body.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the `asid | count | 0` prefix shared by ReadPages and WritePages and
+/// the page numbers after it; checks the count against [`MAX_BATCH_PAGES`].
+fn decode_batch_head(what: &'static str, body: &[u8]) -> Result<(u64, Vec<u64>), WireError> {
+    if body.len() < 16 {
+        return Err(WireError::malformed(what, "shorter than 16 bytes"));
+    }
+    let asid = u64_at(body, 0);
+    let count = u32_at(body, 8) as usize;
+    if u32_at(body, 12) != 0 {
+        return Err(WireError::malformed(what, "padding is not zero"));
+    }
+    if count == 0 || count > MAX_BATCH_PAGES {
+        return Err(WireError::malformed(
+            what,
+            format!("{count} pages; a batch holds 1 to {MAX_BATCH_PAGES}"),
+        ));
+    }
+    if body.len() < 16 + 8 * count {
+        return Err(WireError::malformed(what, "page list is cut short"));
+    }
+    let pages = (0..count).map(|i| u64_at(body, 16 + 8 * i)).collect();
+    Ok((asid, pages))
+}
+
+fn encode_batch_head(asid: u64, pages: &[u64], extra: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 8 * pages.len() + extra);
+    out.extend_from_slice(&asid.to_le_bytes());
+    out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for p in pages {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
+    out
+}
+
+/// Read a batch of pages of one address space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadPages {
+    pub asid: u64,
+    pub pages: Vec<u64>,
+}
+
+impl ReadPages {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_batch_head(self.asid, &self.pages, 0)
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let (asid, pages) = decode_batch_head("read_pages", body)?;
+        check_len("read_pages", body, 16 + 8 * pages.len())?;
+        Ok(ReadPages { asid, pages })
+    }
+}
+
+/// Answer to [`ReadPages`]: for each requested page, absent or its 4 KiB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadPagesReply<'a> {
+    pub present: &'a [u8],
+    pub data: &'a [u8],
+}
+
+impl<'a> ReadPagesReply<'a> {
+    /// Length of the flag block including its padding to 8 bytes.
+    fn flags_len(count: usize) -> usize {
+        count.div_ceil(8) * 8
+    }
+
+    /// Encodes the head of a reply (count and flags); the page data follows it.
+    pub fn encode_head(present: &[bool]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + Self::flags_len(present.len()));
+        out.extend_from_slice(&(present.len() as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend(present.iter().map(|&p| p as u8));
+        out.resize(8 + Self::flags_len(present.len()), 0);
+        out
+    }
+
+    pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
+        const WHAT: &str = "read_pages reply";
+        if body.len() < 8 {
+            return Err(WireError::malformed(WHAT, "shorter than 8 bytes"));
+        }
+        let count = u32_at(body, 0) as usize;
+        if count > MAX_BATCH_PAGES {
+            return Err(WireError::malformed(WHAT, format!("{count} pages")));
+        }
+        let flags_end = 8 + Self::flags_len(count);
+        if body.len() < flags_end {
+            return Err(WireError::malformed(WHAT, "flags are cut short"));
+        }
+        let present = &body[8..8 + count];
+        if present.iter().any(|&p| p > 1) {
+            return Err(WireError::malformed(WHAT, "a presence flag is not 0 or 1"));
+        }
+        let n_present = present.iter().filter(|&&p| p == 1).count();
+        check_len(WHAT, body, flags_end + n_present * PAGE_SIZE)?;
+        Ok(ReadPagesReply {
+            present,
+            data: &body[flags_end..],
+        })
+    }
+
+    /// The pages in request order: `Some(data)` for present ones, `None` for absent.
+    pub fn pages(&self) -> impl Iterator<Item = Option<&'a [u8]>> + '_ {
+        let mut next = 0usize;
+        self.present.iter().map(move |&p| {
+            (p == 1).then(|| {
+                let page = &self.data[next * PAGE_SIZE..(next + 1) * PAGE_SIZE];
+                next += 1;
+                page
+            })
+        })
+    }
+}
+
+/// Write a batch of pages of one address space; `data` holds 4 KiB per page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WritePages<'a> {
+    pub asid: u64,
+    pub pages: Vec<u64>,
+    pub data: &'a [u8],
+}
+
+impl<'a> WritePages<'a> {
+    pub fn encode(&self) -> Vec<u8> {
+        assert_eq!(
+            self.data.len(),
+            self.pages.len() * PAGE_SIZE,
+            "4 KiB per page"
+        );
+        let mut out = encode_batch_head(self.asid, &self.pages, self.data.len());
+        out.extend_from_slice(self.data);
+        out
+    }
+
+    pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
+        let (asid, pages) = decode_batch_head("write_pages", body)?;
+        let head = 16 + 8 * pages.len();
+        check_len("write_pages", body, head + PAGE_SIZE * pages.len())?;
+        Ok(WritePages {
+            asid,
+            pages,
+            data: &body[head..],
+        })
+    }
+}
+
+/// Answer to [`WritePages`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteReply {
+    pub stored: u32,
+    pub allocated: u32,
+}
+
+impl WriteReply {
+    pub fn encode(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&self.stored.to_le_bytes());
+        b[4..].copy_from_slice(&self.allocated.to_le_bytes());
+        b
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        check_len("write reply", body, 8)?;
+        Ok(WriteReply {
+            stored: u32_at(body, 0),
+            allocated: u32_at(body, 4),
+        })
+    }
+}
+
+/// Free `count` pages starting at page `first`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreeRange {
+    pub asid: u64,
+    pub first: u64,
+    pub count: u64,
+}
+
+impl FreeRange {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.asid.to_le_bytes());
+        b[8..16].copy_from_slice(&self.first.to_le_bytes());
+        b[16..].copy_from_slice(&self.count.to_le_bytes());
+        b
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        check_len("free_range", body, 24)?;
+        let r = FreeRange {
+            asid: u64_at(body, 0),
+            first: u64_at(body, 8),
+            count: u64_at(body, 16),
+        };
+        if r.first.checked_add(r.count).is_none() {
+            return Err(WireError::malformed("free_range", "range wraps around"));
+        }
+        Ok(r)
+    }
+}
+
+/// A single u64: the body of FreeSpace (an asid) and of the Freed answer (a page count).
+pub fn encode_u64(v: u64) -> [u8; 8] {
+    v.to_le_bytes()
+}
+
+pub fn decode_u64(what: &'static str, body: &[u8]) -> Result<u64, WireError> {
+    check_len(what, body, 8)?;
+    Ok(u64_at(body, 0))
+}

@@ -1,0 +1,158 @@
+//! Round trips and random-input robustness of every decoder (proptest).
+
+use lego_wire::{
+    auth::{decode_challenge, Claim, Hello, Secret},
+    control::{from_body, ClusterState, RegisterReq},
+    frame::{read_frame, write_frame, Header, HEADER_LEN},
+    pages::{FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply},
+    ErrorBody, ErrorCode, Op, WireError, PAGE_SIZE,
+};
+use proptest::prelude::*;
+
+fn op() -> impl Strategy<Value = Op> {
+    prop::sample::select(Op::ALL)
+}
+
+proptest! {
+    #[test]
+    fn frame_round_trip(op in op(), flags in 0u8..4, req_id: u64, body in prop::collection::vec(any::<u8>(), 0..512)) {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, op, flags, req_id, &[&body[..body.len() / 2], &body[body.len() / 2..]]).unwrap();
+        let f = read_frame(&mut &buf[..], 1 << 20).unwrap();
+        prop_assert_eq!(f.header, Header { op, flags, req_id, len: body.len() as u32 });
+        prop_assert_eq!(f.body, body);
+    }
+
+    #[test]
+    fn any_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = read_frame(&mut &bytes[..], 1 << 16);
+        let _ = ReadPages::decode(&bytes);
+        let _ = ReadPagesReply::decode(&bytes);
+        let _ = WritePages::decode(&bytes);
+        let _ = WriteReply::decode(&bytes);
+        let _ = FreeRange::decode(&bytes);
+        let _ = ErrorBody::decode(&bytes);
+        let _ = Hello::decode(&bytes);
+        let _ = decode_challenge(&bytes);
+        let _ = from_body::<ClusterState>(&bytes);
+        let _ = from_body::<RegisterReq>(&bytes);
+    }
+
+    #[test]
+    fn valid_header_with_random_tail(op in op(), req_id: u64, tail in prop::collection::vec(any::<u8>(), 0..64), len in 0u32..100) {
+        let mut buf = Header { op, flags: 0, req_id, len }.encode().to_vec();
+        buf.extend_from_slice(&tail);
+        match read_frame(&mut &buf[..], 1 << 16) {
+            Ok(f) => prop_assert_eq!(f.body.len(), len as usize),
+            Err(WireError::Truncated) => prop_assert!(tail.len() < len as usize),
+            Err(e) => prop_assert!(false, "unexpected {e}"),
+        }
+    }
+
+    #[test]
+    fn pages_round_trip(asid: u64, pages in prop::collection::vec(any::<u64>(), 1..20), seed: u8) {
+        let r = ReadPages { asid, pages: pages.clone() };
+        prop_assert_eq!(ReadPages::decode(&r.encode()).unwrap(), r);
+        let data: Vec<u8> = (0..pages.len() * PAGE_SIZE).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        let w = WritePages { asid, pages: pages.clone(), data: &data };
+        let enc = w.encode();
+        prop_assert_eq!(WritePages::decode(&enc).unwrap(), w);
+        let present: Vec<bool> = pages.iter().map(|p| p % 3 != 0).collect();
+        let mut body = ReadPagesReply::encode_head(&present);
+        let n = present.iter().filter(|&&p| p).count();
+        body.extend_from_slice(&data[..n * PAGE_SIZE]);
+        let reply = ReadPagesReply::decode(&body).unwrap();
+        let got: Vec<bool> = reply.pages().map(|p| p.is_some()).collect();
+        prop_assert_eq!(got, present);
+    }
+
+    #[test]
+    fn free_range_round_trip(asid: u64, first in 0u64..1 << 40, count in 0u64..1 << 20) {
+        let f = FreeRange { asid, first, count };
+        prop_assert_eq!(FreeRange::decode(&f.encode()).unwrap(), f);
+    }
+}
+
+#[test]
+fn oversized_frame_is_refused_before_reading_the_body() {
+    let buf = Header {
+        op: Op::Ping,
+        flags: 0,
+        req_id: 1,
+        len: 1 << 30,
+    }
+    .encode();
+    match read_frame(&mut &buf[..], 1 << 20) {
+        Err(WireError::TooLarge { len, max }) => assert_eq!((len, max), (1 << 30, 1 << 20)),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_magic_and_version_are_refused() {
+    let mut b = Header {
+        op: Op::Ping,
+        flags: 0,
+        req_id: 1,
+        len: 0,
+    }
+    .encode();
+    b[0] = b'X';
+    assert!(matches!(
+        Header::decode(&b, 10),
+        Err(WireError::BadMagic(_))
+    ));
+    let mut b = Header {
+        op: Op::Ping,
+        flags: 0,
+        req_id: 1,
+        len: 0,
+    }
+    .encode();
+    b[2] = 9;
+    assert!(matches!(
+        Header::decode(&b, 10),
+        Err(WireError::BadVersion(9))
+    ));
+    assert_eq!(HEADER_LEN, 24);
+}
+
+#[test]
+fn error_body_round_trip() {
+    for &code in ErrorCode::ALL {
+        let e = ErrorBody::new(code, "no room: 12 pages");
+        assert_eq!(ErrorBody::decode(&e.encode()).unwrap(), e);
+    }
+}
+
+#[test]
+fn handshake_proves_both_sides_and_rejects_wrong_keys() {
+    let secret = Secret::generate().unwrap();
+    let other = Secret::generate().unwrap();
+    let sn = lego_wire::auth::random_bytes().unwrap();
+    for claim in [Claim::Component, Claim::Vnode(7)] {
+        let hello = Hello::new(&secret.key_for(claim), claim, &sn).unwrap();
+        let decoded = Hello::decode(&hello.encode()).unwrap();
+        assert!(decoded.verify(&secret, &sn));
+        assert!(!decoded.verify(&other, &sn), "wrong secret must fail");
+        let w = decoded.welcome(&secret, &sn);
+        assert!(hello.check_welcome(&secret.key_for(claim), &sn, &w));
+        assert!(!hello.check_welcome(&other.key_for(claim), &sn, &w));
+        let bad = Hello::new(&other.key_for(claim), claim, &sn).unwrap();
+        assert!(!bad.verify(&secret, &sn));
+    }
+    // A vNode key cannot pass as another vNode or as a component.
+    let k7 = secret.vnode_key(7);
+    let forged = Hello::new(&k7, Claim::Vnode(8), &sn).unwrap();
+    assert!(!forged.verify(&secret, &sn));
+    let forged = Hello::new(&k7, Claim::Component, &sn).unwrap();
+    assert!(!forged.verify(&secret, &sn));
+}
+
+#[test]
+fn secret_hex_round_trip_and_errors() {
+    let s = Secret::generate().unwrap();
+    assert_eq!(Secret::from_hex(&format!("{}\n", s.to_hex())).unwrap(), s);
+    assert!(Secret::from_hex("abc").is_err());
+    assert!(Secret::from_hex(&"zz".repeat(32)).is_err());
+}
