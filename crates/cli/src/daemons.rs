@@ -36,7 +36,7 @@ pub struct ManagerArgs {
     /// How often components heartbeat, in milliseconds
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub heartbeat_ms: u64,
-    /// Declare a component dead after this much silence [default: 2.5 heartbeats]
+    /// Declare a component dead after this much silence [default: 2 heartbeat intervals]
     #[arg(long, value_name = "MS")]
     pub dead_after_ms: Option<u64>,
     /// Size of a vRegion: the unit of memory placement
@@ -99,7 +99,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         db: a.db.clone(),
         secret,
         heartbeat_ms: a.heartbeat_ms.max(1),
-        dead_after_ms: a.dead_after_ms.unwrap_or(a.heartbeat_ms * 5 / 2),
+        dead_after_ms: a.dead_after_ms.unwrap_or(a.heartbeat_ms * 2),
         vregion_bytes: a.vregion_size,
     })
     .context("the manager cannot start")?;

@@ -74,7 +74,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
     };
     let _ = svc.addrs.set((server.local_addr.clone(), http.clone()));
     let s = svc.clone();
-    let period = Duration::from_millis((cfg.heartbeat_ms / 4).clamp(5, 250));
+    let period = Duration::from_millis((cfg.heartbeat_ms / 10).clamp(5, 100));
     std::thread::Builder::new()
         .name("manager-detector".into())
         .spawn(move || loop {

@@ -210,7 +210,12 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             |i, body| {
                 let p = pick(i);
                 let r = ReadPagesReply::decode(body)?;
-                anyhow::ensure!(r.data == fill(p).as_slice(), "page {p} read back wrong");
+                anyhow::ensure!(
+                    r.data == fill(p).as_slice(),
+                    "page {p} (request {i}) read back wrong: {:?} {:?}",
+                    &r.present,
+                    &r.data[..8.min(r.data.len())]
+                );
                 Ok(())
             },
         )?;
@@ -232,7 +237,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             |_| {
                 WritePages {
                     asid,
-                    pages: vec![rng.next_u64() % npages],
+                    pages: vec![npages + rng.next_u64() % npages], // a second range: reads stay checkable
                     data: &page,
                 }
                 .encode()

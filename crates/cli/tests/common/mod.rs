@@ -1,0 +1,273 @@
+//! Test support: real lego daemons as child processes on loopback, always
+//! cleaned up (killed on drop, and told to exit if the test process dies).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lego_transport::{Client, ClientOptions, Credentials};
+use lego_wire::auth::Secret;
+use lego_wire::control::*;
+use lego_wire::Op;
+
+pub const LEGO: &str = env!("CARGO_BIN_EXE_lego");
+
+/// Polls `f` every 5 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One daemon process.
+pub struct Daemon {
+    pub name: String,
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A cluster of real daemons in a temporary directory.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub secret: Secret,
+    pub manager_addr: String,
+    pub heartbeat_ms: u64,
+    pub manager: Option<Daemon>,
+    pub memories: Vec<Daemon>,
+    spawned: usize,
+}
+
+impl TestCluster {
+    /// A manager (heartbeat `heartbeat_ms`) and `n` memory monitors of `capacity`.
+    pub fn start(n: usize, capacity: &str, heartbeat_ms: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::generate().unwrap();
+        std::fs::write(dir.path().join("secret"), secret.to_hex()).unwrap();
+        let mut c = TestCluster {
+            manager_addr: format!("127.0.0.1:{}", free_port()),
+            dir,
+            secret,
+            heartbeat_ms,
+            manager: None,
+            memories: Vec::new(),
+            spawned: 0,
+        };
+        c.start_manager();
+        for _ in 0..n {
+            c.start_memory(capacity);
+        }
+        let want = n;
+        c.wait_state("all memory monitors alive", |s| {
+            alive_memory(s).len() == want
+        });
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) -> Daemon {
+        self.spawned += 1;
+        let ready = self.path().join(format!("{name}-{}.ready", self.spawned));
+        let log = self.path().join(format!("{name}-{}.log", self.spawned));
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(LEGO)
+            .args(args)
+            .arg("--secret-file")
+            .arg(self.path().join("secret"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--exit-with")
+            .arg(std::process::id().to_string())
+            .env("LEGO_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            name: name.into(),
+            child,
+            addr: String::new(),
+            log,
+        };
+        d.addr = wait_for(Duration::from_secs(10), &format!("{name} ready"), || {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("{name} exited early ({st}):\n{}", d.log_text());
+            }
+            let text = std::fs::read_to_string(&ready).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            Some(v["addr"].as_str()?.to_string())
+        });
+        d
+    }
+
+    pub fn start_manager(&mut self) {
+        let db = self.path().join("manager.redb");
+        let (addr, hb) = (self.manager_addr.clone(), self.heartbeat_ms.to_string());
+        let d = self.spawn(
+            "manager",
+            &[
+                "manager",
+                "--listen",
+                &addr,
+                "--http",
+                "none",
+                "--heartbeat-ms",
+                &hb,
+                "--db",
+                db.to_str().unwrap(),
+            ],
+        );
+        self.manager = Some(d);
+    }
+
+    pub fn kill_manager(&mut self) {
+        if let Some(mut m) = self.manager.take() {
+            m.kill9();
+        }
+    }
+
+    pub fn start_memory(&mut self, capacity: &str) -> String {
+        let mgr = self.manager_addr.clone();
+        let d = self.spawn(
+            "memory",
+            &["memory", "--capacity", capacity, "--manager", &mgr],
+        );
+        let addr = d.addr.clone();
+        self.memories.push(d);
+        addr
+    }
+
+    /// A component connection to the manager.
+    pub fn manager_client(&self) -> Client {
+        Client::connect(
+            &self.manager_addr,
+            &Credentials::component(&self.secret),
+            &ClientOptions::default(),
+        )
+        .expect("connect to manager")
+    }
+
+    pub fn state(&self) -> ClusterState {
+        self.manager_client()
+            .call_json(Op::ClusterState, &())
+            .expect("cluster state")
+    }
+
+    /// Waits until the cluster state satisfies `pred`.
+    pub fn wait_state(&self, what: &str, pred: impl Fn(&ClusterState) -> bool) -> ClusterState {
+        wait_for(Duration::from_secs(15), what, || {
+            let c = Client::connect(
+                &self.manager_addr,
+                &Credentials::component(&self.secret),
+                &ClientOptions::default(),
+            )
+            .ok()?;
+            let s: ClusterState = c.call_json(Op::ClusterState, &()).ok()?;
+            pred(&s).then_some(s)
+        })
+    }
+
+    /// Creates a vNode and an address space in it; returns (vnode id, asid).
+    pub fn vnode_space(&self, name: &str) -> (u32, u64) {
+        let m = self.manager_client();
+        let v: VnodeInfo = m
+            .call_json(Op::VnodeCreate, &VnodeReq { name: name.into() })
+            .unwrap();
+        let s: CreateSpaceResp = m
+            .call_json(Op::CreateSpace, &CreateSpaceReq { vnode: name.into() })
+            .unwrap();
+        (v.id, s.asid)
+    }
+
+    pub fn assign(&self, asid: u64, index: u64) -> AssignResp {
+        self.manager_client()
+            .call_json(Op::AssignVRegion, &AssignReq { asid, index })
+            .unwrap()
+    }
+
+    /// A connection to a memory monitor as a process of `vnode`.
+    pub fn vnode_client(&self, addr: &str, vnode: u32) -> Client {
+        Client::connect(
+            addr,
+            &Credentials::vnode(vnode, self.secret.vnode_key(vnode)),
+            &ClientOptions::default(),
+        )
+        .expect("connect to memory monitor")
+    }
+
+    /// Runs the lego CLI against this cluster's manager.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(LEGO)
+            .args(args)
+            .arg("--manager")
+            .arg(&self.manager_addr)
+            .arg("--secret-file")
+            .arg(self.path().join("secret"))
+            .output()
+            .unwrap()
+    }
+}
+
+pub fn alive_memory(s: &ClusterState) -> Vec<&ComponentInfo> {
+    s.components
+        .iter()
+        .filter(|c| c.role == "memory" && c.health == "alive")
+        .collect()
+}
+
+pub fn mem_stats(c: &Client) -> MemStats {
+    c.call_json(Op::MemStats, &()).unwrap()
+}
+
+/// Deterministic page content for page `p` of a test.
+pub fn page_content(seed: u64, p: u64) -> Vec<u8> {
+    let mut x = seed ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..lego_wire::PAGE_SIZE / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
