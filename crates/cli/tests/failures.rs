@@ -129,6 +129,7 @@ fn manager_restart_keeps_vnodes_and_assignments() {
             Op::CreateSpace,
             &lego_wire::control::CreateSpaceReq {
                 vnode: "beta".into(),
+                owner: None,
             },
         )
         .unwrap();

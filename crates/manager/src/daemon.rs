@@ -49,6 +49,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
         vregions = loaded.vregions.len(),
         "metadata loaded"
     );
+    let owners = loaded.owners.iter().copied().collect();
     let mut placement =
         Placement::restore(pcfg, 0, loaded.components, loaded.vnodes, loaded.vregions);
     placement.raise_next_ids(loaded.next_component_id, loaded.next_vnode_id);
@@ -61,6 +62,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
             vregion_bytes: cfg.vregion_bytes,
         },
         cfg.secret.clone(),
+        owners,
     ));
     let server = spawn_server(
         listen(&cfg.listen)?,

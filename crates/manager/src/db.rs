@@ -6,6 +6,7 @@
 //! components  u64 id          -> JSON Component (as last registered)
 //! vnodes      u32 id          -> JSON Vnode
 //! vregions    (asid, index)   -> (primary id, backup id)
+//! owners      asid            -> owner (job) id
 //! meta        "next_component_id" / "next_vnode_id" -> u64
 //! ```
 
@@ -20,6 +21,7 @@ const COMPONENTS: TableDefinition<u64, &str> = TableDefinition::new("components"
 const VNODES: TableDefinition<u32, &str> = TableDefinition::new("vnodes");
 const VREGIONS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("vregions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const OWNERS: TableDefinition<u64, u64> = TableDefinition::new("owners");
 
 /// Everything loaded at start.
 #[derive(Debug, Default)]
@@ -27,6 +29,7 @@ pub struct Loaded {
     pub components: Vec<Component>,
     pub vnodes: Vec<Vnode>,
     pub vregions: Vec<(VRegionKey, VRegionAssignment)>,
+    pub owners: Vec<(u64, u64)>,
     pub next_component_id: u64,
     pub next_vnode_id: u32,
 }
@@ -39,6 +42,8 @@ pub enum Change<'a> {
     DeleteVnode(u32),
     VRegion(VRegionKey, VRegionAssignment),
     DeleteVRegion(VRegionKey),
+    Owner { asid: u64, owner: u64 },
+    DeleteOwner(u64),
     NextIds { component: u64, vnode: u32 },
 }
 
@@ -56,6 +61,7 @@ impl Db {
         tx.open_table(VNODES).map_err(ManagerError::db)?;
         tx.open_table(VREGIONS).map_err(ManagerError::db)?;
         tx.open_table(META).map_err(ManagerError::db)?;
+        tx.open_table(OWNERS).map_err(ManagerError::db)?;
         tx.commit().map_err(ManagerError::db)?;
         Ok(Db { db })
     }
@@ -84,6 +90,11 @@ impl Db {
                 VRegionAssignment { primary, backup },
             ));
         }
+        let t = tx.open_table(OWNERS).map_err(ManagerError::db)?;
+        for row in t.iter().map_err(ManagerError::db)? {
+            let (k, v) = row.map_err(ManagerError::db)?;
+            out.owners.push((k.value(), v.value()));
+        }
         let t = tx.open_table(META).map_err(ManagerError::db)?;
         let get = |k: &str| -> Result<u64, ManagerError> {
             Ok(t.get(k).map_err(ManagerError::db)?.map_or(1, |v| v.value()))
@@ -104,6 +115,7 @@ impl Db {
             let mut vnodes = tx.open_table(VNODES).map_err(ManagerError::db)?;
             let mut vregions = tx.open_table(VREGIONS).map_err(ManagerError::db)?;
             let mut meta = tx.open_table(META).map_err(ManagerError::db)?;
+            let mut owners = tx.open_table(OWNERS).map_err(ManagerError::db)?;
             for c in changes {
                 match c {
                     Change::Component(c) => {
@@ -130,6 +142,12 @@ impl Db {
                         vregions
                             .remove((k.asid, k.index))
                             .map_err(ManagerError::db)?;
+                    }
+                    Change::Owner { asid, owner } => {
+                        owners.insert(asid, owner).map_err(ManagerError::db)?;
+                    }
+                    Change::DeleteOwner(asid) => {
+                        owners.remove(asid).map_err(ManagerError::db)?;
                     }
                     Change::NextIds { component, vnode } => {
                         meta.insert("next_component_id", *component)

@@ -49,6 +49,8 @@ pub struct ManagerService {
     pub addrs: OnceLock<(String, Option<String>)>,
     reports: Mutex<HashMap<u64, BTreeMap<String, u64>>>,
     pool: Mutex<HashMap<String, Client>>,
+    /// Which job (owner) each address space belongs to, when it has one.
+    owners: Mutex<BTreeMap<u64, u64>>,
     pub counters: ManagerCounters,
 }
 
@@ -73,7 +75,13 @@ fn internal(e: impl std::fmt::Display) -> Reject {
 }
 
 impl ManagerService {
-    pub fn new(placement: Placement, db: Db, cfg: ServiceConfig, secret: Secret) -> Self {
+    pub fn new(
+        placement: Placement,
+        db: Db,
+        cfg: ServiceConfig,
+        secret: Secret,
+        owners: BTreeMap<u64, u64>,
+    ) -> Self {
         ManagerService {
             state: Mutex::new(placement),
             db,
@@ -83,6 +91,7 @@ impl ManagerService {
             addrs: OnceLock::new(),
             reports: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
+            owners: Mutex::new(owners),
             counters: ManagerCounters::default(),
         }
     }
@@ -347,7 +356,12 @@ impl ManagerService {
                     .ok_or_else(|| reject(PlacementError::UnknownVnode(req.vnode.clone())))?;
                 Self::require_vnode(peer, vid)?;
                 let (asid, vnode) = st.create_space(vid).map_err(reject)?;
-                self.persist(&[Change::Vnode(&vnode)])?;
+                let mut changes = vec![Change::Vnode(&vnode)];
+                if let Some(owner) = req.owner {
+                    changes.push(Change::Owner { asid, owner });
+                    lock(&self.owners).insert(asid, owner);
+                }
+                self.persist(&changes)?;
                 self.counters.spaces_created.fetch_add(1, Ordering::Relaxed);
                 Ok(to_body(&CreateSpaceResp {
                     asid,
@@ -358,31 +372,39 @@ impl ManagerService {
             Op::ReleaseSpace => {
                 let req: ReleaseSpaceReq = from_body(body)?;
                 Self::require_vnode(peer, asid_vnode(req.asid))?;
-                let removed = {
-                    let mut st = lock(&self.state);
-                    let removed = st.release_space(req.asid);
-                    let changes: Vec<Change> = removed
-                        .iter()
-                        .map(|(k, _)| Change::DeleteVRegion(*k))
-                        .collect();
-                    self.persist(&changes)?;
-                    removed
-                };
-                let (freed, unreachable) = self.free_on_monitors(&removed);
-                self.counters
-                    .spaces_released
-                    .fetch_add(1, Ordering::Relaxed);
+                Ok(to_body(&self.release(&[req.asid])?))
+            }
+            Op::ReleaseOwner => {
+                Self::require_component(peer, op)?;
+                let req: ReleaseOwnerReq = from_body(body)?;
+                let spaces: Vec<u64> = lock(&self.owners)
+                    .iter()
+                    .filter(|(_, &o)| o == req.owner)
+                    .map(|(&a, _)| a)
+                    .collect();
+                let resp = self.release(&spaces)?;
                 info!(
-                    asid = format_args!("{:#x}", req.asid),
-                    vregions = removed.len(),
-                    freed,
-                    "address space released"
+                    owner = req.owner,
+                    spaces = spaces.len(),
+                    freed = resp.freed_pages,
+                    "job's memory released"
                 );
-                Ok(to_body(&ReleaseSpaceResp {
-                    vregions: removed.len() as u64,
-                    freed_pages: freed,
-                    unreachable,
-                }))
+                Ok(to_body(&resp))
+            }
+            Op::ForkSpace => {
+                let req: ForkSpaceReq = from_body(body)?;
+                Self::require_vnode(peer, asid_vnode(req.asid))?;
+                self.fork(req.asid).map(|r| to_body(&r))
+            }
+            Op::PlaceProcess => {
+                Self::require_component(peer, op)?;
+                let req: PlaceProcessReq = from_body(body)?;
+                let st = lock(&self.state);
+                if st.vnode_by_name(&req.vnode).is_none() {
+                    return Err(reject(PlacementError::UnknownVnode(req.vnode)));
+                }
+                let id = st.place_process(req.excache).map_err(reject)?;
+                Ok(to_body(&Self::endpoint(&st, id)))
             }
             Op::VnodeCreate => {
                 Self::require_component(peer, op)?;
@@ -447,6 +469,109 @@ impl ManagerService {
                 format!("the manager does not serve {other}"),
             )),
         }
+    }
+}
+
+impl ManagerService {
+    /// Releases address spaces: drops their vRegions durably, then frees their
+    /// pages on the memory monitors.
+    fn release(&self, spaces: &[u64]) -> Result<ReleaseSpaceResp, Reject> {
+        let removed = {
+            let mut st = lock(&self.state);
+            let removed: Vec<_> = spaces.iter().flat_map(|&a| st.release_space(a)).collect();
+            let mut changes: Vec<Change> = removed
+                .iter()
+                .map(|(k, _)| Change::DeleteVRegion(*k))
+                .collect();
+            changes.extend(spaces.iter().map(|&a| Change::DeleteOwner(a)));
+            self.persist(&changes)?;
+            let mut owners = lock(&self.owners);
+            for a in spaces {
+                owners.remove(a);
+            }
+            removed
+        };
+        let (freed, unreachable) = self.free_on_monitors(&removed);
+        self.counters
+            .spaces_released
+            .fetch_add(spaces.len() as u64, Ordering::Relaxed);
+        for a in spaces {
+            tracing::debug!(asid = format_args!("{a:#x}"), "address space released");
+        }
+        Ok(ReleaseSpaceResp {
+            vregions: removed.len() as u64,
+            freed_pages: freed,
+            unreachable,
+        })
+    }
+
+    /// Creates a forked child's address space: same vNode and owner, same
+    /// memory monitors, each of which copies the parent's pages locally.
+    fn fork(&self, parent: u64) -> Result<CreateSpaceResp, Reject> {
+        let (child, copied, monitors) = {
+            let mut st = lock(&self.state);
+            let (child, vnode, copied) = st.fork_space(parent).map_err(reject)?;
+            let mut changes: Vec<Change> = vec![Change::Vnode(&vnode)];
+            changes.extend(copied.iter().map(|(k, a)| Change::VRegion(*k, *a)));
+            let owner = lock(&self.owners).get(&parent).copied();
+            if let Some(owner) = owner {
+                changes.push(Change::Owner { asid: child, owner });
+            }
+            self.persist(&changes)?;
+            if let Some(owner) = owner {
+                lock(&self.owners).insert(child, owner);
+            }
+            let ids: BTreeSet<u64> = copied
+                .iter()
+                .flat_map(|(_, a)| [a.primary, a.backup])
+                .collect();
+            let monitors: Vec<(u64, Option<String>)> = ids
+                .into_iter()
+                .map(|id| {
+                    (
+                        id,
+                        st.component(id)
+                            .filter(|c| c.health == Health::Alive)
+                            .map(|c| c.addr.clone()),
+                    )
+                })
+                .collect();
+            (child, copied, monitors)
+        };
+        let body = [parent.to_le_bytes(), child.to_le_bytes()].concat();
+        for (id, addr) in monitors {
+            let done = addr
+                .ok_or_else(|| format!("memory monitor {id} is dead"))
+                .and_then(|addr| {
+                    let c = self.client(&addr).map_err(|e| e.to_string())?;
+                    c.call(Op::CloneSpace, &[&body]).map_err(|e| {
+                        lock(&self.pool).remove(&addr);
+                        e.to_string()
+                    })
+                });
+            if let Err(why) = done {
+                warn!(
+                    parent = format_args!("{parent:#x}"),
+                    "fork cannot copy memory: {why}"
+                );
+                let _ = self.release(&[child]);
+                return Err(Reject::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot copy the parent's memory: {why}"),
+                ));
+            }
+        }
+        info!(
+            parent = format_args!("{parent:#x}"),
+            child = format_args!("{child:#x}"),
+            vregions = copied.len(),
+            "address space forked"
+        );
+        Ok(CreateSpaceResp {
+            asid: child,
+            vnode_id: asid_vnode(child),
+            vregion_bytes: self.cfg.vregion_bytes,
+        })
     }
 }
 

@@ -154,6 +154,21 @@ impl Handler for MemoryService {
                 reply.extend_from_slice(&encode_u64(n));
                 Ok(())
             }
+            Op::CloneSpace => {
+                if body.len() != 16 {
+                    return Err(Reject::bad_request("clone_space takes two asids"));
+                }
+                let from = decode_u64("clone_space", &body[..8])?;
+                let to = decode_u64("clone_space", &body[8..])?;
+                self.check(peer, from)?;
+                self.check(peer, to)?;
+                let n = self.store.clone_space(from, to).map_err(|e| {
+                    tracing::warn!("{e}");
+                    Reject::new(ErrorCode::OutOfMemory, e.to_string())
+                })?;
+                reply.extend_from_slice(&encode_u64(n));
+                Ok(())
+            }
             Op::MemStats => {
                 let stats = MemStats {
                     capacity_pages: self.store.capacity_pages(),

@@ -175,6 +175,36 @@ impl PageStore {
         }
     }
 
+    /// Copies every page of `from` into `to` (a forked child's space). All or
+    /// nothing: refused whole when the copies do not fit. Returns pages copied.
+    pub fn clone_space(&self, from: u64, to: u64) -> Result<u64, StoreError> {
+        let mut copies: Vec<(u64, Page)> = Vec::new();
+        for s in &self.shards {
+            let s = lock(s);
+            copies.extend(
+                s.iter()
+                    .filter(|(k, _)| k.0 == from)
+                    .map(|(k, v)| (k.1, v.clone())),
+            );
+        }
+        let new = copies.len() as u64;
+        self.reserve(new)?;
+        let mut replaced = 0;
+        for (p, data) in copies {
+            if lock(&self.shards[shard_of(to, p)])
+                .insert((to, p), data)
+                .is_some()
+            {
+                replaced += 1;
+            }
+        }
+        self.held.fetch_sub(replaced, Ordering::Relaxed);
+        self.counters
+            .pages_allocated
+            .fetch_add(new - replaced, Ordering::Relaxed);
+        Ok(new)
+    }
+
     /// Frees `count` pages from `first`; returns how many were held.
     pub fn free_range(&self, asid: u64, first: u64, count: u64) -> u64 {
         let mut freed = 0;
@@ -270,6 +300,24 @@ mod tests {
         let s = PageStore::new(PAGE_SIZE as u64);
         assert_eq!(s.write(1, &[5, 5], &[page(1), page(2)].concat()), Ok(1));
         assert_eq!(s.pages_held(), 1);
+    }
+
+    #[test]
+    fn clone_copies_and_diverges() {
+        let s = PageStore::new(5 * PAGE_SIZE as u64);
+        s.write(1, &[1, 2], &[page(1), page(2)].concat()).unwrap();
+        assert_eq!(s.clone_space(1, 9), Ok(2));
+        s.write(9, &[1], &page(7)).unwrap();
+        let mut out = Vec::new();
+        s.read(1, &[1], &mut out);
+        s.read(9, &[1, 2], &mut out);
+        assert_eq!(out, [page(1), page(7), page(2)].concat());
+        assert_eq!(s.pages_held(), 4);
+        assert!(matches!(
+            s.clone_space(1, 10),
+            Err(StoreError::OutOfMemory { .. })
+        ));
+        assert_eq!(s.pages_held(), 4);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum PlacementError {
     UnknownVRegion(VRegionKey),
     #[error("component {id} holds no replica of {key}")]
     NotAReplica { key: VRegionKey, id: ComponentId },
+    #[error("no alive processor monitor has {excache} bytes of ExCache free ({alive} alive)")]
+    NoProcessor { alive: usize, excache: u64 },
     #[error("unknown vnode {0:?}")]
     UnknownVnode(String),
     #[error("unknown vnode id {0}")]

@@ -12,6 +12,7 @@
 
 mod error;
 mod gmm;
+mod gpm;
 mod membership;
 mod types;
 mod vnodes;

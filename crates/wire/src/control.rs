@@ -77,6 +77,29 @@ pub struct AssignResp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateSpaceReq {
     pub vnode: String,
+    /// The job the space belongs to: `ReleaseOwner` frees all of a job's spaces.
+    #[serde(default)]
+    pub owner: Option<u64>,
+}
+
+/// `ForkSpace` -> [`CreateSpaceResp`]: the child's space, a copy of `asid`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkSpaceReq {
+    pub asid: u64,
+}
+
+/// `ReleaseOwner` -> [`ReleaseSpaceResp`] (summed over the owner's spaces).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseOwnerReq {
+    pub owner: u64,
+}
+
+/// `PlaceProcess` -> [`Endpoint`] of a processor monitor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceProcessReq {
+    pub vnode: String,
+    /// ExCache bytes the process needs.
+    pub excache: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,5 +185,55 @@ pub struct MemStats {
     pub capacity_pages: u64,
     pub pages_held: u64,
     pub address_spaces: u64,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// `Launch` -> [`LaunchResp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchReq {
+    pub argv: Vec<String>,
+    /// The environment of the program (the processor adds the runtime's).
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub vnode: String,
+    /// ExCache quota in bytes; `None` with `excache_percent` None: the default.
+    pub excache: Option<u64>,
+    /// ExCache quota as a percentage of the processor's ExCache.
+    pub excache_percent: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchResp {
+    pub job: u64,
+    pub pid: u32,
+    /// The quota granted, in bytes.
+    pub excache: u64,
+}
+
+/// `Output` -> binary chunks (see [`crate::pages`]-style layout in `io`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputReq {
+    pub job: u64,
+    /// Longest time to wait for something to report.
+    pub max_wait_ms: u64,
+}
+
+/// `Signal` -> `{}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalReq {
+    pub job: u64,
+    pub signal: i32,
+}
+
+/// One job of a processor monitor, for `Jobs` and `lego status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub job: u64,
+    pub pid: u32,
+    pub vnode: String,
+    pub argv: Vec<String>,
+    pub excache: u64,
+    pub running: bool,
+    /// The runtime's counters (faults, evictions, bytes moved, ...).
     pub counters: BTreeMap<String, u64>,
 }

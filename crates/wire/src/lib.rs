@@ -20,6 +20,7 @@ pub mod auth;
 pub mod control;
 pub mod error;
 pub mod frame;
+pub mod io;
 pub mod ops;
 pub mod pages;
 

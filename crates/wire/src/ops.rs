@@ -57,6 +57,8 @@ u16_enum! {
         FreeSpace = 0x0103, "free_space";
         /// Memory monitor: counters as JSON.
         MemStats = 0x0104, "mem_stats";
+        /// Memory monitor: copy every page of one address space into another (fork).
+        CloneSpace = 0x0105, "clone_space";
         /// Manager: a component registers.
         Register = 0x0200, "register";
         /// Manager: a component is alive and reports its load.
@@ -67,6 +69,12 @@ u16_enum! {
         CreateSpace = 0x0203, "create_space";
         /// Manager: an address space is gone; free its pages everywhere.
         ReleaseSpace = 0x0204, "release_space";
+        /// Manager: the address space of a forked child, a copy of its parent's.
+        ForkSpace = 0x0205, "fork_space";
+        /// Manager: free every address space created for one owner (a job).
+        ReleaseOwner = 0x0206, "release_owner";
+        /// Manager (GPM): which processor monitor runs a new process?
+        PlaceProcess = 0x0207, "place_process";
         /// Manager: create a vNode.
         VnodeCreate = 0x0210, "vnode_create";
         /// Manager: list vNodes.
@@ -75,6 +83,16 @@ u16_enum! {
         VnodeDelete = 0x0212, "vnode_delete";
         /// Manager: the whole cluster state.
         ClusterState = 0x0220, "cluster_state";
+        /// Processor monitor: start a program.
+        Launch = 0x0300, "launch";
+        /// Processor monitor: output and exit of a job (long poll).
+        Output = 0x0301, "output";
+        /// Processor monitor: bytes for a job's stdin (empty: end of input).
+        Stdin = 0x0302, "stdin";
+        /// Processor monitor: send a signal to a job.
+        Signal = 0x0303, "signal";
+        /// Processor monitor: the jobs running and their counters.
+        Jobs = 0x0304, "jobs";
     }
 }
 

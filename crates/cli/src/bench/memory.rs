@@ -149,6 +149,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
         Op::CreateSpace,
         &CreateSpaceReq {
             vnode: name.clone(),
+            owner: None,
         },
     )?;
     let asid = space.asid;

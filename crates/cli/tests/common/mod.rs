@@ -214,7 +214,13 @@ impl TestCluster {
             .call_json(Op::VnodeCreate, &VnodeReq { name: name.into() })
             .unwrap();
         let s: CreateSpaceResp = m
-            .call_json(Op::CreateSpace, &CreateSpaceReq { vnode: name.into() })
+            .call_json(
+                Op::CreateSpace,
+                &CreateSpaceReq {
+                    vnode: name.into(),
+                    owner: None,
+                },
+            )
             .unwrap();
         (v.id, s.asid)
     }

@@ -1,0 +1,166 @@
+//! The GPM: which processor monitor runs a new process, by load; and the
+//! address space of a forked child, which starts as a copy of its parent's.
+
+use crate::{
+    asid_vnode, Asid, ComponentId, Health, Placement, PlacementError, Role, VRegionAssignment,
+    VRegionKey, Vnode,
+};
+
+impl Placement {
+    /// Picks the alive processor monitor with the most free ExCache that has at
+    /// least `excache` bytes free (ties: fewer used bytes, then lower id).
+    pub fn place_process(&self, excache: u64) -> Result<ComponentId, PlacementError> {
+        let mut alive = 0;
+        let best = self
+            .components
+            .values()
+            .filter(|c| c.role == Role::Processor && c.health == Health::Alive)
+            .inspect(|_| alive += 1)
+            .filter(|c| c.capacity.saturating_sub(c.used) >= excache)
+            .min_by_key(|c| (std::cmp::Reverse(c.capacity - c.used), c.used, c.id))
+            .map(|c| c.id);
+        best.ok_or(PlacementError::NoProcessor { alive, excache })
+    }
+
+    /// Creates the address space of a forked child of `parent`, in the same
+    /// vNode, whose vRegions live on the same memory monitors as the
+    /// parent's (so each monitor copies locally). Returns the child's asid,
+    /// the updated vNode and the child's vRegions.
+    #[allow(clippy::type_complexity)]
+    pub fn fork_space(
+        &mut self,
+        parent: Asid,
+    ) -> Result<(Asid, Vnode, Vec<(VRegionKey, VRegionAssignment)>), PlacementError> {
+        let (child, vnode) = self.create_space(asid_vnode(parent))?;
+        let copied: Vec<(VRegionKey, VRegionAssignment)> = self
+            .vregions
+            .range(
+                VRegionKey {
+                    asid: parent,
+                    index: 0,
+                }..=VRegionKey {
+                    asid: parent,
+                    index: u64::MAX,
+                },
+            )
+            .map(|(k, a)| {
+                (
+                    VRegionKey {
+                        asid: child,
+                        index: k.index,
+                    },
+                    *a,
+                )
+            })
+            .collect();
+        self.vregions.extend(copied.iter().copied());
+        Ok((child, vnode, copied))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Placement, PlacementConfig, PlacementError, Role, VRegionKey};
+
+    fn cluster(processors: &[(u64, u64)]) -> Placement {
+        let mut p = Placement::new(PlacementConfig {
+            dead_after_ms: 1000,
+        });
+        for (i, &(cap, used)) in processors.iter().enumerate() {
+            let id = p
+                .register(0, Role::Processor, format!("p{i}"), cap, 1, None)
+                .unwrap();
+            p.heartbeat(0, id, 1, used).unwrap();
+        }
+        p
+    }
+
+    #[test]
+    fn place_process_table() {
+        // (processors as (capacity, used), excache asked, expected)
+        type Case = (&'static [(u64, u64)], u64, Result<u64, PlacementError>);
+        let table: &[Case] = &[
+            (&[(100, 0)], 50, Ok(1)),
+            (&[(100, 80), (100, 10)], 50, Ok(2)),
+            (&[(100, 60), (200, 170)], 30, Ok(1)),
+            (&[(100, 0), (100, 0)], 10, Ok(1)),
+            (
+                &[(100, 90)],
+                50,
+                Err(PlacementError::NoProcessor {
+                    alive: 1,
+                    excache: 50,
+                }),
+            ),
+            (
+                &[],
+                1,
+                Err(PlacementError::NoProcessor {
+                    alive: 0,
+                    excache: 1,
+                }),
+            ),
+        ];
+        for (procs, want, expected) in table {
+            assert_eq!(
+                &cluster(procs).place_process(*want),
+                expected,
+                "{procs:?} asking {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn dead_processors_are_not_chosen() {
+        let mut p = cluster(&[(100, 0), (100, 50)]);
+        p.heartbeat(900, 2, 1, 50).unwrap();
+        p.tick(1500);
+        assert_eq!(p.place_process(10), Ok(2));
+    }
+
+    #[test]
+    fn fork_space_copies_placements_into_a_new_space() {
+        let mut p = Placement::new(PlacementConfig {
+            dead_after_ms: 1000,
+        });
+        for i in 0..3 {
+            p.register(0, Role::Memory, format!("m{i}"), 1 << 30, 1, None)
+                .unwrap();
+        }
+        let v = p.create_vnode("v").unwrap();
+        let (parent, _) = p.create_space(v.id).unwrap();
+        let (other, _) = p.create_space(v.id).unwrap();
+        for index in [0, 5] {
+            p.assign_vregion(VRegionKey {
+                asid: parent,
+                index,
+            })
+            .unwrap();
+        }
+        p.assign_vregion(VRegionKey {
+            asid: other,
+            index: 1,
+        })
+        .unwrap();
+        let (child, vnode, copied) = p.fork_space(parent).unwrap();
+        assert_eq!(crate::asid_vnode(child), v.id);
+        assert_eq!(vnode.next_space, 4);
+        assert_eq!(copied.len(), 2);
+        for index in [0, 5] {
+            assert_eq!(
+                p.vregion(VRegionKey { asid: child, index }),
+                p.vregion(VRegionKey {
+                    asid: parent,
+                    index
+                })
+            );
+        }
+        assert_eq!(
+            p.vregion(VRegionKey {
+                asid: child,
+                index: 1
+            }),
+            None
+        );
+    }
+}
