@@ -1,0 +1,239 @@
+//! liblego_rt.so: the ExCache runtime, loaded into unmodified programs with
+//! LD_PRELOAD by the processor monitor.
+//!
+//! - [`arena`]: one big reservation that holds all anonymous memory of the
+//!   program, and the page-range allocator inside it.
+//! - [`heap`] and [`shim`]: the interposed malloc family, mmap, munmap,
+//!   mremap, madvise, brk and sbrk, all served from the arena.
+//! - [`pager`]: the ExCache proper: userfaultfd faults, zero-fill, fetch with
+//!   prefetch, dirty tracking by write protection, batched FIFO eviction with
+//!   write-back to both replicas.
+//! - [`remote`]: the address space at the manager, vRegion placements, and
+//!   the memory monitors.
+//! - [`process`]: fork and exec. [`stats`]: counters. [`sys`]: raw system calls
+//!   and userfaultfd bindings. [`rtalloc`]: the runtime's own allocator.
+//!
+//! Configuration comes from the environment (`LEGO_RT_MANAGER`,
+//! `LEGO_RT_VNODE`, `LEGO_RT_VNODE_ID`, `LEGO_RT_KEY`, `LEGO_RT_EXCACHE`,
+//! `LEGO_RT_JOB`, `LEGO_RT_STATS`, `LEGO_RT_SPACES`). Without
+//! `LEGO_RT_MANAGER` the library only serves memory locally.
+//!
+//! Exit statuses: 117 when memory is lost (no replica of a vRegion can be
+//! reached, or fork cannot copy memory), 118 when the runtime cannot start
+//! (no userfaultfd, no manager). Both print a line starting with "lego:".
+
+pub mod arena;
+pub mod heap;
+pub mod lock;
+pub mod pager;
+pub mod process;
+pub mod remote;
+pub mod rtalloc;
+pub mod shim;
+pub mod stats;
+pub mod sys;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use remote::{Config, Lost, Remote};
+
+#[global_allocator]
+static ALLOC: rtalloc::RtAlloc = rtalloc::RtAlloc::new();
+
+/// Exit status when memory is lost.
+pub const EXIT_MEMORY_LOST: i32 = 117;
+/// Exit status when the runtime cannot start.
+pub const EXIT_CANNOT_START: i32 = 118;
+
+/// Set in forked children.
+pub static CHILD: AtomicBool = AtomicBool::new(false);
+static STATS_PATH: crate::lock::Lock<Option<String>> = crate::lock::Lock::new(None);
+static STATS_ASID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn stats_main(_: usize) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if CHILD.load(Ordering::Relaxed) {
+            return;
+        }
+        let path = STATS_PATH.lock().clone();
+        if let Some(path) = path {
+            stats::write(&path, STATS_ASID.load(Ordering::Relaxed));
+        }
+    }
+}
+
+fn die(msg: &str, status: i32) -> ! {
+    sys::write_fd(2, msg.as_bytes());
+    // SAFETY: ends the process at once; nothing of ours must run after this.
+    unsafe { libc::_exit(status) }
+}
+
+/// The runtime cannot start: say why and stop.
+pub fn fatal_start(msg: &str) -> ! {
+    die(
+        &format!("lego: the runtime cannot start: {msg}\n"),
+        EXIT_CANNOT_START,
+    )
+}
+
+/// Memory of the process is gone: say which and stop, never run on zeros.
+pub fn fatal_lost(lost: &Lost) -> ! {
+    die(
+        &format!(
+            "lego: memory lost: vRegion {} of address space {:#x} cannot be reached on any memory monitor ({}); stopping the process\n",
+            lost.vregion, lost.asid, lost.detail
+        ),
+        EXIT_MEMORY_LOST,
+    )
+}
+
+pub fn fatal_lost_msg(msg: &str) -> ! {
+    die(&format!("lego: memory lost: {msg}\n"), EXIT_MEMORY_LOST)
+}
+
+fn config() -> Result<Option<Config>, String> {
+    let Ok(manager) = std::env::var("LEGO_RT_MANAGER") else {
+        return Ok(None);
+    };
+    let get = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
+    let key = lego_wire::auth::Secret::from_hex(&get("LEGO_RT_KEY")?)
+        .map_err(|e| format!("LEGO_RT_KEY: {e}"))?;
+    let mut key_bytes = [0u8; 32];
+    let hex = key.to_hex();
+    for (i, b) in key_bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    let num = |k: &str| -> Result<u64, String> {
+        get(k)?.parse().map_err(|_| format!("{k} is not a number"))
+    };
+    Ok(Some(Config {
+        manager,
+        vnode: get("LEGO_RT_VNODE")?,
+        vnode_id: num("LEGO_RT_VNODE_ID")? as u32,
+        key: key_bytes,
+        excache: num("LEGO_RT_EXCACHE")? as usize,
+        job: std::env::var("LEGO_RT_JOB")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        stats: std::env::var("LEGO_RT_STATS").ok(),
+    }))
+}
+
+/// Starts a runtime thread with the raw pthread API, so that it is marked as
+/// a runtime thread before any code of std runs in it (std's thread start
+/// initialises thread-locals, which allocates through our `malloc`).
+fn spawn_runtime_thread(name: &std::ffi::CStr, f: extern "C" fn(usize), arg: usize) {
+    struct Start {
+        f: extern "C" fn(usize),
+        arg: usize,
+    }
+    extern "C" fn trampoline(p: *mut libc::c_void) -> *mut libc::c_void {
+        heap::enter_runtime_thread();
+        // SAFETY: `p` is the Box<Start> leaked by the spawner, used once.
+        let s = unsafe { Box::from_raw(p.cast::<Start>()) };
+        (s.f)(s.arg);
+        std::ptr::null_mut()
+    }
+    let start = Box::into_raw(Box::new(Start { f, arg }));
+    // SAFETY: plain pthread calls with valid pointers; the new thread owns `start`.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, 512 << 10);
+        let mut tid: libc::pthread_t = 0;
+        let r = libc::pthread_create(&mut tid, &attr, trampoline, start.cast());
+        libc::pthread_attr_destroy(&mut attr);
+        if r != 0 {
+            fatal_start(&format!("cannot start a runtime thread: error {r}"));
+        }
+        libc::pthread_setname_np(tid, name.as_ptr());
+        libc::pthread_detach(tid);
+    }
+}
+
+extern "C" fn handler_main(fd: usize) {
+    pager::handler_loop(fd as i32)
+}
+
+/// Starts the fault handler thread for a userfaultfd.
+pub fn start_handler(fd: i32) {
+    spawn_runtime_thread(c"lego-pager", handler_main, fd as usize);
+}
+
+extern "C" fn init() {
+    heap::runtime_section(start);
+}
+
+fn start() {
+    let cfg = match config() {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(e) => fatal_start(&e),
+    };
+    // Only the job's first process reports counters; its children do not
+    // inherit the variable.
+    std::env::remove_var("LEGO_RT_STATS");
+    let (base, len) = arena::arena();
+    let uffd = sys::Uffd::open().unwrap_or_else(|e| {
+        fatal_start(&format!(
+            "userfaultfd is not available ({e}); lego needs /dev/userfaultfd or the userfaultfd system call"
+        ))
+    });
+    let remote = Remote::connect(&cfg).unwrap_or_else(|e| {
+        fatal_start(&format!(
+            "cannot reach the lego manager at {}: {e}",
+            cfg.manager
+        ))
+    });
+    let asid = remote.asid;
+    if let Some(prev) = process::record_space(asid) {
+        // The image we replaced with exec had this space.
+        remote.release(prev);
+    }
+    let p = pager::Pager::new(uffd, base, len, cfg.excache, remote)
+        .unwrap_or_else(|e| fatal_start(&format!("{e}")));
+    let fd = p.uffd.fd;
+    *pager::PAGER.lock() = Some(p);
+    // The handler runs before the arena is registered: any fault after
+    // registration, from any thread, is served.
+    start_handler(fd);
+    {
+        let mut guard = pager::PAGER.lock();
+        let p = guard.as_mut().expect("just set");
+        if let Err(e) = p.uffd.register(base, len) {
+            fatal_start(&format!(
+                "userfaultfd cannot manage the arena ({e}); write-protect faults on anonymous memory need Linux 5.7+"
+            ));
+        }
+        p.adopt(base, arena::top());
+    }
+    process::install();
+    if let Some(path) = cfg.stats {
+        *STATS_PATH.lock() = Some(path);
+        STATS_ASID.store(asid, Ordering::Relaxed);
+        spawn_runtime_thread(c"lego-stats", stats_main, 0);
+    }
+}
+
+extern "C" fn fini() {
+    if CHILD.load(Ordering::Relaxed) {
+        return;
+    }
+    heap::enter_runtime_thread();
+    if let Some(path) = STATS_PATH.lock().clone() {
+        let asid = pager::PAGER
+            .try_lock()
+            .and_then(|p| p.as_ref().map(|p| p.remote.asid))
+            .unwrap_or(0);
+        stats::write(&path, asid);
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = fini;

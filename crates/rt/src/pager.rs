@@ -1,0 +1,443 @@
+//! The pager: the ExCache. Resolves the application's page faults and keeps
+//! at most the quota of its pages resident.
+//!
+//! Per page of the arena one byte of flags (RESIDENT, DIRTY, REMOTE: a copy
+//! lives on the memory monitors, PREFETCHED: installed ahead of use). A
+//! missing-page fault on a page with no remote copy is zero-filled locally; on
+//! one with a remote copy it is fetched from the vRegion's primary (backup on
+//! failure) together with the pages a sequential stream predicts, in either
+//! direction. Fetched and zero-filled pages that were only read are installed
+//! write-protected, so the first write faults and marks the page DIRTY.
+//! Eviction takes resident pages in FIFO order (LegoOS found FIFO beats LRU
+//! here), in batches: dirty victims are write-protected (writers wait), copied,
+//! written to the primary and the backup, and only then dropped with one
+//! MADV_DONTNEED per run of pages.
+//!
+//! One handler thread owns all of this behind the `PAGER` lock; application
+//! threads take the lock only to zap ranges they free. The handler never
+//! touches a page it does not know to be resident, so it cannot fault itself.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::lock::Lock as Mutex;
+
+use crate::arena::PAGE;
+use crate::remote::{Lost, Remote};
+use crate::stats::COUNTERS;
+use crate::sys::{
+    private_pages, raw_madvise, Uffd, UffdMsg, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WP,
+    UFFD_PAGEFAULT_FLAG_WRITE,
+};
+
+const RES: u8 = 1;
+const DIRTY: u8 = 2;
+const REMOTE: u8 = 4;
+const PREF: u8 = 8;
+
+/// Pages evicted per batch.
+const EVICT_BATCH: usize = 64;
+/// Largest prefetch window, in pages.
+const MAX_WINDOW: usize = 32;
+
+pub struct Pager {
+    pub uffd: Uffd,
+    base: usize,
+    npages: usize,
+    flags: *mut u8,
+    fifo: VecDeque<u32>,
+    resident: usize,
+    quota: usize,
+    pub remote: Remote,
+    zero: usize,
+    buf: Vec<u8>,
+    last: usize,
+    dir: isize,
+    window: usize,
+}
+
+// SAFETY: `flags` points to a private mapping owned by the pager; all access
+// goes through the `PAGER` lock.
+unsafe impl Send for Pager {}
+
+pub static PAGER: Mutex<Option<Pager>> = Mutex::new(None);
+
+impl Pager {
+    pub fn new(
+        uffd: Uffd,
+        base: usize,
+        len: usize,
+        quota_bytes: usize,
+        remote: Remote,
+    ) -> std::io::Result<Pager> {
+        let npages = len / PAGE;
+        let flags = private_pages(npages.next_multiple_of(PAGE))? as *mut u8;
+        let zero = private_pages(PAGE)?;
+        let quota = (quota_bytes / PAGE).max(2 * EVICT_BATCH);
+        COUNTERS.set(&COUNTERS.excache_pages, quota as u64);
+        Ok(Pager {
+            uffd,
+            base,
+            npages,
+            flags,
+            fifo: VecDeque::new(),
+            resident: 0,
+            quota,
+            remote,
+            zero,
+            buf: Vec::new(),
+            last: usize::MAX,
+            dir: 0,
+            window: 0,
+        })
+    }
+
+    fn f(&self, idx: usize) -> u8 {
+        // SAFETY: idx < npages, inside the flags mapping.
+        unsafe { *self.flags.add(idx) }
+    }
+
+    fn set(&mut self, idx: usize, v: u8) {
+        // SAFETY: idx < npages, inside the flags mapping.
+        unsafe { *self.flags.add(idx) = v };
+    }
+
+    fn addr(&self, idx: usize) -> usize {
+        self.base + idx * PAGE
+    }
+
+    fn page_no(&self, idx: usize) -> u64 {
+        (self.addr(idx) / PAGE) as u64
+    }
+
+    fn note_resident(&mut self, idx: usize, flags: u8) {
+        self.set(idx, flags | RES);
+        self.fifo.push_back(idx as u32);
+        self.resident += 1;
+        COUNTERS.set(&COUNTERS.resident_pages, self.resident as u64);
+        if self.resident as u64
+            > COUNTERS
+                .resident_peak_pages
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            COUNTERS.set(&COUNTERS.resident_peak_pages, self.resident as u64);
+        }
+    }
+
+    /// Adopts pages made resident before the pager existed (early mallocs).
+    pub fn adopt(&mut self, start: usize, end: usize) {
+        let n = (end - start) / PAGE;
+        let mut vec = vec![0u8; n];
+        // SAFETY: mincore reads residency of our own arena range into `vec`.
+        let r = unsafe { libc::mincore(start as *mut _, end - start, vec.as_mut_ptr()) };
+        if r != 0 {
+            return;
+        }
+        for (i, v) in vec.iter().enumerate() {
+            if v & 1 == 1 {
+                let idx = (start - self.base) / PAGE + i;
+                self.note_resident(idx, DIRTY);
+            }
+        }
+    }
+
+    /// Handles one userfaultfd message.
+    pub fn handle(&mut self, msg: &UffdMsg) -> Result<(), Lost> {
+        if msg.event != UFFD_EVENT_PAGEFAULT {
+            return Ok(());
+        }
+        let addr = (msg.address as usize) & !(PAGE - 1);
+        if addr < self.base || addr >= self.base + self.npages * PAGE {
+            return Ok(());
+        }
+        let idx = (addr - self.base) / PAGE;
+        let fl = self.f(idx);
+        if msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0 {
+            if fl & RES != 0 {
+                COUNTERS.add(&COUNTERS.faults_write_protect, 1);
+                if fl & PREF != 0 {
+                    COUNTERS.add(&COUNTERS.prefetch_used, 1);
+                }
+                self.set(idx, (fl | DIRTY) & !PREF);
+                let _ = self.uffd.write_protect(addr, PAGE, false);
+            } else {
+                // Evicted while the writer waited: retry, which fetches it.
+                let _ = self.uffd.wake(addr, PAGE);
+            }
+            return Ok(());
+        }
+        if fl & RES != 0 {
+            let _ = self.uffd.wake(addr, PAGE);
+            return Ok(());
+        }
+        let write = msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0;
+        if fl & REMOTE == 0 {
+            self.make_room(1)?;
+            // First touch: zeros, locally. Written at once if a write faulted.
+            let _ = self
+                .uffd
+                .copy(addr, self.zero as *const u8, PAGE, !write, false);
+            self.note_resident(idx, if write { DIRTY } else { 0 });
+            COUNTERS.add(&COUNTERS.faults_zero_filled, 1);
+            return Ok(());
+        }
+        self.fetch(idx, write)
+    }
+
+    /// The pages to fetch for a miss at `idx`: it, then what the stream predicts.
+    fn predict(&mut self, idx: usize) -> Vec<usize> {
+        let step = idx as isize - self.last as isize;
+        let sequential = self.last != usize::MAX
+            && step != 0
+            && step.unsigned_abs() <= self.window + 1
+            && (self.dir == 0 || step.signum() == self.dir);
+        if sequential {
+            self.dir = step.signum();
+            self.window = (self.window * 2).clamp(4, MAX_WINDOW);
+            // Prefetched pages the stream walked past were used.
+            let (lo, hi) = if step > 0 {
+                (self.last + 1, idx)
+            } else {
+                (idx + 1, self.last)
+            };
+            for i in lo..hi {
+                let fl = self.f(i);
+                if fl & PREF != 0 {
+                    self.set(i, fl & !PREF);
+                    COUNTERS.add(&COUNTERS.prefetch_used, 1);
+                }
+            }
+        } else {
+            self.dir = 0;
+            self.window = 0;
+        }
+        self.last = idx;
+        let vregion = self.remote.vregion_of(self.page_no(idx));
+        let mut out = vec![idx];
+        for k in 1..=self.window {
+            let j = idx as isize + self.dir * k as isize;
+            if j < 0 || j as usize >= self.npages {
+                break;
+            }
+            let j = j as usize;
+            if self.remote.vregion_of(self.page_no(j)) != vregion {
+                break;
+            }
+            let fl = self.f(j);
+            if fl & REMOTE != 0 && fl & RES == 0 {
+                out.push(j);
+            }
+        }
+        out
+    }
+
+    fn fetch(&mut self, idx: usize, write: bool) -> Result<(), Lost> {
+        let t = Instant::now();
+        let mut want = self.predict(idx);
+        want.sort_unstable();
+        self.make_room(want.len())?;
+        let pages: Vec<u64> = want.iter().map(|&i| self.page_no(i)).collect();
+        let mut data = std::mem::take(&mut self.buf);
+        data.clear();
+        self.remote.read(&pages, &mut data)?;
+        for (k, &i) in want.iter().enumerate() {
+            let src = data[k * PAGE..].as_ptr();
+            let faulting = i == idx;
+            let wp = !(faulting && write);
+            let _ = self.uffd.copy(self.addr(i), src, PAGE, wp, !faulting);
+            let mut fl = (self.f(i) & REMOTE) | if faulting && write { DIRTY } else { 0 };
+            if !faulting {
+                fl |= PREF;
+            }
+            self.note_resident(i, fl);
+        }
+        self.buf = data;
+        COUNTERS.add(&COUNTERS.faults_fetched, 1);
+        COUNTERS.add(&COUNTERS.prefetched_pages, want.len() as u64 - 1);
+        COUNTERS.record_fault(t.elapsed().as_nanos() as u64);
+        Ok(())
+    }
+
+    /// Evicts until `incoming` more pages fit in the quota.
+    fn make_room(&mut self, incoming: usize) -> Result<(), Lost> {
+        while self.resident + incoming > self.quota {
+            let n = (self.resident + incoming - self.quota).max(EVICT_BATCH);
+            self.evict(n)?;
+        }
+        Ok(())
+    }
+
+    fn evict(&mut self, n: usize) -> Result<(), Lost> {
+        let mut victims = Vec::with_capacity(n);
+        while victims.len() < n {
+            let Some(i) = self.fifo.pop_front() else {
+                break;
+            };
+            let i = i as usize;
+            if self.f(i) & RES != 0 && !victims.contains(&i) {
+                victims.push(i);
+            }
+        }
+        if victims.is_empty() {
+            return Ok(());
+        }
+        victims.sort_unstable();
+        // Dirty victims: stop writers, copy, write back to both replicas.
+        let dirty: Vec<usize> = victims
+            .iter()
+            .copied()
+            .filter(|&i| self.f(i) & DIRTY != 0)
+            .collect();
+        for run in runs(&dirty) {
+            let _ = self
+                .uffd
+                .write_protect(self.addr(run.0), run.1 * PAGE, true);
+        }
+        let mut start = 0;
+        while start < dirty.len() {
+            // One write per vRegion.
+            let vr = self.remote.vregion_of(self.page_no(dirty[start]));
+            let end = start
+                + dirty[start..]
+                    .iter()
+                    .take_while(|&&i| self.remote.vregion_of(self.page_no(i)) == vr)
+                    .count();
+            let mut data = std::mem::take(&mut self.buf);
+            data.clear();
+            for &i in &dirty[start..end] {
+                // SAFETY: the page is resident and write-protected: reading it
+                // cannot fault and no one can change it meanwhile.
+                let page = unsafe { std::slice::from_raw_parts(self.addr(i) as *const u8, PAGE) };
+                data.extend_from_slice(page);
+            }
+            let pages: Vec<u64> = dirty[start..end].iter().map(|&i| self.page_no(i)).collect();
+            let r = self.remote.write(&pages, &data);
+            self.buf = data;
+            r?;
+            for &i in &dirty[start..end] {
+                let fl = self.f(i);
+                self.set(i, (fl | REMOTE) & !DIRTY);
+            }
+            start = end;
+        }
+        for run in runs(&victims) {
+            let _ = raw_madvise(self.addr(run.0), run.1 * PAGE, libc::MADV_DONTNEED);
+        }
+        for &i in &victims {
+            let fl = self.f(i);
+            if fl & PREF != 0 {
+                COUNTERS.add(&COUNTERS.prefetch_wasted, 1);
+            }
+            self.set(i, fl & REMOTE);
+        }
+        self.resident -= victims.len();
+        COUNTERS.set(&COUNTERS.resident_pages, self.resident as u64);
+        COUNTERS.add(&COUNTERS.evictions_dirty, dirty.len() as u64);
+        COUNTERS.add(
+            &COUNTERS.evictions_clean,
+            (victims.len() - dirty.len()) as u64,
+        );
+        if self.fifo.len() > 2 * self.resident + 4096 {
+            let flags = self.flags;
+            // SAFETY: indices in the FIFO are < npages.
+            self.fifo
+                .retain(|&i| unsafe { *flags.add(i as usize) } & RES != 0);
+        }
+        Ok(())
+    }
+
+    /// Forgets a range's contents: local pages dropped, remote copies freed.
+    /// Afterwards the range reads as zeros.
+    pub fn zap(&mut self, start: usize, len: usize) {
+        let first = (start - self.base) / PAGE;
+        let n = len / PAGE;
+        let mut remote_runs: Vec<(u64, u64)> = Vec::new();
+        for i in first..(first + n).min(self.npages) {
+            let fl = self.f(i);
+            if fl & RES != 0 {
+                self.resident -= 1;
+            }
+            if fl & REMOTE != 0 {
+                let p = self.page_no(i);
+                match remote_runs.last_mut() {
+                    Some((s, c))
+                        if *s + *c == p
+                            && self.remote.vregion_of(*s) == self.remote.vregion_of(p) =>
+                    {
+                        *c += 1
+                    }
+                    _ => remote_runs.push((p, 1)),
+                }
+            }
+            self.set(i, 0);
+        }
+        let _ = raw_madvise(start, len, libc::MADV_DONTNEED);
+        COUNTERS.set(&COUNTERS.resident_pages, self.resident as u64);
+        for (s, c) in remote_runs {
+            self.remote.free(s, c);
+            COUNTERS.add(&COUNTERS.pages_freed, c);
+        }
+    }
+
+    /// After fork, in the child: a fresh userfaultfd over the same arena, and
+    /// every resident page write-protected again (fork cleared the bits).
+    pub fn rearm_after_fork(&mut self, uffd: Uffd) -> std::io::Result<()> {
+        uffd.register(self.base, self.npages * PAGE)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("register: {e}")))?;
+        uffd.write_protect(self.base, self.npages * PAGE, true)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("write-protect: {e}")))?;
+        self.uffd = uffd;
+        Ok(())
+    }
+}
+
+/// Runs of consecutive indices in a sorted list: (first, length).
+fn runs(sorted: &[usize]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &i in sorted {
+        match out.last_mut() {
+            Some((s, l)) if *s + *l == i => *l += 1,
+            _ => out.push((i, 1)),
+        }
+    }
+    out
+}
+
+/// Zaps a range of the arena: through the pager when it runs, else just drops
+/// the pages (before the runtime started, nothing is remote).
+pub fn zap(start: usize, len: usize) {
+    crate::heap::runtime_section(|| {
+        let mut p = PAGER.lock();
+        match p.as_mut() {
+            Some(p) => p.zap(start, len),
+            None => {
+                let _ = raw_madvise(start, len, libc::MADV_DONTNEED);
+            }
+        }
+    })
+}
+
+/// The fault handler thread's loop.
+pub fn handler_loop(fd: i32) {
+    crate::heap::enter_runtime_thread();
+    let uffd = Uffd { fd };
+    loop {
+        let msg = match uffd.read_msg() {
+            Ok(m) => m,
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EBADF) {
+                    return; // closed after fork in a child that re-armed
+                }
+                crate::fatal_start(&format!("userfaultfd read failed: {e}"));
+            }
+        };
+        let mut guard = PAGER.lock();
+        let Some(p) = guard.as_mut() else { continue };
+        if p.uffd.fd != fd {
+            return; // a stale handler after fork
+        }
+        if let Err(lost) = p.handle(&msg) {
+            crate::fatal_lost(&lost);
+        }
+    }
+}

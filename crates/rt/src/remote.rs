@@ -1,0 +1,249 @@
+//! Where the pages live: the address space at the manager, vRegion placements
+//! (a primary and a backup memory monitor each), and connections to them.
+//!
+//! Reads go to the primary and fall back to the backup; write-backs go to
+//! both and succeed when at least one copy was stored (a lost replica is
+//! counted and logged once). When neither holds a page that should exist, the
+//! vRegion is lost and the caller stops the process.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lego_transport::{Client, ClientOptions, Credentials, TransportError};
+use lego_wire::control::{
+    AssignReq, AssignResp, CreateSpaceReq, CreateSpaceResp, Endpoint, ReleaseSpaceReq,
+    ReleaseSpaceResp,
+};
+use lego_wire::pages::{FreeRange, ReadPages, ReadPagesReply, WritePages};
+use lego_wire::{Op, PAGE_SIZE};
+
+use crate::stats::COUNTERS;
+
+/// A vRegion whose pages can no longer be reached: the process must stop.
+#[derive(Debug)]
+pub struct Lost {
+    pub vregion: u64,
+    pub asid: u64,
+    pub detail: String,
+}
+
+/// The runtime's configuration, from the environment the processor monitor sets.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub manager: String,
+    pub vnode: String,
+    pub vnode_id: u32,
+    pub key: [u8; 32],
+    pub excache: usize,
+    pub job: Option<u64>,
+    pub stats: Option<String>,
+}
+
+pub struct Remote {
+    manager: Client,
+    creds: Credentials,
+    pub asid: u64,
+    vregion_shift: u32,
+    regions: HashMap<u64, (Endpoint, Endpoint)>,
+    clients: HashMap<String, Client>,
+    opts: ClientOptions,
+}
+
+fn opts() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(3),
+        ..ClientOptions::default()
+    }
+}
+
+impl Remote {
+    /// Connects to the manager and creates this process's address space.
+    pub fn connect(cfg: &Config) -> Result<Remote, String> {
+        let creds = Credentials::vnode(cfg.vnode_id, cfg.key);
+        let opts = opts();
+        let manager = Client::connect(&cfg.manager, &creds, &opts).map_err(|e| format!("{e}"))?;
+        let space: CreateSpaceResp = manager
+            .call_json(
+                Op::CreateSpace,
+                &CreateSpaceReq {
+                    vnode: cfg.vnode.clone(),
+                    owner: cfg.job,
+                },
+            )
+            .map_err(|e| format!("{e}"))?;
+        Ok(Remote {
+            manager,
+            creds,
+            asid: space.asid,
+            vregion_shift: space
+                .vregion_bytes
+                .max(1 << 21)
+                .next_power_of_two()
+                .trailing_zeros(),
+            regions: HashMap::new(),
+            clients: HashMap::new(),
+            opts,
+        })
+    }
+
+    /// The vRegion index of an absolute page number.
+    pub fn vregion_of(&self, page: u64) -> u64 {
+        (page * PAGE_SIZE as u64) >> self.vregion_shift
+    }
+
+    fn lost(&self, vregion: u64, detail: String) -> Lost {
+        Lost {
+            vregion,
+            asid: self.asid,
+            detail,
+        }
+    }
+
+    fn region(&mut self, index: u64, refresh: bool) -> Result<(Endpoint, Endpoint), Lost> {
+        if !refresh {
+            if let Some(r) = self.regions.get(&index) {
+                return Ok(r.clone());
+            }
+        }
+        let a: AssignResp = self
+            .manager
+            .call_json(
+                Op::AssignVRegion,
+                &AssignReq {
+                    asid: self.asid,
+                    index,
+                },
+            )
+            .map_err(|e| self.lost(index, format!("the manager cannot place it: {e}")))?;
+        self.regions
+            .insert(index, (a.primary.clone(), a.backup.clone()));
+        Ok((a.primary, a.backup))
+    }
+
+    fn client(&mut self, addr: &str) -> Result<Client, TransportError> {
+        if let Some(c) = self.clients.get(addr).filter(|c| !c.is_broken()) {
+            return Ok(c.clone());
+        }
+        let c = Client::connect(addr, &self.creds, &self.opts)?;
+        self.clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn read_from(&mut self, addr: &str, body: &[u8]) -> Result<lego_wire::Frame, TransportError> {
+        let c = self.client(addr)?;
+        c.call(Op::ReadPages, &[body])
+    }
+
+    /// Reads pages (absolute page numbers, all in one vRegion) into `out`,
+    /// 4 KiB each in order. Every page must exist on a replica.
+    pub fn read(&mut self, pages: &[u64], out: &mut Vec<u8>) -> Result<(), Lost> {
+        let index = self.vregion_of(pages[0]);
+        let (primary, backup) = self.region(index, false)?;
+        let body = ReadPages {
+            asid: self.asid,
+            pages: pages.to_vec(),
+        }
+        .encode();
+        let mut why = Vec::new();
+        for (role, ep) in [("primary", &primary), ("backup", &backup)] {
+            match self.read_from(&ep.addr, &body) {
+                Ok(f) => match ReadPagesReply::decode(&f.body) {
+                    Ok(r) if r.present.iter().all(|&p| p == 1) => {
+                        out.extend_from_slice(r.data);
+                        COUNTERS.add(&COUNTERS.bytes_fetched, r.data.len() as u64);
+                        if role == "backup" {
+                            COUNTERS.add(&COUNTERS.backup_reads, 1);
+                        }
+                        return Ok(());
+                    }
+                    Ok(_) => why.push(format!(
+                        "{role} {} ({}) does not hold the pages",
+                        ep.id, ep.addr
+                    )),
+                    Err(e) => why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr)),
+                },
+                Err(e) => why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr)),
+            }
+        }
+        Err(self.lost(index, why.join("; ")))
+    }
+
+    /// Writes pages (one vRegion) to the primary and the backup.
+    pub fn write(&mut self, pages: &[u64], data: &[u8]) -> Result<(), Lost> {
+        let index = self.vregion_of(pages[0]);
+        let (primary, backup) = self.region(index, false)?;
+        let body = WritePages {
+            asid: self.asid,
+            pages: pages.to_vec(),
+            data,
+        }
+        .encode();
+        let mut sent = Vec::new();
+        for (role, ep) in [("primary", &primary), ("backup", &backup)] {
+            let r = self
+                .client(&ep.addr)
+                .and_then(|c| c.send(Op::WritePages, &[&body]).map(|id| (c, id)));
+            sent.push((role, ep, r));
+        }
+        let mut stored = 0;
+        let mut why = Vec::new();
+        for (role, ep, r) in sent {
+            match r.and_then(|(c, id)| c.wait(id)) {
+                Ok(_) => stored += 1,
+                Err(e) => why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr)),
+            }
+        }
+        COUNTERS.add(&COUNTERS.bytes_written_back, (data.len() * stored) as u64);
+        match stored {
+            2 => Ok(()),
+            1 => {
+                COUNTERS.add(&COUNTERS.degraded_writes, 1);
+                Ok(())
+            }
+            _ => Err(self.lost(index, why.join("; "))),
+        }
+    }
+
+    /// Frees a run of pages on both replicas (best effort).
+    pub fn free(&mut self, first: u64, count: u64) {
+        let index = self.vregion_of(first);
+        let Some((primary, backup)) = self.regions.get(&index).cloned() else {
+            return; // never placed: nothing remote
+        };
+        let body = FreeRange {
+            asid: self.asid,
+            first,
+            count,
+        }
+        .encode();
+        for ep in [primary, backup] {
+            if let Ok(c) = self.client(&ep.addr) {
+                let _ = c.call(Op::FreeRange, &[&body]);
+            }
+        }
+    }
+
+    /// Releases an address space (ours, or a previous image's after exec).
+    pub fn release(&self, asid: u64) -> Option<ReleaseSpaceResp> {
+        self.manager
+            .call_json(Op::ReleaseSpace, &ReleaseSpaceReq { asid })
+            .ok()
+    }
+
+    /// The manager connection (for fork).
+    pub fn manager(&self) -> &Client {
+        &self.manager
+    }
+
+    /// After fork, in the child: the parent's connections are not ours.
+    pub fn reset_after_fork(&mut self, asid: u64) -> Result<(), String> {
+        let old = std::mem::take(&mut self.clients);
+        std::mem::forget(old);
+        let manager = Client::connect(self.manager.peer(), &self.creds, &self.opts)
+            .map_err(|e| format!("{e}"))?;
+        std::mem::forget(std::mem::replace(&mut self.manager, manager));
+        self.asid = asid;
+        Ok(())
+    }
+}

@@ -1,0 +1,318 @@
+//! Thin bindings to the kernel: raw system calls that bypass our own
+//! interposed symbols (a call to `libc::mmap` from inside this library would
+//! resolve to our `mmap`), and the userfaultfd ioctls with their structs.
+
+use std::io;
+
+// ---- raw memory system calls -------------------------------------------------
+
+fn check(ret: libc::c_long) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// mmap through the system call, never through our interposed `mmap`.
+pub fn raw_mmap(
+    addr: usize,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    off: i64,
+) -> io::Result<usize> {
+    // SAFETY: a plain system call; the kernel validates every argument and
+    // the caller decides what the returned mapping is used for.
+    let r = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
+    check(r)
+}
+
+/// munmap through the system call.
+pub fn raw_munmap(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: unmapping is validated by the kernel; callers pass ranges they own.
+    let r = unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
+    check(r).map(|_| ())
+}
+
+/// mremap through the system call.
+pub fn raw_mremap(
+    old: usize,
+    old_len: usize,
+    new_len: usize,
+    flags: i32,
+    new_addr: usize,
+) -> io::Result<usize> {
+    // SAFETY: validated by the kernel; used only for mappings outside the arena.
+    let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) };
+    check(r)
+}
+
+/// madvise through the system call.
+pub fn raw_madvise(addr: usize, len: usize, advice: i32) -> io::Result<()> {
+    // SAFETY: validated by the kernel; callers pass ranges they own.
+    let r = unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) };
+    check(r).map(|_| ())
+}
+
+/// Anonymous private read/write memory for the runtime's own use (outside the arena).
+pub fn private_pages(len: usize) -> io::Result<usize> {
+    raw_mmap(
+        0,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        -1,
+        0,
+    )
+}
+
+/// Writes all of `buf` to a file descriptor (for messages on stderr that must
+/// not allocate or take locks).
+pub fn write_fd(fd: i32, buf: &[u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes from a valid slice; the kernel checks the descriptor.
+        let r = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+        if r <= 0 {
+            return;
+        }
+        done += r as usize;
+    }
+}
+
+// ---- userfaultfd --------------------------------------------------------------
+
+const UFFDIO: u64 = 0xAA;
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
+}
+
+pub const UFFD_API: u64 = 0xAA;
+pub const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
+pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 2;
+const REGISTER_MODE_MISSING: u64 = 1;
+const REGISTER_MODE_WP: u64 = 2;
+const COPY_MODE_DONTWAKE: u64 = 1;
+const COPY_MODE_WP: u64 = 2;
+const WRITEPROTECT_MODE_WP: u64 = 1;
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+/// A message read from a userfaultfd (`struct uffd_msg`).
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug)]
+pub struct UffdMsg {
+    pub event: u8,
+    _reserved1: u8,
+    _reserved2: u16,
+    _reserved3: u32,
+    /// For page faults: flags.
+    pub flags: u64,
+    /// For page faults: the faulting address.
+    pub address: u64,
+    pub ptid: u32,
+    _pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
+const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
+const _: () = assert!(std::mem::size_of::<UffdioRegister>() == 32);
+const _: () = assert!(std::mem::size_of::<UffdioWriteprotect>() == 24);
+
+const UFFDIO_API: u64 = iowr(0x3F, std::mem::size_of::<UffdioApi>());
+const UFFDIO_REGISTER: u64 = iowr(0x00, std::mem::size_of::<UffdioRegister>());
+const UFFDIO_WAKE: u64 = ior(0x02, std::mem::size_of::<UffdioRange>());
+const UFFDIO_COPY: u64 = iowr(0x03, std::mem::size_of::<UffdioCopy>());
+const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, std::mem::size_of::<UffdioWriteprotect>());
+
+/// An open userfaultfd.
+#[derive(Debug)]
+pub struct Uffd {
+    pub fd: i32,
+}
+
+fn ioctl<T>(fd: i32, req: u64, arg: &mut T) -> io::Result<()> {
+    // SAFETY: `arg` is a live, properly sized #[repr(C)] struct matching `req`.
+    let r = unsafe { libc::ioctl(fd, req as _, arg as *mut T) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl Uffd {
+    /// Opens a userfaultfd with write-protect faults enabled. Tries the
+    /// system call first (user-mode-only faults unless we are privileged),
+    /// then /dev/userfaultfd.
+    pub fn open() -> io::Result<Uffd> {
+        let flags = libc::O_CLOEXEC;
+        // SAFETY: a plain system call returning a new descriptor or an error.
+        let mut fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as i32;
+        if fd < 0 {
+            // Unprivileged processes may only handle user-mode faults.
+            // SAFETY: as above.
+            fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | 1) } as i32;
+        }
+        if fd < 0 {
+            // SAFETY: opening a device node with a NUL-terminated path.
+            let dev =
+                unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+            if dev < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            const USERFAULTFD_IOC_NEW: u64 = 0xAA00;
+            // SAFETY: the documented ioctl on /dev/userfaultfd; returns a descriptor.
+            fd = unsafe { libc::ioctl(dev, USERFAULTFD_IOC_NEW as _, flags) };
+            // SAFETY: closing the device descriptor we opened.
+            unsafe { libc::close(dev) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let uffd = Uffd { fd };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID,
+            ioctls: 0,
+        };
+        ioctl(fd, UFFDIO_API, &mut api)?;
+        Ok(uffd)
+    }
+
+    /// Registers a range for missing-page and write-protect faults.
+    pub fn register(&self, start: usize, len: usize) -> io::Result<()> {
+        let mut reg = UffdioRegister {
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: REGISTER_MODE_MISSING | REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        ioctl(self.fd, UFFDIO_REGISTER, &mut reg)
+    }
+
+    /// Installs `len` bytes from `src` at `dst` (page aligned), write-protected
+    /// if `wp`, waking the faulting threads unless `dontwake`. EEXIST (the page
+    /// appeared meanwhile) is not an error.
+    pub fn copy(
+        &self,
+        dst: usize,
+        src: *const u8,
+        len: usize,
+        wp: bool,
+        dontwake: bool,
+    ) -> io::Result<()> {
+        let mut c = UffdioCopy {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: if wp { COPY_MODE_WP } else { 0 } | if dontwake { COPY_MODE_DONTWAKE } else { 0 },
+            copy: 0,
+        };
+        match ioctl(self.fd, UFFDIO_COPY, &mut c) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Sets (`wp`) or clears write protection on a range; clearing wakes
+    /// threads waiting on write-protect faults there.
+    pub fn write_protect(&self, start: usize, len: usize, wp: bool) -> io::Result<()> {
+        let mut w = UffdioWriteprotect {
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: if wp {
+                WRITEPROTECT_MODE_WP
+            } else {
+                0
+            },
+        };
+        ioctl(self.fd, UFFDIO_WRITEPROTECT, &mut w)
+    }
+
+    /// Wakes threads waiting on faults in a range (they retry the access).
+    pub fn wake(&self, start: usize, len: usize) -> io::Result<()> {
+        let mut r = UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        };
+        ioctl(self.fd, UFFDIO_WAKE, &mut r)
+    }
+
+    /// Blocks until the next message.
+    pub fn read_msg(&self) -> io::Result<UffdMsg> {
+        let mut msg = UffdMsg::default();
+        loop {
+            // SAFETY: reads at most size_of::<UffdMsg>() bytes into `msg`.
+            let r = unsafe {
+                libc::read(
+                    self.fd,
+                    (&mut msg as *mut UffdMsg).cast(),
+                    std::mem::size_of::<UffdMsg>(),
+                )
+            };
+            if r == std::mem::size_of::<UffdMsg>() as isize {
+                return Ok(msg);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    pub fn close(&self) {
+        // SAFETY: closes our own descriptor; nothing uses it afterwards.
+        unsafe { libc::close(self.fd) };
+    }
+}
