@@ -1,4 +1,5 @@
-//! `lego manager` and `lego memory`: parse flags, start the daemon, stay up.
+//! `lego manager`, `lego memory` and `lego processor`: parse flags, start the
+//! daemon, stay up.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +62,30 @@ pub struct MemoryArgs {
     pub daemon: DaemonArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct ProcessorArgs {
+    /// ExCache to divide among the processes this monitor runs (e.g. 1GiB):
+    /// each gets a quota of it for its resident pages
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub excache: u64,
+    /// The manager's address
+    #[arg(long, value_name = "ADDR")]
+    pub manager: String,
+    /// Address to serve launches on (port 0: any free port)
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub listen: String,
+    /// The ExCache runtime preloaded into every program [default:
+    /// liblego_rt.so next to the lego executable]
+    #[arg(long, env = "LEGO_RUNTIME", value_name = "PATH")]
+    pub runtime: Option<PathBuf>,
+    /// Directory where the runtime of each job writes its counters
+    /// [default: a fresh directory under $TMPDIR]; removed at exit
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
 fn ready(args: &DaemonArgs, addr: &str, http: Option<&str>) -> Result<()> {
     if let Some(p) = &args.ready_file {
         let doc = serde_json::json!({ "addr": addr, "http": http, "pid": std::process::id() });
@@ -118,4 +143,27 @@ pub fn memory(a: MemoryArgs) -> Result<()> {
     .context("the memory monitor cannot start")?;
     ready(&a.daemon, &m.addr, None)?;
     stay_up(&a.daemon)
+}
+
+pub fn processor(a: ProcessorArgs) -> Result<()> {
+    let secret = a.daemon.secret.secret()?;
+    let p = lego_processor::run(lego_processor::ProcessorConfig {
+        excache: a.excache,
+        listen: a.listen.clone(),
+        manager: a.manager.clone(),
+        secret,
+        runtime: a
+            .runtime
+            .clone()
+            .unwrap_or_else(lego_processor::default_runtime_path),
+        state_dir: a.state_dir.clone(),
+    })
+    .map_err(|e| anyhow::anyhow!(lego_processor::chain(&e)))
+    .context("the processor monitor cannot start")?;
+    ready(&a.daemon, &p.addr, None)?;
+    let stayed = stay_up(&a.daemon);
+    // Its processes die with it (as with a CPU failure), but cleanly: killed,
+    // and their memory freed while the manager can still be told.
+    p.shutdown(Duration::from_secs(3));
+    stayed
 }

@@ -1,13 +1,15 @@
 //! `lego`: one binary for every role and every user action.
 //!
-//! Roles (daemons): `manager`, `memory`. User actions: `up` (a local cluster
-//! on loopback), `status`, `vnode`, `bench`. Logs go to stderr; set
+//! Roles (daemons): `manager`, `memory`, `processor`. User actions: `run` (a
+//! program on the cluster, or on an embedded one), `up` (a local cluster on
+//! loopback), `status`, `vnode`, `bench`. Logs go to stderr; set
 //! `LEGO_LOG` (e.g. `debug`, `lego_transport=debug`) to change what is shown.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod cluster;
 mod daemons;
+mod run;
 mod size;
 mod status;
 mod up;
@@ -24,7 +26,8 @@ use clap::{Parser, Subcommand};
         Processor, memory and storage monitors are daemons that share nothing and talk by messages; \
         a global manager places 1 GiB vRegions of address spaces on memory monitors by load and keeps \
         vNodes, the virtual nodes users see.\n\n\
-        Quick start:  lego up          (a local cluster on loopback; Ctrl-C stops it)\n              \
+        Quick start:  lego run -- CMD  (CMD on the cluster; with none running, on an embedded one)\n              \
+        lego up          (a local cluster on loopback; Ctrl-C stops it)\n              \
         lego status      (in another shell)"
 )]
 struct Cli {
@@ -38,9 +41,13 @@ enum Cmd {
     Manager(daemons::ManagerArgs),
     /// Run a memory monitor: a capacity-bounded page store for vRegions
     Memory(daemons::MemoryArgs),
+    /// Run a processor monitor: starts programs under the ExCache runtime, each with a quota of its ExCache
+    Processor(daemons::ProcessorArgs),
+    /// Run a program with its memory disaggregated: placed on a processor monitor, pages on memory monitors
+    Run(run::RunArgs),
     /// Create, list and delete vNodes (named virtual nodes)
     Vnode(vnode::VnodeArgs),
-    /// Start a local cluster on loopback (a manager and memory monitors) until Ctrl-C
+    /// Start a local cluster on loopback (a manager, memory monitors, a processor monitor) until Ctrl-C
     Up(up::UpArgs),
     /// Show the cluster: components, health, capacity and use, vNodes, vRegions
     Status(status::StatusArgs),
@@ -49,9 +56,9 @@ enum Cmd {
     Bench(bench::BenchCmd),
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEGO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -62,10 +69,18 @@ fn init_logging() {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    // `lego run` stands in for the program: it says nothing of its own
+    // unless asked (LEGO_LOG=info) or something goes wrong.
+    init_logging(if matches!(cli.cmd, Cmd::Run(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let result = match cli.cmd {
+        Cmd::Run(a) => std::process::exit(run::main(a)),
         Cmd::Manager(a) => daemons::manager(a),
         Cmd::Memory(a) => daemons::memory(a),
+        Cmd::Processor(a) => daemons::processor(a),
         Cmd::Vnode(a) => vnode::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Status(a) => status::run(a),

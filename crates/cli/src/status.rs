@@ -1,11 +1,15 @@
-//! `lego status`: the cluster as the manager sees it.
+//! `lego status`: the cluster as the manager sees it, and the jobs each
+//! alive processor monitor runs (asked of the processor monitors directly).
 
 use std::fmt::Write as _;
 
 use anyhow::Result;
 use clap::Args;
-use lego_wire::control::ClusterState;
+use lego_transport::{Client, ClientOptions, Credentials};
+use lego_wire::auth::Secret;
+use lego_wire::control::{ClusterState, JobInfo};
 use lego_wire::Op;
+use serde::Serialize;
 
 use crate::cluster::ClusterArgs;
 use crate::size::human;
@@ -19,15 +23,124 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// The jobs of one processor monitor, or why they could not be read.
+#[derive(Debug, Serialize)]
+pub struct ProcessorJobs {
+    pub processor: u64,
+    pub addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub jobs: Vec<JobInfo>,
+}
+
+/// Asks every alive processor monitor for its jobs.
+fn jobs(st: &ClusterState, secret: &Secret) -> Vec<ProcessorJobs> {
+    let opts = ClientOptions {
+        connect_timeout: std::time::Duration::from_secs(1),
+        request_timeout: std::time::Duration::from_secs(3),
+        ..ClientOptions::default()
+    };
+    st.components
+        .iter()
+        .filter(|c| c.role == "processor" && c.health == "alive")
+        .map(|c| {
+            let got = Client::connect(&c.addr, &Credentials::component(secret), &opts)
+                .and_then(|cl| cl.call_json::<_, Vec<JobInfo>>(Op::Jobs, &()));
+            let (jobs, error) = match got {
+                Ok(j) => (j, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            ProcessorJobs {
+                processor: c.id,
+                addr: c.addr.clone(),
+                error,
+                jobs,
+            }
+        })
+        .collect()
+}
+
 pub fn run(a: StatusArgs) -> Result<()> {
     let target = a.cluster.resolve()?;
     let st: ClusterState = target.connect()?.call_json(Op::ClusterState, &())?;
+    let jobs = jobs(&st, &target.secret);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        v["jobs"] = serde_json::to_value(&jobs)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&st));
+        print!("{}", render_jobs(&jobs));
     }
     Ok(())
+}
+
+/// A counter as a number, or "-" when the runtime does not report it.
+fn sum_prefixed(c: &std::collections::BTreeMap<String, u64>, prefix: &str) -> String {
+    let mut found = false;
+    let n: u64 = c
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .inspect(|_| found = true)
+        .map(|(_, v)| v)
+        .sum();
+    if found {
+        n.to_string()
+    } else {
+        "-".into()
+    }
+}
+
+/// The running jobs of every processor monitor. Resident memory comes from
+/// the runtime's `resident_pages`; faults and evictions are the sums of its
+/// `faults_*` and `evictions_*` counters.
+pub fn render_jobs(all: &[ProcessorJobs]) -> String {
+    let mut o = String::new();
+    let running: usize = all
+        .iter()
+        .map(|p| p.jobs.iter().filter(|j| j.running).count())
+        .sum();
+    let _ = writeln!(o, "\njobs: {running} running");
+    if running > 0 {
+        let _ = writeln!(
+            o,
+            "  {:<16} {:>4} {:>8} {:<12} {:>10} {:>10} {:>10} {:>10}  COMMAND",
+            "JOB", "PROC", "PID", "VNODE", "EXCACHE", "RESIDENT", "FAULTS", "EVICTIONS"
+        );
+    }
+    for p in all {
+        if let Some(e) = &p.error {
+            let _ = writeln!(o, "  processor {} ({}): {e}", p.processor, p.addr);
+        }
+        for j in p.jobs.iter().filter(|j| j.running) {
+            let resident = j
+                .counters
+                .get("resident_pages")
+                .map_or_else(|| "-".to_string(), |n| human(n * 4096));
+            let mut cmd = j.argv.join(" ");
+            if cmd.len() > 60 {
+                let cut = (0..=57)
+                    .rev()
+                    .find(|&i| cmd.is_char_boundary(i))
+                    .unwrap_or(0);
+                cmd.truncate(cut);
+                cmd.push_str("...");
+            }
+            let _ = writeln!(
+                o,
+                "  {:016x} {:>4} {:>8} {:<12} {:>10} {:>10} {:>10} {:>10}  {cmd}",
+                j.job,
+                p.processor,
+                j.pid,
+                j.vnode,
+                human(j.excache),
+                resident,
+                sum_prefixed(&j.counters, "faults_"),
+                sum_prefixed(&j.counters, "evictions_"),
+            );
+        }
+    }
+    o
 }
 
 fn secs(ms: u64) -> String {
@@ -132,4 +245,75 @@ pub fn render(st: &ClusterState) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_show_the_runtime_counters_they_have() {
+        let job = |running, counters: &[(&str, u64)]| JobInfo {
+            job: 0xab,
+            pid: 42,
+            vnode: "web".into(),
+            argv: vec!["python3".into(), "-c".into(), "x".repeat(100)],
+            excache: 64 << 20,
+            running,
+            counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        };
+        let all = vec![
+            ProcessorJobs {
+                processor: 3,
+                addr: "a".into(),
+                error: None,
+                jobs: vec![
+                    job(
+                        true,
+                        &[
+                            ("resident_pages", 256),
+                            ("faults_fetched", 10),
+                            ("faults_zero_filled", 5),
+                            ("evictions_dirty", 7),
+                        ],
+                    ),
+                    job(false, &[]),
+                    job(true, &[]),
+                ],
+            },
+            ProcessorJobs {
+                processor: 4,
+                addr: "b:1".into(),
+                error: Some("cannot connect to b:1".into()),
+                jobs: vec![],
+            },
+        ];
+        let out = render_jobs(&all);
+        assert!(out.contains("jobs: 2 running"), "{out}");
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("python3")).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let f: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            &f[..10],
+            &[
+                "00000000000000ab",
+                "3",
+                "42",
+                "web",
+                "64.0",
+                "MiB",
+                "1.0",
+                "MiB",
+                "15",
+                "7"
+            ]
+        );
+        assert!(lines[0].ends_with("..."), "long commands are cut");
+        assert!(
+            lines[1].contains("  -          -          -  "),
+            "{}",
+            lines[1]
+        );
+        assert!(out.contains("processor 4 (b:1): cannot connect to b:1"));
+    }
 }

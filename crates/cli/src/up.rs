@@ -1,12 +1,13 @@
 //! `lego up`: a local cluster on loopback, and the launcher behind it that
-//! `lego bench` (and later `lego run`) reuse.
+//! `lego bench` and `lego run` (its embedded cluster) reuse.
 //!
 //! Each daemon is this same binary started as a child process in its own
 //! process group (so a Ctrl-C reaches `lego up`, which then stops the children
 //! in order), with its log in `DIR/logs/ROLE.log`, told to exit if `lego up`
 //! disappears. Ports are chosen by the kernel; each daemon reports its address
-//! through a ready file. Once every memory monitor has registered with the
-//! manager, `DIR/cluster.json` tells clients where the manager is.
+//! through a ready file. Once every memory monitor (and the processor
+//! monitor, when there is one) has registered with the manager,
+//! `DIR/cluster.json` tells clients where the manager is.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +40,15 @@ pub struct UpArgs {
     /// Heartbeat interval of the cluster, in milliseconds
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub heartbeat_ms: u64,
+    /// ExCache of the processor monitor: local memory divided among the
+    /// processes it runs (each gets a quota; the rest of their memory lives on
+    /// the memory monitors)
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub excache: u64,
+    /// The ExCache runtime for the processor monitor [default: liblego_rt.so
+    /// next to the lego executable]
+    #[arg(long, env = "LEGO_RUNTIME", value_name = "PATH")]
+    pub runtime: Option<PathBuf>,
 }
 
 /// What to start.
@@ -48,6 +58,14 @@ pub struct Spec {
     pub memory_monitors: usize,
     pub capacity: u64,
     pub heartbeat_ms: u64,
+}
+
+/// The processor monitor to start with the cluster.
+#[derive(Clone, Debug)]
+pub struct ProcessorSpec {
+    pub excache: u64,
+    /// `liblego_rt.so` [default: the processor monitor's own default].
+    pub runtime: Option<PathBuf>,
 }
 
 struct Daemon {
@@ -61,6 +79,8 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     pub file: ClusterFile,
     pub secret: Secret,
+    /// The processor monitor's address, when the cluster has one.
+    pub processor: Option<String>,
     daemons: Vec<Daemon>,
 }
 
@@ -69,7 +89,13 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 impl LocalCluster {
+    /// A manager and memory monitors, no processor monitor.
     pub fn start(spec: &Spec) -> Result<Self> {
+        Self::start_with(spec, None)
+    }
+
+    /// A manager, memory monitors and, with `processor`, a processor monitor.
+    pub fn start_with(spec: &Spec, processor: Option<&ProcessorSpec>) -> Result<Self> {
         let dir = &spec.dir;
         std::fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -96,6 +122,7 @@ impl LocalCluster {
                 memory_monitors: Vec::new(),
             },
             secret,
+            processor: None,
             daemons: Vec::new(),
         };
         let hb = spec.heartbeat_ms.to_string();
@@ -127,6 +154,20 @@ impl LocalCluster {
                 .file
                 .memory_monitors
                 .push(ready["addr"].as_str().unwrap_or_default().to_string());
+        }
+        if let Some(p) = processor {
+            let (manager, excache) = (cluster.file.manager.clone(), p.excache.to_string());
+            let jobs = dir.join("jobs");
+            let mut paths = vec![("--state-dir", jobs.as_os_str())];
+            if let Some(rt) = &p.runtime {
+                paths.push(("--runtime", rt.as_os_str()));
+            }
+            let ready = cluster.spawn(
+                "processor",
+                &["processor", "--excache", &excache, "--manager", &manager],
+                &paths,
+            )?;
+            cluster.processor = ready["addr"].as_str().map(str::to_string);
         }
         cluster.wait_registered(spec.memory_monitors)?;
         write_atomic(
@@ -216,10 +257,18 @@ impl LocalCluster {
                         && self.file.memory_monitors.contains(&c.addr)
                 })
                 .count();
-            if alive >= memory_monitors {
+            let processor_alive = self.processor.as_ref().is_none_or(|p| {
+                st.components
+                    .iter()
+                    .any(|c| c.role == "processor" && c.health == "alive" && &c.addr == p)
+            });
+            if alive >= memory_monitors && processor_alive {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                if !processor_alive {
+                    bail!("the processor monitor did not register within 15 s");
+                }
                 bail!("only {alive} of {memory_monitors} memory monitors registered within 15 s");
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -296,17 +345,31 @@ pub fn run(a: UpArgs) -> Result<()> {
     if a.memory_monitors < 2 {
         warn!("with fewer than two memory monitors no vRegion can be placed (each needs a primary and a backup)");
     }
+    // The processor monitor would refuse to start without the runtime: say
+    // so before starting anything.
+    let runtime = a
+        .runtime
+        .clone()
+        .unwrap_or_else(lego_processor::default_runtime_path);
+    lego_processor::check_runtime(&runtime)
+        .map_err(|e| anyhow::anyhow!(lego_processor::chain(&e)))?;
     let dir = a.dir.clone().unwrap_or_else(default_dir);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    let mut cluster = LocalCluster::start(&Spec {
-        dir: dir.clone(),
-        memory_monitors: a.memory_monitors,
-        capacity: a.capacity,
-        heartbeat_ms: a.heartbeat_ms,
-    })?;
+    let mut cluster = LocalCluster::start_with(
+        &Spec {
+            dir: dir.clone(),
+            memory_monitors: a.memory_monitors,
+            capacity: a.capacity,
+            heartbeat_ms: a.heartbeat_ms,
+        },
+        Some(&ProcessorSpec {
+            excache: a.excache,
+            runtime: a.runtime.clone(),
+        }),
+    )?;
     let dir_flag = if a.dir.is_some() {
         format!(" --dir {}", dir.display())
     } else {
@@ -320,9 +383,12 @@ pub fn run(a: UpArgs) -> Result<()> {
     for (i, m) in cluster.file.memory_monitors.iter().enumerate() {
         println!("  memory monitor {} {m} ({})", i + 1, human(a.capacity));
     }
+    if let Some(p) = &cluster.processor {
+        println!("  processor        {p} ({} ExCache)", human(a.excache));
+    }
     println!("  secret           {}", dir.join("secret").display());
     println!("  logs             {}", dir.join("logs").display());
-    println!("see it with `lego status{dir_flag}`; Ctrl-C stops the cluster");
+    println!("run programs with `lego run{dir_flag} -- CMD`, see it with `lego status{dir_flag}`; Ctrl-C stops the cluster");
     while !stop.load(Ordering::Relaxed) {
         for gone in cluster.check_children() {
             warn!("{gone}; see {}", dir.join("logs").display());

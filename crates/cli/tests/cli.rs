@@ -28,6 +28,7 @@ fn stdout(o: &std::process::Output) -> String {
 
 #[test]
 fn up_status_vnode_and_clean_stop() {
+    ensure_runtime();
     let dir = tempfile::tempdir().unwrap();
     let mut up = Command::new(LEGO)
         .args(["up", "--dir"])
@@ -44,7 +45,7 @@ fn up_status_vnode_and_clean_stop() {
 
     // Found through LEGO_DIR here; through --dir below.
     let out = stdout(&lego(dir.path(), &["status"]));
-    assert!(out.contains("components: 2 (2 alive)"), "{out}");
+    assert!(out.contains("components: 3 (3 alive)"), "{out}");
     let memory_lines: Vec<&str> = out.lines().filter(|l| l.contains(" memory ")).collect();
     assert_eq!(memory_lines.len(), 2, "{out}");
     for l in &memory_lines {
@@ -87,7 +88,7 @@ fn up_status_vnode_and_clean_stop() {
             .lines()
             .filter(|l| l.starts_with("lego_component_up{") && l.ends_with(" 1"))
             .count(),
-        2
+        3
     );
     assert!(metrics.contains("lego_memory_pages_held{"), "{metrics}");
     assert!(http_get(&http, "/state").contains("\"components\""));
@@ -106,7 +107,7 @@ fn up_status_vnode_and_clean_stop() {
             v["pid"].as_u64().unwrap() as u32
         })
         .collect();
-    assert_eq!(daemon_pids.len(), 3);
+    assert_eq!(daemon_pids.len(), 4);
     Command::new("kill")
         .arg("-TERM")
         .arg(up.id().to_string())

@@ -61,7 +61,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn reject(e: PlacementError) -> Reject {
     use PlacementError as P;
     let code = match &e {
-        P::NotEnoughMemoryMonitors { .. } | P::NoSpareMemoryMonitor(_) => ErrorCode::Unavailable,
+        P::NotEnoughMemoryMonitors { .. } | P::NoSpareMemoryMonitor(_) | P::NoProcessor { .. } => {
+            ErrorCode::Unavailable
+        }
         P::UnknownComponent(_) | P::UnknownVnode(_) | P::UnknownVnodeId(_) => ErrorCode::NotFound,
         P::VnodeExists(_) | P::StaleInstance { .. } | P::ComponentDead(_) => ErrorCode::Conflict,
         _ => ErrorCode::BadRequest,

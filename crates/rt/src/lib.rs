@@ -171,9 +171,17 @@ fn start() {
         Ok(None) => return,
         Err(e) => fatal_start(&e),
     };
-    // Only the job's first process reports counters; its children do not
-    // inherit the variable.
-    std::env::remove_var("LEGO_RT_STATS");
+    // Only the job's first process (across its execs) reports counters: the
+    // first runtime records its pid for the processes that follow.
+    let me = std::process::id().to_string();
+    let stats_pid = std::env::var("LEGO_RT_STATS_PID").unwrap_or_else(|_| {
+        std::env::set_var("LEGO_RT_STATS_PID", &me);
+        me.clone()
+    });
+    let cfg = Config {
+        stats: cfg.stats.filter(|_| stats_pid == me),
+        ..cfg
+    };
     let (base, len) = arena::arena();
     let uffd = sys::Uffd::open().unwrap_or_else(|e| {
         fatal_start(&format!(

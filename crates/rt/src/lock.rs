@@ -21,7 +21,15 @@ unsafe impl<T: Send> Send for Lock<T> {}
 fn futex(word: &AtomicU32, op: i32, val: u32) {
     // SAFETY: futex on a live, aligned u32; the kernel validates the rest.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), op | libc::FUTEX_PRIVATE_FLAG, val, 0usize, 0usize, 0u32)
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            0usize,
+            0usize,
+            0u32,
+        )
     };
 }
 
@@ -34,10 +42,18 @@ impl<T> Lock<T> {
     }
 
     pub fn lock(&self) -> Guard<'_, T> {
-        if self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             for _ in 0..64 {
                 std::hint::spin_loop();
-                if self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                if self
+                    .state
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
                     return Guard { lock: self };
                 }
             }

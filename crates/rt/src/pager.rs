@@ -34,11 +34,15 @@ const RES: u8 = 1;
 const DIRTY: u8 = 2;
 const REMOTE: u8 = 4;
 const PREF: u8 = 8;
+/// Installed writable as a zero page: dirty exactly when no longer all zeros.
+const ZF: u8 = 16;
 
 /// Pages evicted per batch.
-const EVICT_BATCH: usize = 64;
+const EVICT_BATCH: usize = 128;
 /// Largest prefetch window, in pages.
 const MAX_WINDOW: usize = 32;
+/// Largest run of zero pages installed ahead of a sequential first-touch stream.
+const MAX_ZERO_WINDOW: usize = 64;
 
 pub struct Pager {
     pub uffd: Uffd,
@@ -54,6 +58,8 @@ pub struct Pager {
     last: usize,
     dir: isize,
     window: usize,
+    last_zero: usize,
+    zero_window: usize,
 }
 
 // SAFETY: `flags` points to a private mapping owned by the pager; all access
@@ -72,7 +78,7 @@ impl Pager {
     ) -> std::io::Result<Pager> {
         let npages = len / PAGE;
         let flags = private_pages(npages.next_multiple_of(PAGE))? as *mut u8;
-        let zero = private_pages(PAGE)?;
+        let zero = private_pages(MAX_ZERO_WINDOW * PAGE)?;
         let quota = (quota_bytes / PAGE).max(2 * EVICT_BATCH);
         COUNTERS.set(&COUNTERS.excache_pages, quota as u64);
         Ok(Pager {
@@ -89,6 +95,8 @@ impl Pager {
             last: usize::MAX,
             dir: 0,
             window: 0,
+            last_zero: usize::MAX,
+            zero_window: 0,
         })
     }
 
@@ -172,16 +180,43 @@ impl Pager {
         }
         let write = msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0;
         if fl & REMOTE == 0 {
-            self.make_room(1)?;
-            // First touch: zeros, locally. Written at once if a write faulted.
-            let _ = self
-                .uffd
-                .copy(addr, self.zero as *const u8, PAGE, !write, false);
-            self.note_resident(idx, if write { DIRTY } else { 0 });
-            COUNTERS.add(&COUNTERS.faults_zero_filled, 1);
-            return Ok(());
+            return self.zero_fill(idx);
         }
         self.fetch(idx, write)
+    }
+
+    /// First touch: zeros, locally, installed writable (a page still all zeros
+    /// at eviction is simply dropped). A sequential stream of first touches
+    /// gets the next pages installed ahead, in one copy.
+    fn zero_fill(&mut self, idx: usize) -> Result<(), Lost> {
+        if self.last_zero != usize::MAX
+            && idx > self.last_zero
+            && idx - self.last_zero <= self.zero_window + 1
+        {
+            self.zero_window = (self.zero_window * 2).clamp(8, MAX_ZERO_WINDOW);
+        } else {
+            self.zero_window = 0;
+        }
+        let mut n = 1;
+        while n <= self.zero_window && idx + n < self.npages && self.f(idx + n) == 0 {
+            n += 1;
+        }
+        self.last_zero = idx + n - 1;
+        self.make_room(n)?;
+        // The make_room above may not touch these pages: they are not resident.
+        let _ = self.uffd.copy(
+            self.addr(idx),
+            self.zero as *const u8,
+            n * PAGE,
+            false,
+            false,
+        );
+        for i in idx..idx + n {
+            self.note_resident(i, ZF);
+        }
+        COUNTERS.add(&COUNTERS.faults_zero_filled, 1);
+        COUNTERS.add(&COUNTERS.zero_pages_ahead, n as u64 - 1);
+        Ok(())
     }
 
     /// The pages to fetch for a miss at `idx`: it, then what the stream predicts.
@@ -282,17 +317,29 @@ impl Pager {
             return Ok(());
         }
         victims.sort_unstable();
-        // Dirty victims: stop writers, copy, write back to both replicas.
-        let dirty: Vec<usize> = victims
+        // Victims that may have been written: stop writers first.
+        let written: Vec<usize> = victims
             .iter()
             .copied()
-            .filter(|&i| self.f(i) & DIRTY != 0)
+            .filter(|&i| self.f(i) & (DIRTY | ZF) != 0)
             .collect();
-        for run in runs(&dirty) {
+        for run in runs(&written) {
             let _ = self
                 .uffd
                 .write_protect(self.addr(run.0), run.1 * PAGE, true);
         }
+        // A zero-filled page still all zeros needs no copy anywhere.
+        let dirty: Vec<usize> = written
+            .into_iter()
+            .filter(|&i| {
+                self.f(i) & DIRTY != 0 || {
+                    // SAFETY: resident and now write-protected: reading cannot fault.
+                    let page =
+                        unsafe { std::slice::from_raw_parts(self.addr(i) as *const u64, PAGE / 8) };
+                    page.iter().any(|&w| w != 0)
+                }
+            })
+            .collect();
         let mut start = 0;
         while start < dirty.len() {
             // One write per vRegion.
@@ -316,7 +363,7 @@ impl Pager {
             r?;
             for &i in &dirty[start..end] {
                 let fl = self.f(i);
-                self.set(i, (fl | REMOTE) & !DIRTY);
+                self.set(i, (fl | REMOTE) & !(DIRTY | ZF));
             }
             start = end;
         }
@@ -328,6 +375,7 @@ impl Pager {
             if fl & PREF != 0 {
                 COUNTERS.add(&COUNTERS.prefetch_wasted, 1);
             }
+            // Zero pages dropped as zeros stay without a remote copy.
             self.set(i, fl & REMOTE);
         }
         self.resident -= victims.len();

@@ -26,6 +26,12 @@ pub struct RtAlloc {
     lists: Mutex<FreeLists>,
 }
 
+impl Default for RtAlloc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RtAlloc {
     pub const fn new() -> Self {
         RtAlloc {

@@ -74,9 +74,11 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     memalign(align, size)
 }
 
+/// # Safety
+/// `out` must point to writable storage for a pointer (C's contract).
 #[no_mangle]
-pub extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
-    if !align.is_power_of_two() || align % std::mem::size_of::<usize>() != 0 {
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || !align.is_multiple_of(std::mem::size_of::<usize>()) {
         return libc::EINVAL;
     }
     let p = heap::aligned_alloc(align, size);
@@ -171,7 +173,7 @@ pub extern "C" fn mmap64(
 #[no_mangle]
 pub extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     let a = addr as usize;
-    if a % PAGE != 0 || len == 0 {
+    if !a.is_multiple_of(PAGE) || len == 0 {
         set_errno(libc::EINVAL);
         return -1;
     }
@@ -212,7 +214,7 @@ pub extern "C" fn mremap(
         old_len.next_multiple_of(PAGE),
         new_len.next_multiple_of(PAGE),
     );
-    if flags & libc::MREMAP_FIXED != 0 || a % PAGE != 0 || new_len == 0 {
+    if flags & libc::MREMAP_FIXED != 0 || !a.is_multiple_of(PAGE) || new_len == 0 {
         set_errno(libc::EINVAL);
         return libc::MAP_FAILED;
     }

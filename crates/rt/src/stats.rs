@@ -20,6 +20,7 @@ macro_rules! counters {
 
 counters! {
     faults_zero_filled,
+    zero_pages_ahead,
     faults_fetched,
     faults_write_protect,
     prefetched_pages,

@@ -271,11 +271,7 @@ impl Uffd {
                 start: start as u64,
                 len: len as u64,
             },
-            mode: if wp {
-                WRITEPROTECT_MODE_WP
-            } else {
-                0
-            },
+            mode: if wp { WRITEPROTECT_MODE_WP } else { 0 },
         };
         ioctl(self.fd, UFFDIO_WRITEPROTECT, &mut w)
     }

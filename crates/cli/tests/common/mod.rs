@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lego_transport::{Client, ClientOptions, Credentials};
@@ -13,6 +14,37 @@ use lego_wire::control::*;
 use lego_wire::Op;
 
 pub const LEGO: &str = env!("CARGO_BIN_EXE_lego");
+
+/// The ExCache runtime the daemons preload, built once per test binary with
+/// `$CARGO build -p lego-rt` (into the directory of the lego binary, where the
+/// processor monitor looks by default). `LEGO_RUNTIME=PATH` (inherited by
+/// every daemon and `lego run`) uses that file instead and builds nothing.
+pub fn ensure_runtime() -> PathBuf {
+    static RUNTIME: OnceLock<PathBuf> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("LEGO_RUNTIME") {
+                return PathBuf::from(p);
+            }
+            let bin_dir = Path::new(LEGO).parent().unwrap();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "lego-rt"]);
+            if bin_dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let out = cmd.output().expect("run cargo");
+            assert!(
+                out.status.success(),
+                "cannot build the runtime:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let so = bin_dir.join("liblego_rt.so");
+            assert!(so.is_file(), "{} was not built", so.display());
+            so
+        })
+        .clone()
+}
 
 /// Polls `f` every 5 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -71,6 +103,7 @@ pub struct TestCluster {
     pub heartbeat_ms: u64,
     pub manager: Option<Daemon>,
     pub memories: Vec<Daemon>,
+    pub processor: Option<Daemon>,
     spawned: usize,
 }
 
@@ -87,6 +120,7 @@ impl TestCluster {
             heartbeat_ms,
             manager: None,
             memories: Vec::new(),
+            processor: None,
             spawned: 0,
         };
         c.start_manager();
@@ -175,6 +209,78 @@ impl TestCluster {
         let addr = d.addr.clone();
         self.memories.push(d);
         addr
+    }
+
+    /// Starts a processor monitor with `excache` (builds the runtime first if
+    /// needed) and waits until the manager sees it alive; returns its address.
+    pub fn start_processor(&mut self, excache: &str) -> String {
+        let runtime = ensure_runtime();
+        let (mgr, jobs) = (self.manager_addr.clone(), self.path().join("jobs"));
+        let d = self.spawn(
+            "processor",
+            &[
+                "processor",
+                "--excache",
+                excache,
+                "--manager",
+                &mgr,
+                "--runtime",
+                runtime.to_str().unwrap(),
+                "--state-dir",
+                jobs.to_str().unwrap(),
+            ],
+        );
+        let addr = d.addr.clone();
+        self.processor = Some(d);
+        self.wait_state("the processor monitor alive", |s| {
+            s.components
+                .iter()
+                .any(|c| c.role == "processor" && c.health == "alive" && c.addr == addr)
+        });
+        addr
+    }
+
+    /// A component connection to the processor monitor.
+    pub fn processor_client(&self) -> Client {
+        let addr = &self.processor.as_ref().expect("a processor monitor").addr;
+        Client::connect(
+            addr,
+            &Credentials::component(&self.secret),
+            &ClientOptions::default(),
+        )
+        .expect("connect to the processor monitor")
+    }
+
+    /// `lego run FLAGS -- CMD...` against this cluster, not yet started.
+    pub fn run_command(&self, flags: &[&str], cmd: &[&str]) -> Command {
+        let mut c = Command::new(LEGO);
+        c.arg("run")
+            .arg("--manager")
+            .arg(&self.manager_addr)
+            .arg("--secret-file")
+            .arg(self.path().join("secret"))
+            .args(flags)
+            .arg("--")
+            .args(cmd);
+        c
+    }
+
+    /// Asserts that no memory monitor holds a page.
+    pub fn assert_no_pages(&self, after: &str) {
+        for m in &self.memories {
+            let c = Client::connect(
+                &m.addr,
+                &Credentials::component(&self.secret),
+                &ClientOptions::default(),
+            )
+            .expect("connect to memory monitor");
+            let held = mem_stats(&c).pages_held;
+            assert_eq!(
+                held, 0,
+                "memory monitor {} holds {held} pages after {after}",
+                m.addr
+            );
+        }
     }
 
     /// A component connection to the manager.

@@ -1,0 +1,583 @@
+//! `lego run [--excache SIZE|PERCENT] [--vnode NAME] [--stats] -- CMD [ARGS...]`
+//!
+//! Runs an unmodified program on the cluster: the manager's GPM picks a
+//! processor monitor, which starts CMD under the ExCache runtime with this
+//! shell's environment and working directory. `lego run` then behaves like
+//! the program: stdin is relayed, stdout and stderr are copied byte for byte
+//! to its own, SIGINT/SIGTERM/SIGHUP are forwarded, and it exits with the
+//! program's status (128+N when the program was killed by signal N). When
+//! `lego run` itself dies, the processor monitor kills the program.
+//!
+//! With no cluster (no `cluster.json` in the cluster directory and no
+//! `--manager`), it starts the embedded local cluster (a manager, two memory
+//! monitors, a processor monitor) in a fresh temporary directory for the
+//! duration of the run and removes it afterwards.
+//!
+//! Exit codes of its own: 127 command not found, 126 command not executable,
+//! 125 any other failure of lego (as `docker run` does).
+//!
+//! Connections to the processor monitor: one for the launch and the output
+//! long-poll (its loss kills the job), one for stdin (a write may block while
+//! the program does not read) and one for signals (never stuck behind either).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use lego_transport::{Client, ClientOptions, Credentials, TransportError};
+use lego_wire::auth::Secret;
+use lego_wire::control::{
+    to_body, ClusterState, Endpoint, JobInfo, LaunchReq, LaunchResp, OutputReq, PlaceProcessReq,
+    SignalReq, VnodeInfo, VnodeReq,
+};
+use lego_wire::io::{decode_chunks, encode_stdin, Stream};
+use lego_wire::{ErrorCode, Op};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
+use tracing::{info, warn};
+
+use crate::cluster::{ClusterArgs, Target};
+use crate::size::{human, parse_size};
+use crate::up::{LocalCluster, ProcessorSpec, Spec};
+
+/// Exit code when the command is not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit code when the command cannot be executed.
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// Exit code when lego itself fails.
+pub const EXIT_LEGO_FAILED: i32 = 125;
+
+/// ExCache of the embedded cluster's processor monitor.
+const EMBEDDED_EXCACHE: u64 = 1 << 30;
+/// Longest wait of one output long-poll.
+const POLL_MS: u64 = 1000;
+/// Bytes of stdin relayed per request.
+const STDIN_CHUNK: usize = 256 << 10;
+
+/// An ExCache quota as given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quota {
+    Bytes(u64),
+    Percent(u32),
+}
+
+/// Parses `64MiB` or `25%`.
+pub fn parse_quota(s: &str) -> Result<Quota, String> {
+    if let Some(p) = s.trim().strip_suffix('%') {
+        let p: u32 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a percentage such as 25%"))?;
+        if p == 0 || p > 100 {
+            return Err(format!("'{s}' is not between 1% and 100%"));
+        }
+        return Ok(Quota::Percent(p));
+    }
+    match parse_size(s)? {
+        0 => Err("an ExCache quota of 0 bytes cannot hold a page".into()),
+        b => Ok(Quota::Bytes(b)),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// ExCache quota of the program: a size (64MiB) or a percentage of the
+    /// processor monitor's ExCache (25%) [default: 25%]
+    #[arg(long, value_parser = parse_quota, value_name = "SIZE|PERCENT")]
+    pub excache: Option<Quota>,
+    /// The vNode to run in (created if missing)
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub vnode: String,
+    /// When the program ends, print the runtime's counters (faults,
+    /// evictions, bytes moved, ...) to stderr
+    #[arg(long)]
+    pub stats: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The program and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<std::ffi::OsString>,
+}
+
+/// A failure of `lego run` itself: one line and an exit code.
+#[derive(Debug)]
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn lego(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_LEGO_FAILED,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::lego(format!("{e:#}"))
+    }
+}
+
+/// A refusal's own message (the remote's words), or the whole error.
+fn describe(e: &TransportError) -> String {
+    match e {
+        TransportError::Remote { message, .. } => message.clone(),
+        other => lego_processor::chain(other),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Signals caught before and after the launch.
+#[derive(Default)]
+struct SignalState {
+    /// The job and a connection to signal it on, once launched.
+    job: Option<(Client, u64)>,
+    /// A signal that came before the launch.
+    pending: Option<i32>,
+}
+
+/// Runs the command; returns the exit code for the process.
+pub fn main(a: RunArgs) -> i32 {
+    let sig = Arc::new(Mutex::new(SignalState::default()));
+    if let Err(e) = catch_signals(sig.clone()) {
+        eprintln!("lego: cannot handle signals: {e}");
+        return EXIT_LEGO_FAILED;
+    }
+    match run(a, &sig) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("lego: {}", f.message);
+            f.code
+        }
+    }
+}
+
+fn catch_signals(state: Arc<Mutex<SignalState>>) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                let mut st = lock(&state);
+                match &st.job {
+                    Some((client, job)) => {
+                        let req = SignalReq {
+                            job: *job,
+                            signal: s,
+                        };
+                        if let Err(e) = client.call_json::<_, serde_json::Value>(Op::Signal, &req) {
+                            warn!("cannot forward signal {s} to the program: {}", describe(&e));
+                        }
+                    }
+                    None => st.pending = Some(s),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// The embedded cluster and its directory; both go away on drop.
+struct Embedded {
+    cluster: Option<LocalCluster>,
+    dir: PathBuf,
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.cluster.take() {
+            c.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Memory monitors of the embedded cluster: a quarter of the machine's
+/// memory each (pages are held twice, primary and backup), at least 1 GiB.
+fn embedded_capacity() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(16 << 20);
+    (total_kib * 1024 / 4).max(1 << 30) >> 20 << 20
+}
+
+fn start_embedded() -> Result<(Embedded, Target), Failure> {
+    // Before starting anything: the most likely reason it would fail. The
+    // processor monitor finds the same runtime ($LEGO_RUNTIME is inherited).
+    let runtime = std::env::var_os("LEGO_RUNTIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(lego_processor::default_runtime_path);
+    lego_processor::check_runtime(&runtime)
+        .map_err(|e| Failure::lego(lego_processor::chain(&e)))?;
+    let rnd = lego_wire::auth::random_bytes().map_err(|e| Failure::lego(e.to_string()))?;
+    let dir = std::env::temp_dir().join(format!(
+        "lego-run-{}-{:08x}",
+        std::process::id(),
+        u32::from_le_bytes(rnd[..4].try_into().expect("4 bytes"))
+    ));
+    std::fs::create_dir(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+        .map_err(Failure::from)?;
+    let spec = Spec {
+        dir: dir.clone(),
+        memory_monitors: 2,
+        capacity: embedded_capacity(),
+        heartbeat_ms: 1000,
+    };
+    let processor = ProcessorSpec {
+        excache: EMBEDDED_EXCACHE,
+        runtime: None,
+    };
+    match LocalCluster::start_with(&spec, Some(&processor)) {
+        Ok(c) => {
+            info!(
+                "no lego cluster is running: started an embedded one in {} for this run (logs in {})",
+                dir.display(),
+                dir.join("logs").display()
+            );
+            let target = c.target();
+            Ok((
+                Embedded {
+                    cluster: Some(c),
+                    dir,
+                },
+                target,
+            ))
+        }
+        Err(e) => {
+            // Keep the directory: its logs say what went wrong.
+            Err(Failure::lego(format!(
+                "cannot start the embedded local cluster (logs in {}): {}",
+                dir.join("logs").display(),
+                format!("{e:#}").lines().next().unwrap_or_default()
+            )))
+        }
+    }
+}
+
+/// The cluster named by the flags, or none when there is nothing to find.
+fn find_cluster(c: &ClusterArgs) -> Result<Option<Target>, Failure> {
+    if c.manager.is_some() || c.dir().join("cluster.json").exists() {
+        return Ok(Some(c.resolve()?));
+    }
+    Ok(None)
+}
+
+fn ensure_vnode(mgr: &Client, name: &str) -> Result<(), Failure> {
+    let list: Vec<VnodeInfo> = mgr
+        .call_json(Op::VnodeList, &())
+        .map_err(|e| Failure::lego(format!("cannot list vnodes: {}", describe(&e))))?;
+    if list.iter().any(|v| v.name == name) {
+        return Ok(());
+    }
+    match mgr.call_json::<_, VnodeInfo>(Op::VnodeCreate, &VnodeReq { name: name.into() }) {
+        Ok(v) => {
+            tracing::debug!(id = v.id, "created vnode {name}");
+            Ok(())
+        }
+        // Someone else created it meanwhile.
+        Err(e) if e.remote_code() == Some(ErrorCode::Conflict) => Ok(()),
+        Err(e) => Err(Failure::lego(format!(
+            "cannot create vnode {name}: {}",
+            describe(&e)
+        ))),
+    }
+}
+
+/// Why no processor monitor was found, in the words most useful to the user.
+fn placement_failure(mgr: &Client, e: &TransportError) -> Failure {
+    let processors = mgr
+        .call_json::<_, ClusterState>(Op::ClusterState, &())
+        .map(|st| {
+            st.components
+                .iter()
+                .filter(|c| c.role == "processor" && c.health == "alive")
+                .count()
+        })
+        .unwrap_or(1);
+    if processors == 0 {
+        return Failure::lego(
+            "no processor monitor is running in this cluster: start one with \
+             `lego processor --excache SIZE --manager ADDR` (`lego up` starts one)",
+        );
+    }
+    Failure::lego(format!("cannot place the program: {}", describe(e)))
+}
+
+fn connect(addr: &str, secret: &Secret, request_timeout: Duration) -> Result<Client, Failure> {
+    Client::connect(
+        addr,
+        &Credentials::component(secret),
+        &ClientOptions {
+            request_timeout,
+            ..ClientOptions::default()
+        },
+    )
+    .map_err(|e| {
+        Failure::lego(format!(
+            "cannot reach the processor monitor: {}",
+            describe(&e)
+        ))
+    })
+}
+
+fn utf8(what: &str, s: std::ffi::OsString) -> Result<String, Failure> {
+    s.into_string().map_err(|s| {
+        Failure::lego(format!(
+            "{what} {s:?} is not UTF-8, which lego cannot carry yet"
+        ))
+    })
+}
+
+fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
+    let argv: Vec<String> = a
+        .cmd
+        .iter()
+        .map(|s| utf8("argument", s.clone()))
+        .collect::<Result<_, _>>()?;
+    let cwd = std::env::current_dir()
+        .context("cannot read the working directory")
+        .map_err(Failure::from)
+        .and_then(|d| utf8("working directory", d.into_os_string()))?;
+    let mut env = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => env.push((k, v)),
+            (k, _) => warn!("not passing environment variable {k:?}: not UTF-8"),
+        }
+    }
+
+    let (_embedded, target) = match find_cluster(&a.cluster)? {
+        Some(t) => (None, t),
+        None => {
+            let (e, t) = start_embedded()?;
+            (Some(e), t)
+        }
+    };
+    if let Some(s) = lock(sig).pending {
+        return Ok(128 + s);
+    }
+    let mgr = target.connect()?;
+    ensure_vnode(&mgr, &a.vnode)?;
+    let excache = match a.excache {
+        Some(Quota::Bytes(b)) => b,
+        // The processor monitor works out a percentage of its own ExCache.
+        _ => 0,
+    };
+    let place: Endpoint = mgr
+        .call_json(
+            Op::PlaceProcess,
+            &PlaceProcessReq {
+                vnode: a.vnode.clone(),
+                excache,
+            },
+        )
+        .map_err(|e| placement_failure(&mgr, &e))?;
+    drop(mgr);
+
+    let main = connect(&place.addr, &target.secret, Duration::from_secs(30))?;
+    let ctl = connect(&place.addr, &target.secret, Duration::from_secs(10))?;
+    let req = LaunchReq {
+        argv,
+        env,
+        cwd,
+        vnode: a.vnode.clone(),
+        excache: match a.excache {
+            Some(Quota::Bytes(b)) => Some(b),
+            _ => None,
+        },
+        excache_percent: match a.excache {
+            Some(Quota::Percent(p)) => Some(p),
+            _ => None,
+        },
+    };
+    let launched: LaunchResp = main.call_json(Op::Launch, &req).map_err(|e| Failure {
+        code: match e.remote_code() {
+            Some(ErrorCode::NotFound) => EXIT_NOT_FOUND,
+            Some(ErrorCode::Conflict) => EXIT_CANNOT_EXECUTE,
+            _ => EXIT_LEGO_FAILED,
+        },
+        message: describe(&e),
+    })?;
+    let job = launched.job;
+    tracing::debug!(
+        job = format_args!("{job:x}"),
+        pid = launched.pid,
+        processor = %place.addr,
+        excache = %human(launched.excache),
+        "launched"
+    );
+    {
+        let mut st = lock(sig);
+        st.job = Some((ctl.clone(), job));
+        if let Some(s) = st.pending.take() {
+            let _ =
+                ctl.call_json::<_, serde_json::Value>(Op::Signal, &SignalReq { job, signal: s });
+        }
+    }
+    relay_stdin(place.addr.clone(), target.secret.clone(), job);
+    let code = relay_output(&main, &ctl, job, &place.addr)?;
+    if a.stats {
+        print_stats(&main, job, launched.excache);
+    }
+    Ok(code)
+}
+
+/// Copies this process's stdin to the job's, on its own connection.
+fn relay_stdin(addr: String, secret: Secret, job: u64) {
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            // A program may leave its stdin unread for as long as it likes.
+            let Ok(conn) = connect(&addr, &secret, Duration::from_secs(365 * 24 * 3600)) else {
+                return;
+            };
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; STDIN_CHUNK];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => 0,
+                };
+                // Empty: end of input. An error: the program closed its stdin.
+                if conn
+                    .call(Op::Stdin, &[&encode_stdin(job, &buf[..n])])
+                    .is_err()
+                    || n == 0
+                {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot relay stdin: {e}");
+    }
+}
+
+/// Copies the job's output to ours until its exit chunk; returns its code.
+fn relay_output(main: &Client, ctl: &Client, job: u64, addr: &str) -> Result<i32, Failure> {
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    let mut stdout_open = true;
+    let poll = to_body(&OutputReq {
+        job,
+        max_wait_ms: POLL_MS,
+    });
+    loop {
+        let frame = main.call(Op::Output, &[&poll]).map_err(|e| {
+            Failure::lego(format!(
+                "lost the program on the processor monitor at {addr}: {}",
+                describe(&e)
+            ))
+        })?;
+        let chunks = decode_chunks(&frame.body)
+            .map_err(|e| Failure::lego(format!("bad output from {addr}: {e}")))?;
+        let mut exit = None;
+        let (mut out, mut err) = (stdout.lock(), stderr.lock());
+        let (mut wrote_out, mut wrote_err) = (false, false);
+        for c in chunks {
+            match c.kind {
+                Stream::Stdout if stdout_open => {
+                    if out.write_all(c.data).is_err() {
+                        // Like a pipe: the reader is gone, the writer gets SIGPIPE.
+                        stdout_open = false;
+                        let _ = ctl.call_json::<_, serde_json::Value>(
+                            Op::Signal,
+                            &SignalReq {
+                                job,
+                                signal: SIGPIPE,
+                            },
+                        );
+                    }
+                    wrote_out = true;
+                }
+                Stream::Stdout => {}
+                Stream::Stderr => {
+                    let _ = err.write_all(c.data);
+                    wrote_err = true;
+                }
+                Stream::Exit => {
+                    exit = Some(i32::from_le_bytes(c.data.try_into().unwrap_or([0; 4])));
+                }
+            }
+        }
+        if wrote_out && stdout_open && out.flush().is_err() {
+            stdout_open = false;
+            let _ = ctl.call_json::<_, serde_json::Value>(
+                Op::Signal,
+                &SignalReq {
+                    job,
+                    signal: SIGPIPE,
+                },
+            );
+        }
+        if wrote_err {
+            let _ = err.flush();
+        }
+        if let Some(code) = exit {
+            return Ok(code);
+        }
+    }
+}
+
+/// `--stats`: the runtime's final counters, as a table on stderr.
+fn print_stats(main: &Client, job: u64, quota: u64) {
+    let jobs: Vec<JobInfo> = match main.call_json(Op::Jobs, &()) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("lego: cannot read the program's counters: {}", describe(&e));
+            return;
+        }
+    };
+    let counters = jobs
+        .into_iter()
+        .find(|j| j.job == job)
+        .map(|j| j.counters)
+        .unwrap_or_default();
+    let mut o = std::io::stderr().lock();
+    if counters.is_empty() {
+        let _ = writeln!(
+            o,
+            "lego: job {job:x} (ExCache {}): the runtime reported no counters",
+            human(quota)
+        );
+        return;
+    }
+    let _ = writeln!(o, "lego: job {job:x}, ExCache {}:", human(quota));
+    let width = counters.keys().map(String::len).max().unwrap_or(0);
+    for (k, v) in &counters {
+        let _ = writeln!(o, "  {k:<width$}  {v:>14}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas() {
+        assert_eq!(parse_quota("64MiB"), Ok(Quota::Bytes(64 << 20)));
+        assert_eq!(parse_quota("25%"), Ok(Quota::Percent(25)));
+        assert!(parse_quota("0%").is_err());
+        assert!(parse_quota("150%").is_err());
+        assert!(parse_quota("0").is_err());
+        assert!(parse_quota("lots").is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! `lego processor`: the processor monitor daemon.
+//!
+//! Checks that the runtime exists (a monitor that would start programs
+//! without it would silently run them on local memory), creates the
+//! directory where job runtimes write their counters, serves, and registers
+//! with the manager as role "processor" with its ExCache as capacity; each
+//! heartbeat reports the quotas granted as its use.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lego_agent::{spawn_agent, AgentConfig};
+use lego_transport::{listen, spawn_server, ServerConfig};
+use lego_wire::auth::Secret;
+use tracing::info;
+
+use crate::service::{ProcessorService, ServiceConfig};
+use crate::{human, ProcessorError};
+
+/// File name of the runtime.
+pub const RUNTIME_NAME: &str = "liblego_rt.so";
+
+/// How to run a processor monitor.
+#[derive(Clone, Debug)]
+pub struct ProcessorConfig {
+    /// ExCache bytes to divide among jobs.
+    pub excache: u64,
+    pub listen: String,
+    pub manager: String,
+    pub secret: Secret,
+    /// `liblego_rt.so`; made absolute here.
+    pub runtime: PathBuf,
+    /// Where job runtimes write counters [default: a fresh directory under
+    /// the system's temporary directory]. Removed at shutdown.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A running processor monitor.
+pub struct RunningProcessor {
+    pub addr: String,
+    pub service: Arc<ProcessorService>,
+    pub state_dir: PathBuf,
+}
+
+impl RunningProcessor {
+    /// Kills every job, waits for their cleanup (memory freed at the
+    /// manager) up to `timeout`, and removes the state directory.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.service.shutdown(timeout);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// `liblego_rt.so` next to the running executable (where cargo puts both).
+pub fn default_runtime_path() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(RUNTIME_NAME)))
+        .unwrap_or_else(|| PathBuf::from(RUNTIME_NAME))
+}
+
+/// The runtime as an absolute path, or why it cannot be used.
+pub fn check_runtime(path: &Path) -> Result<PathBuf, ProcessorError> {
+    match std::fs::canonicalize(path) {
+        Ok(p) if p.is_file() => Ok(p),
+        _ => Err(ProcessorError::RuntimeMissing {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Starts serving and registering; returns once the listener is bound.
+pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
+    let runtime = check_runtime(&cfg.runtime)?;
+    let state_dir = cfg.state_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("lego-processor-{}", std::process::id()))
+    });
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .map_err(|source| ProcessorError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+    let service = Arc::new(ProcessorService::new(ServiceConfig {
+        excache: cfg.excache,
+        runtime: runtime.clone(),
+        manager: cfg.manager.clone(),
+        secret: cfg.secret.clone(),
+        state_dir: state_dir.clone(),
+    }));
+    let listener = listen(&cfg.listen)?;
+    let server = spawn_server(
+        listener,
+        ServerConfig::new("processor", cfg.secret.clone()),
+        service.clone(),
+    )
+    .map_err(ProcessorError::Thread)?;
+    let _ = service.server.set(server.counters.clone());
+    service.spawn_janitor().map_err(ProcessorError::Thread)?;
+    info!(
+        addr = %server.local_addr,
+        excache = %human(cfg.excache),
+        runtime = %runtime.display(),
+        "processor monitor serving"
+    );
+    let s = service.clone();
+    spawn_agent(
+        AgentConfig {
+            manager: cfg.manager,
+            secret: cfg.secret,
+            role: "processor".into(),
+            addr: server.local_addr.clone(),
+            capacity: cfg.excache,
+        },
+        Box::new(move || (s.granted(), s.counters())),
+    )
+    .map_err(ProcessorError::Thread)?;
+    Ok(RunningProcessor {
+        addr: server.local_addr,
+        service,
+        state_dir,
+    })
+}
