@@ -36,6 +36,12 @@ const REMOTE: u8 = 4;
 const PREF: u8 = 8;
 /// Installed writable as a zero page: dirty exactly when no longer all zeros.
 const ZF: u8 = 16;
+/// Written back the last time it was evicted: likely written again, so it is
+/// fetched writable with a hash of its contents (no write-protect fault), and
+/// written back at eviction only if the hash changed.
+const HOT: u8 = 32;
+/// Fetched writable with a hash (see HOT).
+const HASHED: u8 = 64;
 
 /// Pages evicted per batch.
 const EVICT_BATCH: usize = 128;
@@ -60,6 +66,7 @@ pub struct Pager {
     window: usize,
     last_zero: usize,
     zero_window: usize,
+    hashes: std::collections::HashMap<u32, u64>,
 }
 
 // SAFETY: `flags` points to a private mapping owned by the pager; all access
@@ -79,6 +86,19 @@ impl Pager {
         let npages = len / PAGE;
         let flags = private_pages(npages.next_multiple_of(PAGE))? as *mut u8;
         let zero = private_pages(MAX_ZERO_WINDOW * PAGE)?;
+        // Read-only: the source of every zero-filled page must stay zeros.
+        // SAFETY: changes the protection of the mapping we just made.
+        if unsafe {
+            libc::syscall(
+                libc::SYS_mprotect,
+                zero,
+                MAX_ZERO_WINDOW * PAGE,
+                libc::PROT_READ,
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
         let quota = (quota_bytes / PAGE).max(2 * EVICT_BATCH);
         COUNTERS.set(&COUNTERS.excache_pages, quota as u64);
         Ok(Pager {
@@ -97,6 +117,7 @@ impl Pager {
             window: 0,
             last_zero: usize::MAX,
             zero_window: 0,
+            hashes: std::collections::HashMap::new(),
         })
     }
 
@@ -197,8 +218,12 @@ impl Pager {
         } else {
             self.zero_window = 0;
         }
+        // At most the zero buffer's length in one copy.
         let mut n = 1;
-        while n <= self.zero_window && idx + n < self.npages && self.f(idx + n) == 0 {
+        while n < MAX_ZERO_WINDOW.min(self.zero_window + 1)
+            && idx + n < self.npages
+            && self.f(idx + n) == 0
+        {
             n += 1;
         }
         self.last_zero = idx + n - 1;
@@ -276,11 +301,20 @@ impl Pager {
         data.clear();
         self.remote.read(&pages, &mut data)?;
         for (k, &i) in want.iter().enumerate() {
-            let src = data[k * PAGE..].as_ptr();
+            let src = &data[k * PAGE..(k + 1) * PAGE];
             let faulting = i == idx;
-            let wp = !(faulting && write);
-            let _ = self.uffd.copy(self.addr(i), src, PAGE, wp, !faulting);
-            let mut fl = (self.f(i) & REMOTE) | if faulting && write { DIRTY } else { 0 };
+            let old = self.f(i);
+            let mut fl = old & (REMOTE | HOT);
+            if faulting && write {
+                fl |= DIRTY;
+            } else if old & HOT != 0 {
+                fl |= HASHED;
+                self.hashes.insert(i as u32, page_hash(src));
+            }
+            let wp = fl & (DIRTY | HASHED) == 0;
+            let _ = self
+                .uffd
+                .copy(self.addr(i), src.as_ptr(), PAGE, wp, !faulting);
             if !faulting {
                 fl |= PREF;
             }
@@ -321,7 +355,7 @@ impl Pager {
         let written: Vec<usize> = victims
             .iter()
             .copied()
-            .filter(|&i| self.f(i) & (DIRTY | ZF) != 0)
+            .filter(|&i| self.f(i) & (DIRTY | ZF | HASHED) != 0)
             .collect();
         for run in runs(&written) {
             let _ = self
@@ -329,17 +363,25 @@ impl Pager {
                 .write_protect(self.addr(run.0), run.1 * PAGE, true);
         }
         // A zero-filled page still all zeros needs no copy anywhere.
-        let dirty: Vec<usize> = written
-            .into_iter()
-            .filter(|&i| {
-                self.f(i) & DIRTY != 0 || {
-                    // SAFETY: resident and now write-protected: reading cannot fault.
-                    let page =
-                        unsafe { std::slice::from_raw_parts(self.addr(i) as *const u64, PAGE / 8) };
-                    page.iter().any(|&w| w != 0)
-                }
-            })
-            .collect();
+        // and one fetched writable is dirty only if its hash changed.
+        let mut dirty = Vec::with_capacity(written.len());
+        for i in written {
+            let fl = self.f(i);
+            // SAFETY: resident and now write-protected: reading cannot fault.
+            let page = unsafe { std::slice::from_raw_parts(self.addr(i) as *const u8, PAGE) };
+            let is_dirty = if fl & DIRTY != 0 {
+                true
+            } else if fl & HASHED != 0 {
+                self.hashes.remove(&(i as u32)) != Some(page_hash(page))
+            } else {
+                page.iter().any(|&b| b != 0)
+            };
+            if is_dirty {
+                dirty.push(i);
+            } else {
+                self.set(i, fl & !(HOT | HASHED));
+            }
+        }
         let mut start = 0;
         while start < dirty.len() {
             // One write per vRegion.
@@ -363,7 +405,7 @@ impl Pager {
             r?;
             for &i in &dirty[start..end] {
                 let fl = self.f(i);
-                self.set(i, (fl | REMOTE) & !(DIRTY | ZF));
+                self.set(i, (fl | REMOTE | HOT) & !(DIRTY | ZF | HASHED));
             }
             start = end;
         }
@@ -376,7 +418,10 @@ impl Pager {
                 COUNTERS.add(&COUNTERS.prefetch_wasted, 1);
             }
             // Zero pages dropped as zeros stay without a remote copy.
-            self.set(i, fl & REMOTE);
+            self.set(i, fl & (REMOTE | HOT));
+            if fl & HASHED != 0 {
+                self.hashes.remove(&(i as u32));
+            }
         }
         self.resident -= victims.len();
         COUNTERS.set(&COUNTERS.resident_pages, self.resident as u64);
@@ -404,6 +449,9 @@ impl Pager {
             let fl = self.f(i);
             if fl & RES != 0 {
                 self.resident -= 1;
+            }
+            if fl & HASHED != 0 {
+                self.hashes.remove(&(i as u32));
             }
             if fl & REMOTE != 0 {
                 let p = self.page_no(i);
@@ -439,6 +487,14 @@ impl Pager {
     }
 }
 
+/// A 64-bit hash of a page's contents.
+fn page_hash(page: &[u8]) -> u64 {
+    page.chunks_exact(8).fold(0xcbf2_9ce4_8422_2325u64, |h, w| {
+        (h.rotate_left(5) ^ u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .wrapping_mul(0x517c_c1b7_2722_0a95)
+    })
+}
+
 /// Runs of consecutive indices in a sorted list: (first, length).
 fn runs(sorted: &[usize]) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
@@ -469,9 +525,10 @@ pub fn zap(start: usize, len: usize) {
 pub fn handler_loop(fd: i32) {
     crate::heap::enter_runtime_thread();
     let uffd = Uffd { fd };
+    let mut msgs = [UffdMsg::default(); 16];
     loop {
-        let msg = match uffd.read_msg() {
-            Ok(m) => m,
+        let n = match uffd.read_msgs(&mut msgs) {
+            Ok(n) => n,
             Err(e) => {
                 if e.raw_os_error() == Some(libc::EBADF) {
                     return; // closed after fork in a child that re-armed
@@ -484,8 +541,10 @@ pub fn handler_loop(fd: i32) {
         if p.uffd.fd != fd {
             return; // a stale handler after fork
         }
-        if let Err(lost) = p.handle(&msg) {
-            crate::fatal_lost(&lost);
+        for msg in &msgs[..n] {
+            if let Err(lost) = p.handle(msg) {
+                crate::fatal_lost(&lost);
+            }
         }
     }
 }

@@ -307,6 +307,23 @@ impl Uffd {
         }
     }
 
+    /// Blocks until at least one message; reads as many as are queued.
+    pub fn read_msgs(&self, buf: &mut [UffdMsg]) -> io::Result<usize> {
+        let size = std::mem::size_of::<UffdMsg>();
+        loop {
+            // SAFETY: reads at most buf.len() messages into `buf`.
+            let r =
+                unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), std::mem::size_of_val(buf)) };
+            if r > 0 {
+                return Ok(r as usize / size);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     pub fn close(&self) {
         // SAFETY: closes our own descriptor; nothing uses it afterwards.
         unsafe { libc::close(self.fd) };

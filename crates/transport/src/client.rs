@@ -55,6 +55,8 @@ pub struct ClientOptions {
     /// declared broken.
     pub request_timeout: Duration,
     pub max_body: u32,
+    /// Busy-wait this long for an answer before sleeping (0: never spin).
+    pub spin: Duration,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +65,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             max_body: DEFAULT_MAX_BODY,
+            spin: Duration::ZERO,
         }
     }
 }
@@ -73,6 +76,7 @@ struct Inner {
     peer: String,
     max_body: u32,
     timeout_ms: u64,
+    spin: Duration,
     next_id: AtomicU64,
     writer: Mutex<BufWriter<WriteHalf>>,
     reader: Mutex<BufReader<ReadHalf>>,
@@ -155,6 +159,7 @@ impl Client {
             inner: Arc::new(Inner {
                 peer,
                 max_body: opts.max_body,
+                spin: opts.spin,
                 timeout_ms: opts.request_timeout.as_millis() as u64,
                 next_id: AtomicU64::new(1),
                 writer: Mutex::new(writer),
@@ -250,6 +255,9 @@ impl Client {
             drop(table);
             // We lead: read until our own answer comes.
             let result = loop {
+                if reader.buffer().is_empty() {
+                    reader.get_ref().spin_until_readable(inner.spin);
+                }
                 match read_frame(&mut *reader, inner.max_body) {
                     Ok(f) if f.header.req_id == id => break Ok(f),
                     Ok(f) => {

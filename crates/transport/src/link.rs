@@ -14,13 +14,39 @@ use crate::TransportError;
 pub trait LinkRead: Read + Send {
     /// Bounds how long a read may block (`None`: forever).
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+
+    /// Busy-waits up to `spin` for bytes to arrive, so that a reply expected
+    /// within microseconds is read without the cost of a sleeping thread's
+    /// wakeup. Returns early when data is there; a no-op by default.
+    fn spin_until_readable(&self, _spin: Duration) {}
 }
 
-impl LinkRead for TcpStream {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        TcpStream::set_read_timeout(self, t)
-    }
+macro_rules! link_read {
+    ($t:ty) => {
+        impl LinkRead for $t {
+            fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+                <$t>::set_read_timeout(self, t)
+            }
+
+            fn spin_until_readable(&self, spin: Duration) {
+                if spin.is_zero() || self.set_nonblocking(true).is_err() {
+                    return;
+                }
+                let start = std::time::Instant::now();
+                let mut probe = [0u8; 1];
+                while start.elapsed() < spin {
+                    match self.peek(&mut probe) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                        _ => break,
+                    }
+                }
+                let _ = self.set_nonblocking(false);
+            }
+        }
+    };
 }
+
+link_read!(TcpStream);
 
 impl LinkRead for UnixStream {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {

@@ -1,0 +1,282 @@
+//! Unmodified programs with disaggregated memory: python3, sort and a C
+//! program run under the ExCache runtime with a small ExCache; every output is
+//! compared byte for byte with the same command run without lego; the
+//! program's resident anonymous memory stays within the ExCache; killing every
+//! memory monitor stops a program with the documented message and status; and
+//! after every run the memory monitors hold no page.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lego_wire::control::JobInfo;
+use lego_wire::Op;
+
+/// The python interpreter itself (python3 on PATH may be a shell shim).
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python3 is needed for these tests");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn cluster(memory_capacity: &str, excache: &str) -> TestCluster {
+    ensure_runtime();
+    let mut c = TestCluster::start(2, memory_capacity, 300);
+    c.start_processor(excache);
+    c
+}
+
+/// Runs `cmd`, returning its output, and the largest RssAnon (KiB) of the
+/// job's process seen while it ran (sampled every 10 ms).
+fn run_sampled(c: &TestCluster, mut cmd: Command, limit: Duration) -> (Output, u64) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let proc_client = c.processor_client();
+    let deadline = Instant::now() + limit;
+    let mut max_anon = 0u64;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cmd:?} did not finish within {limit:?}"
+        );
+        if let Ok(jobs) = proc_client.call_json::<_, Vec<JobInfo>>(Op::Jobs, &()) {
+            for j in jobs.iter().filter(|j| j.running) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", j.pid)) {
+                    let anon = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("RssAnon:"))
+                        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    max_anon = max_anon.max(anon);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        Output {
+            status,
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        },
+        max_anon,
+    )
+}
+
+fn direct(cmd: &[&str]) -> Output {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed without lego: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn assert_same(what: &str, lego: &Output, local: &Output) {
+    assert!(
+        lego.status.success(),
+        "{what} under lego failed ({}):\n{}",
+        lego.status,
+        String::from_utf8_lossy(&lego.stderr)
+    );
+    assert!(
+        lego.stdout == local.stdout,
+        "{what}: output differs from the run without lego"
+    );
+}
+
+const HASH_1GIB: &str = r#"
+import hashlib, random
+r = random.Random(42)
+chunks = [r.randbytes(1 << 20) for _ in range(1024)]
+h = hashlib.sha256()
+for c in chunks:
+    h.update(c)
+for c in reversed(chunks[::7]):
+    h.update(c[:4096])
+print(h.hexdigest(), len(chunks), sum(len(c) for c in chunks))
+"#;
+
+/// The ExCache's allowance over its quota for the rest of a process's
+/// anonymous memory: the interpreter's own data, thread stacks, the runtime's
+/// page table (1 byte per page) and buffers.
+const OVERHEAD_KIB: u64 = 24 << 10;
+
+#[test]
+fn python_hashes_a_gibibyte_in_a_64_mib_excache() {
+    let c = cluster("3GiB", "1GiB");
+    let py = python();
+    let local = direct(&[&py, "-c", HASH_1GIB]);
+    let (out, max_anon) = run_sampled(
+        &c,
+        c.run_command(&["--excache", "64MiB", "--stats"], &[&py, "-c", HASH_1GIB]),
+        Duration::from_secs(240),
+    );
+    assert_same("python hashing 1 GiB", &out, &local);
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stats.contains("evictions"),
+        "--stats prints the counters:\n{stats}"
+    );
+    assert!(max_anon > 0, "RssAnon was sampled");
+    assert!(
+        max_anon <= (64 << 10) + OVERHEAD_KIB,
+        "RssAnon reached {max_anon} KiB, more than the 64 MiB ExCache + {OVERHEAD_KIB} KiB"
+    );
+    eprintln!("python: max RssAnon {max_anon} KiB with a 64 MiB ExCache");
+    c.assert_no_pages("python");
+}
+
+/// A file of about `mb` MB of random lines.
+fn random_lines(dir: &Path, mb: usize) -> PathBuf {
+    let path = dir.join("lines.txt");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = String::with_capacity(mb << 20);
+    while buf.len() < mb * 1_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.push_str(&format!("{:016x} {} {}\n", x, x % 977, x >> 40));
+    }
+    std::fs::write(&path, buf).unwrap();
+    path
+}
+
+#[test]
+fn sort_of_300_mb_in_a_64_mib_excache() {
+    let c = cluster("3GiB", "1GiB");
+    let file = random_lines(c.path(), 300);
+    let f = file.to_str().unwrap();
+    let cmd = ["sort", "-S", "1G", f];
+    let mut local = Command::new("sort");
+    let local = local.args(&cmd[1..]).env("LC_ALL", "C").output().unwrap();
+    assert!(local.status.success());
+    let mut lego = c.run_command(&["--excache", "64MiB"], &cmd);
+    lego.env("LC_ALL", "C");
+    let (out, _) = run_sampled(&c, lego, Duration::from_secs(400));
+    assert_same("sort -S 1G of 300 MB", &out, &local);
+    assert_eq!(
+        out.stdout.len(),
+        std::fs::metadata(&file).unwrap().len() as usize
+    );
+    c.assert_no_pages("sort");
+}
+
+#[test]
+fn threads_fork_realloc_and_munmap_in_a_c_program() {
+    let c = cluster("1GiB", "256MiB");
+    let exe = c.path().join("memtest");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/memtest.c");
+    let cc = Command::new("gcc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let e = exe.to_str().unwrap();
+    let local = direct(&[e]);
+    assert!(!String::from_utf8_lossy(&local.stdout).contains("MISMATCH"));
+    let (out, max_anon) = run_sampled(
+        &c,
+        c.run_command(&["--excache", "16MiB"], &[e]),
+        Duration::from_secs(120),
+    );
+    assert_same("the C memory test", &out, &local);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for check in [
+        "threads: ok",
+        "child: ok",
+        "parent after fork: ok, child exit 0",
+        "realloc: ok",
+        "munmap and reuse: ok",
+        "mremap: ok",
+    ] {
+        assert!(text.contains(check), "missing '{check}' in:\n{text}");
+    }
+    assert!(
+        max_anon <= (16 << 10) + OVERHEAD_KIB,
+        "RssAnon reached {max_anon} KiB with a 16 MiB ExCache"
+    );
+    c.assert_no_pages("the C program and its forked child");
+}
+
+const LOOP_FOREVER: &str = r#"
+import sys
+data = [bytes([i % 256]) * 4096 for i in range(40000)]
+print("ready", flush=True)
+while True:
+    s = 0
+    for d in data:
+        s += d[100]
+"#;
+
+#[test]
+fn a_program_whose_memory_monitors_all_die_stops_with_a_clear_error() {
+    let mut c = cluster("1GiB", "256MiB");
+    let py = python();
+    let mut child = c
+        .run_command(&["--excache", "16MiB"], &[&py, "-c", LOOP_FOREVER])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    for m in c.memories.iter_mut() {
+        m.kill9();
+    }
+    let status = wait_for(Duration::from_secs(20), "the program to stop", || {
+        child.try_wait().unwrap()
+    });
+    let took = killed.elapsed();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(117),
+        "exit status 117 for lost memory; stderr:\n{err}"
+    );
+    assert!(err.contains("lego: memory lost: vRegion"), "{err}");
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}");
+    eprintln!(
+        "stopped {took:?} after the memory monitors died: {}",
+        err.lines().next().unwrap_or("")
+    );
+}
