@@ -294,3 +294,58 @@ fn a_program_whose_memory_monitors_all_die_stops_with_a_clear_error() {
         err.lines().next().unwrap_or("")
     );
 }
+
+#[test]
+fn memory_of_a_child_that_exits_is_freed_while_its_parent_runs_on() {
+    let c = cluster("1GiB", "256MiB");
+    let py = python();
+    let script = format!("{py} -c 'import os; x = os.urandom(40 << 20); print(len(x))'; echo child-done; sleep 4; echo parent-done");
+    let mut child = c
+        .run_command(&["--excache", "16MiB"], &["sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(&seen).contains("child-done") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the job ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with(&format!("{}\n", 40 << 20)));
+    // The python child wrote ~24 MiB past its ExCache back to the memory
+    // monitors; it has exited, and the shell still runs.
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(3),
+        "the exited child's pages to be freed",
+        || {
+            c.memories
+                .iter()
+                .all(|m| {
+                    let cl = lego_transport::Client::connect(
+                        &m.addr,
+                        &lego_transport::Credentials::component(&c.secret),
+                        &Default::default(),
+                    )
+                    .unwrap();
+                    mem_stats(&cl).pages_held == 0
+                })
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "a child's memory was freed {:?} after it exited",
+        t.elapsed()
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the parent still runs");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    c.assert_no_pages("the shell job");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lego_transport::{Client, ClientOptions, Credentials, TransportError};
 use lego_wire::auth::Secret;
-use lego_wire::control::{ReleaseOwnerReq, ReleaseSpaceResp, VnodeInfo};
+use lego_wire::control::{ReleaseOwnerReq, ReleaseSpaceReq, ReleaseSpaceResp, VnodeInfo};
 use lego_wire::Op;
 use tracing::warn;
 
@@ -73,6 +73,13 @@ impl ManagerLink {
             .find(|v| v.name == name)
             .map(|v| v.id)
             .ok_or_else(|| ProcessorError::UnknownVnode(name.to_string()))
+    }
+
+    /// Frees one address space (a process of a job that has exited).
+    pub fn release_space(&self, asid: u64) -> Result<ReleaseSpaceResp, ProcessorError> {
+        self.client()
+            .and_then(|c| c.call_json(Op::ReleaseSpace, &ReleaseSpaceReq { asid }))
+            .map_err(|e| self.err(e))
     }
 
     /// Frees every address space of job `owner` on every memory monitor,

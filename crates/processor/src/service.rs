@@ -67,6 +67,7 @@ struct Counters {
     killed: AtomicU64,
     refused: AtomicU64,
     not_entitled: AtomicU64,
+    spaces_reaped: AtomicU64,
 }
 
 struct Shared {
@@ -129,6 +130,7 @@ impl ProcessorService {
             ("jobs_killed_total", g(&c.killed)),
             ("launches_refused_total", g(&c.refused)),
             ("not_entitled_total", g(&c.not_entitled)),
+            ("spaces_reaped_total", g(&c.spaces_reaped)),
             ("excache_granted_bytes", granted),
             ("excache_capacity_bytes", self.shared.cfg.excache),
         ]
@@ -146,13 +148,16 @@ impl ProcessorService {
         m
     }
 
-    /// Starts the thread that forgets finished jobs nobody collects.
+    /// Starts the thread that frees the memory of a job's processes that
+    /// exited while the job runs on (children of a shell, say), and forgets
+    /// finished jobs nobody collects.
     pub fn spawn_janitor(&self) -> std::io::Result<()> {
         let shared = self.shared.clone();
         std::thread::Builder::new()
             .name("processor-janitor".into())
             .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(Duration::from_millis(500));
+                reap_spaces(&shared);
                 lock(&shared.jobs).retain(|_, j| !j.forgettable(KEEP_FINISHED));
             })?;
         Ok(())
@@ -249,6 +254,8 @@ impl ProcessorService {
             }
         };
         let stats = cfg.state_dir.join(format!("job-{id:016x}.json"));
+        let spaces = spaces_dir(cfg, id);
+        std::fs::create_dir_all(&spaces).map_err(ProcessorError::Thread)?;
         let rt = RuntimeEnv {
             runtime: cfg.runtime.clone(),
             manager: cfg.manager.clone(),
@@ -258,6 +265,7 @@ impl ProcessorService {
             excache: quota,
             job: id,
             stats: stats.clone(),
+            spaces,
         };
         let env = program_env(&req.env, &rt);
         let mut child = spawn(&req.argv, &env, &req.cwd)?;
@@ -425,6 +433,7 @@ fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
         }
     }
     let counters = read_counters(&job.stats_path);
+    let _ = std::fs::remove_dir_all(spaces_dir(&shared.cfg, job.id));
     let _ = std::fs::remove_file(&job.stats_path);
     let freed = match shared.manager.release_owner(job.id) {
         Ok(r) => {
@@ -497,6 +506,62 @@ impl Handler for ProcessorService {
             } else {
                 lock(&self.shared.jobs).remove(&j.id);
             }
+        }
+    }
+}
+
+/// Where the processes of job `id` record their address spaces.
+fn spaces_dir(cfg: &ServiceConfig, id: u64) -> std::path::PathBuf {
+    cfg.state_dir.join(format!("spaces-{id:016x}"))
+}
+
+/// Releases the address spaces of a running job's processes that are gone
+/// (each process records `<pid>` -> its asid in the job's spaces directory).
+fn reap_spaces(shared: &Shared) {
+    let running: Vec<Arc<Job>> = lock(&shared.jobs)
+        .values()
+        .filter(|j| j.running())
+        .cloned()
+        .collect();
+    for job in running {
+        let Ok(entries) = std::fs::read_dir(spaces_dir(&shared.cfg, job.id)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let asid = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+            if let Some(asid) = asid {
+                match shared.manager.release_space(asid) {
+                    Ok(r) => {
+                        shared
+                            .counters
+                            .spaces_reaped
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            job = format_args!("{:x}", job.id),
+                            pid,
+                            freed = r.freed_pages,
+                            "an exited process's memory was freed"
+                        );
+                    }
+                    Err(e) => {
+                        warn!(
+                            pid,
+                            "cannot free an exited process's memory yet: {}",
+                            chain(&e)
+                        );
+                        continue;
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct RuntimeEnv {
     pub excache: u64,
     pub job: u64,
     pub stats: PathBuf,
+    /// Where each process of the job records its address space (per pid).
+    pub spaces: PathBuf,
 }
 
 /// The program's environment: the given one with the runtime's added.
@@ -73,6 +75,7 @@ pub fn program_env(given: &[(String, String)], rt: &RuntimeEnv) -> Vec<(String, 
         ("LEGO_RT_EXCACHE", rt.excache.to_string()),
         ("LEGO_RT_JOB", rt.job.to_string()),
         ("LEGO_RT_STATS", rt.stats.to_string_lossy().into_owned()),
+        ("LEGO_RT_SPACES", rt.spaces.to_string_lossy().into_owned()),
     ] {
         env.push((k.to_string(), v));
     }
@@ -176,6 +179,7 @@ mod tests {
             excache: 1 << 20,
             job: 42,
             stats: "/tmp/j.json".into(),
+            spaces: "/tmp/spaces".into(),
         }
     }
 
