@@ -35,54 +35,25 @@ fn cluster(memory_capacity: &str, excache: &str) -> TestCluster {
 
 /// Runs `cmd`, returning its output, and the largest RssAnon (KiB) of the
 /// job's process seen while it ran (sampled every 10 ms).
-fn run_sampled(c: &TestCluster, mut cmd: Command, limit: Duration) -> (Output, u64) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            r.read_to_end(&mut v).unwrap();
-            v
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
+fn run_sampled(c: &TestCluster, cmd: Command, limit: Duration) -> (Output, u64) {
     let proc_client = c.processor_client();
-    let deadline = Instant::now() + limit;
     let mut max_anon = 0u64;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{cmd:?} did not finish within {limit:?}"
-        );
-        if let Ok(jobs) = proc_client.call_json::<_, Vec<JobInfo>>(Op::Jobs, &()) {
-            for j in jobs.iter().filter(|j| j.running) {
-                if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", j.pid)) {
-                    let anon = s
-                        .lines()
-                        .find_map(|l| l.strip_prefix("RssAnon:"))
-                        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-                        .unwrap_or(0);
-                    max_anon = max_anon.max(anon);
-                }
+    let out = output_watched(cmd, limit, || {
+        let Ok(jobs) = proc_client.call_json::<_, Vec<JobInfo>>(Op::Jobs, &()) else {
+            return;
+        };
+        for j in jobs.iter().filter(|j| j.running) {
+            if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", j.pid)) {
+                let anon = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("RssAnon:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                max_anon = max_anon.max(anon);
             }
         }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (
-        Output {
-            status,
-            stdout: out.join().unwrap(),
-            stderr: err.join().unwrap(),
-        },
-        max_anon,
-    )
+    });
+    (out, max_anon)
 }
 
 fn direct(cmd: &[&str]) -> Output {
