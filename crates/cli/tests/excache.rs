@@ -320,3 +320,27 @@ fn memory_of_a_child_that_exits_is_freed_while_its_parent_runs_on() {
     assert!(status.success());
     c.assert_no_pages("the shell job");
 }
+
+#[test]
+fn programs_started_by_exec_run_under_the_runtime_too() {
+    let c = cluster("1GiB", "256MiB");
+    let py = python();
+    let probe = format!(
+        "{py} -c 'import os; m = open(\"/proc/self/maps\").read(); x = os.urandom(24 << 20); print(\"liblego_rt\" in m, len(x))'"
+    );
+    // exec in place of the shell, and fork + exec from it.
+    let script = format!("{probe}; exec {probe}");
+    let out = output_watched(
+        c.run_command(&["--excache", "8MiB"], &["sh", "-c", &script]),
+        Duration::from_secs(60),
+        || {},
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("True {}\n", 24 << 20);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want.repeat(2));
+    c.assert_no_pages("exec'd programs");
+}
