@@ -3,8 +3,6 @@
 //! TCP request/response measured in the same run.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -42,51 +40,6 @@ struct Row {
     p50: f64,
     p99: f64,
     pages_per_s: f64,
-}
-
-/// A bare 4 KiB request/response server: reads 64 bytes, answers 4096.
-fn echo_server() -> Result<String> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?.to_string();
-    std::thread::Builder::new()
-        .name("bench-echo".into())
-        .spawn(move || {
-            for s in l.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut s = s;
-                    let _ = s.set_nodelay(true);
-                    let (mut req, page) = ([0u8; 64], [7u8; PAGE_SIZE]);
-                    while s.read_exact(&mut req).is_ok() {
-                        if s.write_all(&page).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        })?;
-    Ok(addr)
-}
-
-fn bare_rtt(addr: &str, ops: usize) -> Result<Row> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    let (req, mut page) = ([1u8; 64], [0u8; PAGE_SIZE]);
-    let mut lat = Samples::with_capacity(ops);
-    let t0 = Instant::now();
-    for _ in 0..ops {
-        let t = Instant::now();
-        s.write_all(&req)?;
-        s.read_exact(&mut page)?;
-        lat.push(t.elapsed());
-    }
-    let el = t0.elapsed().as_secs_f64();
-    Ok(Row {
-        what: "bare 4 KiB TCP round trip",
-        in_flight: 1,
-        p50: lat.percentile_us(50.0),
-        p99: lat.percentile_us(99.0),
-        pages_per_s: ops as f64 / el,
-    })
 }
 
 /// Runs `ops` requests with `depth` in flight; `make` builds request `i`.
@@ -187,8 +140,14 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
         )?;
     }
 
-    let echo = echo_server()?;
-    let mut rows = vec![bare_rtt(&echo, a.ops)?];
+    let bare = super::rtt::bare_tcp(a.ops)?;
+    let mut rows = vec![Row {
+        what: "bare 4 KiB TCP round trip",
+        in_flight: 1,
+        p50: bare.p50_us,
+        p99: bare.p99_us,
+        pages_per_s: bare.per_s,
+    }];
     let ops = a.ops;
     let npages = a.pages;
     for depth in [1usize, 16] {

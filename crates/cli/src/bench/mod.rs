@@ -5,18 +5,26 @@
 use anyhow::Result;
 use clap::Subcommand;
 
+mod child;
+mod excache;
 mod memory;
+mod report;
+mod rtt;
 pub mod stats;
+mod swap;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
     /// Page read/write latency and throughput against a memory monitor, beside a bare TCP round trip
     Memory(memory::MemoryBenchArgs),
+    /// A program's slowdown under lego at ExCache 100/50/25% of its working set, beside Linux swap under a cgroup limit
+    Excache(excache::ExcacheBenchArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Memory(a) => memory::run(a),
+        BenchCmd::Excache(a) => excache::run(a),
     }
 }
 
