@@ -58,6 +58,10 @@ pub struct MemoryArgs {
     /// Address to serve pages on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub listen: String,
+    /// After each answer, busy-wait this many microseconds for the client's
+    /// next request before sleeping (0 turns it off)
+    #[arg(long, default_value_t = 50, value_name = "US")]
+    pub spin_us: u64,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -139,6 +143,7 @@ pub fn memory(a: MemoryArgs) -> Result<()> {
         listen: a.listen.clone(),
         manager: a.manager.clone(),
         secret,
+        spin: std::time::Duration::from_micros(a.spin_us),
     })
     .context("the memory monitor cannot start")?;
     ready(&a.daemon, &m.addr, None)?;

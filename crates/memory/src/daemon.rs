@@ -18,6 +18,8 @@ pub struct MemoryConfig {
     pub listen: String,
     pub manager: String,
     pub secret: Secret,
+    /// Busy-wait after each answer for the next request (see `ServerConfig::spin`).
+    pub spin: std::time::Duration,
 }
 
 /// A running memory monitor.
@@ -33,7 +35,10 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
-        ServerConfig::new("memory", cfg.secret.clone()),
+        ServerConfig {
+            spin: cfg.spin,
+            ..ServerConfig::new("memory", cfg.secret.clone())
+        },
         service.clone(),
     )
     .map_err(|source| TransportError::Listen {

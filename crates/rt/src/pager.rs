@@ -46,7 +46,7 @@ const HASHED: u8 = 64;
 /// Pages evicted per batch.
 const EVICT_BATCH: usize = 128;
 /// Largest prefetch window, in pages.
-const MAX_WINDOW: usize = 32;
+const MAX_WINDOW: usize = 256;
 /// Largest run of zero pages installed ahead of a sequential first-touch stream.
 const MAX_ZERO_WINDOW: usize = 64;
 
@@ -300,6 +300,9 @@ impl Pager {
         let mut data = std::mem::take(&mut self.buf);
         data.clear();
         self.remote.read(&pages, &mut data)?;
+        // Decide each page's flags, then install runs of neighbours that
+        // share the write-protect mode with one copy each.
+        let mut modes = Vec::with_capacity(want.len());
         for (k, &i) in want.iter().enumerate() {
             let src = &data[k * PAGE..(k + 1) * PAGE];
             let faulting = i == idx;
@@ -311,14 +314,26 @@ impl Pager {
                 fl |= HASHED;
                 self.hashes.insert(i as u32, page_hash(src));
             }
-            let wp = fl & (DIRTY | HASHED) == 0;
-            let _ = self
-                .uffd
-                .copy(self.addr(i), src.as_ptr(), PAGE, wp, !faulting);
             if !faulting {
                 fl |= PREF;
             }
+            modes.push(fl & (DIRTY | HASHED) == 0);
             self.note_resident(i, fl);
+        }
+        let mut k = 0;
+        while k < want.len() {
+            let mut end = k + 1;
+            while end < want.len() && want[end] == want[end - 1] + 1 && modes[end] == modes[k] {
+                end += 1;
+            }
+            let _ = self.uffd.copy(
+                self.addr(want[k]),
+                data[k * PAGE..].as_ptr(),
+                (end - k) * PAGE,
+                modes[k],
+                false,
+            );
+            k = end;
         }
         self.buf = data;
         COUNTERS.add(&COUNTERS.faults_fetched, 1);
@@ -526,7 +541,16 @@ pub fn handler_loop(fd: i32) {
     crate::heap::enter_runtime_thread();
     let uffd = Uffd { fd };
     let mut msgs = [UffdMsg::default(); 16];
+    let spin = std::time::Duration::from_micros(
+        std::env::var("LEGO_RT_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
     loop {
+        // The next fault often follows within microseconds: wait for it
+        // awake before sleeping in read.
+        uffd.spin_until_readable(spin);
         let n = match uffd.read_msgs(&mut msgs) {
             Ok(n) => n,
             Err(e) => {

@@ -258,6 +258,13 @@ impl Uffd {
             copy: 0,
         };
         match ioctl(self.fd, UFFDIO_COPY, &mut c) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && len > 4096 => {
+                // A page of the run is already there: install the others one by one.
+                for off in (0..len).step_by(4096) {
+                    self.copy(dst + off, src.wrapping_add(off), 4096, wp, dontwake)?;
+                }
+                Ok(())
+            }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             other => other,
         }
@@ -304,6 +311,23 @@ impl Uffd {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
             }
+        }
+    }
+
+    /// Busy-waits up to `spin` for a message to be queued.
+    pub fn spin_until_readable(&self, spin: std::time::Duration) {
+        let start = std::time::Instant::now();
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        while start.elapsed() < spin {
+            // SAFETY: polls one valid pollfd without blocking.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
+                return;
+            }
+            std::hint::spin_loop();
         }
     }
 
