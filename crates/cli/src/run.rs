@@ -23,7 +23,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -381,15 +381,25 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
         // The processor monitor works out a percentage of its own ExCache.
         _ => 0,
     };
-    let place: Endpoint = mgr
-        .call_json(
-            Op::PlaceProcess,
-            &PlaceProcessReq {
-                vnode: a.vnode.clone(),
-                excache,
-            },
-        )
-        .map_err(|e| placement_failure(&mgr, &e))?;
+    // The manager learns that ExCache came back (a job just ended) from the
+    // processor's next heartbeat: a refusal for want of room is retried for
+    // a few heartbeats before it is reported.
+    let req = PlaceProcessReq {
+        vnode: a.vnode.clone(),
+        excache,
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let place: Endpoint = loop {
+        match mgr.call_json(Op::PlaceProcess, &req) {
+            Ok(p) => break p,
+            Err(e)
+                if e.remote_code() == Some(ErrorCode::Unavailable) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(placement_failure(&mgr, &e)),
+        }
+    };
     drop(mgr);
 
     let main = connect(&place.addr, &target.secret, Duration::from_secs(30))?;

@@ -208,7 +208,11 @@ mod tests {
         assert_eq!(get(&env, "LEGO_SECRET"), None, "never the cluster secret");
         assert_eq!(get(&env, "LEGO_RT_JOB"), Some("42"));
         assert_eq!(env.iter().filter(|(k, _)| k == "LEGO_RT_JOB").count(), 1);
-        assert_eq!(get(&env, "LEGO_RT_SPACES"), None, "the outer job's state");
+        assert_eq!(
+            get(&env, "LEGO_RT_SPACES"),
+            Some("/tmp/spaces"),
+            "ours, not the outer job's"
+        );
         assert_eq!(get(&env, "LEGO_RT_VNODE_ID"), Some("3"));
         assert_eq!(get(&env, "LEGO_RT_EXCACHE"), Some("1048576"));
         let env = program_env(&[], &rt());
