@@ -344,3 +344,20 @@ fn programs_started_by_exec_run_under_the_runtime_too() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), want.repeat(2));
     c.assert_no_pages("exec'd programs");
 }
+
+/// bash provides its own `getenv` over its variables, which live in pageable
+/// memory: a forked child whose runtime read the environment before its
+/// fault handler ran would hang on its own page fault.
+#[test]
+fn bash_forks_command_substitutions_after_its_memory_was_paged_out() {
+    let c = cluster("1GiB", "256MiB");
+    let script = r#"x=$(head -c 12000000 /dev/zero | tr '\0' a); n=0; for i in 1 2 3 4 5; do n=$((n + $(echo ${#x} | cut -c1-2))); done; echo "$n ${#x}""#;
+    let local = direct(&["bash", "-c", script]);
+    let out = output_watched(
+        c.run_command(&["--excache", "4MiB"], &["bash", "-c", script]),
+        Duration::from_secs(60),
+        || {},
+    );
+    assert_same("bash with command substitutions", &out, &local);
+    c.assert_no_pages("bash");
+}

@@ -45,6 +45,17 @@ pub const EXIT_MEMORY_LOST: i32 = 117;
 /// Exit status when the runtime cannot start.
 pub const EXIT_CANNOT_START: i32 = 118;
 
+/// Settings read once at start: after that the environment must not be read,
+/// since a program may provide its own `getenv` over data in pageable memory
+/// (bash does), and the fault handler or a forked child would fault on it.
+static SPIN_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60);
+pub static SPACES_DIR: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// How long runtime threads busy-wait for a reply or the next fault.
+pub fn spin() -> std::time::Duration {
+    std::time::Duration::from_micros(SPIN_US.load(Ordering::Relaxed))
+}
+
 /// Set in forked children.
 pub static CHILD: AtomicBool = AtomicBool::new(false);
 static STATS_PATH: crate::lock::Lock<Option<String>> = crate::lock::Lock::new(None);
@@ -96,6 +107,13 @@ fn config() -> Result<Option<Config>, String> {
     let Ok(manager) = std::env::var("LEGO_RT_MANAGER") else {
         return Ok(None);
     };
+    if let Some(us) = std::env::var("LEGO_RT_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        SPIN_US.store(us, Ordering::Relaxed);
+    }
+    let _ = SPACES_DIR.set(std::env::var("LEGO_RT_SPACES").ok());
     let get = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
     let key = lego_wire::auth::Secret::from_hex(&get("LEGO_RT_KEY")?)
         .map_err(|e| format!("LEGO_RT_KEY: {e}"))?;

@@ -541,12 +541,7 @@ pub fn handler_loop(fd: i32) {
     crate::heap::enter_runtime_thread();
     let uffd = Uffd { fd };
     let mut msgs = [UffdMsg::default(); 16];
-    let spin = std::time::Duration::from_micros(
-        std::env::var("LEGO_RT_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(60),
-    );
+    let spin = crate::spin();
     loop {
         // The next fault often follows within microseconds: wait for it
         // awake before sleeping in read.

@@ -117,7 +117,7 @@ pub fn install() {
 /// Records `asid` as this process's address space in `$LEGO_RT_SPACES/<pid>`
 /// and returns the previous record for this pid (an exec'd image's), if any.
 pub fn record_space(asid: u64) -> Option<u64> {
-    let dir = std::env::var("LEGO_RT_SPACES").ok()?;
+    let dir = crate::SPACES_DIR.get()?.as_ref()?;
     let path = format!("{dir}/{}", std::process::id());
     let prev = std::fs::read_to_string(&path)
         .ok()

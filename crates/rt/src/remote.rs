@@ -52,14 +52,11 @@ pub struct Remote {
 fn opts() -> ClientOptions {
     // The fault handler busy-waits briefly for page replies: a sleeping
     // thread's wakeup costs more than the round trip itself on many hosts.
-    let spin_us = std::env::var("LEGO_RT_SPIN_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+
     ClientOptions {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(3),
-        spin: Duration::from_micros(spin_us),
+        spin: crate::spin(),
         ..ClientOptions::default()
     }
 }
