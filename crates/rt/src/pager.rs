@@ -310,7 +310,7 @@ impl Pager {
             let mut fl = old & (REMOTE | HOT);
             if faulting && write {
                 fl |= DIRTY;
-            } else if old & HOT != 0 {
+            } else if old & HOT != 0 && (!faulting || write) {
                 fl |= HASHED;
                 self.hashes.insert(i as u32, page_hash(src));
             }
