@@ -36,9 +36,10 @@ const REMOTE: u8 = 4;
 const PREF: u8 = 8;
 /// Installed writable as a zero page: dirty exactly when no longer all zeros.
 const ZF: u8 = 16;
-/// Written back the last time it was evicted: likely written again, so it is
-/// fetched writable with a hash of its contents (no write-protect fault), and
-/// written back at eviction only if the hash changed.
+/// Written back the last time it was evicted: likely written again. When it
+/// is prefetched by a write fault's stream it is installed writable with a
+/// hash of its contents (no write-protect fault), and written back at
+/// eviction only if the hash changed.
 const HOT: u8 = 32;
 /// Fetched writable with a hash (see HOT).
 const HASHED: u8 = 64;
@@ -310,7 +311,7 @@ impl Pager {
             let mut fl = old & (REMOTE | HOT);
             if faulting && write {
                 fl |= DIRTY;
-            } else if old & HOT != 0 && (!faulting || write) {
+            } else if old & HOT != 0 && write && !faulting {
                 fl |= HASHED;
                 self.hashes.insert(i as u32, page_hash(src));
             }
