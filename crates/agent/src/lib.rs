@@ -21,8 +21,18 @@ use lego_wire::control::{HeartbeatReq, RegisterReq, RegisterResp};
 use lego_wire::Op;
 use tracing::{info, warn};
 
-/// What a component reports on each heartbeat: bytes in use and counters.
-pub type Report = Box<dyn Fn() -> (u64, BTreeMap<String, u64>) + Send + Sync>;
+/// What a component reports on each heartbeat.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Bytes in use.
+    pub used: u64,
+    pub counters: BTreeMap<String, u64>,
+    /// Jobs running here (processor monitors).
+    pub jobs: Vec<u64>,
+}
+
+/// Produces the heartbeat's report.
+pub type Report = Box<dyn Fn() -> Load + Send + Sync>;
 
 /// Who the component is.
 #[derive(Clone, Debug)]
@@ -131,12 +141,13 @@ fn session_inner(
         info!(id = resp.id, role = %cfg.role, manager = %cfg.manager, "registered with the manager");
         let interval = Duration::from_millis(resp.heartbeat_ms.max(10));
         loop {
-            let (used, counters) = report();
+            let load = report();
             let hb = HeartbeatReq {
                 id: resp.id,
                 instance: agent.instance,
-                used,
-                counters,
+                used: load.used,
+                counters: load.counters,
+                jobs: load.jobs,
             };
             match client.call_json::<_, serde_json_value::Empty>(Op::Heartbeat, &hb) {
                 Ok(_) => {}

@@ -361,3 +361,64 @@ fn bash_forks_command_substitutions_after_its_memory_was_paged_out() {
     assert_same("bash with command substitutions", &out, &local);
     c.assert_no_pages("bash");
 }
+
+#[test]
+fn a_dead_processor_monitors_jobs_die_and_their_memory_is_freed() {
+    let mut c = cluster("1GiB", "256MiB");
+    let py = python();
+    let script =
+        "import os, time; x = os.urandom(40 << 20); print('ready', flush=True); time.sleep(60)";
+    let mut run = c
+        .run_command(&["--excache", "16MiB"], &[&py, "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    run.stdout.take().unwrap().read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let jobs: Vec<JobInfo> = c.processor_client().call_json(Op::Jobs, &()).unwrap();
+    let pid = jobs.iter().find(|j| j.running).expect("the job runs").pid;
+    let held = |c: &TestCluster| -> u64 {
+        c.memories
+            .iter()
+            .map(|m| {
+                let cl = lego_transport::Client::connect(
+                    &m.addr,
+                    &lego_transport::Credentials::component(&c.secret),
+                    &Default::default(),
+                )
+                .unwrap();
+                mem_stats(&cl).pages_held
+            })
+            .sum()
+    };
+    assert!(held(&c) > 2 * 4096, "the job paged out to both replicas");
+    let killed = Instant::now();
+    c.processor.as_mut().unwrap().kill9();
+    wait_for(
+        Duration::from_secs(10),
+        "the dead processor's job memory to be freed",
+        || (held(&c) == 0).then_some(()),
+    );
+    eprintln!(
+        "a dead processor monitor's job memory was freed {:?} after the kill",
+        killed.elapsed()
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "the job to die with its processor monitor",
+        || {
+            (!Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")))
+            .then_some(())
+        },
+    );
+    let _ = run.wait();
+    let log = c.manager.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("freed the memory of a dead processor monitor's jobs"),
+        "{log}"
+    );
+}

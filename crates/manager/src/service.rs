@@ -51,6 +51,8 @@ pub struct ManagerService {
     pool: Mutex<HashMap<String, Client>>,
     /// Which job (owner) each address space belongs to, when it has one.
     owners: Mutex<BTreeMap<u64, u64>>,
+    /// The jobs each processor monitor said it runs, in its last heartbeat.
+    jobs: Mutex<HashMap<u64, Vec<u64>>>,
     pub counters: ManagerCounters,
 }
 
@@ -94,6 +96,7 @@ impl ManagerService {
             reports: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             owners: Mutex::new(owners),
+            jobs: Mutex::new(HashMap::new()),
             counters: ManagerCounters::default(),
         }
     }
@@ -134,6 +137,10 @@ impl ManagerService {
                     self.counters.deaths.fetch_add(1, Ordering::Relaxed);
                     lock(&self.reports).remove(&id);
                     warn!(id, %role, %addr, silent_ms, "component is dead: missed its heartbeats");
+                    let jobs = lock(&self.jobs).remove(&id).unwrap_or_default();
+                    if !jobs.is_empty() {
+                        self.free_jobs_of_dead_processor(id, &jobs);
+                    }
                 }
             }
         }
@@ -324,6 +331,7 @@ impl ManagerService {
                     .map_err(reject)?;
                 self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
                 lock(&self.reports).insert(req.id, req.counters);
+                lock(&self.jobs).insert(req.id, req.jobs);
                 Ok(b"{}".to_vec())
             }
             Op::AssignVRegion => {
@@ -505,6 +513,31 @@ impl ManagerService {
             freed_pages: freed,
             unreachable,
         })
+    }
+
+    /// A processor monitor died: its processes died with it (as with a CPU
+    /// failure), so every address space of its jobs is freed everywhere.
+    fn free_jobs_of_dead_processor(&self, processor: u64, jobs: &[u64]) {
+        let t = Instant::now();
+        let spaces: Vec<u64> = lock(&self.owners)
+            .iter()
+            .filter(|(_, o)| jobs.contains(o))
+            .map(|(&a, _)| a)
+            .collect();
+        match self.release(&spaces) {
+            Ok(r) => warn!(
+                processor,
+                jobs = jobs.len(),
+                spaces = spaces.len(),
+                freed = r.freed_pages,
+                took_ms = t.elapsed().as_millis() as u64,
+                "freed the memory of a dead processor monitor's jobs"
+            ),
+            Err(e) => warn!(
+                processor,
+                "cannot free a dead processor monitor's jobs: {}", e.message
+            ),
+        }
     }
 
     /// Creates a forked child's address space: same vNode and owner, same

@@ -56,11 +56,10 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
             addr: server.local_addr.clone(),
             capacity: cfg.capacity,
         },
-        Box::new(move || {
-            (
-                s.store.pages_held() * lego_wire::PAGE_SIZE as u64,
-                s.counters(),
-            )
+        Box::new(move || lego_agent::Load {
+            used: s.store.pages_held() * lego_wire::PAGE_SIZE as u64,
+            counters: s.counters(),
+            jobs: Vec::new(),
         }),
     )
     .map_err(|source| TransportError::Listen {

@@ -116,7 +116,16 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
             addr: server.local_addr.clone(),
             capacity: cfg.excache,
         },
-        Box::new(move || (s.granted(), s.counters())),
+        Box::new(move || lego_agent::Load {
+            used: s.granted(),
+            counters: s.counters(),
+            jobs: s
+                .jobs()
+                .iter()
+                .filter(|j| j.running())
+                .map(|j| j.id)
+                .collect(),
+        }),
     )
     .map_err(ProcessorError::Thread)?;
     Ok(RunningProcessor {

@@ -76,6 +76,7 @@ pub fn program_env(given: &[(String, String)], rt: &RuntimeEnv) -> Vec<(String, 
         ("LEGO_RT_JOB", rt.job.to_string()),
         ("LEGO_RT_STATS", rt.stats.to_string_lossy().into_owned()),
         ("LEGO_RT_SPACES", rt.spaces.to_string_lossy().into_owned()),
+        ("LEGO_RT_PARENT_PID", std::process::id().to_string()),
     ] {
         env.push((k.to_string(), v));
     }

@@ -189,6 +189,20 @@ fn start() {
         Ok(None) => return,
         Err(e) => fatal_start(&e),
     };
+    // The job's first process dies with its processor monitor, as a process
+    // dies with its CPU (the manager then frees the job's memory).
+    let parent = std::env::var("LEGO_RT_PARENT_PID")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    // SAFETY: getppid and prctl(PR_SET_PDEATHSIG) only read and set process attributes.
+    unsafe {
+        if parent == Some(libc::getppid()) {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent.unwrap_or(0) {
+                libc::_exit(EXIT_MEMORY_LOST);
+            }
+        }
+    }
     // Only the job's first process (across its execs) reports counters: the
     // first runtime records its pid for the processes that follow.
     let me = std::process::id().to_string();

@@ -48,6 +48,10 @@ pub struct HeartbeatReq {
     pub used: u64,
     /// The component's counters, re-exported by the manager's `/metrics`.
     pub counters: BTreeMap<String, u64>,
+    /// For a processor monitor: the jobs (address-space owners) it runs, so
+    /// that the manager can free their memory if the processor dies.
+    #[serde(default)]
+    pub jobs: Vec<u64>,
 }
 
 /// `AssignVRegion` -> [`AssignResp`].
