@@ -422,3 +422,66 @@ fn a_dead_processor_monitors_jobs_die_and_their_memory_is_freed() {
         "{log}"
     );
 }
+
+#[test]
+fn a_program_runs_on_across_a_manager_restart() {
+    let mut c = cluster("2GiB", "256MiB");
+    // Small vRegions, so that the program needs new placements while the
+    // manager is down.
+    c.kill_manager();
+    c.manager_flags = vec!["--vregion-size".into(), "32MiB".into()];
+    c.start_manager();
+    c.wait_state("components back", |s| {
+        alive_memory(s).len() == 2
+            && s.components
+                .iter()
+                .any(|x| x.role == "processor" && x.health == "alive")
+    });
+    let py = python();
+    let script = r#"
+import hashlib, random, sys, time
+r = random.Random(7)
+chunks = []
+print("started", flush=True)
+for i in range(320):
+    chunks.append(r.randbytes(1 << 20))
+    if i % 40 == 0:
+        time.sleep(0.3)
+h = hashlib.sha256()
+for ch in chunks:
+    h.update(ch)
+print(h.hexdigest())
+"#;
+    let local = direct(&[&py, "-c", script]);
+    let mut run = c
+        .run_command(&["--excache", "32MiB"], &[&py, "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = run.stdout.take().unwrap();
+    let mut started = [0u8; 8];
+    stdout.read_exact(&mut started).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill_manager();
+    std::thread::sleep(Duration::from_secs(2));
+    c.start_manager();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let status = run.wait().unwrap();
+    let mut err = String::new();
+    run.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(
+        [&started[..], &rest[..]].concat(),
+        local.stdout,
+        "same output as without lego"
+    );
+    c.wait_state("status complete again", |s| {
+        alive_memory(s).len() == 2
+            && s.components
+                .iter()
+                .any(|x| x.role == "processor" && x.health == "alive")
+    });
+    c.assert_no_pages("the program that outlived a manager restart");
+}

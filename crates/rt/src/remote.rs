@@ -49,6 +49,10 @@ pub struct Remote {
     opts: ClientOptions,
 }
 
+/// How long a process waits for an unreachable manager to come back when it
+/// needs a new vRegion placed.
+const MANAGER_PATIENCE: Duration = Duration::from_secs(30);
+
 fn opts() -> ClientOptions {
     // The fault handler busy-waits briefly for page replies: a sleeping
     // thread's wakeup costs more than the round trip itself on many hosts.
@@ -110,16 +114,35 @@ impl Remote {
                 return Ok(r.clone());
             }
         }
-        let a: AssignResp = self
-            .manager
-            .call_json(
-                Op::AssignVRegion,
-                &AssignReq {
-                    asid: self.asid,
-                    index,
-                },
-            )
-            .map_err(|e| self.lost(index, format!("the manager cannot place it: {e}")))?;
+        let req = AssignReq {
+            asid: self.asid,
+            index,
+        };
+        // The data path does not need the manager, but a vRegion touched for
+        // the first time does: while the manager is away (restarting), wait
+        // for it rather than lose the process.
+        let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
+        let a: AssignResp = loop {
+            match self.manager.call_json(Op::AssignVRegion, &req) {
+                Ok(a) => break a,
+                // Unreachable, or just restarted and its memory monitors
+                // not yet back: wait.
+                Err(e)
+                    if (e.is_unreachable()
+                        || e.remote_code() == Some(lego_wire::ErrorCode::Unavailable))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if self.manager.is_broken() {
+                        if let Ok(c) = Client::connect(self.manager.peer(), &self.creds, &self.opts)
+                        {
+                            self.manager = c;
+                        }
+                    }
+                }
+                Err(e) => return Err(self.lost(index, format!("the manager cannot place it: {e}"))),
+            }
+        };
         self.regions
             .insert(index, (a.primary.clone(), a.backup.clone()));
         Ok((a.primary, a.backup))

@@ -104,6 +104,8 @@ pub struct TestCluster {
     pub manager: Option<Daemon>,
     pub memories: Vec<Daemon>,
     pub processor: Option<Daemon>,
+    /// Extra flags for the manager (taken at its next start).
+    pub manager_flags: Vec<String>,
     spawned: usize,
 }
 
@@ -121,6 +123,7 @@ impl TestCluster {
             manager: None,
             memories: Vec::new(),
             processor: None,
+            manager_flags: Vec::new(),
             spawned: 0,
         };
         c.start_manager();
@@ -177,20 +180,20 @@ impl TestCluster {
     pub fn start_manager(&mut self) {
         let db = self.path().join("manager.redb");
         let (addr, hb) = (self.manager_addr.clone(), self.heartbeat_ms.to_string());
-        let d = self.spawn(
+        let mut args = vec![
             "manager",
-            &[
-                "manager",
-                "--listen",
-                &addr,
-                "--http",
-                "none",
-                "--heartbeat-ms",
-                &hb,
-                "--db",
-                db.to_str().unwrap(),
-            ],
-        );
+            "--listen",
+            &addr,
+            "--http",
+            "none",
+            "--heartbeat-ms",
+            &hb,
+            "--db",
+            db.to_str().unwrap(),
+        ];
+        let extra = self.manager_flags.clone();
+        args.extend(extra.iter().map(String::as_str));
+        let d = self.spawn("manager", &args);
         self.manager = Some(d);
     }
 
