@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use remote::{Config, Lost, Remote};
 
 #[global_allocator]
-static ALLOC: rtalloc::RtAlloc = rtalloc::RtAlloc::new();
+pub static ALLOC: rtalloc::RtAlloc = rtalloc::RtAlloc::new();
 
 /// Exit status when memory is lost.
 pub const EXIT_MEMORY_LOST: i32 = 117;
@@ -154,14 +154,22 @@ fn spawn_runtime_thread(name: &std::ffi::CStr, f: extern "C" fn(usize), arg: usi
         std::ptr::null_mut()
     }
     let start = Box::into_raw(Box::new(Start { f, arg }));
-    // SAFETY: plain pthread calls with valid pointers; the new thread owns `start`.
+    // SAFETY: plain pthread calls with valid pointers; the new thread owns
+    // `start`. The new thread starts with every signal blocked, so that no
+    // signal handler of the application ever runs on a runtime thread (it
+    // could touch pageable memory and fault on the fault handler itself).
     unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setstacksize(&mut attr, 512 << 10);
         let mut tid: libc::pthread_t = 0;
         let r = libc::pthread_create(&mut tid, &attr, trampoline, start.cast());
         libc::pthread_attr_destroy(&mut attr);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if r != 0 {
             fatal_start(&format!("cannot start a runtime thread: error {r}"));
         }

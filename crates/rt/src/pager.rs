@@ -254,7 +254,7 @@ impl Pager {
             && (self.dir == 0 || step.signum() == self.dir);
         if sequential {
             self.dir = step.signum();
-            self.window = (self.window * 2).clamp(4, MAX_WINDOW);
+            self.window = (self.window * 2).clamp(4, MAX_WINDOW.min(self.quota / 2));
             // Prefetched pages the stream walked past were used.
             let (lo, hi) = if step > 0 {
                 (self.last + 1, idx)
@@ -345,7 +345,7 @@ impl Pager {
 
     /// Evicts until `incoming` more pages fit in the quota.
     fn make_room(&mut self, incoming: usize) -> Result<(), Lost> {
-        while self.resident + incoming > self.quota {
+        while self.resident + incoming > self.quota && self.resident > 0 {
             let n = (self.resident + incoming - self.quota).max(EVICT_BATCH);
             self.evict(n)?;
         }

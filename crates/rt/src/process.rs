@@ -55,6 +55,8 @@ fn prepare_locked() {
     }
     std::mem::forget(guard);
     heap::lock_private_for_fork();
+    // Nothing may allocate from here until the fork returns.
+    crate::ALLOC.lock_for_fork();
 }
 
 fn unlock_all() {
@@ -66,12 +68,14 @@ fn unlock_all() {
 }
 
 extern "C" fn parent() {
+    crate::ALLOC.unlock_after_fork();
     COUNTERS.add(&COUNTERS.forks, 1);
     heap::unlock_private_after_fork();
     unlock_all();
 }
 
 extern "C" fn child() {
+    crate::ALLOC.unlock_after_fork();
     heap::unlock_private_after_fork();
     heap::runtime_section(child_locked);
     crate::CHILD.store(true, Ordering::Relaxed);

@@ -45,6 +45,9 @@ pub struct Remote {
     pub asid: u64,
     vregion_shift: u32,
     regions: HashMap<u64, (Endpoint, Endpoint)>,
+    /// Replicas that missed a write-back: (vRegion, component). They hold
+    /// an old copy of some page, so they are never read or written again.
+    stale: std::collections::HashSet<(u64, u64)>,
     clients: HashMap<String, Client>,
     opts: ClientOptions,
 }
@@ -90,6 +93,7 @@ impl Remote {
                 .next_power_of_two()
                 .trailing_zeros(),
             regions: HashMap::new(),
+            stale: std::collections::HashSet::new(),
             clients: HashMap::new(),
             opts,
         })
@@ -174,6 +178,13 @@ impl Remote {
         .encode();
         let mut why = Vec::new();
         for (role, ep) in [("primary", &primary), ("backup", &backup)] {
+            if self.stale.contains(&(index, ep.id)) {
+                why.push(format!(
+                    "{role} {} ({}) missed a write and is not trusted",
+                    ep.id, ep.addr
+                ));
+                continue;
+            }
             match self.read_from(&ep.addr, &body) {
                 Ok(f) => match ReadPagesReply::decode(&f.body) {
                     Ok(r) if r.present.iter().all(|&p| p == 1) => {
@@ -208,6 +219,9 @@ impl Remote {
         .encode();
         let mut sent = Vec::new();
         for (role, ep) in [("primary", &primary), ("backup", &backup)] {
+            if self.stale.contains(&(index, ep.id)) {
+                continue;
+            }
             let r = self
                 .client(&ep.addr)
                 .and_then(|c| c.send(Op::WritePages, &[&body]).map(|id| (c, id)));
@@ -215,21 +229,28 @@ impl Remote {
         }
         let mut stored = 0;
         let mut why = Vec::new();
+        let mut missed = Vec::new();
         for (role, ep, r) in sent {
             match r.and_then(|(c, id)| c.wait(id)) {
                 Ok(_) => stored += 1,
-                Err(e) => why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr)),
+                Err(e) => {
+                    why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr));
+                    missed.push(ep.id);
+                }
             }
         }
         COUNTERS.add(&COUNTERS.bytes_written_back, (data.len() * stored) as u64);
-        match stored {
-            2 => Ok(()),
-            1 => {
-                COUNTERS.add(&COUNTERS.degraded_writes, 1);
-                Ok(())
-            }
-            _ => Err(self.lost(index, why.join("; "))),
+        if stored == 0 {
+            return Err(self.lost(index, why.join("; ")));
         }
+        // A replica that missed this write holds an old copy from now on.
+        for id in missed {
+            self.stale.insert((index, id));
+        }
+        if stored == 1 || self.stale.iter().any(|&(v, _)| v == index) {
+            COUNTERS.add(&COUNTERS.degraded_writes, 1);
+        }
+        Ok(())
     }
 
     /// Frees a run of pages on both replicas (best effort).

@@ -33,6 +33,17 @@ impl Default for RtAlloc {
 }
 
 impl RtAlloc {
+    /// Locks the allocator across fork (last of all locks; see `process`).
+    pub fn lock_for_fork(&self) {
+        std::mem::forget(self.lists.lock());
+    }
+
+    /// Unlocks after fork, in the parent and (first thing) in the child.
+    pub fn unlock_after_fork(&self) {
+        // SAFETY: called only after `lock_for_fork` by the owning thread.
+        unsafe { self.lists.force_unlock() };
+    }
+
     pub const fn new() -> Self {
         RtAlloc {
             lists: Mutex::new(FreeLists {

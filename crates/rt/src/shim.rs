@@ -111,6 +111,7 @@ fn managed(addr: usize, prot: c_int, flags: c_int, fd: c_int) -> bool {
         && flags & libc::MAP_SHARED == 0
         && flags & libc::MAP_PRIVATE != 0;
     let special = libc::MAP_FIXED
+        | libc::MAP_32BIT
         | libc::MAP_FIXED_NOREPLACE
         | libc::MAP_GROWSDOWN
         | libc::MAP_STACK
@@ -132,8 +133,8 @@ pub extern "C" fn mmap(
     off: libc::off_t,
 ) -> *mut c_void {
     let a = addr as usize;
-    if len == 0 {
-        set_errno(libc::EINVAL);
+    if len == 0 || len > isize::MAX as usize {
+        set_errno(if len == 0 { libc::EINVAL } else { libc::ENOMEM });
         return libc::MAP_FAILED;
     }
     if managed(a, prot, flags, fd) {
@@ -173,7 +174,7 @@ pub extern "C" fn mmap64(
 #[no_mangle]
 pub extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     let a = addr as usize;
-    if !a.is_multiple_of(PAGE) || len == 0 {
+    if !a.is_multiple_of(PAGE) || len == 0 || len > isize::MAX as usize {
         set_errno(libc::EINVAL);
         return -1;
     }
@@ -210,11 +211,19 @@ pub extern "C" fn mremap(
             }
         };
     }
+    if old_len > isize::MAX as usize || new_len > isize::MAX as usize {
+        set_errno(libc::ENOMEM);
+        return libc::MAP_FAILED;
+    }
     let (old_len, new_len) = (
         old_len.next_multiple_of(PAGE),
         new_len.next_multiple_of(PAGE),
     );
-    if flags & libc::MREMAP_FIXED != 0 || !a.is_multiple_of(PAGE) || new_len == 0 {
+    const MREMAP_DONTUNMAP: c_int = 4;
+    if flags & (libc::MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
+        || !a.is_multiple_of(PAGE)
+        || new_len == 0
+    {
         set_errno(libc::EINVAL);
         return libc::MAP_FAILED;
     }
@@ -248,6 +257,10 @@ pub extern "C" fn mremap(
 pub extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
     let a = addr as usize;
     if arena::contains_range(a, len.max(1)) {
+        if !a.is_multiple_of(PAGE) || len > isize::MAX as usize {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
         if matches!(
             advice,
             libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE

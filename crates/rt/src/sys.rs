@@ -196,11 +196,9 @@ impl Uffd {
         // SAFETY: a plain system call returning a new descriptor or an error.
         let mut fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as i32;
         if fd < 0 {
-            // Unprivileged processes may only handle user-mode faults.
-            // SAFETY: as above.
-            fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | 1) } as i32;
-        }
-        if fd < 0 {
+            // Without the privilege for kernel-mode faults, /dev/userfaultfd
+            // may still give them. A user-mode-only descriptor is not enough:
+            // system calls writing into missing pages would fail with EFAULT.
             // SAFETY: opening a device node with a NUL-terminated path.
             let dev =
                 unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -258,8 +256,10 @@ impl Uffd {
             copy: 0,
         };
         match ioctl(self.fd, UFFDIO_COPY, &mut c) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && len > 4096 => {
-                // A page of the run is already there: install the others one by one.
+            // Part of a run may be installed (EAGAIN after a page that was
+            // already there) or the run may cross into another mapping
+            // (ENOENT): install the rest one page at a time.
+            Err(_) if len > 4096 => {
                 for off in (0..len).step_by(4096) {
                     self.copy(dst + off, src.wrapping_add(off), 4096, wp, dontwake)?;
                 }
