@@ -394,6 +394,10 @@ fn a_dead_processor_monitors_jobs_die_and_their_memory_is_freed() {
             .sum()
     };
     assert!(held(&c) > 2 * 4096, "the job paged out to both replicas");
+    // The manager learns a processor's jobs from its heartbeats (300 ms here):
+    // let one carry this job. (A job younger than a heartbeat when its
+    // processor dies is not known to the manager: a documented gap.)
+    std::thread::sleep(Duration::from_millis(3 * 300));
     let killed = Instant::now();
     c.processor.as_mut().unwrap().kill9();
     wait_for(

@@ -277,15 +277,11 @@ pub fn lock_for_fork() {
     std::mem::forget(HEAP.lock());
 }
 
-/// Locks the private heap across fork, last of all locks.
-pub fn lock_private_for_fork() {
-    std::mem::forget(PRIVATE.lock());
-}
-
-/// Unlocks the private heap after fork (first thing in the child, which
-/// needs it for its own set-up).
+/// In a forked child, first thing: frees the private heap's lock, which a
+/// runtime thread of the parent may have held at the instant of the fork.
 pub fn unlock_private_after_fork() {
-    // SAFETY: called only after `lock_private_for_fork` by the owning thread.
+    // SAFETY: in the child only the forking thread exists, and it is not
+    // inside the private heap; a holder in the parent does not exist here.
     unsafe { PRIVATE.force_unlock() };
 }
 

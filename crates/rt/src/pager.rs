@@ -68,6 +68,8 @@ pub struct Pager {
     last_zero: usize,
     zero_window: usize,
     hashes: std::collections::HashMap<u32, u64>,
+    /// Set while a fork is in progress: nothing is evicted (see `process`).
+    pub no_evict: bool,
 }
 
 // SAFETY: `flags` points to a private mapping owned by the pager; all access
@@ -119,6 +121,7 @@ impl Pager {
             last_zero: usize::MAX,
             zero_window: 0,
             hashes: std::collections::HashMap::new(),
+            no_evict: false,
         })
     }
 
@@ -345,6 +348,9 @@ impl Pager {
 
     /// Evicts until `incoming` more pages fit in the quota.
     fn make_room(&mut self, incoming: usize) -> Result<(), Lost> {
+        if self.no_evict {
+            return Ok(()); // briefly over quota while a fork is in progress
+        }
         while self.resident + incoming > self.quota && self.resident > 0 {
             let n = (self.resident + incoming - self.quota).max(EVICT_BATCH);
             self.evict(n)?;
@@ -489,6 +495,33 @@ impl Pager {
             self.remote.free(s, c);
             COUNTERS.add(&COUNTERS.pages_freed, c);
         }
+    }
+
+    /// Makes the resident flags agree with the page tables up to `end`:
+    /// a page marked resident but not present loses the mark (its data is
+    /// remote or it was never written).
+    pub fn resync_resident(&mut self, end: usize) {
+        let n = (end.saturating_sub(self.base) / PAGE).min(self.npages);
+        let mut vec = vec![0u8; n];
+        // SAFETY: mincore reads residency of our own arena range into `vec`.
+        if unsafe { libc::mincore(self.base as *mut _, n * PAGE, vec.as_mut_ptr()) } != 0 {
+            return;
+        }
+        let mut resident = 0;
+        for (i, v) in vec.iter().enumerate() {
+            let fl = self.f(i);
+            if fl & RES != 0 {
+                if v & 1 == 1 {
+                    resident += 1;
+                } else {
+                    self.set(i, fl & (REMOTE | HOT));
+                    if fl & HASHED != 0 {
+                        self.hashes.remove(&(i as u32));
+                    }
+                }
+            }
+        }
+        self.resident = resident;
     }
 
     /// After fork, in the child: a fresh userfaultfd over the same arena, and

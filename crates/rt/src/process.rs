@@ -32,66 +32,78 @@ static FORK_ERROR: crate::lock::Lock<Option<String>> = crate::lock::Lock::new(No
 extern "C" fn prepare() {
     heap::lock_for_fork();
     arena::lock_for_fork();
-    heap::runtime_section(prepare_locked);
+    heap::runtime_section(prepare_pager);
 }
 
-fn prepare_locked() {
-    let guard = PAGER.lock();
-    let asid = guard.as_ref().map(|p| {
-        p.remote.manager().call_json::<_, CreateSpaceResp>(
-            Op::ForkSpace,
-            &ForkSpaceReq {
-                asid: p.remote.asid,
-            },
-        )
-    });
+/// Creates the child's address space and stops evictions until the fork is
+/// done: from the clone on, a page written back and dropped by the parent
+/// would be missing from the child (old in its remote copy, gone locally).
+/// The pager itself stays usable: glibc touches heap memory (the NSS state,
+/// stdio) after the prepare handlers, and those pages may need fetching.
+fn prepare_pager() {
+    let mut guard = PAGER.lock();
+    let Some(p) = guard.as_mut() else {
+        CHILD_ASID.store(0, Ordering::Relaxed);
+        return;
+    };
+    p.no_evict = true;
+    let asid = p.remote.manager().call_json::<_, CreateSpaceResp>(
+        Op::ForkSpace,
+        &ForkSpaceReq {
+            asid: p.remote.asid,
+        },
+    );
     match asid {
-        Some(Ok(r)) => CHILD_ASID.store(r.asid, Ordering::Relaxed),
-        Some(Err(e)) => {
+        Ok(r) => CHILD_ASID.store(r.asid, Ordering::Relaxed),
+        Err(e) => {
             CHILD_ASID.store(0, Ordering::Relaxed);
             *FORK_ERROR.lock() = Some(e.to_string());
         }
-        None => CHILD_ASID.store(0, Ordering::Relaxed),
     }
-    std::mem::forget(guard);
-    heap::lock_private_for_fork();
-    // Nothing may allocate from here until the fork returns.
-    crate::ALLOC.lock_for_fork();
 }
 
-fn unlock_all() {
-    // SAFETY: the prepare handler of this same fork locked the pager and
-    // forgot the guard; this thread (or its copy in the child) owns it.
-    unsafe { PAGER.force_unlock() };
+fn unlock_ranges_and_heap() {
     arena::unlock_after_fork();
     heap::unlock_after_fork();
 }
 
 extern "C" fn parent() {
-    crate::ALLOC.unlock_after_fork();
     COUNTERS.add(&COUNTERS.forks, 1);
-    heap::unlock_private_after_fork();
-    unlock_all();
+    heap::runtime_section(|| {
+        if let Some(p) = PAGER.lock().as_mut() {
+            p.no_evict = false;
+        }
+    });
+    unlock_ranges_and_heap();
 }
 
 extern "C" fn child() {
+    // Locks held by the parent's other threads at the instant of the fork
+    // (the fault handler serving a fault, the stats thread) are free in the
+    // child: those threads do not exist here.
     crate::ALLOC.unlock_after_fork();
     heap::unlock_private_after_fork();
+    // SAFETY: no thread of the child holds the pager lock.
+    unsafe { PAGER.force_unlock() };
+    // The heap and the range allocator were held by this thread across the
+    // fork, so they are consistent.
+    unlock_ranges_and_heap();
     heap::runtime_section(child_locked);
     crate::CHILD.store(true, Ordering::Relaxed);
-    unlock_all();
 }
 
 fn child_locked() {
-    // SAFETY: this thread holds the pager lock (taken in prepare); we use the
-    // state through the lock's data pointer without locking again.
-    let pager = unsafe { &mut *PAGER.get_unlocked() };
-    if let Some(p) = pager.as_mut() {
+    let mut guard = PAGER.lock();
+    if let Some(p) = guard.as_mut() {
+        p.no_evict = false;
         let asid = CHILD_ASID.load(Ordering::Relaxed);
         if asid == 0 {
             let why = FORK_ERROR.lock().take().unwrap_or_default();
             crate::fatal_lost_msg(&format!("fork could not copy the parent's memory: {why}"));
         }
+        // A fault being served at the instant of the fork may have marked
+        // pages resident that were not installed yet: trust the page tables.
+        p.resync_resident(arena::top());
         let old = p.uffd.fd;
         let rearmed = Uffd::open()
             .map_err(|e| std::io::Error::new(e.kind(), format!("open: {e}")))

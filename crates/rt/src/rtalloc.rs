@@ -33,14 +33,11 @@ impl Default for RtAlloc {
 }
 
 impl RtAlloc {
-    /// Locks the allocator across fork (last of all locks; see `process`).
-    pub fn lock_for_fork(&self) {
-        std::mem::forget(self.lists.lock());
-    }
-
-    /// Unlocks after fork, in the parent and (first thing) in the child.
+    /// In a forked child, first thing: frees the lock, which a runtime
+    /// thread of the parent may have held at the instant of the fork.
     pub fn unlock_after_fork(&self) {
-        // SAFETY: called only after `lock_for_fork` by the owning thread.
+        // SAFETY: in the child only the forking thread exists, and it is not
+        // inside the allocator.
         unsafe { self.lists.force_unlock() };
     }
 
