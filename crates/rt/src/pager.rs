@@ -232,14 +232,9 @@ impl Pager {
         }
         self.last_zero = idx + n - 1;
         self.make_room(n)?;
-        // The make_room above may not touch these pages: they are not resident.
-        let _ = self.uffd.copy(
-            self.addr(idx),
-            self.zero as *const u8,
-            n * PAGE,
-            false,
-            false,
-        );
+        let _ = self
+            .uffd
+            .copy(self.addr(idx), self.zero as *const u8, n * PAGE, false);
         for i in idx..idx + n {
             self.note_resident(i, ZF);
         }
@@ -335,7 +330,6 @@ impl Pager {
                 data[k * PAGE..].as_ptr(),
                 (end - k) * PAGE,
                 modes[k],
-                false,
             );
             k = end;
         }

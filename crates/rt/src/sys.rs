@@ -100,7 +100,6 @@ pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
 pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 2;
 const REGISTER_MODE_MISSING: u64 = 1;
 const REGISTER_MODE_WP: u64 = 2;
-const COPY_MODE_DONTWAKE: u64 = 1;
 const COPY_MODE_WP: u64 = 2;
 const WRITEPROTECT_MODE_WP: u64 = 1;
 
@@ -238,21 +237,14 @@ impl Uffd {
     }
 
     /// Installs `len` bytes from `src` at `dst` (page aligned), write-protected
-    /// if `wp`, waking the faulting threads unless `dontwake`. EEXIST (the page
+    /// if `wp`, waking the threads faulting there. EEXIST (the page
     /// appeared meanwhile) is not an error.
-    pub fn copy(
-        &self,
-        dst: usize,
-        src: *const u8,
-        len: usize,
-        wp: bool,
-        dontwake: bool,
-    ) -> io::Result<()> {
+    pub fn copy(&self, dst: usize, src: *const u8, len: usize, wp: bool) -> io::Result<()> {
         let mut c = UffdioCopy {
             dst: dst as u64,
             src: src as u64,
             len: len as u64,
-            mode: if wp { COPY_MODE_WP } else { 0 } | if dontwake { COPY_MODE_DONTWAKE } else { 0 },
+            mode: if wp { COPY_MODE_WP } else { 0 },
             copy: 0,
         };
         match ioctl(self.fd, UFFDIO_COPY, &mut c) {
@@ -261,7 +253,7 @@ impl Uffd {
             // (ENOENT): install the rest one page at a time.
             Err(_) if len > 4096 => {
                 for off in (0..len).step_by(4096) {
-                    self.copy(dst + off, src.wrapping_add(off), 4096, wp, dontwake)?;
+                    self.copy(dst + off, src.wrapping_add(off), 4096, wp)?;
                 }
                 Ok(())
             }
@@ -290,28 +282,6 @@ impl Uffd {
             len: len as u64,
         };
         ioctl(self.fd, UFFDIO_WAKE, &mut r)
-    }
-
-    /// Blocks until the next message.
-    pub fn read_msg(&self) -> io::Result<UffdMsg> {
-        let mut msg = UffdMsg::default();
-        loop {
-            // SAFETY: reads at most size_of::<UffdMsg>() bytes into `msg`.
-            let r = unsafe {
-                libc::read(
-                    self.fd,
-                    (&mut msg as *mut UffdMsg).cast(),
-                    std::mem::size_of::<UffdMsg>(),
-                )
-            };
-            if r == std::mem::size_of::<UffdMsg>() as isize {
-                return Ok(msg);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
     }
 
     /// Busy-waits up to `spin` for a message to be queued.
@@ -346,10 +316,5 @@ impl Uffd {
                 return Err(e);
             }
         }
-    }
-
-    pub fn close(&self) {
-        // SAFETY: closes our own descriptor; nothing uses it afterwards.
-        unsafe { libc::close(self.fd) };
     }
 }
