@@ -55,9 +55,36 @@ pub const EXIT_CANNOT_START: i32 = 118;
 static SPIN_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60);
 pub static SPACES_DIR: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
+/// Whether the fault handler busy-waits for the next fault too (set at start).
+static SPIN_FAULTS: AtomicBool = AtomicBool::new(true);
+
 /// How long runtime threads busy-wait for a reply or the next fault.
 pub fn spin() -> std::time::Duration {
     std::time::Duration::from_micros(SPIN_US.load(Ordering::Relaxed))
+}
+
+/// How long the fault handler busy-waits for the next fault: as long as for
+/// a reply when the process may run on more than one CPU, else not at all
+/// (on one CPU it would hold off the very thread whose fault it just
+/// resolved).
+pub fn fault_spin() -> std::time::Duration {
+    if SPIN_FAULTS.load(Ordering::Relaxed) {
+        spin()
+    } else {
+        std::time::Duration::ZERO
+    }
+}
+
+/// The number of CPUs this process may run on.
+fn allowed_cpus() -> usize {
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 1;
+        }
+        libc::CPU_COUNT(&set) as usize
+    }
 }
 
 /// Set in forked children.
@@ -117,6 +144,7 @@ fn config() -> Result<Option<Config>, String> {
     {
         SPIN_US.store(us, Ordering::Relaxed);
     }
+    SPIN_FAULTS.store(allowed_cpus() > 1, Ordering::Relaxed);
     let _ = SPACES_DIR.set(std::env::var("LEGO_RT_SPACES").ok());
     let get = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
     let key = lego_wire::auth::Secret::from_hex(&get("LEGO_RT_KEY")?)

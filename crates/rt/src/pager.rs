@@ -23,7 +23,7 @@ use std::time::Instant;
 use crate::lock::Lock as Mutex;
 
 use crate::arena::PAGE;
-use crate::remote::{Lost, Remote};
+use crate::remote::{Lost, PendingRead, Remote};
 use crate::stats::COUNTERS;
 use crate::sys::{
     private_pages, raw_madvise, Uffd, UffdMsg, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WP,
@@ -43,13 +43,32 @@ const ZF: u8 = 16;
 const HOT: u8 = 32;
 /// Fetched writable with a hash (see HOT).
 const HASHED: u8 = 64;
+/// Chosen as a victim by the eviction in progress (the FIFO may hold an
+/// index twice).
+const VICTIM: u8 = 128;
 
 /// Pages evicted per batch.
 const EVICT_BATCH: usize = 128;
 /// Largest prefetch window, in pages.
 const MAX_WINDOW: usize = 256;
+/// Reads of at most this many pages are answered in less than any socket
+/// buffer holds, so writes may be sent while they are in flight.
+const SMALL_READ: usize = 16;
 /// Largest run of zero pages installed ahead of a sequential first-touch stream.
 const MAX_ZERO_WINDOW: usize = 64;
+
+/// A read sent ahead of a sequential stream (see [`Pager::fetch`]).
+struct Ahead {
+    read: AheadRead,
+    /// The pages it reads, ascending.
+    pages: Vec<usize>,
+}
+
+enum AheadRead {
+    InFlight(PendingRead),
+    /// Answered: the page data is in `Pager::abuf` from this offset on.
+    Ready(usize),
+}
 
 pub struct Pager {
     pub uffd: Uffd,
@@ -68,6 +87,12 @@ pub struct Pager {
     last_zero: usize,
     zero_window: usize,
     hashes: std::collections::HashMap<u32, u64>,
+    /// The read of a sequential stream's next window, in flight.
+    ahead: Option<Ahead>,
+    /// Staging for write-backs.
+    wbuf: Vec<u8>,
+    /// The answer of the read-ahead.
+    abuf: Vec<u8>,
     /// Set while a fork is in progress: nothing is evicted (see `process`).
     pub no_evict: bool,
 }
@@ -121,6 +146,9 @@ impl Pager {
             last_zero: usize::MAX,
             zero_window: 0,
             hashes: std::collections::HashMap::new(),
+            ahead: None,
+            wbuf: Vec::new(),
+            abuf: Vec::new(),
             no_evict: false,
         })
     }
@@ -243,8 +271,11 @@ impl Pager {
         Ok(())
     }
 
-    /// The pages to fetch for a miss at `idx`: it, then what the stream predicts.
-    fn predict(&mut self, idx: usize) -> Vec<usize> {
+    /// Follows the fault stream: a miss at `idx` continues a sequential
+    /// stream (either direction) when it lands within the last window past
+    /// the last miss, and then the window doubles. Prefetched pages the
+    /// stream walked past count as used.
+    fn stream_step(&mut self, idx: usize) {
         let step = idx as isize - self.last as isize;
         let sequential = self.last != usize::MAX
             && step != 0
@@ -252,8 +283,7 @@ impl Pager {
             && (self.dir == 0 || step.signum() == self.dir);
         if sequential {
             self.dir = step.signum();
-            self.window = (self.window * 2).clamp(4, MAX_WINDOW.min(self.quota / 2));
-            // Prefetched pages the stream walked past were used.
+            self.window = (self.window * 2).clamp(4, MAX_WINDOW.min(self.quota / 4));
             let (lo, hi) = if step > 0 {
                 (self.last + 1, idx)
             } else {
@@ -271,10 +301,19 @@ impl Pager {
             self.window = 0;
         }
         self.last = idx;
-        let vregion = self.remote.vregion_of(self.page_no(idx));
-        let mut out = vec![idx];
-        for k in 1..=self.window {
-            let j = idx as isize + self.dir * k as isize;
+    }
+
+    /// Up to `n` pages from `from` on in the stream's direction, within the
+    /// vRegion of `from`, that have a remote copy and are not resident;
+    /// ascending.
+    fn window_from(&self, from: usize, n: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(n);
+        if from >= self.npages {
+            return out;
+        }
+        let vregion = self.remote.vregion_of(self.page_no(from));
+        for k in 0..n {
+            let j = from as isize + self.dir * k as isize;
             if j < 0 || j as usize >= self.npages {
                 break;
             }
@@ -287,25 +326,160 @@ impl Pager {
                 out.push(j);
             }
         }
+        out.sort_unstable();
         out
     }
 
+    /// Sends the read of the window after `pages` (ascending) in the
+    /// stream's direction, to be installed when the stream gets there.
+    fn send_ahead(&mut self, pages: &[usize]) -> Result<(), Lost> {
+        let (Some(&lo), Some(&hi)) = (pages.first(), pages.last()) else {
+            return Ok(());
+        };
+        let next = match self.dir {
+            1 => hi + 1,
+            -1 if lo > 0 => lo - 1,
+            _ => return Ok(()),
+        };
+        let ahead = self.window_from(next, self.window);
+        if ahead.is_empty() {
+            return Ok(());
+        }
+        let nos: Vec<u64> = ahead.iter().map(|&i| self.page_no(i)).collect();
+        let read = self.remote.start_read(&nos)?;
+        self.ahead = Some(Ahead {
+            read: AheadRead::InFlight(read),
+            pages: ahead,
+        });
+        Ok(())
+    }
+
+    /// Takes in the answer of the read-ahead in flight, if any, into `abuf`.
+    /// Called before anything large is sent: a client that sends a large
+    /// request while a large answer waits unread on the same connection
+    /// deadlocks with its server, both blocked writing.
+    fn settle_ahead(&mut self) {
+        let Some(a) = self.ahead.take() else { return };
+        match a.read {
+            AheadRead::InFlight(r) => {
+                let mut data = std::mem::take(&mut self.abuf);
+                let done = self.remote.finish_read(r, &mut data);
+                self.abuf = data;
+                // A failed read-ahead is dropped: a fault on those pages
+                // fetches them again, and reports what is lost.
+                if let Ok(at) = done {
+                    self.ahead = Some(Ahead {
+                        read: AheadRead::Ready(at),
+                        pages: a.pages,
+                    });
+                }
+            }
+            ready => {
+                self.ahead = Some(Ahead {
+                    read: ready,
+                    pages: a.pages,
+                })
+            }
+        }
+    }
+
+    /// Drops the read-ahead (an answer still in flight is waited for and
+    /// thrown away).
+    pub fn cancel_ahead(&mut self) {
+        if let Some(a) = self.ahead.take() {
+            if let AheadRead::InFlight(r) = a.read {
+                let mut scratch = std::mem::take(&mut self.abuf);
+                self.remote.discard_read(r, &mut scratch);
+                self.abuf = scratch;
+            }
+            COUNTERS.add(&COUNTERS.readahead_dropped, a.pages.len() as u64);
+        }
+    }
+
+    /// A miss on a page with a remote copy: fetch it with the pages the
+    /// stream predicts, or take the read-ahead sent when the stream was one
+    /// window behind; keep the stream's next window in flight meanwhile.
     fn fetch(&mut self, idx: usize, write: bool) -> Result<(), Lost> {
         let t = Instant::now();
-        let mut want = self.predict(idx);
+        let hit = self
+            .ahead
+            .as_ref()
+            .is_some_and(|a| a.pages.binary_search(&idx).is_ok());
+        let (want, at, data) = if hit {
+            self.settle_ahead();
+            self.stream_step(idx);
+            match self.ahead.take() {
+                Some(Ahead {
+                    read: AheadRead::Ready(at),
+                    pages,
+                }) => {
+                    COUNTERS.add(&COUNTERS.readahead_hits, 1);
+                    self.make_room(pages.len())?;
+                    self.send_ahead(&pages)?;
+                    (pages, at, std::mem::take(&mut self.abuf))
+                }
+                _ => return self.fetch_now(idx, write, t),
+            }
+        } else {
+            self.cancel_ahead();
+            self.stream_step(idx);
+            return self.fetch_now(idx, write, t);
+        };
+        self.install(idx, write, &want, at, &data);
+        self.abuf = data;
+        COUNTERS.record_fault(t.elapsed().as_nanos() as u64);
+        Ok(())
+    }
+
+    /// Fetches the page at `idx` and the stream's window after it, then sends
+    /// the read-ahead of the window after that.
+    fn fetch_now(&mut self, idx: usize, write: bool, t: Instant) -> Result<(), Lost> {
+        let mut want = vec![idx];
+        if self.window > 0 {
+            let from = idx as isize + self.dir;
+            if from >= 0 {
+                want.extend(self.window_from(from as usize, self.window));
+            }
+        }
         want.sort_unstable();
-        self.make_room(want.len())?;
-        let pages: Vec<u64> = want.iter().map(|&i| self.page_no(i)).collect();
+        want.dedup();
+        // Evicting (maybe writing back) while a small answer is on its way
+        // hides the round trip; a large one must not be in flight then (see
+        // `settle_ahead`).
+        let small = want.len() <= SMALL_READ;
+        if !small {
+            self.make_room(want.len())?;
+        }
+        let nos: Vec<u64> = want.iter().map(|&i| self.page_no(i)).collect();
+        let read = self.remote.start_read(&nos)?;
+        if small {
+            self.make_room(want.len())?;
+        }
+        if self.window > 0 {
+            self.send_ahead(&want)?;
+        }
         let mut data = std::mem::take(&mut self.buf);
-        data.clear();
-        self.remote.read(&pages, &mut data)?;
+        let at = self.remote.finish_read(read, &mut data)?;
+        self.install(idx, write, &want, at, &data);
+        self.buf = data;
+        COUNTERS.record_fault(t.elapsed().as_nanos() as u64);
+        Ok(())
+    }
+
+    /// Installs fetched pages: `data[at..]` holds `want`'s pages in order.
+    fn install(&mut self, idx: usize, write: bool, want: &[usize], at: usize, data: &[u8]) {
         // Decide each page's flags, then install runs of neighbours that
-        // share the write-protect mode with one copy each.
+        // share the write-protect mode with one copy each. A page that
+        // changed state while its read was in flight is left alone.
         let mut modes = Vec::with_capacity(want.len());
+        let mut install = Vec::with_capacity(want.len());
         for (k, &i) in want.iter().enumerate() {
-            let src = &data[k * PAGE..(k + 1) * PAGE];
-            let faulting = i == idx;
             let old = self.f(i);
+            if old & RES != 0 || old & REMOTE == 0 {
+                continue;
+            }
+            let src = &data[at + k * PAGE..at + (k + 1) * PAGE];
+            let faulting = i == idx;
             let mut fl = old & (REMOTE | HOT);
             if faulting && write {
                 fl |= DIRTY;
@@ -317,27 +491,32 @@ impl Pager {
                 fl |= PREF;
             }
             modes.push(fl & (DIRTY | HASHED) == 0);
+            install.push((k, i));
             self.note_resident(i, fl);
         }
-        let mut k = 0;
-        while k < want.len() {
-            let mut end = k + 1;
-            while end < want.len() && want[end] == want[end - 1] + 1 && modes[end] == modes[k] {
+        let mut r = 0;
+        while r < install.len() {
+            let (k0, i0) = install[r];
+            let mut end = r + 1;
+            while end < install.len()
+                && install[end].1 == install[end - 1].1 + 1
+                && modes[end] == modes[r]
+            {
                 end += 1;
             }
             let _ = self.uffd.copy(
-                self.addr(want[k]),
-                data[k * PAGE..].as_ptr(),
-                (end - k) * PAGE,
-                modes[k],
+                self.addr(i0),
+                data[at + k0 * PAGE..].as_ptr(),
+                (end - r) * PAGE,
+                modes[r],
             );
-            k = end;
+            r = end;
         }
-        self.buf = data;
         COUNTERS.add(&COUNTERS.faults_fetched, 1);
-        COUNTERS.add(&COUNTERS.prefetched_pages, want.len() as u64 - 1);
-        COUNTERS.record_fault(t.elapsed().as_nanos() as u64);
-        Ok(())
+        COUNTERS.add(
+            &COUNTERS.prefetched_pages,
+            install.len().saturating_sub(1) as u64,
+        );
     }
 
     /// Evicts until `incoming` more pages fit in the quota.
@@ -359,7 +538,9 @@ impl Pager {
                 break;
             };
             let i = i as usize;
-            if self.f(i) & RES != 0 && !victims.contains(&i) {
+            let fl = self.f(i);
+            if fl & RES != 0 && fl & VICTIM == 0 {
+                self.set(i, fl | VICTIM);
                 victims.push(i);
             }
         }
@@ -398,6 +579,9 @@ impl Pager {
                 self.set(i, fl & !(HOT | HASHED));
             }
         }
+        if !dirty.is_empty() {
+            self.settle_ahead();
+        }
         let mut start = 0;
         while start < dirty.len() {
             // One write per vRegion.
@@ -407,7 +591,7 @@ impl Pager {
                     .iter()
                     .take_while(|&&i| self.remote.vregion_of(self.page_no(i)) == vr)
                     .count();
-            let mut data = std::mem::take(&mut self.buf);
+            let mut data = std::mem::take(&mut self.wbuf);
             data.clear();
             for &i in &dirty[start..end] {
                 // SAFETY: the page is resident and write-protected: reading it
@@ -417,7 +601,7 @@ impl Pager {
             }
             let pages: Vec<u64> = dirty[start..end].iter().map(|&i| self.page_no(i)).collect();
             let r = self.remote.write(&pages, &data);
-            self.buf = data;
+            self.wbuf = data;
             r?;
             for &i in &dirty[start..end] {
                 let fl = self.f(i);
@@ -460,6 +644,12 @@ impl Pager {
     pub fn zap(&mut self, start: usize, len: usize) {
         let first = (start - self.base) / PAGE;
         let n = len / PAGE;
+        if self.ahead.as_ref().is_some_and(|a| {
+            a.pages.first().is_some_and(|&lo| lo < first + n)
+                && a.pages.last().is_some_and(|&hi| hi >= first)
+        }) {
+            self.cancel_ahead();
+        }
         let mut remote_runs: Vec<(u64, u64)> = Vec::new();
         for i in first..(first + n).min(self.npages) {
             let fl = self.f(i);
@@ -569,7 +759,7 @@ pub fn handler_loop(fd: i32) {
     crate::heap::enter_runtime_thread();
     let uffd = Uffd { fd };
     let mut msgs = [UffdMsg::default(); 16];
-    let spin = crate::spin();
+    let spin = crate::fault_spin();
     loop {
         // The next fault often follows within microseconds: wait for it
         // awake before sleeping in read.

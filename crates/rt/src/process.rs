@@ -47,6 +47,8 @@ fn prepare_pager() {
         return;
     };
     p.no_evict = true;
+    // The child must not inherit a read in flight on the parent's connection.
+    p.cancel_ahead();
     let asid = p.remote.manager().call_json::<_, CreateSpaceResp>(
         Op::ForkSpace,
         &ForkSpaceReq {

@@ -4,7 +4,7 @@
 //! memory: the fault handler would then fault on itself. So Rust code in this
 //! library allocates from private pages obtained with the raw mmap system call:
 //! power-of-two size classes up to 32 KiB carved from 256 KiB slabs, larger
-//! blocks mapped directly.
+//! blocks mapped directly, and a few freed large blocks kept for reuse.
 
 use std::alloc::{GlobalAlloc, Layout};
 
@@ -16,9 +16,16 @@ const CLASSES: usize = 12; // 16 B .. 32 KiB
 const MIN_SHIFT: usize = 4;
 const SLAB: usize = 256 << 10;
 const PAGE: usize = 4096;
+/// Large blocks kept mapped after they are freed, for the next allocation of
+/// the same size (the fault handler's page buffers come and go per request).
+const CACHED: usize = 8;
+/// Largest block the cache keeps.
+const CACHE_MAX: usize = 16 << 20;
 
 struct FreeLists {
     heads: [usize; CLASSES],
+    /// Freed large blocks: (address, mapped length); 0 is an empty slot.
+    cache: [(usize, usize); CACHED],
 }
 
 /// The allocator; see the module documentation.
@@ -45,6 +52,7 @@ impl RtAlloc {
         RtAlloc {
             lists: Mutex::new(FreeLists {
                 heads: [0; CLASSES],
+                cache: [(0, 0); CACHED],
             }),
         }
     }
@@ -86,6 +94,14 @@ unsafe impl GlobalAlloc for RtAlloc {
             None => {
                 let align = layout.align().max(PAGE);
                 let len = layout.size().next_multiple_of(PAGE) + align - PAGE;
+                if align == PAGE {
+                    let mut l = self.lists.lock();
+                    if let Some(slot) = l.cache.iter_mut().find(|s| s.0 != 0 && s.1 == len) {
+                        let p = slot.0;
+                        *slot = (0, 0);
+                        return p as *mut u8;
+                    }
+                }
                 match private_pages(len) {
                     Ok(p) => p.next_multiple_of(align) as *mut u8,
                     Err(_) => std::ptr::null_mut(),
@@ -103,7 +119,15 @@ unsafe impl GlobalAlloc for RtAlloc {
                 l.heads[c] = ptr as usize;
             }
             None => {
-                let _ = raw_munmap(ptr as usize, layout.size().next_multiple_of(PAGE));
+                let len = layout.size().next_multiple_of(PAGE);
+                if layout.align() <= PAGE && len <= CACHE_MAX {
+                    let mut l = self.lists.lock();
+                    if let Some(slot) = l.cache.iter_mut().find(|s| s.0 == 0) {
+                        *slot = (ptr as usize, len);
+                        return;
+                    }
+                }
+                let _ = raw_munmap(ptr as usize, len);
             }
         }
     }

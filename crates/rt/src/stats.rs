@@ -26,6 +26,8 @@ counters! {
     prefetched_pages,
     prefetch_used,
     prefetch_wasted,
+    readahead_hits,
+    readahead_dropped,
     evictions_clean,
     evictions_dirty,
     bytes_fetched,
@@ -42,8 +44,30 @@ counters! {
     local_shared_maps,
 }
 
-/// Log2 histogram of remote fault latencies in microseconds (bucket i holds [2^i, 2^(i+1)) µs).
-pub static FAULT_HIST: [AtomicU64; 24] = [const { AtomicU64::new(0) }; 24];
+/// Sub-buckets per power of two in the fault-latency histogram.
+const SUB: usize = 4;
+/// Histogram of remote fault latencies in µs: bucket `SUB*e + m` holds
+/// latencies whose top bits are 2^e * (1 + m/SUB), i.e. four buckets per
+/// power of two (within 19% of the true value).
+pub static FAULT_HIST: [AtomicU64; 24 * SUB] = [const { AtomicU64::new(0) }; 24 * SUB];
+
+fn bucket_of(us: u64) -> usize {
+    let us = us.max(1);
+    let e = 63 - us.leading_zeros() as usize;
+    let m = if e >= 2 {
+        ((us >> (e - 2)) & 3) as usize
+    } else {
+        ((us << (2 - e)) & 3) as usize
+    };
+    (e * SUB + m).min(FAULT_HIST.len() - 1)
+}
+
+/// The midpoint of a bucket, in µs.
+fn bucket_mid(b: usize) -> f64 {
+    let (e, m) = (b / SUB, b % SUB);
+    let lo = (1u64 << e) as f64 * (1.0 + m as f64 / SUB as f64);
+    lo + (1u64 << e) as f64 / (2 * SUB) as f64
+}
 
 impl Counters {
     pub fn add(&self, c: &AtomicU64, n: u64) {
@@ -57,9 +81,7 @@ impl Counters {
     pub fn record_fault(&self, ns: u64) {
         self.add(&self.remote_fault_ns_total, ns);
         self.add(&self.remote_faults_timed, 1);
-        let us = (ns / 1000).max(1);
-        let b = (63 - us.leading_zeros() as usize).min(FAULT_HIST.len() - 1);
-        FAULT_HIST[b].fetch_add(1, Ordering::Relaxed);
+        FAULT_HIST[bucket_of(ns / 1000)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -77,7 +99,7 @@ pub fn fault_p50_us() -> u64 {
     for (i, c) in counts.iter().enumerate() {
         seen += c;
         if seen * 2 >= total {
-            return (1u64 << i) * 3 / 2;
+            return bucket_mid(i).round() as u64;
         }
     }
     0
@@ -101,5 +123,22 @@ pub fn write(path: &str, asid: u64) {
     let tmp = format!("{path}.tmp{}", std::process::id());
     if std::fs::write(&tmp, to_json(asid)).is_ok() {
         let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_within_a_fifth_of_the_value() {
+        for us in [
+            1u64, 2, 3, 5, 7, 9, 12, 15, 17, 24, 31, 33, 100, 1000, 123_456,
+        ] {
+            let mid = bucket_mid(bucket_of(us));
+            let err = (mid - us as f64).abs() / us as f64;
+            assert!(err <= 0.2, "{us} µs lands in a bucket with midpoint {mid}");
+        }
+        assert!(bucket_of(15) < bucket_of(17));
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use lego_wire::auth::{decode_challenge, Claim, Hello, Secret, KEY_LEN};
 use lego_wire::control::{from_body, to_body};
-use lego_wire::frame::{read_frame, write_frame};
+use lego_wire::frame::{read_body, read_body_into, read_frame, read_header, write_frame, Header};
 use lego_wire::{Frame, Op, WireError, DEFAULT_MAX_BODY};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -225,7 +225,42 @@ impl Client {
     /// Waits for the answer to request `id`. An error answer becomes
     /// [`TransportError::Remote`].
     pub fn wait(&self, id: u64) -> Result<Frame, TransportError> {
-        let frame = self.wait_frame(id)?;
+        let frame = self.wait_frame(id, None)?;
+        self.remote_error(&frame)?;
+        Ok(frame)
+    }
+
+    /// Like [`Client::wait`], but the answer's body goes into `buf` from
+    /// byte `at` on (resized to fit, never zeroed again once large enough):
+    /// a caller that reuses one buffer moves large answers with no
+    /// allocation, and can choose where in it they land.
+    pub fn wait_into(
+        &self,
+        id: u64,
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<Header, TransportError> {
+        let mut frame = self.wait_frame(id, Some((buf, at)))?;
+        if frame.header.is_error() {
+            frame.body = buf[at..].to_vec();
+            self.remote_error(&frame)?;
+        }
+        Ok(frame.header)
+    }
+
+    /// Sends a request and waits for its answer into `buf` (see [`Client::wait_into`]).
+    pub fn call_into(
+        &self,
+        op: Op,
+        parts: &[&[u8]],
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<Header, TransportError> {
+        let id = self.send(op, parts)?;
+        self.wait_into(id, buf, at)
+    }
+
+    fn remote_error(&self, frame: &Frame) -> Result<(), TransportError> {
         match frame.error() {
             Some(e) => Err(TransportError::Remote {
                 peer: self.inner.peer.clone(),
@@ -233,16 +268,30 @@ impl Client {
                 code: e.code,
                 message: e.message,
             }),
-            None => Ok(frame),
+            None => Ok(()),
         }
     }
 
-    fn wait_frame(&self, id: u64) -> Result<Frame, TransportError> {
+    /// Waits for the frame answering `id`. With `into` (a buffer and an
+    /// offset), the body of that frame is read into the buffer at the offset
+    /// and the returned frame's body is empty.
+    fn wait_frame(
+        &self,
+        id: u64,
+        mut into: Option<(&mut Vec<u8>, usize)>,
+    ) -> Result<Frame, TransportError> {
         let inner = &*self.inner;
         let mut table = lock(&inner.table);
         loop {
             if let Some(answer) = table.answers.remove(&id) {
-                return answer.map_err(|r| self.broken(r));
+                let mut f = answer.map_err(|r| self.broken(r))?;
+                if let Some((buf, at)) = into {
+                    buf.truncate(at);
+                    buf.resize(at, 0);
+                    buf.extend_from_slice(&f.body);
+                    f.body = Vec::new();
+                }
+                return Ok(f);
             }
             if let Some(reason) = &table.broken {
                 return Err(self.broken(reason.clone()));
@@ -258,7 +307,22 @@ impl Client {
                 if reader.buffer().is_empty() {
                     reader.get_ref().spin_until_readable(inner.spin);
                 }
-                match read_frame(&mut *reader, inner.max_body) {
+                let frame = read_header(&mut *reader, inner.max_body).and_then(|header| match into
+                    .as_mut()
+                {
+                    Some((buf, at)) if header.req_id == id => {
+                        read_body_into(&mut *reader, &header, buf, *at)?;
+                        Ok(Frame {
+                            header,
+                            body: Vec::new(),
+                        })
+                    }
+                    _ => Ok(Frame {
+                        body: read_body(&mut *reader, &header)?,
+                        header,
+                    }),
+                });
+                match frame {
                     Ok(f) if f.header.req_id == id => break Ok(f),
                     Ok(f) => {
                         let mut t = lock(&inner.table);

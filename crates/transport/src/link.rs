@@ -21,36 +21,44 @@ pub trait LinkRead: Read + Send {
     fn spin_until_readable(&self, _spin: Duration) {}
 }
 
-macro_rules! link_read {
-    ($t:ty) => {
-        impl LinkRead for $t {
-            fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-                <$t>::set_read_timeout(self, t)
-            }
-
-            fn spin_until_readable(&self, spin: Duration) {
-                if spin.is_zero() || self.set_nonblocking(true).is_err() {
-                    return;
-                }
-                let start = std::time::Instant::now();
-                let mut probe = [0u8; 1];
-                while start.elapsed() < spin {
-                    match self.peek(&mut probe) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-                        _ => break,
-                    }
-                }
-                let _ = self.set_nonblocking(false);
-            }
+/// Busy-waits up to `spin` until `sock` has bytes to read (or an error or
+/// end of stream to report), peeking without blocking.
+fn spin_socket(sock: socket2::SockRef<'_>, spin: Duration) {
+    if spin.is_zero() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    while start.elapsed() < spin {
+        match sock.recv_with_flags(&mut probe, libc_flags::PEEK_DONTWAIT) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            _ => break,
         }
-    };
+    }
 }
 
-link_read!(TcpStream);
+/// MSG_PEEK | MSG_DONTWAIT (Linux values).
+mod libc_flags {
+    pub const PEEK_DONTWAIT: i32 = 0x02 | 0x40;
+}
+
+impl LinkRead for TcpStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+
+    fn spin_until_readable(&self, spin: Duration) {
+        spin_socket(socket2::SockRef::from(self), spin)
+    }
+}
 
 impl LinkRead for UnixStream {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         UnixStream::set_read_timeout(self, t)
+    }
+
+    fn spin_until_readable(&self, spin: Duration) {
+        spin_socket(socket2::SockRef::from(self), spin)
     }
 }
 
@@ -88,6 +96,23 @@ pub struct Unix;
 struct TcpLink(TcpStream);
 struct UnixLink(UnixStream);
 
+/// Socket buffer size of links: a whole batch of pages (1 MiB and more)
+/// fits, so a sender is never stalled waiting for a busy receiver to drain
+/// its socket (each stall costs a cross-CPU wakeup).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Best effort: the kernel caps the sizes at net.core.{r,w}mem_max.
+fn size_buffers(sock: socket2::SockRef<'_>) {
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+}
+
+fn tune_tcp(s: &TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    size_buffers(socket2::SockRef::from(s));
+    Ok(())
+}
+
 impl Link for TcpLink {
     fn peer(&self) -> String {
         self.0
@@ -116,7 +141,7 @@ impl Transport for Tcp {
         for sa in addr.to_socket_addrs()? {
             match TcpStream::connect_timeout(&sa, timeout) {
                 Ok(s) => {
-                    s.set_nodelay(true)?;
+                    tune_tcp(&s)?;
                     return Ok(Box::new(TcpLink(s)));
                 }
                 Err(e) => last = e,
@@ -133,7 +158,7 @@ impl Transport for Tcp {
 impl Listener for TcpListener {
     fn accept(&self) -> io::Result<Box<dyn Link>> {
         let (s, _) = TcpListener::accept(self)?;
-        s.set_nodelay(true)?;
+        tune_tcp(&s)?;
         Ok(Box::new(TcpLink(s)))
     }
     fn local_addr(&self) -> String {
@@ -143,7 +168,9 @@ impl Listener for TcpListener {
 
 impl Transport for Unix {
     fn connect(&self, addr: &str, _timeout: Duration) -> io::Result<Box<dyn Link>> {
-        Ok(Box::new(UnixLink(UnixStream::connect(addr)?)))
+        let s = UnixStream::connect(addr)?;
+        size_buffers(socket2::SockRef::from(&s));
+        Ok(Box::new(UnixLink(s)))
     }
 
     fn listen(&self, addr: &str) -> io::Result<Box<dyn Listener>> {
@@ -166,6 +193,7 @@ struct UnixListenerAt(UnixListener, String);
 impl Listener for UnixListenerAt {
     fn accept(&self) -> io::Result<Box<dyn Link>> {
         let (s, _) = self.0.accept()?;
+        size_buffers(socket2::SockRef::from(&s));
         Ok(Box::new(UnixLink(s)))
     }
     fn local_addr(&self) -> String {

@@ -129,6 +129,26 @@ pub fn read_body(r: &mut impl Read, header: &Header) -> Result<Vec<u8>, WireErro
 }
 
 /// Reads one whole frame.
+/// Reads the body of a frame whose header was just read into `buf` from
+/// byte `at` on (so that a caller can align what follows a known-size
+/// prefix); `buf` is resized to `at` plus the body's length. A buffer reused
+/// across frames is never cleared or zeroed again: only bytes past its old
+/// length are initialised.
+pub fn read_body_into(
+    r: &mut impl Read,
+    header: &Header,
+    buf: &mut Vec<u8>,
+    at: usize,
+) -> Result<(), WireError> {
+    let len = at + header.len as usize;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    } else {
+        buf.truncate(len);
+    }
+    read_full(r, &mut buf[at..], false)
+}
+
 pub fn read_frame(r: &mut impl Read, max_body: u32) -> Result<Frame, WireError> {
     let header = read_header(r, max_body)?;
     let body = read_body(r, &header)?;

@@ -100,6 +100,12 @@ impl<'a> ReadPagesReply<'a> {
         count.div_ceil(8) * 8
     }
 
+    /// Length of the head of a reply to `count` pages (count and flags): the
+    /// page data starts at this offset.
+    pub fn head_len(count: usize) -> usize {
+        8 + Self::flags_len(count)
+    }
+
     /// Encodes the head of a reply (count and flags); the page data follows it.
     pub fn encode_head(present: &[bool]) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + Self::flags_len(present.len()));
