@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::cluster::{write_atomic, SecretArgs};
+use crate::cpus::{parse_cpu_list, pin_current_thread, CpuList};
 use crate::size::parse_size;
 
 /// Flags every daemon has.
@@ -21,6 +22,20 @@ pub struct DaemonArgs {
     /// Exit when the process with this pid is gone (set by `lego up`)
     #[arg(long, value_name = "PID", hide = true)]
     pub exit_with: Option<u32>,
+    /// Run only on these CPUs (e.g. 0, 2-3 or 0,4-7); a processor monitor's
+    /// programs run on them too [default: wherever the scheduler puts them]
+    #[arg(long, value_parser = parse_cpu_list, value_name = "LIST")]
+    pub cpus: Option<CpuList>,
+}
+
+impl DaemonArgs {
+    /// Applies `--cpus`; called before the daemon starts any thread.
+    fn pin(&self) -> Result<()> {
+        match &self.cpus {
+            Some(cpus) => pin_current_thread(&cpus.0),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +135,7 @@ fn stay_up(args: &DaemonArgs) -> Result<()> {
 }
 
 pub fn manager(a: ManagerArgs) -> Result<()> {
+    a.daemon.pin()?;
     let secret = a.daemon.secret.secret()?;
     let http = (a.http != "none").then(|| a.http.clone());
     let m = lego_manager::run(lego_manager::ManagerConfig {
@@ -137,6 +153,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
 }
 
 pub fn memory(a: MemoryArgs) -> Result<()> {
+    a.daemon.pin()?;
     let secret = a.daemon.secret.secret()?;
     let m = lego_memory::run(lego_memory::MemoryConfig {
         capacity: a.capacity,
@@ -151,6 +168,7 @@ pub fn memory(a: MemoryArgs) -> Result<()> {
 }
 
 pub fn processor(a: ProcessorArgs) -> Result<()> {
+    a.daemon.pin()?;
     let secret = a.daemon.secret.secret()?;
     let p = lego_processor::run(lego_processor::ProcessorConfig {
         excache: a.excache,

@@ -8,6 +8,7 @@
 
 mod bench;
 mod cluster;
+mod cpus;
 mod daemons;
 mod run;
 mod size;

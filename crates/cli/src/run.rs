@@ -240,10 +240,12 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         memory_monitors: 2,
         capacity: embedded_capacity(),
         heartbeat_ms: 1000,
+        memory_cpus: None,
     };
     let processor = ProcessorSpec {
         excache: EMBEDDED_EXCACHE,
         runtime: None,
+        cpus: None,
     };
     match LocalCluster::start_with(&spec, Some(&processor)) {
         Ok(c) => {

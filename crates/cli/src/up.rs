@@ -23,6 +23,7 @@ use lego_wire::Op;
 use tracing::{info, warn};
 
 use crate::cluster::{default_dir, load_or_create_secret, write_atomic, ClusterFile, Target};
+use crate::cpus::{parse_cpu_list, CpuList};
 use crate::size::{human, parse_size};
 
 #[derive(Args, Debug)]
@@ -49,6 +50,12 @@ pub struct UpArgs {
     /// next to the lego executable]
     #[arg(long, env = "LEGO_RUNTIME", value_name = "PATH")]
     pub runtime: Option<PathBuf>,
+    /// Run the memory monitors only on these CPUs (e.g. 1 or 2-3)
+    #[arg(long, value_parser = parse_cpu_list, value_name = "LIST")]
+    pub memory_cpus: Option<CpuList>,
+    /// Run the processor monitor and its programs only on these CPUs
+    #[arg(long, value_parser = parse_cpu_list, value_name = "LIST")]
+    pub processor_cpus: Option<CpuList>,
 }
 
 /// What to start.
@@ -58,6 +65,8 @@ pub struct Spec {
     pub memory_monitors: usize,
     pub capacity: u64,
     pub heartbeat_ms: u64,
+    /// CPUs of the memory monitors [default: not pinned].
+    pub memory_cpus: Option<CpuList>,
 }
 
 /// The processor monitor to start with the cluster.
@@ -66,6 +75,8 @@ pub struct ProcessorSpec {
     pub excache: u64,
     /// `liblego_rt.so` [default: the processor monitor's own default].
     pub runtime: Option<PathBuf>,
+    /// CPUs of the processor monitor and its programs [default: not pinned].
+    pub cpus: Option<CpuList>,
 }
 
 struct Daemon {
@@ -143,13 +154,14 @@ impl LocalCluster {
         cluster.file.manager = ready["addr"].as_str().unwrap_or_default().to_string();
         cluster.file.http = ready["http"].as_str().map(str::to_string);
         let cap = spec.capacity.to_string();
+        let memory_cpus = spec.memory_cpus.as_ref().map(|c| c.to_string());
         for i in 1..=spec.memory_monitors {
             let manager = cluster.file.manager.clone();
-            let ready = cluster.spawn(
-                &format!("memory-{i}"),
-                &["memory", "--capacity", &cap, "--manager", &manager],
-                &[],
-            )?;
+            let mut args = vec!["memory", "--capacity", &cap, "--manager", &manager];
+            if let Some(c) = &memory_cpus {
+                args.extend(["--cpus", c]);
+            }
+            let ready = cluster.spawn(&format!("memory-{i}"), &args, &[])?;
             cluster
                 .file
                 .memory_monitors
@@ -162,11 +174,12 @@ impl LocalCluster {
             if let Some(rt) = &p.runtime {
                 paths.push(("--runtime", rt.as_os_str()));
             }
-            let ready = cluster.spawn(
-                "processor",
-                &["processor", "--excache", &excache, "--manager", &manager],
-                &paths,
-            )?;
+            let cpus = p.cpus.as_ref().map(|c| c.to_string());
+            let mut args = vec!["processor", "--excache", &excache, "--manager", &manager];
+            if let Some(c) = &cpus {
+                args.extend(["--cpus", c]);
+            }
+            let ready = cluster.spawn("processor", &args, &paths)?;
             cluster.processor = ready["addr"].as_str().map(str::to_string);
         }
         cluster.wait_registered(spec.memory_monitors)?;
@@ -364,10 +377,12 @@ pub fn run(a: UpArgs) -> Result<()> {
             memory_monitors: a.memory_monitors,
             capacity: a.capacity,
             heartbeat_ms: a.heartbeat_ms,
+            memory_cpus: a.memory_cpus.clone(),
         },
         Some(&ProcessorSpec {
             excache: a.excache,
             runtime: a.runtime.clone(),
+            cpus: a.processor_cpus.clone(),
         }),
     )?;
     let dir_flag = if a.dir.is_some() {

@@ -297,7 +297,8 @@ impl Uffd {
             if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
                 return;
             }
-            std::hint::spin_loop();
+            // Let a runnable thread of this CPU go first (see the transport's spin).
+            std::thread::yield_now();
         }
     }
 

@@ -22,7 +22,10 @@ pub trait LinkRead: Read + Send {
 }
 
 /// Busy-waits up to `spin` until `sock` has bytes to read (or an error or
-/// end of stream to report), peeking without blocking.
+/// end of stream to report), peeking without blocking. Between peeks it
+/// yields the CPU, so that a spinning thread never keeps a runnable one off
+/// its CPU (two memory monitors that share a CPU would otherwise take turns
+/// only when the scheduler preempts one).
 fn spin_socket(sock: socket2::SockRef<'_>, spin: Duration) {
     if spin.is_zero() {
         return;
@@ -31,7 +34,7 @@ fn spin_socket(sock: socket2::SockRef<'_>, spin: Duration) {
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     while start.elapsed() < spin {
         match sock.recv_with_flags(&mut probe, libc_flags::PEEK_DONTWAIT) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
             _ => break,
         }
     }

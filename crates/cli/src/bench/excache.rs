@@ -30,13 +30,12 @@ use lego_wire::control::{ClusterState, MemStats};
 use lego_wire::Op;
 
 use super::child::*;
+use super::cprog::{compile_workload, measure_floor};
+use super::placement::{Placement, PlacementArg};
 use super::report::*;
 use super::swap::{self, MemCgroup, SwapKind, Undo};
 use crate::size::{human, parse_size};
 use crate::up::{LocalCluster, ProcessorSpec, Spec};
-
-/// The workload's source, written next to its binary in the bench's directory.
-const WORKLOAD_C: &str = include_str!("workload.c");
 
 /// Room for the program's memory besides the array (stdio buffers, libc):
 /// the working set is the array plus this.
@@ -100,6 +99,9 @@ pub struct ExcacheBenchArgs {
     /// Round trips of the bare TCP measurement
     #[arg(long, default_value_t = 20_000, value_name = "N")]
     pub rtt_ops: usize,
+    /// Where threads run [default: split when there are two CPUs or more]
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub placement: Option<PlacementArg>,
 }
 
 fn progress(msg: &str) {
@@ -162,7 +164,9 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
     }
     let swaps_before = swap::active_swaps();
 
-    println!("lego bench excache\n{}", super::environment());
+    let placement = Placement::choose(a.placement)?;
+    placement.pin_bench()?;
+    println!("lego bench excache\n{}", super::environment(&placement));
     println!(
         "transparent huge pages: {}; load average at the start: {} (other work on the machine adds noise)",
         thp(),
@@ -208,8 +212,14 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
         reads.to_string(),
     ];
 
-    progress(&format!("bare 4 KiB TCP round trip, {} times", a.rtt_ops));
-    let rtt = super::rtt::bare_tcp(a.rtt_ops)?;
+    progress(&format!(
+        "bare 4 KiB TCP round trip, {} times blocking and {} times polling",
+        a.rtt_ops, a.rtt_ops
+    ));
+    let rtt = super::rtt::bare_tcp(a.rtt_ops, placement.memory_cpus(), false)?;
+    let rtt_polled = super::rtt::bare_tcp(a.rtt_ops, placement.memory_cpus(), true)?;
+    progress("the kernel's userfaultfd floor (install, read and drop 4 KiB pages, no network)");
+    let floor = measure_floor(&dir.0);
 
     let mut rows = Vec::new();
     // Twice, keeping the faster: on a VM the first touches of guest memory
@@ -255,7 +265,7 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
     if lego_cfgs.iter().any(|(c, _)| selected(*c)) {
         let capacity = (ws * 5 / 4).div_ceil(1 << 20) << 20;
         let excache = ws.div_ceil(1 << 20) << 20;
-        let cluster = match start_cluster(&dir.0, capacity, excache) {
+        let cluster = match start_cluster(&dir.0, capacity, excache, &placement) {
             Ok(c) => Some(c),
             Err(skip) => {
                 for (c, pct) in lego_cfgs {
@@ -410,18 +420,29 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
         (*n > 0).then(|| *ns as f64 / *n as f64 / 1000.0)
     });
     println!(
-        "\nremote fault, lego at 25% (runtime's log2 histogram: p50 is its bucket's midpoint): p50 {} µs, mean {} µs",
+        "\nremote fault, lego at 25% (runtime's histogram, quarter octaves: p50 is its bucket's midpoint): p50 {} µs, mean {} µs",
         p50.map_or("?".into(), |v| v.to_string()),
         mean.map_or("?".into(), |v| format!("{v:.1}"))
     );
+    let ratio = |r: &super::rtt::Rtt| {
+        p50.map_or(String::new(), |p| {
+            format!(
+                "; remote fault p50 / round trip = {:.2}x",
+                p as f64 / r.p50_us
+            )
+        })
+    };
     println!(
-        "bare 4 KiB TCP round trip on loopback, same run: p50 {:.1} µs, p99 {:.1} µs{}",
+        "bare 4 KiB TCP round trip on loopback, same run: blocking p50 {:.1} µs, p99 {:.1} µs{}",
         rtt.p50_us,
         rtt.p99_us,
-        p50.map_or(String::new(), |p| format!(
-            "; remote fault p50 / round trip = {:.2}x",
-            p as f64 / rtt.p50_us
-        ))
+        ratio(&rtt)
+    );
+    println!(
+        "  same, both ends polling (as lego's runtime and memory monitor do): p50 {:.1} µs, p99 {:.1} µs{}",
+        rtt_polled.p50_us,
+        rtt_polled.p99_us,
+        ratio(&rtt_polled)
     );
 
     println!();
@@ -470,6 +491,17 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
             _ => verdict(what, None, None, |_, _| false),
         }
     );
+    match &floor {
+        Ok(f) => println!(
+            "  floor: the kernel alone takes {:.2} µs to install a page with UFFDIO_COPY, read it and drop it, \
+             against {:.3} µs to read it resident; a pass that fetches 75% of its pages cannot run faster than \
+             {:.1}x local through userfaultfd, whatever the network",
+            f.install_us,
+            f.local_us,
+            f.least_slowdown(0.75)
+        ),
+        Err(why) => println!("  floor: not measured: {why}"),
+    }
 
     // Every configuration must have computed the same thing.
     let reference = local.map(|p| p.checksum).unwrap_or_default();
@@ -567,27 +599,13 @@ fn lego_note(c: &BTreeMap<String, u64>) -> String {
     )
 }
 
-fn compile_workload(dir: &Path) -> Result<PathBuf> {
-    let src = dir.join("workload.c");
-    let bin = dir.join("workload");
-    std::fs::write(&src, WORKLOAD_C)?;
-    let out = Command::new("gcc")
-        .args(["-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .context("cannot run gcc (the bench compiles its workload with gcc -O2)")?;
-    if !out.status.success() {
-        bail!(
-            "gcc could not compile the workload: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(bin)
-}
-
 /// The embedded cluster for the lego rows, or why not.
-fn start_cluster(dir: &Path, capacity: u64, excache: u64) -> Result<LocalCluster, String> {
+fn start_cluster(
+    dir: &Path,
+    capacity: u64,
+    excache: u64,
+    placement: &Placement,
+) -> Result<LocalCluster, String> {
     let runtime = std::env::var_os("LEGO_RUNTIME")
         .map(PathBuf::from)
         .unwrap_or_else(lego_processor::default_runtime_path);
@@ -603,10 +621,12 @@ fn start_cluster(dir: &Path, capacity: u64, excache: u64) -> Result<LocalCluster
             memory_monitors: 2,
             capacity,
             heartbeat_ms: 1000,
+            memory_cpus: placement.memory_cpus(),
         },
         Some(&ProcessorSpec {
             excache,
             runtime: None,
+            cpus: placement.app_cpus(),
         }),
     )
     .map_err(|e| format!("cannot start the embedded cluster: {e:#}"))

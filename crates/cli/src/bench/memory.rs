@@ -15,6 +15,7 @@ use lego_wire::control::{
 use lego_wire::pages::{ReadPages, ReadPagesReply, WritePages};
 use lego_wire::{Op, PAGE_SIZE};
 
+use super::placement::{Placement, PlacementArg};
 use super::stats::{Samples, XorShift};
 use crate::cluster::ClusterArgs;
 use crate::up::{LocalCluster, Spec};
@@ -30,6 +31,9 @@ pub struct MemoryBenchArgs {
     /// Use the running cluster found by --dir/$LEGO_DIR instead of starting a temporary one
     #[arg(long)]
     pub existing: bool,
+    /// Where threads run [default: split when there are two CPUs or more]
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub placement: Option<PlacementArg>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -81,7 +85,9 @@ fn pipelined(
 }
 
 pub fn run(a: MemoryBenchArgs) -> Result<()> {
-    println!("lego bench memory\n{}", super::environment());
+    let placement = Placement::choose(a.placement)?;
+    placement.pin_bench()?;
+    println!("lego bench memory\n{}", super::environment(&placement));
     let (_cluster, target) = if a.existing {
         (None, a.cluster.resolve()?)
     } else {
@@ -91,6 +97,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             memory_monitors: 2,
             capacity: 1 << 30,
             heartbeat_ms: 1000,
+            memory_cpus: placement.memory_cpus(),
         })?;
         let t = c.target();
         (Some(TempCluster(c)), t)
@@ -140,14 +147,24 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
         )?;
     }
 
-    let bare = super::rtt::bare_tcp(a.ops)?;
-    let mut rows = vec![Row {
-        what: "bare 4 KiB TCP round trip",
-        in_flight: 1,
-        p50: bare.p50_us,
-        p99: bare.p99_us,
-        pages_per_s: bare.per_s,
-    }];
+    let bare = super::rtt::bare_tcp(a.ops, placement.memory_cpus(), false)?;
+    let polled = super::rtt::bare_tcp(a.ops, placement.memory_cpus(), true)?;
+    let mut rows = vec![
+        Row {
+            what: "bare 4 KiB TCP round trip",
+            in_flight: 1,
+            p50: bare.p50_us,
+            p99: bare.p99_us,
+            pages_per_s: bare.per_s,
+        },
+        Row {
+            what: "same, both ends polling",
+            in_flight: 1,
+            p50: polled.p50_us,
+            p99: polled.p99_us,
+            pages_per_s: polled.per_s,
+        },
+    ];
     let ops = a.ops;
     let npages = a.pages;
     for depth in [1usize, 16] {

@@ -6,8 +6,10 @@ use anyhow::Result;
 use clap::Subcommand;
 
 mod child;
+mod cprog;
 mod excache;
 mod memory;
+mod placement;
 mod report;
 mod rtt;
 pub mod stats;
@@ -28,16 +30,16 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-/// The facts every report starts with.
-pub fn environment() -> String {
+/// The facts every report starts with: the machine, the halt-poll setting
+/// and where the threads run.
+pub fn environment(placement: &placement::Placement) -> String {
     let halt = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
         .map(|s| format!("{} ns", s.trim()))
         .unwrap_or_else(|_| "not available (no haltpoll module)".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let allowed = cpus_allowed(std::process::id());
     format!(
-        "machine: {cpus} CPUs; guest_halt_poll_ns = {halt}\n\
-         thread placement: not pinned; bench process allowed on CPUs {allowed}, the scheduler places each thread"
+        "machine: {cpus} CPUs; guest_halt_poll_ns = {halt}\n{}",
+        placement.describe()
     )
 }
 
