@@ -36,7 +36,14 @@ pub fn environment(placement: &placement::Placement) -> String {
     let halt = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
         .map(|s| format!("{} ns", s.trim()))
         .unwrap_or_else(|_| "not available (no haltpoll module)".into());
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The machine's, not this process's: the bench may have pinned itself.
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| crate::cpus::parse_cpus(s.trim()).ok())
+        .map_or_else(
+            || std::thread::available_parallelism().map_or(0, |n| n.get()),
+            |c| c.len(),
+        );
     format!(
         "machine: {cpus} CPUs; guest_halt_poll_ns = {halt}\n{}",
         placement.describe()
