@@ -58,6 +58,10 @@ pub struct ManagerArgs {
     /// Size of a vRegion: the unit of memory placement
     #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
     pub vregion_size: u64,
+    /// Where vNodes' virtual IP addresses come from: vNode N gets the range's
+    /// base address plus N
+    #[arg(long, default_value = "10.77.0.0/16", value_name = "CIDR")]
+    pub vip_range: lego_manager::VipRange,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -77,6 +81,21 @@ pub struct MemoryArgs {
     /// next request before sleeping (0 turns it off)
     #[arg(long, default_value_t = 50, value_name = "US")]
     pub spin_us: u64,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StorageArgs {
+    /// Directory for the vNodes' files (created if missing)
+    #[arg(long, value_name = "PATH")]
+    pub dir: PathBuf,
+    /// The manager's address
+    #[arg(long, value_name = "ADDR")]
+    pub manager: String,
+    /// Address to serve files on (port 0: any free port)
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub listen: String,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -146,6 +165,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         heartbeat_ms: a.heartbeat_ms.max(1),
         dead_after_ms: a.dead_after_ms.unwrap_or(a.heartbeat_ms * 2),
         vregion_bytes: a.vregion_size,
+        vips: a.vip_range,
     })
     .context("the manager cannot start")?;
     ready(&a.daemon, &m.addr, m.http.as_deref())?;
@@ -167,6 +187,20 @@ pub fn memory(a: MemoryArgs) -> Result<()> {
     stay_up(&a.daemon)
 }
 
+pub fn storage(a: StorageArgs) -> Result<()> {
+    a.daemon.pin()?;
+    let secret = a.daemon.secret.secret()?;
+    let s = lego_storage::run(lego_storage::StorageConfig {
+        dir: a.dir.clone(),
+        listen: a.listen.clone(),
+        manager: a.manager.clone(),
+        secret,
+    })
+    .context("the storage monitor cannot start")?;
+    ready(&a.daemon, &s.addr, None)?;
+    stay_up(&a.daemon)
+}
+
 pub fn processor(a: ProcessorArgs) -> Result<()> {
     a.daemon.pin()?;
     let secret = a.daemon.secret.secret()?;
@@ -180,6 +214,7 @@ pub fn processor(a: ProcessorArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(lego_processor::default_runtime_path),
         state_dir: a.state_dir.clone(),
+        enter_exe: std::env::current_exe().context("cannot find the lego executable")?,
     })
     .map_err(|e| anyhow::anyhow!(lego_processor::chain(&e)))
     .context("the processor monitor cannot start")?;

@@ -1,6 +1,6 @@
 //! `lego`: one binary for every role and every user action.
 //!
-//! Roles (daemons): `manager`, `memory`, `processor`. User actions: `run` (a
+//! Roles (daemons): `manager`, `memory`, `processor`, `storage`. User actions: `run` (a
 //! program on the cluster, or on an embedded one), `up` (a local cluster on
 //! loopback), `status`, `vnode`, `bench`. Logs go to stderr; set
 //! `LEGO_LOG` (e.g. `debug`, `lego_transport=debug`) to change what is shown.
@@ -44,6 +44,8 @@ enum Cmd {
     Memory(daemons::MemoryArgs),
     /// Run a processor monitor: starts programs under the ExCache runtime, each with a quota of its ExCache
     Processor(daemons::ProcessorArgs),
+    /// Run a storage monitor: the files of vNodes on local disk, served by message
+    Storage(daemons::StorageArgs),
     /// Run a program with its memory disaggregated: placed on a processor monitor, pages on memory monitors
     Run(run::RunArgs),
     /// Create, list and delete vNodes (named virtual nodes)
@@ -69,6 +71,15 @@ fn init_logging(default: &str) {
 }
 
 fn main() {
+    // The first moments of a process of a vNode (see lego_processor::enter):
+    // not a user command, and no logging of its own.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == lego_processor::enter::SUBCOMMAND)
+    {
+        lego_processor::enter::main(&args[2..]);
+    }
     let cli = Cli::parse();
     // `lego run` stands in for the program: it says nothing of its own
     // unless asked (LEGO_LOG=info) or something goes wrong.
@@ -82,6 +93,7 @@ fn main() {
         Cmd::Manager(a) => daemons::manager(a),
         Cmd::Memory(a) => daemons::memory(a),
         Cmd::Processor(a) => daemons::processor(a),
+        Cmd::Storage(a) => daemons::storage(a),
         Cmd::Vnode(a) => vnode::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Status(a) => status::run(a),

@@ -241,6 +241,7 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         capacity: embedded_capacity(),
         heartbeat_ms: 1000,
         memory_cpus: None,
+        storage: true,
     };
     let processor = ProcessorSpec {
         excache: EMBEDDED_EXCACHE,
@@ -289,7 +290,13 @@ fn ensure_vnode(mgr: &Client, name: &str) -> Result<(), Failure> {
     if list.iter().any(|v| v.name == name) {
         return Ok(());
     }
-    match mgr.call_json::<_, VnodeInfo>(Op::VnodeCreate, &VnodeReq { name: name.into() }) {
+    match mgr.call_json::<_, VnodeInfo>(
+        Op::VnodeCreate,
+        &VnodeReq {
+            name: name.into(),
+            ..VnodeReq::default()
+        },
+    ) {
         Ok(v) => {
             tracing::debug!(id = v.id, "created vnode {name}");
             Ok(())

@@ -1,4 +1,5 @@
-//! `lego up`: a local cluster on loopback, and the launcher behind it that
+//! `lego up`: a local cluster on loopback (a manager, memory monitors, a
+//! storage monitor and a processor monitor), and the launcher behind it that
 //! `lego bench` and `lego run` (its embedded cluster) reuse.
 //!
 //! Each daemon is this same binary started as a child process in its own
@@ -67,6 +68,8 @@ pub struct Spec {
     pub heartbeat_ms: u64,
     /// CPUs of the memory monitors [default: not pinned].
     pub memory_cpus: Option<CpuList>,
+    /// Start a storage monitor too (its files in `DIR/storage`).
+    pub storage: bool,
 }
 
 /// The processor monitor to start with the cluster.
@@ -92,6 +95,8 @@ pub struct LocalCluster {
     pub secret: Secret,
     /// The processor monitor's address, when the cluster has one.
     pub processor: Option<String>,
+    /// The storage monitor's address, when the cluster has one.
+    pub storage: Option<String>,
     daemons: Vec<Daemon>,
 }
 
@@ -134,6 +139,7 @@ impl LocalCluster {
             },
             secret,
             processor: None,
+            storage: None,
             daemons: Vec::new(),
         };
         let hb = spec.heartbeat_ms.to_string();
@@ -166,6 +172,16 @@ impl LocalCluster {
                 .file
                 .memory_monitors
                 .push(ready["addr"].as_str().unwrap_or_default().to_string());
+        }
+        if spec.storage {
+            let manager = cluster.file.manager.clone();
+            let sdir = dir.join("storage");
+            let ready = cluster.spawn(
+                "storage",
+                &["storage", "--manager", &manager],
+                &[("--dir", sdir.as_os_str())],
+            )?;
+            cluster.storage = ready["addr"].as_str().map(str::to_string);
         }
         if let Some(p) = processor {
             let (manager, excache) = (cluster.file.manager.clone(), p.excache.to_string());
@@ -270,17 +286,26 @@ impl LocalCluster {
                         && self.file.memory_monitors.contains(&c.addr)
                 })
                 .count();
-            let processor_alive = self.processor.as_ref().is_none_or(|p| {
-                st.components
-                    .iter()
-                    .any(|c| c.role == "processor" && c.health == "alive" && &c.addr == p)
-            });
-            if alive >= memory_monitors && processor_alive {
+            let up = |role: &str, addr: &Option<String>| {
+                addr.as_ref().is_none_or(|a| {
+                    st.components
+                        .iter()
+                        .any(|c| c.role == role && c.health == "alive" && &c.addr == a)
+                })
+            };
+            let (processor_alive, storage_alive) = (
+                up("processor", &self.processor),
+                up("storage", &self.storage),
+            );
+            if alive >= memory_monitors && processor_alive && storage_alive {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 if !processor_alive {
                     bail!("the processor monitor did not register within 15 s");
+                }
+                if !storage_alive {
+                    bail!("the storage monitor did not register within 15 s");
                 }
                 bail!("only {alive} of {memory_monitors} memory monitors registered within 15 s");
             }
@@ -378,6 +403,7 @@ pub fn run(a: UpArgs) -> Result<()> {
             capacity: a.capacity,
             heartbeat_ms: a.heartbeat_ms,
             memory_cpus: a.memory_cpus.clone(),
+            storage: true,
         },
         Some(&ProcessorSpec {
             excache: a.excache,
@@ -400,6 +426,12 @@ pub fn run(a: UpArgs) -> Result<()> {
     }
     if let Some(p) = &cluster.processor {
         println!("  processor        {p} ({} ExCache)", human(a.excache));
+    }
+    if let Some(s) = &cluster.storage {
+        println!(
+            "  storage          {s} (files in {})",
+            dir.join("storage").display()
+        );
     }
     println!("  secret           {}", dir.join("secret").display());
     println!("  logs             {}", dir.join("logs").display());

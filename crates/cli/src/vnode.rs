@@ -1,4 +1,4 @@
-//! `lego vnode create|list|delete`: the manager's vNode table.
+//! `lego vnode create|list|show|delete`: the manager's vNode table.
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -6,6 +6,7 @@ use lego_wire::control::{VnodeInfo, VnodeReq};
 use lego_wire::Op;
 
 use crate::cluster::ClusterArgs;
+use crate::size::{human, parse_size};
 
 #[derive(Args, Debug)]
 pub struct VnodeArgs {
@@ -17,31 +18,134 @@ pub struct VnodeArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum VnodeCmd {
-    /// Create a vNode (name: 1-64 of A-Z a-z 0-9 . _ -)
-    Create { name: String },
+    /// Create a vNode (name: 1-64 of A-Z a-z 0-9 . _ -), with its own vID, vIP, mount points and memory quota
+    Create {
+        name: String,
+        /// Where its processes see its files (repeat for more; default /data)
+        #[arg(long = "mount", value_name = "PATH")]
+        mounts: Vec<String>,
+        /// Most anonymous memory its processes may hold together (e.g. 4GiB);
+        /// past it, allocation fails in the program as out of memory [default: no limit]
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        memory_quota: Option<u64>,
+    },
     /// List vNodes
     List,
-    /// Delete a vNode and free all of its memory
-    Delete { name: String },
+    /// Show a vNode: vID, vIP, mounts, quota, storage monitor, running jobs
+    Show { name: String },
+    /// Delete a vNode with all of its memory and files (refused while its processes run)
+    Delete {
+        name: String,
+        /// Stop its running processes first
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn quota(v: &VnodeInfo) -> String {
+    match v.memory_quota {
+        Some(q) => format!("{} of {}", human(v.memory_leased), human(q)),
+        None => format!("{} (no quota)", human(v.memory_leased)),
+    }
+}
+
+fn storage(v: &VnodeInfo) -> String {
+    v.storage.as_ref().map_or("not placed yet".into(), |s| {
+        format!("{} ({})", s.id, s.addr)
+    })
 }
 
 pub fn run(a: VnodeArgs) -> Result<()> {
     let client = a.cluster.resolve()?.connect()?;
     match a.action {
-        VnodeCmd::Create { name } => {
-            let v: VnodeInfo = client.call_json(Op::VnodeCreate, &VnodeReq { name })?;
-            println!("created vnode {} (vID {})", v.name, v.id);
+        VnodeCmd::Create {
+            name,
+            mounts,
+            memory_quota,
+        } => {
+            let req = VnodeReq {
+                name,
+                mounts,
+                memory_quota,
+                force: false,
+            };
+            let v: VnodeInfo = client.call_json(Op::VnodeCreate, &req)?;
+            println!(
+                "created vnode {} (vID {}, vIP {}, mounts {}, memory {}, storage {})",
+                v.name,
+                v.id,
+                if v.vip.is_empty() { "none" } else { &v.vip },
+                v.mounts.join(","),
+                quota(&v),
+                storage(&v)
+            );
         }
         VnodeCmd::List => {
             let list: Vec<VnodeInfo> = client.call_json(Op::VnodeList, &())?;
-            println!("{:>4}  NAME", "VID");
+            println!(
+                "{:>4}  {:<16} {:<15} {:<20} {:>5}  MEMORY",
+                "VID", "NAME", "VIP", "MOUNTS", "JOBS"
+            );
             for v in list {
-                println!("{:>4}  {}", v.id, v.name);
+                println!(
+                    "{:>4}  {:<16} {:<15} {:<20} {:>5}  {}",
+                    v.id,
+                    v.name,
+                    v.vip,
+                    v.mounts.join(","),
+                    v.jobs.len(),
+                    quota(&v)
+                );
             }
         }
-        VnodeCmd::Delete { name } => {
-            let v: VnodeInfo = client.call_json(Op::VnodeDelete, &VnodeReq { name })?;
-            println!("deleted vnode {} (vID {})", v.name, v.id);
+        VnodeCmd::Show { name } => {
+            let v: VnodeInfo = client.call_json(
+                Op::VnodeShow,
+                &VnodeReq {
+                    name,
+                    ..VnodeReq::default()
+                },
+            )?;
+            println!("vnode      {}", v.name);
+            println!("vID        {}", v.id);
+            println!(
+                "vIP        {}",
+                if v.vip.is_empty() { "none" } else { &v.vip }
+            );
+            println!("mounts     {}", v.mounts.join(", "));
+            println!("memory     {}", quota(&v));
+            println!("storage    {}", storage(&v));
+            println!("spaces     {}", v.spaces);
+            println!(
+                "jobs       {}",
+                if v.jobs.is_empty() {
+                    "none running".to_string()
+                } else {
+                    v.jobs
+                        .iter()
+                        .map(|j| format!("{j:x}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+        }
+        VnodeCmd::Delete { name, force } => {
+            let req = VnodeReq {
+                name,
+                force,
+                ..VnodeReq::default()
+            };
+            let v: VnodeInfo = client.call_json(Op::VnodeDelete, &req)?;
+            if v.jobs.is_empty() {
+                println!("deleted vnode {} (vID {})", v.name, v.id);
+            } else {
+                println!(
+                    "stopped {} job(s) and deleted vnode {} (vID {})",
+                    v.jobs.len(),
+                    v.name,
+                    v.id
+                );
+            }
         }
     }
     Ok(())

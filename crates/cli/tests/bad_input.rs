@@ -244,7 +244,13 @@ fn daemons_survive_bad_peers() {
         .unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::NotEntitled), "{err}");
     let err = mgr_as_a
-        .call_json::<_, VnodeInfo>(Op::VnodeDelete, &VnodeReq { name: "b".into() })
+        .call_json::<_, VnodeInfo>(
+            Op::VnodeDelete,
+            &VnodeReq {
+                name: "b".into(),
+                ..VnodeReq::default()
+            },
+        )
         .unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::NotEntitled), "{err}");
     // A malformed body in a well-framed request is refused, and the connection goes on.

@@ -45,7 +45,12 @@ fn up_status_vnode_and_clean_stop() {
 
     // Found through LEGO_DIR here; through --dir below.
     let out = stdout(&lego(dir.path(), &["status"]));
-    assert!(out.contains("components: 3 (3 alive)"), "{out}");
+    assert!(out.contains("components: 4 (4 alive)"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" storage ") && l.contains("alive")),
+        "{out}"
+    );
     let memory_lines: Vec<&str> = out.lines().filter(|l| l.contains(" memory ")).collect();
     assert_eq!(memory_lines.len(), 2, "{out}");
     for l in &memory_lines {
@@ -58,7 +63,7 @@ fn up_status_vnode_and_clean_stop() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(stdout(&o).contains("created vnode web (vID 1)"));
+    assert!(stdout(&o).contains("created vnode web (vID 1, vIP 10.77.0.1, mounts /data"));
     let o = lego(dir.path(), &["vnode", "create", "web"]);
     assert!(!o.status.success());
     assert!(
@@ -88,7 +93,7 @@ fn up_status_vnode_and_clean_stop() {
             .lines()
             .filter(|l| l.starts_with("lego_component_up{") && l.ends_with(" 1"))
             .count(),
-        3
+        4
     );
     assert!(metrics.contains("lego_memory_pages_held{"), "{metrics}");
     assert!(http_get(&http, "/state").contains("\"components\""));
@@ -107,7 +112,7 @@ fn up_status_vnode_and_clean_stop() {
             v["pid"].as_u64().unwrap() as u32
         })
         .collect();
-    assert_eq!(daemon_pids.len(), 4);
+    assert_eq!(daemon_pids.len(), 5);
     Command::new("kill")
         .arg("-TERM")
         .arg(up.id().to_string())

@@ -142,6 +142,7 @@ fn manager_restart_keeps_vnodes_and_assignments() {
         Op::VnodeCreate,
         &VnodeReq {
             name: "gamma".into(),
+            ..VnodeReq::default()
         },
     )
     .unwrap();
@@ -149,6 +150,7 @@ fn manager_restart_keeps_vnodes_and_assignments() {
         Op::VnodeDelete,
         &VnodeReq {
             name: "gamma".into(),
+            ..VnodeReq::default()
         },
     )
     .unwrap();
@@ -177,6 +179,7 @@ fn manager_restart_keeps_vnodes_and_assignments() {
             Op::VnodeCreate,
             &VnodeReq {
                 name: "delta".into(),
+                ..VnodeReq::default()
             },
         )
         .unwrap();

@@ -478,7 +478,7 @@ fn up_starts_a_processor_monitor_and_status_shows_its_jobs() {
         cluster_json.exists().then_some(())
     });
     let status = lego(&["status"]);
-    assert!(status.contains("components: 3 (3 alive)"), "{status}");
+    assert!(status.contains("components: 4 (4 alive)"), "{status}");
     let processor = status
         .lines()
         .find(|l| l.contains(" processor "))

@@ -26,6 +26,8 @@ pub struct ManagerConfig {
     pub heartbeat_ms: u64,
     pub dead_after_ms: u64,
     pub vregion_bytes: u64,
+    /// Where vNodes' virtual IP addresses come from.
+    pub vips: crate::vnodes::VipRange,
 }
 
 /// A running manager.
@@ -53,6 +55,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
     let mut placement =
         Placement::restore(pcfg, 0, loaded.components, loaded.vnodes, loaded.vregions);
     placement.raise_next_ids(loaded.next_component_id, loaded.next_vnode_id);
+    placement.restore_leases(loaded.leases.iter().copied());
     let svc = Arc::new(ManagerService::new(
         placement,
         db,
@@ -60,6 +63,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
             heartbeat_ms: cfg.heartbeat_ms,
             dead_after_ms: cfg.dead_after_ms,
             vregion_bytes: cfg.vregion_bytes,
+            vips: cfg.vips,
         },
         cfg.secret.clone(),
         owners,

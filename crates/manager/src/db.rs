@@ -7,6 +7,7 @@
 //! vnodes      u32 id          -> JSON Vnode
 //! vregions    (asid, index)   -> (primary id, backup id)
 //! owners      asid            -> owner (job) id
+//! leases      asid            -> bytes of memory leased (quota accounting)
 //! meta        "next_component_id" / "next_vnode_id" -> u64
 //! ```
 
@@ -22,6 +23,7 @@ const VNODES: TableDefinition<u32, &str> = TableDefinition::new("vnodes");
 const VREGIONS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("vregions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const OWNERS: TableDefinition<u64, u64> = TableDefinition::new("owners");
+const LEASES: TableDefinition<u64, u64> = TableDefinition::new("leases");
 
 /// Everything loaded at start.
 #[derive(Debug, Default)]
@@ -30,6 +32,7 @@ pub struct Loaded {
     pub vnodes: Vec<Vnode>,
     pub vregions: Vec<(VRegionKey, VRegionAssignment)>,
     pub owners: Vec<(u64, u64)>,
+    pub leases: Vec<(u64, u64)>,
     pub next_component_id: u64,
     pub next_vnode_id: u32,
 }
@@ -44,6 +47,8 @@ pub enum Change<'a> {
     DeleteVRegion(VRegionKey),
     Owner { asid: u64, owner: u64 },
     DeleteOwner(u64),
+    Lease { asid: u64, bytes: u64 },
+    DeleteLease(u64),
     NextIds { component: u64, vnode: u32 },
 }
 
@@ -62,6 +67,7 @@ impl Db {
         tx.open_table(VREGIONS).map_err(ManagerError::db)?;
         tx.open_table(META).map_err(ManagerError::db)?;
         tx.open_table(OWNERS).map_err(ManagerError::db)?;
+        tx.open_table(LEASES).map_err(ManagerError::db)?;
         tx.commit().map_err(ManagerError::db)?;
         Ok(Db { db })
     }
@@ -95,6 +101,11 @@ impl Db {
             let (k, v) = row.map_err(ManagerError::db)?;
             out.owners.push((k.value(), v.value()));
         }
+        let t = tx.open_table(LEASES).map_err(ManagerError::db)?;
+        for row in t.iter().map_err(ManagerError::db)? {
+            let (k, v) = row.map_err(ManagerError::db)?;
+            out.leases.push((k.value(), v.value()));
+        }
         let t = tx.open_table(META).map_err(ManagerError::db)?;
         let get = |k: &str| -> Result<u64, ManagerError> {
             Ok(t.get(k).map_err(ManagerError::db)?.map_or(1, |v| v.value()))
@@ -116,6 +127,7 @@ impl Db {
             let mut vregions = tx.open_table(VREGIONS).map_err(ManagerError::db)?;
             let mut meta = tx.open_table(META).map_err(ManagerError::db)?;
             let mut owners = tx.open_table(OWNERS).map_err(ManagerError::db)?;
+            let mut leases = tx.open_table(LEASES).map_err(ManagerError::db)?;
             for c in changes {
                 match c {
                     Change::Component(c) => {
@@ -148,6 +160,12 @@ impl Db {
                     }
                     Change::DeleteOwner(asid) => {
                         owners.remove(asid).map_err(ManagerError::db)?;
+                    }
+                    Change::Lease { asid, bytes } => {
+                        leases.insert(asid, bytes).map_err(ManagerError::db)?;
+                    }
+                    Change::DeleteLease(asid) => {
+                        leases.remove(asid).map_err(ManagerError::db)?;
                     }
                     Change::NextIds { component, vnode } => {
                         meta.insert("next_component_id", *component)

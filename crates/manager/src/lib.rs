@@ -5,6 +5,8 @@
 //! - [`service`]: the request handler around the pure placement state machine
 //!   (`lego-placement`): registration, heartbeats, vRegion assignment, address
 //!   spaces, vNodes, the cluster state.
+//! - [`vnodes`]: vNode requests (mount points, quotas, storage placement,
+//!   forced deletion) and memory leases.
 //! - [`http`]: the HTTP endpoint: `/state` (JSON) and `/metrics` (Prometheus).
 //! - [`daemon`]: `lego manager`: wires them together with the failure detector.
 #![forbid(unsafe_code)]
@@ -13,8 +15,10 @@ pub mod daemon;
 pub mod db;
 pub mod http;
 pub mod service;
+pub mod vnodes;
 
 pub use daemon::{run, ManagerConfig, RunningManager};
+pub use vnodes::VipRange;
 
 /// Errors of the manager.
 #[derive(Debug, thiserror::Error)]

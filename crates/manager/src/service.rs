@@ -36,36 +36,41 @@ pub struct ServiceConfig {
     pub heartbeat_ms: u64,
     pub dead_after_ms: u64,
     pub vregion_bytes: u64,
+    /// Where vNodes' virtual IP addresses come from.
+    pub vips: crate::vnodes::VipRange,
 }
 
 /// The manager's state and request handler.
 pub struct ManagerService {
-    state: Mutex<Placement>,
+    pub(crate) state: Mutex<Placement>,
     db: Db,
     started: Instant,
-    cfg: ServiceConfig,
+    pub(crate) cfg: ServiceConfig,
     secret: Secret,
     /// Where the RPC and HTTP endpoints listen, once bound.
     pub addrs: OnceLock<(String, Option<String>)>,
     reports: Mutex<HashMap<u64, BTreeMap<String, u64>>>,
     pool: Mutex<HashMap<String, Client>>,
     /// Which job (owner) each address space belongs to, when it has one.
-    owners: Mutex<BTreeMap<u64, u64>>,
+    pub(crate) owners: Mutex<BTreeMap<u64, u64>>,
     /// The jobs each processor monitor said it runs, in its last heartbeat.
-    jobs: Mutex<HashMap<u64, Vec<u64>>>,
+    pub(crate) jobs: Mutex<HashMap<u64, Vec<u64>>>,
     pub counters: ManagerCounters,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn reject(e: PlacementError) -> Reject {
+pub(crate) fn reject(e: PlacementError) -> Reject {
     use PlacementError as P;
     let code = match &e {
-        P::NotEnoughMemoryMonitors { .. } | P::NoSpareMemoryMonitor(_) | P::NoProcessor { .. } => {
-            ErrorCode::Unavailable
-        }
+        P::NotEnoughMemoryMonitors { .. }
+        | P::NoSpareMemoryMonitor(_)
+        | P::NoProcessor { .. }
+        | P::NoStorage(_)
+        | P::StorageDown { .. } => ErrorCode::Unavailable,
+        P::QuotaExceeded { .. } => ErrorCode::OutOfMemory,
         P::UnknownComponent(_) | P::UnknownVnode(_) | P::UnknownVnodeId(_) => ErrorCode::NotFound,
         P::VnodeExists(_) | P::StaleInstance { .. } | P::ComponentDead(_) => ErrorCode::Conflict,
         _ => ErrorCode::BadRequest,
@@ -146,7 +151,7 @@ impl ManagerService {
         }
     }
 
-    fn persist(&self, changes: &[Change<'_>]) -> Result<(), Reject> {
+    pub(crate) fn persist(&self, changes: &[Change<'_>]) -> Result<(), Reject> {
         self.db.apply(changes).map_err(internal)
     }
 
@@ -178,13 +183,7 @@ impl ManagerService {
                     counters: reports.get(&c.id).cloned().unwrap_or_default(),
                 })
                 .collect(),
-            vnodes: st
-                .vnodes()
-                .map(|v| VnodeInfo {
-                    id: v.id,
-                    name: v.name.clone(),
-                })
-                .collect(),
+            vnodes: st.vnodes().map(|v| self.vnode_info(&st, v)).collect(),
             vregions: st
                 .vregions()
                 .map(|(k, a)| VRegionInfo {
@@ -197,7 +196,7 @@ impl ManagerService {
         }
     }
 
-    fn require_component(peer: &PeerInfo, op: Op) -> Result<(), Reject> {
+    pub(crate) fn require_component(peer: &PeerInfo, op: Op) -> Result<(), Reject> {
         match peer.claim {
             Claim::Component => Ok(()),
             Claim::Vnode(v) => Err(Reject::new(
@@ -207,7 +206,7 @@ impl ManagerService {
         }
     }
 
-    fn require_vnode(peer: &PeerInfo, vnode: u32) -> Result<(), Reject> {
+    pub(crate) fn require_vnode(peer: &PeerInfo, vnode: u32) -> Result<(), Reject> {
         match peer.claim {
             Claim::Vnode(v) if v != vnode => Err(Reject::new(
                 ErrorCode::NotEntitled,
@@ -217,7 +216,7 @@ impl ManagerService {
         }
     }
 
-    fn endpoint(st: &Placement, id: u64) -> Endpoint {
+    pub(crate) fn endpoint(st: &Placement, id: u64) -> Endpoint {
         Endpoint {
             id,
             addr: st.component(id).map(|c| c.addr.clone()).unwrap_or_default(),
@@ -226,7 +225,10 @@ impl ManagerService {
 
     /// Tells the memory monitors holding `removed` vRegions to free their
     /// address spaces. Returns (pages freed, monitors that could not be told).
-    fn free_on_monitors(&self, removed: &[(VRegionKey, VRegionAssignment)]) -> (u64, Vec<String>) {
+    pub(crate) fn free_on_monitors(
+        &self,
+        removed: &[(VRegionKey, VRegionAssignment)],
+    ) -> (u64, Vec<String>) {
         let mut by_monitor: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         for (k, a) in removed {
             for id in [a.primary, a.backup] {
@@ -274,7 +276,7 @@ impl ManagerService {
         (freed, unreachable)
     }
 
-    fn client(&self, addr: &str) -> Result<Client, lego_transport::TransportError> {
+    pub(crate) fn client(&self, addr: &str) -> Result<Client, lego_transport::TransportError> {
         if let Some(c) = lock(&self.pool).get(addr).filter(|c| !c.is_broken()) {
             return Ok(c.clone());
         }
@@ -416,60 +418,12 @@ impl ManagerService {
                 let id = st.place_process(req.excache).map_err(reject)?;
                 Ok(to_body(&Self::endpoint(&st, id)))
             }
-            Op::VnodeCreate => {
-                Self::require_component(peer, op)?;
-                let req: VnodeReq = from_body(body)?;
-                let mut st = lock(&self.state);
-                let v = st.create_vnode(&req.name).map_err(reject)?;
-                let next = (st.next_component_id(), st.next_vnode_id());
-                self.persist(&[
-                    Change::Vnode(&v),
-                    Change::NextIds {
-                        component: next.0,
-                        vnode: next.1,
-                    },
-                ])?;
-                info!(id = v.id, name = %v.name, "vnode created");
-                Ok(to_body(&VnodeInfo {
-                    id: v.id,
-                    name: v.name,
-                }))
-            }
-            Op::VnodeList => {
-                let st = lock(&self.state);
-                let list: Vec<VnodeInfo> = st
-                    .vnodes()
-                    .filter(|v| {
-                        matches!(peer.claim, Claim::Component) || peer.claim == Claim::Vnode(v.id)
-                    })
-                    .map(|v| VnodeInfo {
-                        id: v.id,
-                        name: v.name.clone(),
-                    })
-                    .collect();
-                Ok(to_body(&list))
-            }
-            Op::VnodeDelete => {
-                Self::require_component(peer, op)?;
-                let req: VnodeReq = from_body(body)?;
-                let (v, removed) = {
-                    let mut st = lock(&self.state);
-                    let (v, removed) = st.delete_vnode(&req.name).map_err(reject)?;
-                    let mut changes: Vec<Change> = removed
-                        .iter()
-                        .map(|(k, _)| Change::DeleteVRegion(*k))
-                        .collect();
-                    changes.push(Change::DeleteVnode(v.id));
-                    self.persist(&changes)?;
-                    (v, removed)
-                };
-                let (freed, _) = self.free_on_monitors(&removed);
-                info!(id = v.id, name = %v.name, vregions = removed.len(), freed, "vnode deleted");
-                Ok(to_body(&VnodeInfo {
-                    id: v.id,
-                    name: v.name,
-                }))
-            }
+            Op::VnodeCreate
+            | Op::VnodeList
+            | Op::VnodeShow
+            | Op::VnodeMount
+            | Op::VnodeDelete
+            | Op::LeaseMemory => self.vnode_op(peer, op, body),
             Op::ClusterState => {
                 Self::require_component(peer, op)?;
                 Ok(to_body(&self.cluster_state()))
@@ -494,6 +448,7 @@ impl ManagerService {
                 .map(|(k, _)| Change::DeleteVRegion(*k))
                 .collect();
             changes.extend(spaces.iter().map(|&a| Change::DeleteOwner(a)));
+            changes.extend(spaces.iter().map(|&a| Change::DeleteLease(a)));
             self.persist(&changes)?;
             let mut owners = lock(&self.owners);
             for a in spaces {

@@ -48,4 +48,23 @@ pub enum PlacementError {
     VnodeIdsExhausted,
     #[error("address space ids of vnode {0} exhausted")]
     SpacesExhausted(VnodeId),
+    #[error("invalid mount point {mount:?}: {reason}")]
+    InvalidMount { mount: String, reason: &'static str },
+    #[error("a memory quota must be more than 0 bytes")]
+    InvalidQuota,
+    #[error("no alive storage monitor to hold the files of vnode {0:?}")]
+    NoStorage(String),
+    #[error("storage monitor {storage} that holds the files of vnode {vnode:?} is {health}")]
+    StorageDown {
+        vnode: String,
+        storage: ComponentId,
+        health: String,
+    },
+    #[error("vnode {vnode:?} is at its memory quota: {leased} of {quota} bytes leased, {asked} more asked")]
+    QuotaExceeded {
+        vnode: String,
+        quota: u64,
+        leased: u64,
+        asked: u64,
+    },
 }

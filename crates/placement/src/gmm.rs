@@ -59,6 +59,7 @@ impl Placement {
     /// Removes every vRegion of the address space and returns them, so the
     /// manager can tell their memory monitors to free them.
     pub fn release_space(&mut self, asid: Asid) -> Vec<(VRegionKey, VRegionAssignment)> {
+        self.leases.remove(&asid);
         self.remove_vregions(asid, asid)
     }
 

@@ -7,12 +7,14 @@
 //! restoration after a manager restart. The operations live in:
 //! - `membership`: registration, heartbeats, failure detection;
 //! - `gmm`: vRegion placement on memory monitors;
-//! - `vnodes`: vNodes and their address spaces.
+//! - `vnodes`: vNodes and their address spaces;
+//! - `gsm`: storage placement of vNodes, and memory leases within quotas.
 #![forbid(unsafe_code)]
 
 mod error;
 mod gmm;
 mod gpm;
+mod gsm;
 mod membership;
 mod types;
 mod vnodes;
@@ -25,9 +27,9 @@ use std::collections::BTreeMap;
 pub use error::PlacementError;
 pub use types::{
     asid_seq, asid_vnode, make_asid, Asid, Component, ComponentId, Event, Health, PlacementConfig,
-    Role, VRegionAssignment, VRegionKey, Vnode, VnodeId,
+    Role, VRegionAssignment, VRegionKey, Vnode, VnodeId, DEFAULT_MOUNT,
 };
-pub use vnodes::{validate_vnode_name, MAX_VNODE_NAME};
+pub use vnodes::{validate_mounts, validate_vnode_name, MAX_MOUNTS, MAX_VNODE_NAME};
 
 /// The whole placement state. All collections are ordered, so every
 /// iteration, and so every decision, is deterministic.
@@ -38,6 +40,8 @@ pub struct Placement {
     vnodes: BTreeMap<VnodeId, Vnode>,
     vnode_ids: BTreeMap<String, VnodeId>,
     vregions: BTreeMap<VRegionKey, VRegionAssignment>,
+    /// Bytes of memory leased to each address space (see `gsm`).
+    leases: BTreeMap<Asid, u64>,
     next_component: ComponentId,
     next_vnode: VnodeId,
     events: Vec<Event>,
@@ -52,6 +56,7 @@ impl Placement {
             vnodes: BTreeMap::new(),
             vnode_ids: BTreeMap::new(),
             vregions: BTreeMap::new(),
+            leases: BTreeMap::new(),
             next_component: 1,
             next_vnode: 1,
             events: Vec::new(),

@@ -119,6 +119,22 @@ pub struct Vnode {
     pub name: String,
     /// The next sequence number for [`make_asid`].
     pub next_space: u32,
+    /// Where its processes see its files (absolute paths).
+    #[serde(default = "default_mounts")]
+    pub mounts: Vec<String>,
+    /// Most bytes of anonymous memory its processes may hold together.
+    #[serde(default)]
+    pub memory_quota: Option<u64>,
+    /// The storage monitor that holds its files, once placed (GSM).
+    #[serde(default)]
+    pub storage: Option<ComponentId>,
+}
+
+/// Where a vNode's files appear when no mount point is given.
+pub const DEFAULT_MOUNT: &str = "/data";
+
+fn default_mounts() -> Vec<String> {
+    vec![DEFAULT_MOUNT.to_string()]
 }
 
 /// One vRegion of one address space.

@@ -1,5 +1,6 @@
-//! vNodes: named virtual nodes, their address-space ids, and their removal
-//! (which takes their vRegions with them).
+//! vNodes: named virtual nodes, their mount points and quota, their
+//! address-space ids, and their removal (which takes their vRegions and
+//! memory leases with them).
 
 use crate::{
     make_asid, Asid, Placement, PlacementError, VRegionAssignment, VRegionKey, Vnode, VnodeId,
@@ -31,10 +32,78 @@ pub fn validate_vnode_name(name: &str) -> Result<(), PlacementError> {
     })
 }
 
+/// Most mount points a vNode may have.
+pub const MAX_MOUNTS: usize = 8;
+
+/// Checks mount points: absolute, normalised (no `.`, `..`, empty names or
+/// trailing `/`), at most 256 bytes, distinct, neither nested in one another
+/// nor `/` or under `/proc`, `/sys` or `/dev` (the processes need those).
+pub fn validate_mounts(mounts: &[String]) -> Result<(), PlacementError> {
+    let bad = |m: &str, reason: &'static str| {
+        Err(PlacementError::InvalidMount {
+            mount: m.to_string(),
+            reason,
+        })
+    };
+    if mounts.len() > MAX_MOUNTS {
+        return bad(&mounts.join(","), "at most 8 mount points");
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        let Some(rest) = m.strip_prefix('/') else {
+            return bad(m, "must be an absolute path");
+        };
+        if rest.is_empty() {
+            return bad(m, "must not be /");
+        }
+        if m.len() > 256 {
+            return bad(m, "longer than 256 bytes");
+        }
+        if rest
+            .split('/')
+            .any(|n| n.is_empty() || n == "." || n == ".." || n.contains('\0'))
+        {
+            return bad(m, "must be normalised (no '.', '..', '//' or trailing '/')");
+        }
+        if ["proc", "sys", "dev"].contains(&rest.split('/').next().unwrap_or("")) {
+            return bad(m, "must not be under /proc, /sys or /dev");
+        }
+        for other in &mounts[..i] {
+            if other == m
+                || m.starts_with(&format!("{other}/"))
+                || other.starts_with(&format!("{m}/"))
+            {
+                return bad(m, "mount points must be distinct and not nested");
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Placement {
-    /// Creates a vNode with a fresh id and no address spaces yet.
+    /// Creates a vNode with a fresh id, the default mount point, no quota
+    /// and no address spaces yet.
     pub fn create_vnode(&mut self, name: &str) -> Result<Vnode, PlacementError> {
+        self.create_vnode_with(name, Vec::new(), None)
+    }
+
+    /// Creates a vNode with its mount points (none: the default) and memory
+    /// quota.
+    pub fn create_vnode_with(
+        &mut self,
+        name: &str,
+        mounts: Vec<String>,
+        memory_quota: Option<u64>,
+    ) -> Result<Vnode, PlacementError> {
         validate_vnode_name(name)?;
+        let mounts = if mounts.is_empty() {
+            vec![crate::types::DEFAULT_MOUNT.to_string()]
+        } else {
+            mounts
+        };
+        validate_mounts(&mounts)?;
+        if memory_quota == Some(0) {
+            return Err(PlacementError::InvalidQuota);
+        }
         if self.vnode_ids.contains_key(name) {
             return Err(PlacementError::VnodeExists(name.to_string()));
         }
@@ -44,6 +113,9 @@ impl Placement {
             id,
             name: name.to_string(),
             next_space: 1,
+            mounts,
+            memory_quota,
+            storage: None,
         };
         self.vnode_ids.insert(vnode.name.clone(), id);
         self.vnodes.insert(id, vnode.clone());
@@ -76,6 +148,14 @@ impl Placement {
         let vnode = self.vnodes.remove(&id).ok_or_else(unknown)?;
         self.vnode_ids.remove(name);
         let removed = self.remove_vregions(make_asid(id, 0), make_asid(id, u32::MAX));
+        let spaces: Vec<Asid> = self
+            .leases
+            .range(make_asid(id, 0)..=make_asid(id, u32::MAX))
+            .map(|(&a, _)| a)
+            .collect();
+        for a in spaces {
+            self.leases.remove(&a);
+        }
         Ok((vnode, removed))
     }
 

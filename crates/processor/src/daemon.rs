@@ -35,6 +35,9 @@ pub struct ProcessorConfig {
     /// Where job runtimes write counters [default: a fresh directory under
     /// the system's temporary directory]. Removed at shutdown.
     pub state_dir: Option<PathBuf>,
+    /// The `lego` executable whose helper subcommand gives a job its vNode's
+    /// mounts ([`crate::enter`]).
+    pub enter_exe: PathBuf,
 }
 
 /// A running processor monitor.
@@ -91,6 +94,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         manager: cfg.manager.clone(),
         secret: cfg.secret.clone(),
         state_dir: state_dir.clone(),
+        enter_exe: cfg.enter_exe.clone(),
     }));
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(

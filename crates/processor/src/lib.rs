@@ -10,18 +10,24 @@
 //!   environment the runtime needs, its own process group, piped stdio.
 //! - [`job`]: one running program: its bounded output buffer (long-polled by
 //!   `lego run`), its stdin, signals to its process group, its end.
-//! - [`manager`]: what the monitor asks of the manager (vNode ids, freeing a
+//! - [`manager`]: what the monitor asks of the manager (vNodes, freeing a
 //!   finished job's memory everywhere).
+//! - [`enter`], [`mounts`], [`vfs`]: a vNode's files for its processes: a
+//!   mount namespace of their own with FUSE mounts at the vNode's mount
+//!   points, served from the storage monitor that holds the files.
 //! - [`service`]: the request handler (`Launch`, `Output`, `Stdin`,
 //!   `Signal`, `Jobs`), quotas, the waiter of each job, cleanup.
 //! - [`daemon`]: `lego processor`: the server, the agent, shutdown.
 #![forbid(unsafe_code)]
 
 pub mod daemon;
+pub mod enter;
 pub mod job;
 pub mod manager;
+pub mod mounts;
 pub mod service;
 pub mod spawn;
+pub mod vfs;
 
 use std::path::PathBuf;
 
@@ -59,6 +65,8 @@ pub enum ProcessorError {
     },
     #[error("unknown vnode {0:?}")]
     UnknownVnode(String),
+    #[error("the files of vnode {vnode:?} are unavailable: {why}")]
+    NoFiles { vnode: String, why: String },
     #[error("ExCache exhausted: {requested} requested, {free} free of {capacity}", requested = human(*requested), free = human(*free), capacity = human(*capacity))]
     ExCacheExhausted {
         requested: u64,
@@ -101,9 +109,10 @@ impl ProcessorError {
                 ErrorCode::NotFound
             }
             E::Spawn { .. } | E::StdinClosed(_) => ErrorCode::Conflict,
-            E::ExCacheExhausted { .. } | E::Manager { .. } | E::RuntimeMissing { .. } => {
-                ErrorCode::Unavailable
-            }
+            E::ExCacheExhausted { .. }
+            | E::Manager { .. }
+            | E::RuntimeMissing { .. }
+            | E::NoFiles { .. } => ErrorCode::Unavailable,
             E::BadQuota(_) | E::NoCommand | E::BadCwd { .. } | E::BadSignal(_) => {
                 ErrorCode::BadRequest
             }

@@ -1,5 +1,6 @@
-//! What the processor monitor asks of the manager: the id of a vNode by name
-//! (for the vNode's key), and freeing every address space of a finished job.
+//! What the processor monitor asks of the manager: a vNode by name (its id,
+//! for its key; its mounts and storage monitor), and freeing every address
+//! space of a finished job.
 //!
 //! One connection, reopened when it breaks. Freeing is retried with backoff
 //! when the manager cannot be reached, since a job's pages must not leak.
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use lego_transport::{Client, ClientOptions, Credentials, TransportError};
 use lego_wire::auth::Secret;
-use lego_wire::control::{ReleaseOwnerReq, ReleaseSpaceReq, ReleaseSpaceResp, VnodeInfo};
+use lego_wire::control::{ReleaseOwnerReq, ReleaseSpaceReq, ReleaseSpaceResp, VnodeInfo, VnodeReq};
 use lego_wire::Op;
 use tracing::warn;
 
@@ -73,6 +74,30 @@ impl ManagerLink {
             .find(|v| v.name == name)
             .map(|v| v.id)
             .ok_or_else(|| ProcessorError::UnknownVnode(name.to_string()))
+    }
+
+    /// vNode `name` with its storage monitor, placed now if it had none.
+    /// `Ok(None)`: the cluster has no storage monitor, so the vNode has no
+    /// files to mount.
+    pub fn vnode_mount(&self, name: &str) -> Result<Option<VnodeInfo>, ProcessorError> {
+        let req = VnodeReq {
+            name: name.to_string(),
+            ..VnodeReq::default()
+        };
+        match self
+            .client()
+            .and_then(|c| c.call_json(Op::VnodeMount, &req))
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.remote_code() == Some(lego_wire::ErrorCode::NotFound) => {
+                Err(ProcessorError::UnknownVnode(name.to_string()))
+            }
+            Err(e) if e.to_string().contains("no alive storage monitor") => Ok(None),
+            Err(e) => Err(ProcessorError::NoFiles {
+                vnode: name.to_string(),
+                why: e.to_string(),
+            }),
+        }
     }
 
     /// Frees one address space (a process of a job that has exited).

@@ -35,7 +35,8 @@ use tracing::{info, warn};
 
 use crate::job::{read_counters, Job};
 use crate::manager::ManagerLink;
-use crate::spawn::{hex, program_env, spawn, RuntimeEnv};
+use crate::mounts::MountPlan;
+use crate::spawn::{hex, program_env, spawn, EnterVia, RuntimeEnv};
 use crate::{chain, human, ProcessorError};
 
 /// How long a finished job's exit code and counters are kept for a client
@@ -58,6 +59,8 @@ pub struct ServiceConfig {
     pub secret: Secret,
     /// Where the runtime of each job writes its counters.
     pub state_dir: PathBuf,
+    /// The `lego` executable with the vNode helper ([`crate::enter`]).
+    pub enter_exe: PathBuf,
 }
 
 #[derive(Default)]
@@ -225,9 +228,13 @@ impl ProcessorService {
             });
         }
         let quota = self.quota(&req)?;
-        let vnode_id = self.shared.manager.vnode_id(&req.vnode)?;
+        let vnode = self.shared.manager.vnode_mount(&req.vnode)?;
+        let vnode_id = match &vnode {
+            Some(v) => v.id,
+            None => self.shared.manager.vnode_id(&req.vnode)?,
+        };
         self.reserve(quota)?;
-        match self.start(peer, req, vnode_id, quota) {
+        match self.start(peer, req, vnode_id, vnode, quota) {
             Ok(r) => Ok(r),
             Err(e) => {
                 *lock(&self.shared.granted) -= quota;
@@ -236,11 +243,52 @@ impl ProcessorService {
         }
     }
 
+    /// Starts a job through the helper that mounts its vNode's files, and
+    /// serves those mounts before the program runs.
+    fn spawn_in_vnode(
+        &self,
+        id: u64,
+        req: &LaunchReq,
+        env: &[(String, String)],
+        plan: &MountPlan,
+    ) -> Result<std::process::Child, ProcessorError> {
+        let cfg = &self.shared.cfg;
+        let socket = cfg.state_dir.join(format!("job-{id:016x}.fuse"));
+        let _ = std::fs::remove_file(&socket);
+        let listener =
+            std::os::unix::net::UnixListener::bind(&socket).map_err(ProcessorError::Thread)?;
+        let via = EnterVia {
+            exe: cfg.enter_exe.clone(),
+            socket: socket.clone(),
+            vnode: plan.vnode.clone(),
+            mounts: plan.mounts.clone(),
+        };
+        let spawned = spawn(&req.argv, env, &req.cwd, Some(&via));
+        let served = spawned.and_then(|mut child| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            match crate::mounts::serve(&listener, plan, deadline) {
+                Ok(()) => Ok(child),
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    warn!(vnode = %plan.vnode, "cannot mount the vnode's files: {why}");
+                    Err(ProcessorError::NoFiles {
+                        vnode: plan.vnode.clone(),
+                        why,
+                    })
+                }
+            }
+        });
+        let _ = std::fs::remove_file(&socket);
+        served
+    }
+
     fn start(
         &self,
         peer: &PeerInfo,
         req: LaunchReq,
         vnode_id: u32,
+        vnode: Option<lego_wire::control::VnodeInfo>,
         quota: u64,
     ) -> Result<LaunchResp, ProcessorError> {
         let cfg = &self.shared.cfg;
@@ -268,7 +316,20 @@ impl ProcessorService {
             spaces,
         };
         let env = program_env(&req.env, &rt);
-        let mut child = spawn(&req.argv, &env, &req.cwd)?;
+        let plan = vnode.and_then(|v| {
+            let storage = v.storage?;
+            Some(MountPlan {
+                vnode_id,
+                vnode: v.name,
+                mounts: v.mounts,
+                storage: storage.addr,
+                key: cfg.secret.vnode_key(vnode_id),
+            })
+        });
+        let mut child = match &plan {
+            None => spawn(&req.argv, &env, &req.cwd, None)?,
+            Some(plan) => self.spawn_in_vnode(id, &req, &env, plan)?,
+        };
         let pid = child.id();
         let job = Arc::new(Job::new(
             id,

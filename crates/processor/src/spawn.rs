@@ -120,11 +120,23 @@ pub fn resolve(
     not_executable.ok_or_else(|| ProcessorError::CommandNotFound(argv0.to_string()))
 }
 
-/// Starts the program in its own process group with piped stdio.
+/// How a job enters its vNode (see [`crate::enter`]).
+#[derive(Clone, Debug)]
+pub struct EnterVia {
+    /// The `lego` executable that has the helper subcommand.
+    pub exe: PathBuf,
+    pub socket: PathBuf,
+    pub vnode: String,
+    pub mounts: Vec<String>,
+}
+
+/// Starts the program in its own process group with piped stdio; with
+/// `enter`, through the helper that gives it the vNode's mounts first.
 pub fn spawn(
     argv: &[String],
     env: &[(String, String)],
     cwd: &str,
+    enter: Option<&EnterVia>,
 ) -> Result<Child, ProcessorError> {
     let argv0 = argv.first().ok_or(ProcessorError::NoCommand)?;
     let cwd_path = Path::new(cwd);
@@ -144,12 +156,41 @@ pub fn spawn(
         }
     }
     let program = resolve(argv0, env, cwd_path)?;
-    Command::new(&program)
-        .arg0(argv0)
-        .args(&argv[1..])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd_path)
+    let mut cmd = match enter {
+        None => {
+            let mut c = Command::new(&program);
+            c.arg0(argv0)
+                .args(&argv[1..])
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            c
+        }
+        Some(via) => {
+            let e = crate::enter::Enter {
+                socket: via.socket.clone(),
+                vnode: via.vnode.clone(),
+                mounts: via.mounts.clone(),
+                cwd: cwd_path.to_path_buf(),
+                program: program.clone(),
+                argv: argv.to_vec(),
+            };
+            let mut c = Command::new(&via.exe);
+            c.arg(crate::enter::SUBCOMMAND)
+                .args(e.to_args())
+                .env_clear();
+            // The helper runs without the runtime; it restores the preload
+            // just before it becomes the program.
+            for (k, v) in env {
+                if k == "LD_PRELOAD" {
+                    c.env(crate::enter::PRELOAD_VAR, v);
+                } else {
+                    c.env(k, v);
+                }
+            }
+            c
+        }
+    };
+    cmd.current_dir(cwd_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -251,17 +292,17 @@ mod tests {
     fn spawn_errors_say_what_a_shell_would() {
         let d = tempfile::tempdir().unwrap();
         let argv = |s: &str| vec![s.to_string()];
-        let e = spawn(&argv("./missing"), &[], d.path().to_str().unwrap()).unwrap_err();
+        let e = spawn(&argv("./missing"), &[], d.path().to_str().unwrap(), None).unwrap_err();
         assert_eq!(e.code(), lego_wire::ErrorCode::NotFound);
         assert!(
             crate::chain(&e).contains("No such file or directory"),
             "{}",
             crate::chain(&e)
         );
-        let e = spawn(&argv("true"), &[], "/nonexistent/dir").unwrap_err();
+        let e = spawn(&argv("true"), &[], "/nonexistent/dir", None).unwrap_err();
         assert!(crate::chain(&e).contains("/nonexistent/dir"), "{e}");
         assert!(matches!(
-            spawn(&[], &[], "/").unwrap_err(),
+            spawn(&[], &[], "/", None).unwrap_err(),
             ProcessorError::NoCommand
         ));
     }

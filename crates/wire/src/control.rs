@@ -129,15 +129,58 @@ pub struct ReleaseSpaceResp {
 }
 
 /// `VnodeCreate` and `VnodeDelete` -> [`VnodeInfo`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Create (with mount points and quota), show, mount or delete a vNode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VnodeReq {
     pub name: String,
+    /// Create: where its processes see its files (none: `/data`).
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// Create: most bytes of memory its processes may hold together.
+    #[serde(default)]
+    pub memory_quota: Option<u64>,
+    /// Delete: stop its running processes first instead of refusing.
+    #[serde(default)]
+    pub force: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A vNode as the manager knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VnodeInfo {
     pub id: u32,
     pub name: String,
+    /// Its virtual IP address, from the manager's range ("" if outside it).
+    #[serde(default)]
+    pub vip: String,
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    #[serde(default)]
+    pub memory_quota: Option<u64>,
+    /// Bytes of memory leased to its processes now.
+    #[serde(default)]
+    pub memory_leased: u64,
+    /// The storage monitor holding its files, once placed.
+    #[serde(default)]
+    pub storage: Option<Endpoint>,
+    /// Its address spaces that hold memory now.
+    #[serde(default)]
+    pub spaces: u64,
+    /// Its jobs running now, as processor monitors last reported them.
+    #[serde(default)]
+    pub jobs: Vec<u64>,
+}
+
+/// Lease memory to an address space, within its vNode's quota.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReq {
+    pub asid: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseResp {
+    /// The space's lease now, in bytes.
+    pub leased: u64,
 }
 
 /// One component as the manager sees it.

@@ -8,7 +8,8 @@
 //!
 //! Bodies of the data path (page reads and writes) have fixed binary layouts with
 //! raw 4 KiB page payloads ([`pages`]); control-plane bodies (registration,
-//! placement, vNodes, cluster state) are JSON ([`control`]). Errors travel as
+//! placement, vNodes, cluster state) are JSON ([`control`]); the file
+//! protocol between processor and storage monitors is postcard ([`fs`]). Errors travel as
 //! frames with the error flag and an [`ErrorBody`]. Connections start with a
 //! mutual challenge-response handshake over HMAC-SHA256 ([`auth`]).
 //!
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod control;
 pub mod error;
 pub mod frame;
+pub mod fs;
 pub mod io;
 pub mod ops;
 pub mod pages;

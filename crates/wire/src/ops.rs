@@ -81,6 +81,13 @@ u16_enum! {
         VnodeList = 0x0211, "vnode_list";
         /// Manager: delete a vNode.
         VnodeDelete = 0x0212, "vnode_delete";
+        /// Manager: one vNode in detail.
+        VnodeShow = 0x0213, "vnode_show";
+        /// Manager (GSM): a vNode's details with its storage monitor, placed
+        /// now if it had none (for a processor monitor about to mount it).
+        VnodeMount = 0x0214, "vnode_mount";
+        /// Manager: lease memory to an address space within its vNode's quota.
+        LeaseMemory = 0x0208, "lease_memory";
         /// Manager: the whole cluster state.
         ClusterState = 0x0220, "cluster_state";
         /// Processor monitor: start a program.
@@ -93,6 +100,8 @@ u16_enum! {
         Signal = 0x0303, "signal";
         /// Processor monitor: the jobs running and their counters.
         Jobs = 0x0304, "jobs";
+        /// Storage monitor: one file operation of a vNode ([`crate::fs`]).
+        Fs = 0x0400, "fs";
     }
 }
 

@@ -622,6 +622,7 @@ fn start_cluster(
             capacity,
             heartbeat_ms: 1000,
             memory_cpus: placement.memory_cpus(),
+            storage: false,
         },
         Some(&ProcessorSpec {
             excache,

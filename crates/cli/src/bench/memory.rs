@@ -98,13 +98,20 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             capacity: 1 << 30,
             heartbeat_ms: 1000,
             memory_cpus: placement.memory_cpus(),
+            storage: false,
         })?;
         let t = c.target();
         (Some(TempCluster(c)), t)
     };
     let mgr = target.connect()?;
     let name = format!("bench-{}", std::process::id());
-    let v: VnodeInfo = mgr.call_json(Op::VnodeCreate, &VnodeReq { name: name.clone() })?;
+    let v: VnodeInfo = mgr.call_json(
+        Op::VnodeCreate,
+        &VnodeReq {
+            name: name.clone(),
+            ..VnodeReq::default()
+        },
+    )?;
     let space: CreateSpaceResp = mgr.call_json(
         Op::CreateSpace,
         &CreateSpaceReq {
@@ -292,7 +299,13 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
     );
 
     let rel: ReleaseSpaceResp = mgr.call_json(Op::ReleaseSpace, &ReleaseSpaceReq { asid })?;
-    mgr.call_json::<_, VnodeInfo>(Op::VnodeDelete, &VnodeReq { name })?;
+    mgr.call_json::<_, VnodeInfo>(
+        Op::VnodeDelete,
+        &VnodeReq {
+            name,
+            ..VnodeReq::default()
+        },
+    )?;
     println!(
         "cleanup: freed {} pages on the memory monitors",
         rel.freed_pages

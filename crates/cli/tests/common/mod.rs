@@ -320,7 +320,13 @@ impl TestCluster {
     pub fn vnode_space(&self, name: &str) -> (u32, u64) {
         let m = self.manager_client();
         let v: VnodeInfo = m
-            .call_json(Op::VnodeCreate, &VnodeReq { name: name.into() })
+            .call_json(
+                Op::VnodeCreate,
+                &VnodeReq {
+                    name: name.into(),
+                    ..VnodeReq::default()
+                },
+            )
             .unwrap();
         let s: CreateSpaceResp = m
             .call_json(

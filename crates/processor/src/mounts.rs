@@ -1,0 +1,125 @@
+//! Serving the mounts of a job's vNode: the monitor's half of
+//! [`crate::enter`]. For each mount point the helper mounted, it receives
+//! the `/dev/fuse` descriptor, makes sure the mount's subtree exists on the
+//! storage monitor, starts a FUSE session ([`crate::vfs::VnodeFs`]) on a
+//! thread of its own, and finally tells the helper to go on. A session ends
+//! when the kernel drops its connection, which happens when the last process
+//! of the job's mount namespace is gone.
+
+use std::io::{IoSliceMut, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+use crate::vfs::VnodeFs;
+
+/// Where a job's vNode files come from.
+#[derive(Clone, Debug)]
+pub struct MountPlan {
+    pub vnode_id: u32,
+    pub vnode: String,
+    pub mounts: Vec<String>,
+    /// The storage monitor holding the vNode's files.
+    pub storage: String,
+    /// The vNode's key (for the storage monitor).
+    pub key: [u8; 32],
+}
+
+/// Receives one descriptor and the byte sent with it.
+fn recv_fd(conn: &UnixStream) -> std::io::Result<(u8, OwnedFd)> {
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        conn,
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if got.bytes == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the helper went away",
+        ));
+    }
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
+            if let Some(fd) = fds.next() {
+                return Ok((byte[0], fd));
+            }
+        }
+    }
+    Err(std::io::Error::other("a message came without a descriptor"))
+}
+
+/// Waits (until `deadline`) for the helper to connect.
+fn accept(listener: &UnixListener, deadline: Instant) -> Result<UnixStream, String> {
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    loop {
+        match listener.accept() {
+            Ok((c, _)) => {
+                c.set_nonblocking(false).map_err(|e| e.to_string())?;
+                return Ok(c);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err("the helper did not call back in time".into());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    }
+}
+
+/// Serves every mount of `plan` that the helper connecting to `listener`
+/// mounts, then tells it to go on. On failure the helper is told so (it
+/// exits with an error) and the reason is returned.
+pub fn serve(listener: &UnixListener, plan: &MountPlan, deadline: Instant) -> Result<(), String> {
+    let mut conn = accept(listener, deadline)?;
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    conn.set_read_timeout(Some(wait))
+        .map_err(|e| e.to_string())?;
+    let served = (|| {
+        for _ in 0..plan.mounts.len() {
+            let (index, fd) =
+                recv_fd(&conn).map_err(|e| format!("no descriptor from the helper: {e}"))?;
+            let mount = plan
+                .mounts
+                .get(index as usize)
+                .ok_or_else(|| format!("the helper named mount {index}"))?;
+            let fs = VnodeFs::new(
+                plan.vnode_id,
+                &plan.vnode,
+                mount,
+                plan.storage.clone(),
+                plan.key,
+            );
+            fs.ensure_root().map_err(|e| {
+                format!(
+                    "cannot prepare {mount} on the storage monitor {}: {e:?}",
+                    plan.storage
+                )
+            })?;
+            let session =
+                fuser::Session::from_fd(fs, fd, fuser::SessionACL::All, fuser::Config::default())
+                    .map_err(|e| format!("FUSE handshake for {mount}: {e}"))?;
+            let (vnode, m) = (plan.vnode.clone(), mount.clone());
+            std::thread::Builder::new()
+                .name(format!("fuse-{}", plan.vnode_id))
+                .spawn(move || {
+                    if let Err(e) = session.run() {
+                        tracing::debug!(vnode, mount = m, "file system session ended: {e}");
+                    }
+                })
+                .map_err(|e| format!("cannot start a FUSE thread: {e}"))?;
+        }
+        Ok(())
+    })();
+    let _ = conn.write_all(if served.is_ok() { b"+" } else { b"-" });
+    served
+}

@@ -1,0 +1,89 @@
+//! `lego storage`: the storage monitor daemon.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lego_agent::{spawn_agent, AgentConfig};
+use lego_transport::{listen, spawn_server, ServerConfig, TransportError};
+use lego_wire::auth::Secret;
+use tracing::info;
+
+use crate::service::StorageService;
+use crate::store::FileStore;
+
+/// How to run a storage monitor.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// Where the vNodes' files live.
+    pub dir: PathBuf,
+    pub listen: String,
+    pub manager: String,
+    pub secret: Secret,
+}
+
+/// A running storage monitor.
+pub struct RunningStorage {
+    pub addr: String,
+    pub service: Arc<StorageService>,
+}
+
+/// Why a storage monitor cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot use {dir} for files")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Starts serving and registering; returns once the listener is bound.
+pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
+    let store = FileStore::open(cfg.dir.clone()).map_err(|source| StorageError::Dir {
+        dir: cfg.dir.clone(),
+        source,
+    })?;
+    let service = Arc::new(StorageService::new(Arc::new(store)));
+    let listener = listen(&cfg.listen)?;
+    let server = spawn_server(
+        listener,
+        ServerConfig::new("storage", cfg.secret.clone()),
+        service.clone(),
+    )
+    .map_err(|source| TransportError::Listen {
+        addr: cfg.listen.clone(),
+        source,
+    })?;
+    let _ = service.server.set(server.counters.clone());
+    let (capacity, _) = service.store.disk();
+    info!(addr = %server.local_addr, dir = %cfg.dir.display(), capacity, "storage monitor serving");
+    let s = service.clone();
+    spawn_agent(
+        AgentConfig {
+            manager: cfg.manager,
+            secret: cfg.secret,
+            role: "storage".into(),
+            addr: server.local_addr.clone(),
+            capacity,
+        },
+        Box::new(move || {
+            let (total, free) = s.store.disk();
+            lego_agent::Load {
+                used: total.saturating_sub(free),
+                counters: s.counters(),
+                jobs: Vec::new(),
+            }
+        }),
+    )
+    .map_err(|source| TransportError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    Ok(RunningStorage {
+        addr: server.local_addr,
+        service,
+    })
+}

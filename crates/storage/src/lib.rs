@@ -1,0 +1,16 @@
+//! The storage monitor (LegoOS's sComponent).
+//!
+//! - [`store`]: each vNode's files as a tree on the local disk, every path
+//!   confined to its tree, and the handles of open files.
+//! - [`service`]: the request handler: decodes file requests, checks that the
+//!   connection speaks for the vNode it names, and answers.
+//! - [`daemon`]: `lego storage`: listens, registers with the manager and
+//!   heartbeats its disk use and counters.
+#![forbid(unsafe_code)]
+
+pub mod daemon;
+pub mod service;
+pub mod store;
+
+pub use daemon::{run, StorageConfig};
+pub use store::{FileStore, FsError};
