@@ -7,6 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use lego_wire::auth::{decode_challenge, Hello};
 use lego_wire::control::{from_body, ClusterState, HeartbeatReq, RegisterReq};
 use lego_wire::frame::{read_frame, write_frame};
+use lego_wire::fs::{check_path, FsReply, FsRequest};
 use lego_wire::pages::{decode_u64, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply};
 use lego_wire::ErrorBody;
 
@@ -34,4 +35,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = from_body::<ClusterState>(data);
     let _ = from_body::<RegisterReq>(data);
     let _ = from_body::<HeartbeatReq>(data);
+    if let Ok(r) = FsRequest::decode(data) {
+        let again = r.encode();
+        assert_eq!(FsRequest::decode(&again).unwrap(), r);
+    }
+    let _ = FsReply::decode(data);
+    let _ = check_path(data);
 });

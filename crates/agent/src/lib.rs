@@ -44,6 +44,10 @@ pub struct AgentConfig {
     /// Where the component serves.
     pub addr: String,
     pub capacity: u64,
+    /// A file that keeps the component's id across restarts, for a
+    /// component whose data outlives it (a storage monitor): it registers
+    /// again under that id. `None`: a restart is a new component.
+    pub identity: Option<std::path::PathBuf>,
 }
 
 /// A running agent. `id()` is 0 until the first registration succeeds.
@@ -63,8 +67,14 @@ impl Agent {
 pub fn spawn_agent(cfg: AgentConfig, report: Report) -> std::io::Result<Agent> {
     let rnd = lego_wire::auth::random_bytes().map_err(std::io::Error::other)?;
     let instance = u64::from_le_bytes(rnd[..8].try_into().expect("8 bytes")) | 1;
+    let kept = cfg
+        .identity
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     let agent = Agent {
-        id: Arc::new(AtomicU64::new(0)),
+        id: Arc::new(AtomicU64::new(kept)),
         instance,
     };
     let a = agent.clone();
@@ -138,6 +148,13 @@ fn session_inner(
         )?;
         agent.id.store(resp.id, Ordering::Relaxed);
         *registered = true;
+        if let Some(p) = &cfg.identity {
+            if previous != Some(resp.id) {
+                if let Err(e) = std::fs::write(p, resp.id.to_string()) {
+                    warn!(path = %p.display(), "cannot keep the component id: {e}");
+                }
+            }
+        }
         info!(id = resp.id, role = %cfg.role, manager = %cfg.manager, "registered with the manager");
         let interval = Duration::from_millis(resp.heartbeat_ms.max(10));
         loop {

@@ -501,7 +501,22 @@ impl ManagerService {
         let (child, copied, monitors) = {
             let mut st = lock(&self.state);
             let (child, vnode, copied) = st.fork_space(parent).map_err(reject)?;
+            // The child's copy of the memory counts against the quota too.
+            let lease = st.lease_of(parent);
+            if lease > 0 {
+                if let Err(e) = st.lease(child, lease) {
+                    st.release_space(child);
+                    warn!(parent = format_args!("{parent:#x}"), "fork refused: {e}");
+                    return Err(Reject::new(ErrorCode::OutOfMemory, e.to_string()));
+                }
+            }
             let mut changes: Vec<Change> = vec![Change::Vnode(&vnode)];
+            if lease > 0 {
+                changes.push(Change::Lease {
+                    asid: child,
+                    bytes: lease,
+                });
+            }
             changes.extend(copied.iter().map(|(k, a)| Change::VRegion(*k, *a)));
             let owner = lock(&self.owners).get(&parent).copied();
             if let Some(owner) = owner {

@@ -55,6 +55,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
             role: "memory".into(),
             addr: server.local_addr.clone(),
             capacity: cfg.capacity,
+            identity: None,
         },
         Box::new(move || lego_agent::Load {
             used: s.store.pages_held() * lego_wire::PAGE_SIZE as u64,

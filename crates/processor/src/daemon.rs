@@ -119,6 +119,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
             role: "processor".into(),
             addr: server.local_addr.clone(),
             capacity: cfg.excache,
+            identity: None,
         },
         Box::new(move || lego_agent::Load {
             used: s.granted(),

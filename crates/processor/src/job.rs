@@ -51,6 +51,8 @@ pub struct Job {
     state: Mutex<JobState>,
     cond: Condvar,
     stdin: Mutex<Option<ChildStdin>>,
+    /// Memory-quota refusals already logged.
+    quota_logged: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -114,6 +116,24 @@ impl Job {
             state: Mutex::new(JobState::default()),
             cond: Condvar::new(),
             stdin: Mutex::new(stdin),
+            quota_logged: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Logs allocations the vNode's memory quota refused since last time.
+    pub fn log_quota_refusals(&self, counters: &BTreeMap<String, u64>) {
+        let now = counters.get("quota_refusals").copied().unwrap_or(0);
+        let before = self
+            .quota_logged
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        if now > before {
+            tracing::warn!(
+                vnode = %self.vnode,
+                job = format_args!("{:x}", self.id),
+                refusals = now,
+                "vnode {} is out of its memory quota: an allocation of the job failed as out of memory",
+                self.vnode
+            );
         }
     }
 

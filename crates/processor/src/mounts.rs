@@ -16,7 +16,7 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use crate::vfs::VnodeFs;
 
 /// Where a job's vNode files come from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MountPlan {
     pub vnode_id: u32,
     pub vnode: String,
@@ -25,6 +25,8 @@ pub struct MountPlan {
     pub storage: String,
     /// The vNode's key (for the storage monitor).
     pub key: [u8; 32],
+    /// Where the storage monitor is now, should it move.
+    pub resolve: Option<crate::vfs::Resolver>,
 }
 
 /// Receives one descriptor and the byte sent with it.
@@ -98,6 +100,7 @@ pub fn serve(listener: &UnixListener, plan: &MountPlan, deadline: Instant) -> Re
                 mount,
                 plan.storage.clone(),
                 plan.key,
+                plan.resolve.clone(),
             );
             fs.ensure_root().map_err(|e| {
                 format!(

@@ -161,6 +161,10 @@ impl ProcessorService {
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(500));
                 reap_spaces(&shared);
+                let jobs: Vec<Arc<Job>> = lock(&shared.jobs).values().cloned().collect();
+                for j in jobs.iter().filter(|j| j.running()) {
+                    j.log_quota_refusals(&j.counters());
+                }
                 lock(&shared.jobs).retain(|_, j| !j.forgettable(KEEP_FINISHED));
             })?;
         Ok(())
@@ -314,16 +318,23 @@ impl ProcessorService {
             job: id,
             stats: stats.clone(),
             spaces,
+            memory_quota: vnode.as_ref().and_then(|v| v.memory_quota),
         };
         let env = program_env(&req.env, &rt);
         let plan = vnode.and_then(|v| {
             let storage = v.storage?;
+            let (shared, name) = (self.shared.clone(), v.name.clone());
+            let resolve: crate::vfs::Resolver = Arc::new(move || {
+                let v = shared.manager.vnode_mount(&name).ok().flatten()?;
+                Some(v.storage?.addr)
+            });
             Some(MountPlan {
                 vnode_id,
                 vnode: v.name,
                 mounts: v.mounts,
                 storage: storage.addr,
                 key: cfg.secret.vnode_key(vnode_id),
+                resolve: Some(resolve),
             })
         });
         let mut child = match &plan {
@@ -523,6 +534,7 @@ fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
         job.id,
         job.argv.join(" ")
     );
+    job.log_quota_refusals(&counters);
     job.finish(code, counters);
 }
 

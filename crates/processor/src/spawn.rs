@@ -45,6 +45,8 @@ pub struct RuntimeEnv {
     pub stats: PathBuf,
     /// Where each process of the job records its address space (per pid).
     pub spaces: PathBuf,
+    /// The vNode's memory quota, when it has one.
+    pub memory_quota: Option<u64>,
 }
 
 /// The program's environment: the given one with the runtime's added.
@@ -79,6 +81,9 @@ pub fn program_env(given: &[(String, String)], rt: &RuntimeEnv) -> Vec<(String, 
         ("LEGO_RT_PARENT_PID", std::process::id().to_string()),
     ] {
         env.push((k.to_string(), v));
+    }
+    if let Some(q) = rt.memory_quota {
+        env.push(("LEGO_RT_QUOTA".into(), q.to_string()));
     }
     env
 }
@@ -222,6 +227,7 @@ mod tests {
             job: 42,
             stats: "/tmp/j.json".into(),
             spaces: "/tmp/spaces".into(),
+            memory_quota: None,
         }
     }
 

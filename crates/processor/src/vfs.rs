@@ -78,13 +78,18 @@ impl Paths {
     }
 }
 
+/// Asks where the vNode's storage monitor is now (it may have restarted on
+/// another address).
+pub type Resolver = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// The file system of one mount point of one vNode.
 pub struct VnodeFs {
     vnode: u32,
     name: String,
     /// The subtree of the vNode's files this mount shows, e.g. `data`.
     prefix: Vec<u8>,
-    storage: String,
+    storage: Mutex<String>,
+    resolve: Option<Resolver>,
     creds: Credentials,
     client: Mutex<Option<Client>>,
     paths: Mutex<Paths>,
@@ -140,12 +145,20 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 impl VnodeFs {
     /// The file system of mount point `mount` (absolute) of vNode `vnode`,
     /// whose files are on the storage monitor at `storage`.
-    pub fn new(vnode: u32, name: &str, mount: &str, storage: String, key: [u8; 32]) -> VnodeFs {
+    pub fn new(
+        vnode: u32,
+        name: &str,
+        mount: &str,
+        storage: String,
+        key: [u8; 32],
+        resolve: Option<Resolver>,
+    ) -> VnodeFs {
         VnodeFs {
             vnode,
             name: name.to_string(),
             prefix: mount.trim_start_matches('/').as_bytes().to_vec(),
-            storage,
+            storage: Mutex::new(storage),
+            resolve,
             creds: Credentials::vnode(vnode, key),
             client: Mutex::new(None),
             paths: Mutex::new(Paths::default()),
@@ -162,13 +175,27 @@ impl VnodeFs {
             request_timeout: Duration::from_secs(30),
             ..ClientOptions::default()
         };
-        match Client::connect(&self.storage, &self.creds, &opts) {
+        let addr = lock(&self.storage).clone();
+        let first = Client::connect(&addr, &self.creds, &opts);
+        // A storage monitor that restarted may listen elsewhere: ask once.
+        let result = match (first, &self.resolve) {
+            (Err(e), Some(resolve)) => match resolve().filter(|a| *a != addr) {
+                Some(new) => {
+                    tracing::info!(vnode = %self.name, from = %addr, to = %new, "the storage monitor moved");
+                    *lock(&self.storage) = new.clone();
+                    Client::connect(&new, &self.creds, &opts)
+                }
+                None => Err(e),
+            },
+            (r, _) => r,
+        };
+        match result {
             Ok(new) => {
                 *c = Some(new.clone());
                 Ok(new)
             }
             Err(e) => {
-                tracing::warn!(vnode = %self.name, storage = %self.storage, "cannot reach the storage monitor: {e}");
+                tracing::warn!(vnode = %self.name, storage = %addr, "cannot reach the storage monitor: {e}");
                 Err(Errno::EIO)
             }
         }

@@ -93,6 +93,17 @@ pub fn contains_range(addr: usize, len: usize) -> bool {
 /// never-touched or zapped, so they read as zeros. First fit.
 pub fn alloc_pages(len: usize) -> Option<usize> {
     let (base, alen) = arena();
+    if !crate::quota::reserve(len) {
+        return None;
+    }
+    let got = alloc_range(base, alen, len);
+    if got.is_none() {
+        crate::quota::release(len);
+    }
+    got
+}
+
+fn alloc_range(base: usize, alen: usize, len: usize) -> Option<usize> {
     let mut r = RANGES.lock();
     let found = r
         .free
@@ -116,6 +127,7 @@ pub fn alloc_pages(len: usize) -> Option<usize> {
 
 /// Returns a range to the allocator. The caller must have zapped it first.
 pub fn free_pages(start: usize, len: usize) {
+    crate::quota::release(len);
     let mut r = RANGES.lock();
     let (mut s, mut l) = (start, len);
     if let Some((&ps, &pl)) = r.free.range(..s).next_back() {
@@ -138,6 +150,17 @@ pub fn free_pages(start: usize, len: usize) {
 
 /// Grows a range in place by taking the free pages right after it.
 pub fn grow_in_place(start: usize, old: usize, new: usize) -> bool {
+    if !crate::quota::reserve(new - old) {
+        return false;
+    }
+    let grown = grow_range(start, old, new);
+    if !grown {
+        crate::quota::release(new - old);
+    }
+    grown
+}
+
+fn grow_range(start: usize, old: usize, new: usize) -> bool {
     let (base, alen) = arena();
     let mut r = RANGES.lock();
     let end = start + old;

@@ -1,7 +1,9 @@
 //! The application's heap: the malloc family, served from the arena.
 //!
-//! Small blocks come from a TLSF allocator (`rlsf`) whose pools are 64 MiB
-//! page ranges of the arena; blocks of 256 KiB and more are page ranges of
+//! Small blocks come from a TLSF allocator (`rlsf`) whose pools are page
+//! ranges of the arena, 1 MiB at first and twice as large each time up to
+//! 64 MiB (so a small process commits little memory against its vNode's
+//! quota); blocks of 256 KiB and more are page ranges of
 //! their own, returned to the arena (and freed on the memory monitors) when
 //! freed, as glibc does with mmap'd chunks. Blocks aligned beyond 16 bytes are
 //! carved out of larger blocks and remembered in a side table.
@@ -18,6 +20,8 @@ use crate::arena::{self, PAGE};
 /// Blocks of at least this size are page ranges of their own.
 pub const LARGE: usize = 256 << 10;
 const POOL: usize = 64 << 20;
+/// The first pool of a heap.
+const FIRST_POOL: usize = 1 << 20;
 const ALIGN: usize = 16;
 
 type Small = Tlsf<'static, u32, u32, 24, 16>;
@@ -32,6 +36,8 @@ struct Heap {
     large: BTreeMap<usize, (usize, usize)>,
     /// Over-aligned small blocks: user pointer -> block returned by TLSF.
     aligned: BTreeMap<usize, usize>,
+    /// Size of the next pool.
+    next_pool: usize,
 }
 
 static HEAP: Mutex<Heap> = Mutex::new(Heap::new(false));
@@ -100,6 +106,7 @@ impl Heap {
             small: Tlsf::new(),
             large: BTreeMap::new(),
             aligned: BTreeMap::new(),
+            next_pool: FIRST_POOL,
         }
     }
 
@@ -108,7 +115,15 @@ impl Heap {
         if let Some(p) = self.small.allocate(layout) {
             return Some(p.as_ptr() as usize);
         }
-        let pool_len = if self.private { POOL / 16 } else { POOL };
+        let pool_len = if self.private {
+            POOL / 16
+        } else {
+            // Room for the block whatever the pool's size (blocks here are
+            // smaller than LARGE).
+            let len = self.next_pool.max(2 * LARGE);
+            self.next_pool = (self.next_pool * 2).min(POOL);
+            len
+        };
         let pool = pages(pool_len, self.private)?;
         if self.private {
             self.pools.push((pool, pool_len));

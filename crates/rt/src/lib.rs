@@ -15,7 +15,8 @@
 //!
 //! Configuration comes from the environment (`LEGO_RT_MANAGER`,
 //! `LEGO_RT_VNODE`, `LEGO_RT_VNODE_ID`, `LEGO_RT_KEY`, `LEGO_RT_EXCACHE`,
-//! `LEGO_RT_JOB`, `LEGO_RT_STATS`, `LEGO_RT_SPACES`). Without
+//! `LEGO_RT_JOB`, `LEGO_RT_STATS`, `LEGO_RT_SPACES`, `LEGO_RT_QUOTA`: the
+//! vNode has a memory quota, see [`quota`]). Without
 //! `LEGO_RT_MANAGER` the library only serves memory locally.
 //!
 //! Exit statuses: 117 when memory is lost (no replica of a vRegion can be
@@ -31,6 +32,7 @@ pub mod heap;
 pub mod lock;
 pub mod pager;
 pub mod process;
+pub mod quota;
 pub mod remote;
 pub mod rtalloc;
 pub mod shim;
@@ -166,6 +168,7 @@ fn config() -> Result<Option<Config>, String> {
         job: std::env::var("LEGO_RT_JOB")
             .ok()
             .and_then(|v| v.parse().ok()),
+        quota: std::env::var_os("LEGO_RT_QUOTA").is_some(),
         stats: std::env::var("LEGO_RT_STATS").ok(),
     }))
 }
@@ -267,6 +270,11 @@ fn start() {
         ))
     });
     let asid = remote.asid;
+    if cfg.quota {
+        if let Err(e) = quota::init(remote.manager().clone(), asid) {
+            fatal_start(&e);
+        }
+    }
     if let Some(prev) = process::record_space(asid) {
         // The image we replaced with exec had this space.
         remote.release(prev);

@@ -120,6 +120,7 @@ fn child_locked() {
         if let Err(e) = p.remote.reset_after_fork(asid) {
             crate::fatal_lost_msg(&format!("the forked child cannot reach the manager: {e}"));
         }
+        crate::quota::after_fork(p.remote.manager().clone(), asid);
         record_space(asid);
         let fd = p.uffd.fd;
         crate::start_handler(fd);

@@ -56,6 +56,8 @@ pub struct Config {
     pub excache: usize,
     pub job: Option<u64>,
     pub stats: Option<String>,
+    /// The vNode has a memory quota: lease memory before giving it out.
+    pub quota: bool,
 }
 
 pub struct Remote {

@@ -298,7 +298,12 @@ pub extern "C" fn sbrk(incr: isize) -> *mut c_void {
         return usize::MAX as *mut c_void;
     }
     let new = new as usize;
+    if new > cur && !crate::quota::reserve(new - cur) {
+        set_errno(libc::ENOMEM);
+        return usize::MAX as *mut c_void;
+    }
     if new < cur {
+        crate::quota::release(cur - new);
         let from = new.next_multiple_of(PAGE);
         if cur > from {
             crate::pager::zap(from, cur.next_multiple_of(PAGE) - from);

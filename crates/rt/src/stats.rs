@@ -42,6 +42,7 @@ counters! {
     pages_freed,
     forks,
     local_shared_maps,
+    quota_refusals,
 }
 
 /// Sub-buckets per power of two in the fault-latency histogram.

@@ -68,6 +68,9 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
             role: "storage".into(),
             addr: server.local_addr.clone(),
             capacity,
+            // Its files outlive it: after a restart it is the same storage
+            // monitor, holding the same vNodes.
+            identity: Some(cfg.dir.join("component-id")),
         },
         Box::new(move || {
             let (total, free) = s.store.disk();

@@ -90,7 +90,14 @@ impl StorageService {
     }
 
     /// Runs one call; file-system errors become [`FsReply::Err`].
-    fn call(&self, vnode: u32, call: FsCall<'_>, data: &mut Vec<u8>, reply: &mut Vec<u8>) {
+    fn call(
+        &self,
+        vnode: u32,
+        conn: u64,
+        call: FsCall<'_>,
+        data: &mut Vec<u8>,
+        reply: &mut Vec<u8>,
+    ) {
         let s = &*self.store;
         let done = |r: FsResult<()>| r.map(|()| FsReply::Done);
         let r: FsResult<FsReply<'_>> = match call {
@@ -107,10 +114,10 @@ impl StorageService {
                 .setattr(vnode, path, mode, uid, gid, size, atime, mtime)
                 .map(FsReply::Attr),
             FsCall::Create { path, mode, flags } => s
-                .create(vnode, path, mode, flags)
+                .create(vnode, conn, path, mode, flags)
                 .map(|(handle, attr)| FsReply::Opened { handle, attr }),
             FsCall::Open { path, flags } => s
-                .open_file(vnode, path, flags)
+                .open_file(vnode, conn, path, flags)
                 .map(|(handle, attr)| FsReply::Opened { handle, attr }),
             FsCall::Read {
                 handle,
@@ -170,13 +177,24 @@ impl Handler for StorageService {
                 self.check(peer, req.vnode, &req.call)?;
                 self.calls.fetch_add(1, Ordering::Relaxed);
                 let mut data = Vec::new();
-                self.call(req.vnode, req.call, &mut data, reply);
+                self.call(req.vnode, peer.conn, req.call, &mut data, reply);
                 Ok(())
             }
             other => Err(Reject::new(
                 ErrorCode::UnknownOp,
                 format!("a storage monitor does not serve {other}"),
             )),
+        }
+    }
+
+    fn disconnected(&self, peer: &PeerInfo) {
+        let closed = self.store.drop_conn(peer.conn);
+        if closed > 0 {
+            tracing::debug!(
+                conn = peer.conn,
+                closed,
+                "closed the files of a connection that went away"
+            );
         }
     }
 }

@@ -77,6 +77,8 @@ fn confined() -> ResolveFlags {
 
 struct Handle {
     vnode: u32,
+    /// The connection that opened it: its handles close when it goes.
+    conn: u64,
     file: Arc<File>,
 }
 
@@ -321,16 +323,25 @@ impl FileStore {
         self.stat(vnode, path)
     }
 
-    fn new_handle(&self, vnode: u32, fd: OwnedFd) -> u64 {
+    fn new_handle(&self, vnode: u32, conn: u64, fd: OwnedFd) -> u64 {
         let h = self.epoch | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
         lock(&self.handles).insert(
             h,
             Handle {
                 vnode,
+                conn,
                 file: Arc::new(File::from(fd)),
             },
         );
         h
+    }
+
+    /// Closes every handle a connection opened (it is gone).
+    pub fn drop_conn(&self, conn: u64) -> usize {
+        let mut handles = lock(&self.handles);
+        let before = handles.len();
+        handles.retain(|_, h| h.conn != conn);
+        before - handles.len()
     }
 
     /// The file behind a handle of `vnode`.
@@ -356,15 +367,28 @@ impl FileStore {
         }
     }
 
-    pub fn create(&self, vnode: u32, path: &[u8], mode: u32, flags: i32) -> FsResult<(u64, Attr)> {
+    pub fn create(
+        &self,
+        vnode: u32,
+        conn: u64,
+        path: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(u64, Attr)> {
         let f = OFlags::from_bits_retain(flags as u32);
         let oflags = open_flags(flags) | OFlags::CREATE | (f & (OFlags::EXCL | OFlags::TRUNC));
         let fd = self.open_in(vnode, path, oflags, Mode::from_bits_truncate(mode & 0o7777))?;
         let attr = attr_of(&rustix::fs::fstat(&fd).ctx("stat", path)?);
-        Ok((self.new_handle(vnode, fd), attr))
+        Ok((self.new_handle(vnode, conn, fd), attr))
     }
 
-    pub fn open_file(&self, vnode: u32, path: &[u8], flags: i32) -> FsResult<(u64, Attr)> {
+    pub fn open_file(
+        &self,
+        vnode: u32,
+        conn: u64,
+        path: &[u8],
+        flags: i32,
+    ) -> FsResult<(u64, Attr)> {
         let f = OFlags::from_bits_retain(flags as u32);
         let fd = self.open_in(
             vnode,
@@ -373,7 +397,7 @@ impl FileStore {
             Mode::empty(),
         )?;
         let attr = attr_of(&rustix::fs::fstat(&fd).ctx("stat", path)?);
-        Ok((self.new_handle(vnode, fd), attr))
+        Ok((self.new_handle(vnode, conn, fd), attr))
     }
 
     /// Reads at most `len` bytes at `offset` into `out` (cleared first).

@@ -14,7 +14,7 @@ fn store() -> (tempfile::TempDir, FileStore) {
 fn files_round_trip_and_survive_reopening_the_store() {
     let (d, s) = store();
     s.mkdir(1, b"dir", 0o755).unwrap();
-    let (h, _) = s.create(1, b"dir/f", 0o644, libc_rdwr()).unwrap();
+    let (h, _) = s.create(1, 0, b"dir/f", 0o644, libc_rdwr()).unwrap();
     assert_eq!(s.write(1, h, 0, b"hello world").unwrap(), 11);
     s.fsync(1, h, false).unwrap();
     let mut out = Vec::new();
@@ -24,7 +24,7 @@ fn files_round_trip_and_survive_reopening_the_store() {
     // A new store over the same directory (a restarted monitor): same data,
     // and the old handle is stale, not someone else's file.
     let s2 = FileStore::open(d.path().join("store")).unwrap();
-    let (h2, attr) = s2.open_file(1, b"dir/f", 0).unwrap();
+    let (h2, attr) = s2.open_file(1, 0, b"dir/f", 0).unwrap();
     assert_eq!(attr.size, 11);
     s2.read(1, h2, 0, 100, &mut out).unwrap();
     assert_eq!(out, b"hello world");
@@ -59,9 +59,12 @@ fn paths_and_links_cannot_leave_the_vnode() {
     for target in [&b"/etc/passwd"[..], b"../../secret", b"../../../.."] {
         s.symlink(1, b"a/link", target).unwrap();
         assert_eq!(s.readlink(1, b"a/link").unwrap(), target);
-        assert_eq!(s.open_file(1, b"a/link", 0).unwrap_err().errno, Errno::LOOP);
+        assert_eq!(
+            s.open_file(1, 0, b"a/link", 0).unwrap_err().errno,
+            Errno::LOOP
+        );
         assert!(s.stat(1, b"a/link/x").is_err());
-        assert!(s.create(1, b"a/link/x", 0o644, 2).is_err());
+        assert!(s.create(1, 0, b"a/link/x", 0o644, 2).is_err());
         s.unlink(1, b"a/link", false).unwrap();
     }
     // A directory symlink is not a way in either.
@@ -74,7 +77,7 @@ fn paths_and_links_cannot_leave_the_vnode() {
         .unwrap();
     assert_eq!(mode_of(&d.path().join("store/vnodes")), before);
     // Another vNode's tree is another root.
-    let (h, _) = s.create(2, b"mine", 0o600, 2).unwrap();
+    let (h, _) = s.create(2, 0, b"mine", 0o600, 2).unwrap();
     s.write(2, h, 0, b"vnode 2").unwrap();
     assert_eq!(s.stat(1, b"mine").unwrap_err().errno, Errno::NOENT);
     let mut out = Vec::new();
@@ -97,7 +100,7 @@ fn listings_continue_past_their_size_limit() {
     let n = 5000;
     for i in 0..n {
         let name = format!("many/{i:0>200}");
-        let (h, _) = s.create(1, name.as_bytes(), 0o644, 2).unwrap();
+        let (h, _) = s.create(1, 0, name.as_bytes(), 0o644, 2).unwrap();
         s.release(1, h).unwrap();
     }
     let (mut seen, mut cookie) = (std::collections::BTreeSet::new(), 0);

@@ -36,6 +36,12 @@ proptest! {
         let _ = decode_challenge(&bytes);
         let _ = from_body::<ClusterState>(&bytes);
         let _ = from_body::<RegisterReq>(&bytes);
+        if let Ok(r) = lego_wire::fs::FsRequest::decode(&bytes) {
+            let again = r.encode();
+            prop_assert_eq!(lego_wire::fs::FsRequest::decode(&again).unwrap(), r);
+        }
+        let _ = lego_wire::fs::FsReply::decode(&bytes);
+        let _ = lego_wire::fs::check_path(&bytes);
     }
 
     #[test]

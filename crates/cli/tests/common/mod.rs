@@ -104,6 +104,7 @@ pub struct TestCluster {
     pub manager: Option<Daemon>,
     pub memories: Vec<Daemon>,
     pub processor: Option<Daemon>,
+    pub storage: Option<Daemon>,
     /// Extra flags for the manager (taken at its next start).
     pub manager_flags: Vec<String>,
     spawned: usize,
@@ -123,6 +124,7 @@ impl TestCluster {
             manager: None,
             memories: Vec::new(),
             processor: None,
+            storage: None,
             manager_flags: Vec::new(),
             spawned: 0,
         };
@@ -211,6 +213,25 @@ impl TestCluster {
         );
         let addr = d.addr.clone();
         self.memories.push(d);
+        addr
+    }
+
+    /// Starts a storage monitor keeping its files in `PATH/storage` (the same
+    /// directory on every start, as a restarted monitor would), and waits
+    /// until the manager sees it alive; returns its address.
+    pub fn start_storage(&mut self) -> String {
+        let (mgr, dir) = (self.manager_addr.clone(), self.path().join("storage"));
+        let d = self.spawn(
+            "storage",
+            &["storage", "--dir", dir.to_str().unwrap(), "--manager", &mgr],
+        );
+        let addr = d.addr.clone();
+        self.storage = Some(d);
+        self.wait_state("the storage monitor alive", |s| {
+            s.components
+                .iter()
+                .any(|c| c.role == "storage" && c.health == "alive" && c.addr == addr)
+        });
         addr
     }
 
