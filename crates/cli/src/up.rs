@@ -176,11 +176,12 @@ impl LocalCluster {
         if spec.storage {
             let manager = cluster.file.manager.clone();
             let sdir = dir.join("storage");
-            let ready = cluster.spawn(
-                "storage",
-                &["storage", "--manager", &manager],
-                &[("--dir", sdir.as_os_str())],
-            )?;
+            let mut args = vec!["storage", "--manager", &manager];
+            if let Some(c) = &memory_cpus {
+                // A storage monitor stands for another host, as memory monitors do.
+                args.extend(["--cpus", c]);
+            }
+            let ready = cluster.spawn("storage", &args, &[("--dir", sdir.as_os_str())])?;
             cluster.storage = ready["addr"].as_str().map(str::to_string);
         }
         if let Some(p) = processor {

@@ -28,6 +28,10 @@ pub enum VnodeCmd {
         /// past it, allocation fails in the program as out of memory [default: no limit]
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         memory_quota: Option<u64>,
+        /// Its processes share the processor host's network; by default each
+        /// runs in a network namespace of the vNode's own holding the vIP
+        #[arg(long)]
+        host_network: bool,
     },
     /// List vNodes
     List,
@@ -62,12 +66,14 @@ pub fn run(a: VnodeArgs) -> Result<()> {
             name,
             mounts,
             memory_quota,
+            host_network,
         } => {
             let req = VnodeReq {
                 name,
                 mounts,
                 memory_quota,
                 force: false,
+                host_network,
             };
             let v: VnodeInfo = client.call_json(Op::VnodeCreate, &req)?;
             println!(
@@ -113,6 +119,14 @@ pub fn run(a: VnodeArgs) -> Result<()> {
                 if v.vip.is_empty() { "none" } else { &v.vip }
             );
             println!("mounts     {}", v.mounts.join(", "));
+            println!(
+                "network    {}",
+                if v.host_network {
+                    "the processor host's"
+                } else {
+                    "its own namespace, the vIP on its loopback"
+                }
+            );
             println!("memory     {}", quota(&v));
             println!("storage    {}", storage(&v));
             println!("spaces     {}", v.spaces);

@@ -85,6 +85,7 @@ impl ManagerService {
                 .unwrap_or_default(),
             mounts: v.mounts.clone(),
             memory_quota: v.memory_quota,
+            host_network: v.host_network,
             memory_leased: st.leased(v.id),
             storage: v.storage.map(|s| Self::endpoint(st, s)),
             spaces,
@@ -107,6 +108,9 @@ impl ManagerService {
                 let mut v = st
                     .create_vnode_with(&req.name, req.mounts, req.memory_quota)
                     .map_err(reject)?;
+                if req.host_network {
+                    v = st.set_host_network(v.id, true).map_err(reject)?;
+                }
                 // Its files go to a storage monitor now if one is up, else
                 // when its first process starts.
                 if let Ok((placed, _)) = st.place_storage(v.id) {

@@ -128,6 +128,10 @@ pub struct Vnode {
     /// The storage monitor that holds its files, once placed (GSM).
     #[serde(default)]
     pub storage: Option<ComponentId>,
+    /// Its processes share the processor host's network instead of having a
+    /// network namespace of their own holding the vIP.
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 /// Where a vNode's files appear when no mount point is given.

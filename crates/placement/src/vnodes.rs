@@ -87,7 +87,7 @@ impl Placement {
     }
 
     /// Creates a vNode with its mount points (none: the default) and memory
-    /// quota.
+    /// quota (see [`Placement::set_host_network`] for its network).
     pub fn create_vnode_with(
         &mut self,
         name: &str,
@@ -116,10 +116,22 @@ impl Placement {
             mounts,
             memory_quota,
             storage: None,
+            host_network: false,
         };
         self.vnode_ids.insert(vnode.name.clone(), id);
         self.vnodes.insert(id, vnode.clone());
         Ok(vnode)
+    }
+
+    /// Whether the vNode's processes share their host's network; returns the
+    /// updated vNode, to be persisted.
+    pub fn set_host_network(&mut self, id: VnodeId, host: bool) -> Result<Vnode, PlacementError> {
+        let v = self
+            .vnodes
+            .get_mut(&id)
+            .ok_or(PlacementError::UnknownVnodeId(id))?;
+        v.host_network = host;
+        Ok(v.clone())
     }
 
     /// The vNode with this name.

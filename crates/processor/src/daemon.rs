@@ -40,6 +40,26 @@ pub struct ProcessorConfig {
     pub enter_exe: PathBuf,
 }
 
+/// Whether jobs can have network namespaces of their own: `ip` (iproute2)
+/// runs here and this process may create namespaces. Said once in the log.
+fn own_networks() -> bool {
+    let ip = std::process::Command::new("ip")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let root = rustix::process::geteuid().is_root();
+    if !(ip && root) {
+        tracing::warn!(
+            ip,
+            root,
+            "vnode processes will share this host's network: a network namespace per vnode needs root and iproute2's ip"
+        );
+    }
+    ip && root
+}
+
 /// A running processor monitor.
 pub struct RunningProcessor {
     pub addr: String,
@@ -95,6 +115,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         secret: cfg.secret.clone(),
         state_dir: state_dir.clone(),
         enter_exe: cfg.enter_exe.clone(),
+        own_networks: own_networks(),
     }));
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(

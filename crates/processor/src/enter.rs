@@ -11,7 +11,11 @@
 //!    system there (creating the directory if the host lacks it), and pass
 //!    the `/dev/fuse` descriptor to the processor monitor over a Unix socket
 //!    (SCM_RIGHTS), which serves it ([`crate::vfs`]);
-//! 3. wait for the monitor's word that every mount is served, go to the
+//! 3. for a vNode with a network of its own, `unshare(CLONE_NEWNET)`: the
+//!    process's network is its loopback, up, holding the vNode's vIP (the
+//!    runtime makes its own connections from the monitor's namespace, see
+//!    `lego-rt`'s `netns`);
+//! 4. wait for the monitor's word that every mount is served, go to the
 //!    job's working directory, and `exec` the program with its environment
 //!    (the runtime's `LD_PRELOAD` restored: the helper itself runs without).
 //!
@@ -44,6 +48,8 @@ pub struct Enter {
     pub socket: PathBuf,
     pub vnode: String,
     pub mounts: Vec<String>,
+    /// Run in a network namespace of its own holding this address.
+    pub vip: Option<String>,
     pub cwd: PathBuf,
     /// The resolved program, then its argv (argv[0] as given).
     pub program: PathBuf,
@@ -57,6 +63,9 @@ impl Enter {
         a.extend(["--vnode".into(), self.vnode.clone().into()]);
         for m in &self.mounts {
             a.extend(["--mount".into(), m.into()]);
+        }
+        if let Some(v) = &self.vip {
+            a.extend(["--vip".into(), v.into()]);
         }
         a.extend([
             "--cwd".into(),
@@ -72,6 +81,7 @@ impl Enter {
     pub fn from_args(args: &[OsString]) -> Result<Enter, String> {
         let mut it = args.iter();
         let (mut socket, mut vnode, mut mounts, mut cwd) = (None, None, Vec::new(), None);
+        let mut vip = None;
         loop {
             let flag = it.next().ok_or("missing -- before the program")?;
             let mut value = || {
@@ -83,6 +93,7 @@ impl Enter {
                 Some("--socket") => socket = Some(PathBuf::from(value()?)),
                 Some("--vnode") => vnode = Some(value()?.to_string_lossy().into_owned()),
                 Some("--mount") => mounts.push(value()?.to_string_lossy().into_owned()),
+                Some("--vip") => vip = Some(value()?.to_string_lossy().into_owned()),
                 Some("--cwd") => cwd = Some(PathBuf::from(value()?)),
                 Some("--") => break,
                 _ => return Err(format!("unknown argument {flag:?}")),
@@ -97,6 +108,7 @@ impl Enter {
             socket: socket.ok_or("no --socket")?,
             vnode: vnode.ok_or("no --vnode")?,
             mounts,
+            vip,
             cwd: cwd.ok_or("no --cwd")?,
             program,
             argv,
@@ -182,6 +194,9 @@ fn set_up(e: &Enter) -> Result<(), String> {
         send_fd(&sock, i as u8, &fuse)
             .map_err(|err| format!("cannot hand {m} to the processor monitor: {err}"))?;
     }
+    if let Some(vip) = &e.vip {
+        own_network(vip)?;
+    }
     sock.set_read_timeout(Some(ACK_WAIT))
         .map_err(|err| err.to_string())?;
     let mut ack = [0u8; 1];
@@ -190,6 +205,30 @@ fn set_up(e: &Enter) -> Result<(), String> {
         Ok(()) => Err("the processor monitor could not serve the mounts".into()),
         Err(err) => Err(format!("no word from the processor monitor: {err}")),
     }
+}
+
+/// A network namespace of the process's own: only its loopback, up, with
+/// the vIP on it.
+fn own_network(vip: &str) -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWNET)
+        .map_err(|err| format!("no network namespace of its own: {err}"))?;
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["addr", "add", &format!("{vip}/32"), "dev", "lo"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .map_err(|err| format!("cannot run ip (iproute2): {err}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Sends one byte (the mount's index) and a descriptor.
@@ -218,6 +257,7 @@ mod tests {
             socket: "/run/x.sock".into(),
             vnode: "a".into(),
             mounts: vec!["/data".into(), "/srv/x".into()],
+            vip: Some("10.77.0.3".into()),
             cwd: "/tmp".into(),
             program: "/usr/bin/sqlite3".into(),
             argv: vec!["sqlite3".into(), "--".into(), "/data/t.db".into()],

@@ -15,6 +15,10 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 use crate::vfs::VnodeFs;
 
+/// Threads serving the kernel's requests of one mount: reads ahead and
+/// writes behind of one file, and several programs, go on at once.
+const FUSE_THREADS: usize = 4;
+
 /// Where a job's vNode files come from.
 #[derive(Clone)]
 pub struct MountPlan {
@@ -27,6 +31,8 @@ pub struct MountPlan {
     pub key: [u8; 32],
     /// Where the storage monitor is now, should it move.
     pub resolve: Option<crate::vfs::Resolver>,
+    /// The vIP of a vNode whose processes have a network of their own.
+    pub vip: Option<String>,
 }
 
 /// Receives one descriptor and the byte sent with it.
@@ -108,9 +114,10 @@ pub fn serve(listener: &UnixListener, plan: &MountPlan, deadline: Instant) -> Re
                     plan.storage
                 )
             })?;
-            let session =
-                fuser::Session::from_fd(fs, fd, fuser::SessionACL::All, fuser::Config::default())
-                    .map_err(|e| format!("FUSE handshake for {mount}: {e}"))?;
+            let mut config = fuser::Config::default();
+            config.n_threads = Some(FUSE_THREADS);
+            let session = fuser::Session::from_fd(fs, fd, fuser::SessionACL::All, config)
+                .map_err(|e| format!("FUSE handshake for {mount}: {e}"))?;
             let (vnode, m) = (plan.vnode.clone(), mount.clone());
             std::thread::Builder::new()
                 .name(format!("fuse-{}", plan.vnode_id))

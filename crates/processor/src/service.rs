@@ -61,6 +61,9 @@ pub struct ServiceConfig {
     pub state_dir: PathBuf,
     /// The `lego` executable with the vNode helper ([`crate::enter`]).
     pub enter_exe: PathBuf,
+    /// Whether jobs may get a network namespace of their vNode's own (root
+    /// and iproute2's `ip` are there).
+    pub own_networks: bool,
 }
 
 #[derive(Default)]
@@ -266,6 +269,7 @@ impl ProcessorService {
             socket: socket.clone(),
             vnode: plan.vnode.clone(),
             mounts: plan.mounts.clone(),
+            vip: plan.vip.clone(),
         };
         let spawned = spawn(&req.argv, env, &req.cwd, Some(&via));
         let served = spawned.and_then(|mut child| {
@@ -319,10 +323,12 @@ impl ProcessorService {
             stats: stats.clone(),
             spaces,
             memory_quota: vnode.as_ref().and_then(|v| v.memory_quota),
+            host_netns: None,
         };
-        let env = program_env(&req.env, &rt);
         let plan = vnode.and_then(|v| {
             let storage = v.storage?;
+            let vip =
+                (!v.host_network && !v.vip.is_empty() && cfg.own_networks).then(|| v.vip.clone());
             let (shared, name) = (self.shared.clone(), v.name.clone());
             let resolve: crate::vfs::Resolver = Arc::new(move || {
                 let v = shared.manager.vnode_mount(&name).ok().flatten()?;
@@ -335,8 +341,14 @@ impl ProcessorService {
                 storage: storage.addr,
                 key: cfg.secret.vnode_key(vnode_id),
                 resolve: Some(resolve),
+                vip,
             })
         });
+        let mut rt = rt;
+        if plan.as_ref().is_some_and(|p| p.vip.is_some()) {
+            rt.host_netns = Some(format!("/proc/{}/ns/net", std::process::id()));
+        }
+        let env = program_env(&req.env, &rt);
         let mut child = match &plan {
             None => spawn(&req.argv, &env, &req.cwd, None)?,
             Some(plan) => self.spawn_in_vnode(id, &req, &env, plan)?,

@@ -47,6 +47,9 @@ pub struct RuntimeEnv {
     pub spaces: PathBuf,
     /// The vNode's memory quota, when it has one.
     pub memory_quota: Option<u64>,
+    /// The processor monitor's network namespace, when the program runs in
+    /// its vNode's own (the runtime connects from there).
+    pub host_netns: Option<String>,
 }
 
 /// The program's environment: the given one with the runtime's added.
@@ -84,6 +87,9 @@ pub fn program_env(given: &[(String, String)], rt: &RuntimeEnv) -> Vec<(String, 
     }
     if let Some(q) = rt.memory_quota {
         env.push(("LEGO_RT_QUOTA".into(), q.to_string()));
+    }
+    if let Some(ns) = &rt.host_netns {
+        env.push(("LEGO_RT_HOST_NETNS".into(), ns.clone()));
     }
     env
 }
@@ -133,6 +139,8 @@ pub struct EnterVia {
     pub socket: PathBuf,
     pub vnode: String,
     pub mounts: Vec<String>,
+    /// A network namespace of its own holding this vIP.
+    pub vip: Option<String>,
 }
 
 /// Starts the program in its own process group with piped stdio; with
@@ -175,6 +183,7 @@ pub fn spawn(
                 socket: via.socket.clone(),
                 vnode: via.vnode.clone(),
                 mounts: via.mounts.clone(),
+                vip: via.vip.clone(),
                 cwd: cwd_path.to_path_buf(),
                 program: program.clone(),
                 argv: argv.to_vec(),
@@ -228,6 +237,7 @@ mod tests {
             stats: "/tmp/j.json".into(),
             spaces: "/tmp/spaces".into(),
             memory_quota: None,
+            host_netns: None,
         }
     }
 

@@ -739,6 +739,22 @@ impl Filesystem for VnodeFs {
         reply.ok()
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Files here are not terminals or devices (isatty asks this way).
+        reply.error(Errno::ENOTTY)
+    }
+
     fn getxattr(
         &self,
         _req: &Request,

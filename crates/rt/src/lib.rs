@@ -16,7 +16,8 @@
 //! Configuration comes from the environment (`LEGO_RT_MANAGER`,
 //! `LEGO_RT_VNODE`, `LEGO_RT_VNODE_ID`, `LEGO_RT_KEY`, `LEGO_RT_EXCACHE`,
 //! `LEGO_RT_JOB`, `LEGO_RT_STATS`, `LEGO_RT_SPACES`, `LEGO_RT_QUOTA`: the
-//! vNode has a memory quota, see [`quota`]). Without
+//! vNode has a memory quota, see [`quota`]; `LEGO_RT_HOST_NETNS`: the
+//! program runs in its vNode's network namespace, see [`netns`]). Without
 //! `LEGO_RT_MANAGER` the library only serves memory locally.
 //!
 //! Exit statuses: 117 when memory is lost (no replica of a vRegion can be
@@ -30,6 +31,7 @@
 pub mod arena;
 pub mod heap;
 pub mod lock;
+pub mod netns;
 pub mod pager;
 pub mod process;
 pub mod quota;
@@ -148,6 +150,7 @@ fn config() -> Result<Option<Config>, String> {
     }
     SPIN_FAULTS.store(allowed_cpus() > 1, Ordering::Relaxed);
     let _ = SPACES_DIR.set(std::env::var("LEGO_RT_SPACES").ok());
+    netns::init(std::env::var("LEGO_RT_HOST_NETNS").ok());
     let get = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
     let key = lego_wire::auth::Secret::from_hex(&get("LEGO_RT_KEY")?)
         .map_err(|e| format!("LEGO_RT_KEY: {e}"))?;
@@ -263,15 +266,17 @@ fn start() {
             "userfaultfd is not available ({e}); lego needs /dev/userfaultfd or the userfaultfd system call"
         ))
     });
-    let remote = Remote::connect(&cfg).unwrap_or_else(|e| {
-        fatal_start(&format!(
-            "cannot reach the lego manager at {}: {e}",
-            cfg.manager
-        ))
-    });
+    let remote = netns::host_net(|| Remote::connect(&cfg))
+        .unwrap_or_else(|e| fatal_start(&e))
+        .unwrap_or_else(|e| {
+            fatal_start(&format!(
+                "cannot reach the lego manager at {}: {e}",
+                cfg.manager
+            ))
+        });
     let asid = remote.asid;
     if cfg.quota {
-        if let Err(e) = quota::init(remote.manager().clone(), asid) {
+        if let Err(e) = quota::init(remote.manager().clone(), remote.manager_dialer(), asid) {
             fatal_start(&e);
         }
     }
@@ -284,8 +289,9 @@ fn start() {
     let fd = p.uffd.fd;
     *pager::PAGER.lock() = Some(p);
     // The handler runs before the arena is registered: any fault after
-    // registration, from any thread, is served.
-    start_handler(fd);
+    // registration, from any thread, is served. It lives in the host's
+    // network namespace (see `netns`).
+    netns::host_net(|| start_handler(fd)).unwrap_or_else(|e| fatal_start(&e));
     {
         let mut guard = pager::PAGER.lock();
         let p = guard.as_mut().expect("just set");

@@ -117,13 +117,16 @@ fn child_locked() {
         }
         // SAFETY: the parent's userfaultfd copy is unused in the child.
         unsafe { libc::close(old) };
-        if let Err(e) = p.remote.reset_after_fork(asid) {
+        let reset = crate::netns::host_net(|| p.remote.reset_after_fork(asid)).and_then(|r| r);
+        if let Err(e) = reset {
             crate::fatal_lost_msg(&format!("the forked child cannot reach the manager: {e}"));
         }
         crate::quota::after_fork(p.remote.manager().clone(), asid);
         record_space(asid);
         let fd = p.uffd.fd;
-        crate::start_handler(fd);
+        if let Err(e) = crate::netns::host_net(|| crate::start_handler(fd)) {
+            crate::fatal_lost_msg(&format!("the forked child cannot start its pager: {e}"));
+        }
     }
 }
 

@@ -17,6 +17,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lego_transport::Client;
+
+use crate::remote::Dialer;
 use lego_wire::control::{LeaseReq, LeaseResp};
 use lego_wire::Op;
 
@@ -29,13 +31,14 @@ const CHUNK: u64 = 4 << 20;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static COMMITTED: AtomicU64 = AtomicU64::new(0);
 static LEASED: AtomicU64 = AtomicU64::new(0);
-/// The manager connection and the address space leases are asked for.
-static LEASER: Lock<Option<(Client, u64)>> = Lock::new(None);
+/// The manager connection (and how to reopen it), and the address space
+/// leases are asked for.
+static LEASER: Lock<Option<(Client, Dialer, u64)>> = Lock::new(None);
 
 /// Turns the quota on for address space `asid` and leases what the program
 /// was given before the runtime started. An error says why not.
-pub fn init(manager: Client, asid: u64) -> Result<(), String> {
-    *LEASER.lock() = Some((manager, asid));
+pub fn init(manager: Client, dialer: Dialer, asid: u64) -> Result<(), String> {
+    *LEASER.lock() = Some((manager, dialer, asid));
     ENABLED.store(true, Ordering::Release);
     let early = COMMITTED.load(Ordering::Relaxed);
     if early > 0 && !lease(early) {
@@ -49,8 +52,8 @@ pub fn init(manager: Client, asid: u64) -> Result<(), String> {
 /// In a forked child: the same lease (the manager copied it) for the child's space.
 pub fn after_fork(manager: Client, asid: u64) {
     let mut l = LEASER.lock();
-    if l.is_some() {
-        *l = Some((manager, asid));
+    if let Some((_, dialer, _)) = l.take() {
+        *l = Some((manager, dialer, asid));
     }
 }
 
@@ -60,10 +63,17 @@ fn lease(need: u64) -> bool {
 }
 
 fn lease_inner(need: u64) -> bool {
-    let guard = LEASER.lock();
-    let Some((client, asid)) = guard.as_ref() else {
+    let mut guard = LEASER.lock();
+    let Some((client, dialer, asid)) = guard.as_mut() else {
         return false;
     };
+    // The manager may have restarted since: reconnect (from the host's
+    // network namespace, see `netns`).
+    if client.is_broken() {
+        if let Ok(Ok(c)) = crate::netns::host_net(|| dialer.connect()) {
+            *client = c;
+        }
+    }
     let req = LeaseReq {
         asid: *asid,
         bytes: need.max(CHUNK).next_multiple_of(1 << 20),

@@ -36,6 +36,20 @@ fn data_alignment(request_len: usize) -> usize {
     (PAGE_SIZE - head % PAGE_SIZE) % PAGE_SIZE
 }
 
+/// What it takes to reconnect to a component.
+#[derive(Clone)]
+pub struct Dialer {
+    pub addr: String,
+    pub creds: Credentials,
+    pub opts: ClientOptions,
+}
+
+impl Dialer {
+    pub fn connect(&self) -> Result<Client, TransportError> {
+        Client::connect(&self.addr, &self.creds, &self.opts)
+    }
+}
+
 /// A page read sent to a vRegion's primary, not yet answered.
 pub struct PendingRead {
     index: u64,
@@ -366,6 +380,15 @@ impl Remote {
     /// The manager connection (for fork).
     pub fn manager(&self) -> &Client {
         &self.manager
+    }
+
+    /// How to open another connection to the manager (for leases).
+    pub fn manager_dialer(&self) -> Dialer {
+        Dialer {
+            addr: self.manager.peer().to_string(),
+            creds: self.creds.clone(),
+            opts: self.opts.clone(),
+        }
     }
 
     /// After fork, in the child: the parent's connections are not ours.

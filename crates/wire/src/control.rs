@@ -142,6 +142,10 @@ pub struct VnodeReq {
     /// Delete: stop its running processes first instead of refusing.
     #[serde(default)]
     pub force: bool,
+    /// Create: its processes share their host's network (no namespace of
+    /// their own holding the vIP).
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 /// A vNode as the manager knows it.
@@ -156,6 +160,9 @@ pub struct VnodeInfo {
     pub mounts: Vec<String>,
     #[serde(default)]
     pub memory_quota: Option<u64>,
+    /// Its processes share their host's network.
+    #[serde(default)]
+    pub host_network: bool,
     /// Bytes of memory leased to its processes now.
     #[serde(default)]
     pub memory_leased: u64,

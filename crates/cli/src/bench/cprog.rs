@@ -1,6 +1,7 @@
-//! The C programs of `lego bench excache`, compiled here with `gcc -O2` so
-//! that they are unmodified programs in every configuration: the workload,
-//! and the probe of the kernel's userfaultfd floor (`floor.c`).
+//! The C programs of `lego bench`, compiled here with `gcc -O2` so that they
+//! are unmodified programs in every configuration: the excache workload, the
+//! probe of the kernel's userfaultfd floor (`floor.c`), and the file
+//! workload of `lego bench storage` (`fsbench.c`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +12,8 @@ use anyhow::{bail, Context, Result};
 const WORKLOAD_C: &str = include_str!("workload.c");
 /// The floor probe's source.
 const FLOOR_C: &str = include_str!("floor.c");
+/// The file workload of `lego bench storage`.
+const FSBENCH_C: &str = include_str!("fsbench.c");
 
 fn compile(dir: &Path, name: &str, source: &str) -> Result<PathBuf> {
     let src = dir.join(format!("{name}.c"));
@@ -33,6 +36,10 @@ fn compile(dir: &Path, name: &str, source: &str) -> Result<PathBuf> {
 
 pub fn compile_workload(dir: &Path) -> Result<PathBuf> {
     compile(dir, "workload", WORKLOAD_C)
+}
+
+pub fn compile_fsbench(dir: &Path) -> Result<PathBuf> {
+    compile(dir, "fsbench", FSBENCH_C)
 }
 
 /// What a page costs the kernel alone, in µs: installed with UFFDIO_COPY,

@@ -13,6 +13,7 @@ mod placement;
 mod report;
 mod rtt;
 pub mod stats;
+mod storage;
 mod swap;
 
 #[derive(Subcommand, Debug)]
@@ -21,12 +22,15 @@ pub enum BenchCmd {
     Memory(memory::MemoryBenchArgs),
     /// A program's slowdown under lego at ExCache 100/50/25% of its working set, beside Linux swap under a cgroup limit
     Excache(excache::ExcacheBenchArgs),
+    /// File throughput and small-file operations through a vNode's mount, beside the local disk
+    Storage(storage::StorageBenchArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Memory(a) => memory::run(a),
         BenchCmd::Excache(a) => excache::run(a),
+        BenchCmd::Storage(a) => storage::run(a),
     }
 }
 

@@ -75,8 +75,8 @@ impl Placement {
         match self {
             Placement::Split { app, memory } => format!(
                 "thread placement: split: the programs under test (local, lego and swap runs, with the lego runtime's \
-                 fault handler), the processor monitor and the bench on CPU {app}; the memory monitors and the \
-                 round trip's server on CPUs {memory} (as if on other hosts)"
+                 fault handler), the processor monitor and the bench on CPU {app}; the memory and storage \
+                 monitors and the round trip's server on CPUs {memory} (as if on other hosts)"
             ),
             Placement::Shared => format!(
                 "thread placement: not pinned; bench process allowed on CPUs {}, the scheduler places each thread",

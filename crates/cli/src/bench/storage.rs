@@ -1,0 +1,204 @@
+//! `lego bench storage`: one unmodified C program (`fsbench.c`: a large file
+//! written with fsync and read back in 1 MiB calls, then many 4 KiB files
+//! created, stat'ed and unlinked) run on the local disk directly and through
+//! a vNode's mount (FUSE in the processor monitor, the file protocol over TCP
+//! loopback, a storage monitor keeping the files on the same disk), in one
+//! run, printed side by side.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::child::run_child;
+use super::cprog::compile_fsbench;
+use super::placement::{Placement, PlacementArg};
+use crate::size::{human, parse_size};
+use crate::up::{LocalCluster, ProcessorSpec, Spec};
+
+#[derive(Args, Debug)]
+pub struct StorageBenchArgs {
+    /// Size of the file written and read sequentially
+    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub size: u64,
+    /// Number of small files created, stat'ed and unlinked
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub files: u64,
+    /// Where threads run [default: split when there are two CPUs or more]
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub placement: Option<PlacementArg>,
+}
+
+const PHASES: [(&str, &str); 5] = [
+    ("write", "seq write"),
+    ("read", "seq read"),
+    ("create", "creates"),
+    ("stat", "stats"),
+    ("unlink", "unlinks"),
+];
+
+/// Per phase: (seconds, units).
+type Result1 = BTreeMap<String, (f64, f64)>;
+
+fn parse(out: &str) -> Result<Result1> {
+    let mut m = BTreeMap::new();
+    for l in out.lines() {
+        if let ["phase", name, secs, units] = l.split_whitespace().collect::<Vec<_>>()[..] {
+            m.insert(name.to_string(), (secs.parse()?, units.parse()?));
+        }
+    }
+    if m.len() != PHASES.len() {
+        bail!("fsbench printed {out:?}");
+    }
+    Ok(m)
+}
+
+fn rate(r: &Result1, phase: &str) -> f64 {
+    let (s, u) = r[phase];
+    let per_s = u / s.max(1e-9);
+    if matches!(phase, "write" | "read") {
+        per_s / (1 << 20) as f64
+    } else {
+        per_s
+    }
+}
+
+fn fs_of(path: &std::path::Path) -> String {
+    let out = Command::new("df")
+        .args(["--output=source,fstype"])
+        .arg(path)
+        .output();
+    out.ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| {
+            s.lines()
+                .nth(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+pub fn run(a: StorageBenchArgs) -> Result<()> {
+    let placement = Placement::choose(a.placement)?;
+    placement.pin_bench()?;
+    println!("lego bench storage\n{}", super::environment(&placement));
+    let mb = a.size.div_ceil(1 << 20).max(1);
+    println!(
+        "workload: C, gcc -O2: a {} file written in 1 MiB writes then fsync, read back in 1 MiB reads; \
+         {} files of 4 KiB created, stat'ed, unlinked",
+        human(mb << 20),
+        a.files
+    );
+    let dir = tempfile_dir()?;
+    let bin = compile_fsbench(&dir.0)?;
+    let stop = AtomicBool::new(false);
+    let args = [mb.to_string(), a.files.to_string()];
+    let local_dir = dir.0.join("local");
+    std::fs::create_dir_all(&local_dir)?;
+    println!(
+        "local disk: {} ({})",
+        local_dir.display(),
+        fs_of(&local_dir)
+    );
+    eprintln!("bench: local disk");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(&local_dir).args(&args);
+    let f = run_child(cmd, &stop, Duration::from_secs(900))?;
+    if !f.status.success() {
+        bail!("fsbench failed on the local disk: {}", f.stderr.trim());
+    }
+    let local = parse(&f.stdout)?;
+
+    eprintln!("bench: starting the embedded cluster with a storage monitor");
+    let cluster = LocalCluster::start_with(
+        &Spec {
+            dir: dir.0.join("cluster"),
+            memory_monitors: 2,
+            capacity: 256 << 20,
+            heartbeat_ms: 1000,
+            memory_cpus: placement.memory_cpus(),
+            storage: true,
+        },
+        Some(&ProcessorSpec {
+            excache: 256 << 20,
+            runtime: None,
+            cpus: placement.app_cpus(),
+        }),
+    )?;
+    let sdir = dir.0.join("cluster").join("storage");
+    println!(
+        "lego: vNode mount /data (FUSE in the processor monitor, TCP loopback) -> storage monitor {} keeping files in {} ({})",
+        cluster.storage.clone().unwrap_or_default(),
+        sdir.display(),
+        fs_of(&sdir)
+    );
+    eprintln!("bench: through the vnode mount");
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("run")
+        .arg("--dir")
+        .arg(&cluster.dir)
+        .args(["--vnode", "bench-storage", "--excache", "64MiB", "--"])
+        .arg(&bin)
+        .arg("/data")
+        .args(&args)
+        .env_remove("LEGO_LOG");
+    let f = run_child(cmd, &stop, Duration::from_secs(900))?;
+    if !f.status.success() {
+        bail!(
+            "fsbench failed through the vnode mount: {}",
+            f.stderr.trim()
+        );
+    }
+    let lego = parse(&f.stdout)?;
+    drop(cluster);
+
+    println!();
+    print!("{:<28}", "configuration");
+    for (_, label) in PHASES {
+        print!("{:>20}", label);
+    }
+    println!();
+    for (name, r) in [("local disk", &local), ("lego vNode mount", &lego)] {
+        print!("{name:<28}");
+        for (p, _) in PHASES {
+            let unit = if matches!(p, "write" | "read") {
+                "MB/s"
+            } else {
+                "/s"
+            };
+            print!("{:>20}", format!("{:.0} {unit}", rate(r, p)));
+        }
+        println!();
+    }
+    print!("{:<28}", "lego / local");
+    for (p, _) in PHASES {
+        print!(
+            "{:>20}",
+            format!("{:.2}x", rate(&lego, p) / rate(&local, p))
+        );
+    }
+    println!(
+        "\n\nreads on both rows come from the host's page cache (the file was just written; \
+         nothing is dropped); MB are MiB"
+    );
+    Ok(())
+}
+
+/// The bench's own directory; removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<TempDir> {
+    let d = std::env::temp_dir().join(format!("lego-bench-storage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    Ok(TempDir(d))
+}
