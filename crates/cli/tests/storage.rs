@@ -384,6 +384,35 @@ fn a_busy_vnode_is_deleted_only_by_force_and_its_quota_holds() {
         let show = ok(&c.cli(&["vnode", "show", "q"]));
         (!show.contains("none running")).then_some(())
     });
+    // Another vNode's process cannot reach q's files through q's processes
+    // (/proc/PID/root): q's mount serves only q's own processes.
+    let jobs: Vec<lego_wire::control::JobInfo> = c
+        .processor_client()
+        .call_json(lego_wire::Op::Jobs, &())
+        .unwrap();
+    let pid = jobs
+        .iter()
+        .find(|j| j.vnode == "q" && j.running)
+        .unwrap()
+        .pid;
+    let peek = run(
+        &c,
+        "other",
+        &["cat", &format!("/proc/{pid}/root/data/f")],
+        None,
+    );
+    assert!(!peek.status.success());
+    assert!(
+        String::from_utf8_lossy(&peek.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&peek.stderr)
+    );
+    assert!(c
+        .processor
+        .as_ref()
+        .unwrap()
+        .log_text()
+        .contains("refused a file request from a process outside the vnode"));
     let refused = c.cli(&["vnode", "delete", "q"]);
     assert!(!refused.status.success());
     assert!(

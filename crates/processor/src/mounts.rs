@@ -87,6 +87,13 @@ fn accept(listener: &UnixListener, deadline: Instant) -> Result<UnixStream, Stri
 /// exits with an error) and the reason is returned.
 pub fn serve(listener: &UnixListener, plan: &MountPlan, deadline: Instant) -> Result<(), String> {
     let mut conn = accept(listener, deadline)?;
+    // The helper has its mount namespace by now: the job's processes are
+    // the ones in it.
+    let mnt_ns = rustix::net::sockopt::socket_peercred(&conn)
+        .ok()
+        .and_then(|c| std::fs::read_link(format!("/proc/{}/ns/mnt", c.pid.as_raw_nonzero())).ok())
+        .map(|p| p.into_os_string())
+        .ok_or("cannot tell the helper's mount namespace")?;
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
@@ -107,6 +114,7 @@ pub fn serve(listener: &UnixListener, plan: &MountPlan, deadline: Instant) -> Re
                 plan.storage.clone(),
                 plan.key,
                 plan.resolve.clone(),
+                Some(mnt_ns.clone()),
             );
             fs.ensure_root().map_err(|e| {
                 format!(

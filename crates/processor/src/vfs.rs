@@ -93,6 +93,9 @@ pub struct VnodeFs {
     creds: Credentials,
     client: Mutex<Option<Client>>,
     paths: Mutex<Paths>,
+    /// The mount namespace of the job's processes (`mnt:[N]`): requests
+    /// from any other process are refused.
+    mnt_ns: Option<std::ffi::OsString>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +155,7 @@ impl VnodeFs {
         storage: String,
         key: [u8; 32],
         resolve: Option<Resolver>,
+        mnt_ns: Option<std::ffi::OsString>,
     ) -> VnodeFs {
         VnodeFs {
             vnode,
@@ -162,6 +166,26 @@ impl VnodeFs {
             creds: Credentials::vnode(vnode, key),
             client: Mutex::new(None),
             paths: Mutex::new(Paths::default()),
+            mnt_ns,
+        }
+    }
+
+    /// Only the job's own processes may use its files: a process elsewhere
+    /// (another vNode's, reaching in through `/proc/PID/root`) is refused.
+    fn admit(&self, req: &Request) -> Result<(), Errno> {
+        let Some(ns) = &self.mnt_ns else {
+            return Ok(());
+        };
+        let pid = req.pid();
+        if pid == 0 {
+            return Ok(()); // the kernel itself
+        }
+        match std::fs::read_link(format!("/proc/{pid}/ns/mnt")) {
+            Ok(link) if link.as_os_str() == ns.as_os_str() => Ok(()),
+            _ => {
+                tracing::warn!(vnode = %self.name, pid, "refused a file request from a process outside the vnode");
+                Err(Errno::EACCES)
+            }
         }
     }
 
@@ -323,14 +347,20 @@ impl Filesystem for VnodeFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         match self.child(parent, name).and_then(|rel| self.stat(&rel)) {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         match self.rel_of(ino).and_then(|rel| self.stat(&rel)) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
@@ -339,7 +369,7 @@ impl Filesystem for VnodeFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -355,6 +385,9 @@ impl Filesystem for VnodeFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.rel_of(ino).and_then(|rel| {
             let path = self.full(&rel);
             let call = FsCall::Setattr {
@@ -374,7 +407,10 @@ impl Filesystem for VnodeFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.rel_of(ino).and_then(|rel| {
             let path = self.full(&rel);
             self.call(FsCall::Readlink { path: &path }, |r| match r {
@@ -404,13 +440,16 @@ impl Filesystem for VnodeFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.child(parent, name).and_then(|rel| {
             let path = self.full(&rel);
             self.call(
@@ -427,22 +466,31 @@ impl Filesystem for VnodeFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         self.remove(parent, name, false, reply)
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         self.remove(parent, name, true, reply)
     }
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.child(parent, link_name).and_then(|rel| {
             let path = self.full(&rel);
             let call = FsCall::Symlink {
@@ -459,7 +507,7 @@ impl Filesystem for VnodeFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -467,6 +515,9 @@ impl Filesystem for VnodeFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.child(parent, name).and_then(|from| {
             let to = self.child(newparent, newname)?;
             let (f, t) = (self.full(&from), self.full(&to));
@@ -489,12 +540,15 @@ impl Filesystem for VnodeFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.rel_of(ino).and_then(|from| {
             let to = self.child(newparent, newname)?;
             let (f, t) = (self.full(&from), self.full(&to));
@@ -506,7 +560,10 @@ impl Filesystem for VnodeFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.rel_of(ino).and_then(|rel| {
             let path = self.full(&rel);
             self.call(
@@ -528,7 +585,7 @@ impl Filesystem for VnodeFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -536,6 +593,9 @@ impl Filesystem for VnodeFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.child(parent, name).and_then(|rel| {
             let path = self.full(&rel);
             let call = FsCall::Create {
@@ -657,12 +717,15 @@ impl Filesystem for VnodeFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let r = self.rel_of(ino).and_then(|rel| {
             let path = self.full(&rel);
             self.call(FsCall::FsyncDir { path: &path }, Self::done)
@@ -675,12 +738,15 @@ impl Filesystem for VnodeFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         let rel = match self.rel_of(ino) {
             Ok(r) => r,
             Err(e) => return reply.error(e),
@@ -722,7 +788,10 @@ impl Filesystem for VnodeFs {
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        if let Err(e) = self.admit(req) {
+            return reply.error(e);
+        }
         match self.call(FsCall::Statfs, |r| match r {
             FsReply::Statfs(s) => Ok(s),
             _ => Err(Errno::EIO),
