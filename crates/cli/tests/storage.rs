@@ -350,14 +350,17 @@ fn a_busy_vnode_is_deleted_only_by_force_and_its_quota_holds() {
         .to_string();
     // Past the quota, allocation fails in the program as out of memory.
     let py = "a = []\ntry:\n    while True: a.append(bytearray(16 << 20))\nexcept MemoryError:\n    print('MemoryError after', len(a))\n\
-              b = bytearray(1 << 20)\nprint('small allocations still work')\n";
+              n = len(a)\ndel a\nb = bytearray(64 << 20)\nprint('after freeing, allocations work again')\n";
     let out = ok(&run(&c, "q", &["python3", "-c", py], None));
     let n: u64 = out.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(
         (4..16).contains(&n),
         "{n} x 16 MiB fit a 256 MiB quota (python itself takes some): {out}"
     );
-    assert!(out.ends_with("small allocations still work\n"), "{out}");
+    assert!(
+        out.ends_with("after freeing, allocations work again\n"),
+        "{out}"
+    );
     let log = c.processor.as_ref().unwrap().log_text();
     assert!(log.contains("vnode q is out of its memory quota"), "{log}");
     // Both mount points are the vNode's, each its own subtree.

@@ -377,9 +377,13 @@ impl FileStore {
     ) -> FsResult<(u64, Attr)> {
         let f = OFlags::from_bits_retain(flags as u32);
         let oflags = open_flags(flags) | OFlags::CREATE | (f & (OFlags::EXCL | OFlags::TRUNC));
-        let fd = self.open_in(vnode, path, oflags, Mode::from_bits_truncate(mode & 0o7777))?;
-        let attr = attr_of(&rustix::fs::fstat(&fd).ctx("stat", path)?);
-        Ok((self.new_handle(vnode, conn, fd), attr))
+        self.open_handle(
+            vnode,
+            conn,
+            path,
+            oflags,
+            Mode::from_bits_truncate(mode & 0o7777),
+        )
     }
 
     pub fn open_file(
@@ -390,12 +394,20 @@ impl FileStore {
         flags: i32,
     ) -> FsResult<(u64, Attr)> {
         let f = OFlags::from_bits_retain(flags as u32);
-        let fd = self.open_in(
-            vnode,
-            path,
-            open_flags(flags) | (f & OFlags::TRUNC),
-            Mode::empty(),
-        )?;
+        let oflags = open_flags(flags) | (f & OFlags::TRUNC);
+        self.open_handle(vnode, conn, path, oflags, Mode::empty())
+    }
+
+    /// Opens `path` confined and gives it a handle of `conn`.
+    fn open_handle(
+        &self,
+        vnode: u32,
+        conn: u64,
+        path: &[u8],
+        oflags: OFlags,
+        mode: Mode,
+    ) -> FsResult<(u64, Attr)> {
+        let fd = self.open_in(vnode, path, oflags, mode)?;
         let attr = attr_of(&rustix::fs::fstat(&fd).ctx("stat", path)?);
         Ok((self.new_handle(vnode, conn, fd), attr))
     }
