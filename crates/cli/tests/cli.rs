@@ -30,14 +30,16 @@ fn stdout(o: &std::process::Output) -> String {
 fn up_status_vnode_and_clean_stop() {
     ensure_runtime();
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Command::new(LEGO)
-        .args(["up", "--dir"])
-        .arg(dir.path())
-        .args(["--capacity", "512MiB"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = KillOnDrop(
+        Command::new(LEGO)
+            .args(["up", "--dir"])
+            .arg(dir.path())
+            .args(["--capacity", "512MiB"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let cluster_json = dir.path().join("cluster.json");
     wait_for(Duration::from_secs(20), "cluster.json", || {
         cluster_json.exists().then_some(())

@@ -466,13 +466,15 @@ fn up_starts_a_processor_monitor_and_status_shows_its_jobs() {
         assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
         text(&o.stdout)
     };
-    let mut up = Command::new(LEGO)
-        .args(["up", "--excache", "256MiB", "--capacity", "256MiB", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut up = KillOnDrop(
+        Command::new(LEGO)
+            .args(["up", "--excache", "256MiB", "--capacity", "256MiB", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let cluster_json = dir.path().join("cluster.json");
     wait_for(Duration::from_secs(20), "cluster.json", || {
         cluster_json.exists().then_some(())

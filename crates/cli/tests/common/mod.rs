@@ -95,6 +95,30 @@ impl Drop for Daemon {
     }
 }
 
+/// A `lego up` (or any child) that is killed when the test ends, also when
+/// it fails halfway, so no cluster outlives its test.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// A cluster of real daemons in a temporary directory.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
