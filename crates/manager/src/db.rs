@@ -52,6 +52,16 @@ pub enum Change<'a> {
     NextIds { component: u64, vnode: u32 },
 }
 
+impl Change<'_> {
+    /// The id counters of `st`, to persist with a change that used one.
+    pub fn next_ids(st: &lego_placement::Placement) -> Change<'static> {
+        Change::NextIds {
+            component: st.next_component_id(),
+            vnode: st.next_vnode_id(),
+        }
+    }
+}
+
 /// The manager's database.
 pub struct Db {
     db: Database,

@@ -309,14 +309,7 @@ impl ManagerService {
                     )
                     .map_err(reject)?;
                 let comp = st.component(id).expect("just registered").clone();
-                let next = (st.next_component_id(), st.next_vnode_id());
-                self.persist(&[
-                    Change::Component(&comp),
-                    Change::NextIds {
-                        component: next.0,
-                        vnode: next.1,
-                    },
-                ])?;
+                self.persist(&[Change::Component(&comp), Change::next_ids(&st)])?;
                 let events = st.take_events();
                 drop(st);
                 self.log_events(events);

@@ -116,14 +116,7 @@ impl ManagerService {
                 if let Ok((placed, _)) = st.place_storage(v.id) {
                     v = placed;
                 }
-                let next = (st.next_component_id(), st.next_vnode_id());
-                self.persist(&[
-                    Change::Vnode(&v),
-                    Change::NextIds {
-                        component: next.0,
-                        vnode: next.1,
-                    },
-                ])?;
+                self.persist(&[Change::Vnode(&v), Change::next_ids(&st)])?;
                 info!(id = v.id, name = %v.name, mounts = ?v.mounts, quota = ?v.memory_quota,
                     storage = ?v.storage, "vnode created");
                 Ok(to_body(&self.vnode_info(&st, &v)))

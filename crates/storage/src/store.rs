@@ -245,14 +245,17 @@ impl FileStore {
         Ok((fd, name))
     }
 
-    pub fn stat(&self, vnode: u32, path: &[u8]) -> FsResult<Attr> {
+    /// Where `path` is named: its parent directory and last name, or the
+    /// root and `.` for the root itself.
+    fn entry<'p>(&self, vnode: u32, path: &'p [u8]) -> FsResult<(OwnedFd, &'p [u8])> {
         if path.is_empty() {
-            let root = self.root(vnode)?;
-            return rustix::fs::fstat(&root)
-                .ctx("stat", path)
-                .map(|s| attr_of(&s));
+            return Ok((self.root(vnode)?, b"."));
         }
-        let (dir, name) = self.parent(vnode, path)?;
+        self.parent(vnode, path)
+    }
+
+    pub fn stat(&self, vnode: u32, path: &[u8]) -> FsResult<Attr> {
+        let (dir, name) = self.entry(vnode, path)?;
         rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .ctx("stat", path)
             .map(|s| attr_of(&s))
@@ -272,11 +275,7 @@ impl FileStore {
     ) -> FsResult<Attr> {
         // A symlink itself cannot be opened confined; only its times and
         // owner can change, through its parent.
-        let (dir, name) = if path.is_empty() {
-            (self.root(vnode)?, &b"."[..])
-        } else {
-            self.parent(vnode, path)?
-        };
+        let (dir, name) = self.entry(vnode, path)?;
         let is_link = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .ctx("stat", path)?
             .st_mode
