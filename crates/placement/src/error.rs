@@ -21,8 +21,8 @@ pub enum PlacementError {
     InvalidAddress(String),
     #[error("unknown role {0:?} (expected memory, processor or storage)")]
     UnknownRole(String),
-    #[error("need two alive memory monitors to place a vregion, {alive} alive")]
-    NotEnoughMemoryMonitors { alive: usize },
+    #[error("need {needed} alive memory monitors to place a vregion, {alive} alive")]
+    NotEnoughMemoryMonitors { alive: usize, needed: usize },
     #[error("no alive memory monitor left to take over a replica of {0}")]
     NoSpareMemoryMonitor(VRegionKey),
     #[error("no surviving replica of {key}: component {survivor} is dead or gone")]
@@ -32,6 +32,10 @@ pub enum PlacementError {
     },
     #[error("unknown {0}")]
     UnknownVRegion(VRegionKey),
+    #[error("a vnode keeps 1 or 2 copies of its memory, not {0}")]
+    InvalidReplicas(u8),
+    #[error("{key} changed while its copy was rebuilt; the copy is dropped")]
+    RecoveryOutdated { key: VRegionKey },
     #[error("component {id} holds no replica of {key}")]
     NotAReplica { key: VRegionKey, id: ComponentId },
     #[error("no alive processor monitor has {excache} bytes of ExCache free ({alive} alive)")]

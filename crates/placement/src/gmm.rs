@@ -1,6 +1,6 @@
-//! The GMM: which two distinct memory monitors (a primary and a backup) hold
-//! each vRegion, chosen by load; freeing the vRegions of an address space;
-//! moving a replica off a failed monitor.
+//! The GMM: which distinct memory monitors (a primary and, for a vNode with
+//! two copies, a backup) hold each vRegion, chosen by load; freeing the
+//! vRegions of an address space.
 
 use std::collections::BTreeMap;
 
@@ -25,13 +25,18 @@ impl Placement {
         if !self.vnodes.contains_key(&vnode) {
             return Err(PlacementError::UnknownVnodeId(vnode));
         }
+        let needed = self.vnodes[&vnode].replicas.clamp(1, 2) as usize;
         let ranked = self.ranked_memory_monitors(&[]);
-        let [primary, backup, ..] = ranked[..] else {
+        if ranked.len() < needed {
             return Err(PlacementError::NotEnoughMemoryMonitors {
                 alive: ranked.len(),
+                needed,
             });
+        }
+        let assignment = VRegionAssignment {
+            primary: ranked[0],
+            backup: (needed == 2).then(|| ranked[1]),
         };
-        let assignment = VRegionAssignment { primary, backup };
         self.vregions.insert(key, assignment);
         Ok((assignment, true))
     }
@@ -63,45 +68,6 @@ impl Placement {
         self.remove_vregions(asid, asid)
     }
 
-    /// Moves the replica of `key` held by `failed` elsewhere: the surviving
-    /// replica becomes (or stays) the primary, and the least-loaded alive
-    /// memory monitor holding neither becomes the backup. Returns the new
-    /// assignment; the manager then copies the vRegion from the primary to
-    /// the new backup.
-    pub fn replace_replica(
-        &mut self,
-        key: VRegionKey,
-        failed: ComponentId,
-    ) -> Result<VRegionAssignment, PlacementError> {
-        let current = self
-            .vregion(key)
-            .ok_or(PlacementError::UnknownVRegion(key))?;
-        let survivor = if current.primary == failed {
-            current.backup
-        } else if current.backup == failed {
-            current.primary
-        } else {
-            return Err(PlacementError::NotAReplica { key, id: failed });
-        };
-        if self
-            .components
-            .get(&survivor)
-            .is_none_or(|c| c.health == Health::Dead)
-        {
-            return Err(PlacementError::NoSurvivingReplica { key, survivor });
-        }
-        let backup = *self
-            .ranked_memory_monitors(&[survivor, failed])
-            .first()
-            .ok_or(PlacementError::NoSpareMemoryMonitor(key))?;
-        let assignment = VRegionAssignment {
-            primary: survivor,
-            backup,
-        };
-        self.vregions.insert(key, assignment);
-        Ok(assignment)
-    }
-
     /// Removes the vRegions of address spaces `first..=last`.
     pub(crate) fn remove_vregions(
         &mut self,
@@ -122,11 +88,10 @@ impl Placement {
     }
 
     /// Alive memory monitors not in `exclude`, least loaded first.
-    fn ranked_memory_monitors(&self, exclude: &[ComponentId]) -> Vec<ComponentId> {
+    pub(crate) fn ranked_memory_monitors(&self, exclude: &[ComponentId]) -> Vec<ComponentId> {
         let mut replicas: BTreeMap<ComponentId, u64> = BTreeMap::new();
-        for assignment in self.vregions.values() {
-            *replicas.entry(assignment.primary).or_default() += 1;
-            *replicas.entry(assignment.backup).or_default() += 1;
+        for id in self.vregions.values().flat_map(|a| a.copies()) {
+            *replicas.entry(id).or_default() += 1;
         }
         let mut candidates: Vec<(f64, u64, ComponentId)> = self
             .components

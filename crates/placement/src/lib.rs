@@ -7,6 +7,7 @@
 //! restoration after a manager restart. The operations live in:
 //! - `membership`: registration, heartbeats, failure detection;
 //! - `gmm`: vRegion placement on memory monitors;
+//! - `recovery`: failover and re-replication when memory monitors die;
 //! - `vnodes`: vNodes and their address spaces;
 //! - `gsm`: storage placement of vNodes, and memory leases within quotas.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ mod gmm;
 mod gpm;
 mod gsm;
 mod membership;
+mod recovery;
 mod types;
 mod vnodes;
 
@@ -27,7 +29,7 @@ use std::collections::BTreeMap;
 pub use error::PlacementError;
 pub use types::{
     asid_seq, asid_vnode, make_asid, Asid, Component, ComponentId, Event, Health, PlacementConfig,
-    Role, VRegionAssignment, VRegionKey, Vnode, VnodeId, DEFAULT_MOUNT,
+    Recovery, Role, VRegionAssignment, VRegionKey, VRegionState, Vnode, VnodeId, DEFAULT_MOUNT,
 };
 pub use vnodes::{validate_mounts, validate_vnode_name, MAX_MOUNTS, MAX_VNODE_NAME};
 

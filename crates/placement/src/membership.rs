@@ -25,6 +25,14 @@ impl Placement {
         let old = previous
             .and_then(|id| self.components.get(&id))
             .filter(|old| old.role == role);
+        // A memory monitor declared dead may have missed writes while it was
+        // away (a partition, a stopped process): what it holds is not a
+        // copy anyone may trust, and its vRegions were given to others. It
+        // comes back as a new component.
+        let stale = old
+            .filter(|old| old.role == Role::Memory && old.health == crate::Health::Dead)
+            .map(|old| old.id);
+        let old = old.filter(|_| stale.is_none());
         let (id, used) = match old {
             // The same daemon reconnecting (e.g. after a manager restart)
             // still holds what it held; a restarted daemon holds nothing.
@@ -43,6 +51,13 @@ impl Placement {
             }
         };
         let rejoined = old.is_some();
+        if let Some(old) = stale {
+            self.events.push(Event::StaleIdentity {
+                old,
+                new: id,
+                addr: addr.clone(),
+            });
+        }
         self.events.push(Event::ComponentRegistered {
             id,
             role,
@@ -114,7 +129,39 @@ impl Placement {
             }
         }
         self.events.extend(events.iter().cloned());
+        for e in &events {
+            if let Event::ComponentDead {
+                id,
+                role: Role::Memory,
+                ..
+            } = e
+            {
+                self.fail_over(*id);
+            }
+        }
         events
+    }
+
+    /// Declares a component dead now, whatever its heartbeats say (the
+    /// manager found it unreachable when a process reported it). Returns
+    /// the death event, also queued, or `None` if it was already dead.
+    pub fn declare_dead(&mut self, now_ms: u64, id: ComponentId) -> Option<Event> {
+        let c = self.components.get_mut(&id)?;
+        if c.health == Health::Dead {
+            return None;
+        }
+        c.health = Health::Dead;
+        let e = Event::ComponentDead {
+            id,
+            role: c.role,
+            addr: c.addr.clone(),
+            silent_ms: now_ms.saturating_sub(c.last_heard_ms),
+        };
+        self.events.push(e.clone());
+        if c.role == Role::Memory {
+            self.fail_over(id);
+        }
+        Some(e)
     }
 
     /// The component with this id, whatever its health.

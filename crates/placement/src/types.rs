@@ -132,6 +132,13 @@ pub struct Vnode {
     /// network namespace of their own holding the vIP.
     #[serde(default)]
     pub host_network: bool,
+    /// Copies of each of its vRegions: 2 (a primary and a backup), or 1.
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
+}
+
+fn default_replicas() -> u8 {
+    2
 }
 
 /// Where a vNode's files appear when no mount point is given.
@@ -161,18 +168,55 @@ impl fmt::Display for VRegionKey {
     }
 }
 
-/// The two memory monitors holding a vRegion; always distinct.
+/// The memory monitors holding a vRegion: a primary and, unless its vNode
+/// keeps one copy only, a backup; always distinct.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VRegionAssignment {
     pub primary: ComponentId,
-    pub backup: ComponentId,
+    pub backup: Option<ComponentId>,
 }
 
 impl VRegionAssignment {
     /// Whether `id` holds a replica (primary or backup).
     pub fn holds(&self, id: ComponentId) -> bool {
-        self.primary == id || self.backup == id
+        self.primary == id || self.backup == Some(id)
     }
+
+    /// The monitors holding a copy, primary first.
+    pub fn copies(&self) -> impl Iterator<Item = ComponentId> {
+        std::iter::once(self.primary).chain(self.backup)
+    }
+}
+
+/// How a vRegion's copies stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VRegionState {
+    /// Every copy it should have is on a live memory monitor.
+    Healthy,
+    /// A copy was lost and one survives: it is being (or will be) rebuilt.
+    Degraded,
+    /// No copy is on a live memory monitor.
+    Lost,
+}
+
+impl fmt::Display for VRegionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VRegionState::Healthy => "healthy",
+            VRegionState::Degraded => "degraded",
+            VRegionState::Lost => "lost",
+        })
+    }
+}
+
+/// A vRegion that lost a copy, and the memory monitor to rebuild it on: the
+/// manager asks `survivor` to copy the vRegion onto `target`, then commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    pub key: VRegionKey,
+    pub survivor: ComponentId,
+    pub failed: ComponentId,
+    pub target: ComponentId,
 }
 
 /// Things the manager must log or act on.
@@ -189,6 +233,22 @@ pub enum Event {
         role: Role,
         addr: String,
         silent_ms: u64,
+    },
+    /// A memory monitor died holding the primary of `key`: its backup is
+    /// the primary now.
+    Failover {
+        key: VRegionKey,
+        dead: ComponentId,
+        primary: ComponentId,
+    },
+    /// The last copy of `key` died with `dead`.
+    VRegionLost { key: VRegionKey, dead: ComponentId },
+    /// A memory monitor that had been declared dead came back under its old
+    /// id; it holds no data anyone trusts and gets a fresh id.
+    StaleIdentity {
+        old: ComponentId,
+        new: ComponentId,
+        addr: String,
     },
 }
 

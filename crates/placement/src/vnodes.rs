@@ -117,6 +117,7 @@ impl Placement {
             memory_quota,
             storage: None,
             host_network: false,
+            replicas: 2,
         };
         self.vnode_ids.insert(vnode.name.clone(), id);
         self.vnodes.insert(id, vnode.clone());
@@ -131,6 +132,20 @@ impl Placement {
             .get_mut(&id)
             .ok_or(PlacementError::UnknownVnodeId(id))?;
         v.host_network = host;
+        Ok(v.clone())
+    }
+
+    /// How many copies each new vRegion of the vNode gets (1 or 2); returns
+    /// the updated vNode, to be persisted.
+    pub fn set_replicas(&mut self, id: VnodeId, replicas: u8) -> Result<Vnode, PlacementError> {
+        if !(1..=2).contains(&replicas) {
+            return Err(PlacementError::InvalidReplicas(replicas));
+        }
+        let v = self
+            .vnodes
+            .get_mut(&id)
+            .ok_or(PlacementError::UnknownVnodeId(id))?;
+        v.replicas = replicas;
         Ok(v.clone())
     }
 

@@ -210,7 +210,49 @@ pub struct VRegionInfo {
     pub asid: u64,
     pub index: u64,
     pub primary: u64,
-    pub backup: u64,
+    /// `None`: the address space keeps one copy only.
+    pub backup: Option<u64>,
+    /// "healthy" (every copy on a live monitor), "degraded" (a copy lost,
+    /// being rebuilt) or "lost" (no live copy).
+    #[serde(default)]
+    pub state: String,
+}
+
+/// Something the manager did about a failure, for `lego status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// Milliseconds ago, at the time of the snapshot.
+    pub ago_ms: u64,
+    /// "dead", "failover", "re-replicated", "lost", "stale", "jobs-lost", ...
+    pub kind: String,
+    pub text: String,
+    /// How long it took, when it is a recovery.
+    pub took_ms: Option<u64>,
+}
+
+/// `Replicate` (the manager to a vRegion's surviving copy) -> [`ReplicateResp`]:
+/// copy the pages `first_page..first_page + pages` of `asid` to `target`,
+/// and forward every later write of them that the target did not get.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateReq {
+    pub asid: u64,
+    pub first_page: u64,
+    pub pages: u64,
+    pub target: Endpoint,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateResp {
+    /// Pages copied.
+    pub pages: u64,
+}
+
+/// `ReportUnreachable` (a process to the manager) -> `{}`: a memory monitor
+/// did not answer it. The manager checks for itself before acting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreachableReq {
+    pub id: u64,
+    pub why: String,
 }
 
 /// The manager itself.
@@ -231,6 +273,9 @@ pub struct ClusterState {
     pub components: Vec<ComponentInfo>,
     pub vnodes: Vec<VnodeInfo>,
     pub vregions: Vec<VRegionInfo>,
+    /// Recent failures and recoveries, oldest first.
+    #[serde(default)]
+    pub events: Vec<EventInfo>,
 }
 
 /// `MemStats` -> this.

@@ -31,7 +31,7 @@ pub use frame::{Frame, Header, FLAG_ERROR, FLAG_RESPONSE, HEADER_LEN};
 pub use ops::{ErrorCode, Op};
 
 /// Protocol version spoken by this build. A peer with another version is refused.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Size of a page in bytes: the unit of memory paged between components.
 pub const PAGE_SIZE: usize = 4096;
 /// Default maximum body size of a frame (8 MiB).

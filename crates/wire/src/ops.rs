@@ -59,6 +59,12 @@ u16_enum! {
         MemStats = 0x0104, "mem_stats";
         /// Memory monitor: copy every page of one address space into another (fork).
         CloneSpace = 0x0105, "clone_space";
+        /// Memory monitor, between monitors: pages with their versions
+        /// (a vRegion's copy being rebuilt, or a write forwarded to it).
+        CopyPages = 0x0106, "copy_pages";
+        /// Memory monitor, from the manager: rebuild the copy of a vRegion
+        /// on another memory monitor, forwarding later writes to it.
+        Replicate = 0x0107, "replicate";
         /// Manager: a component registers.
         Register = 0x0200, "register";
         /// Manager: a component is alive and reports its load.
@@ -88,6 +94,8 @@ u16_enum! {
         VnodeMount = 0x0214, "vnode_mount";
         /// Manager: lease memory to an address space within its vNode's quota.
         LeaseMemory = 0x0208, "lease_memory";
+        /// Manager: a process could not reach a memory monitor.
+        ReportUnreachable = 0x0209, "report_unreachable";
         /// Manager: the whole cluster state.
         ClusterState = 0x0220, "cluster_state";
         /// Processor monitor: start a program.

@@ -3,8 +3,11 @@
 //! ```text
 //! ReadPages      asid u64 | count u32 | 0 u32 | page numbers u64 x count
 //! ReadPagesReply count u32 | 0 u32 | present u8 x count | pad to 8 | 4 KiB x (number present)
-//! WritePages     asid u64 | count u32 | 0 u32 | page numbers u64 x count | 4 KiB x count
-//! WriteReply     stored u32 | newly allocated u32
+//! WritePages     asid u64 | count u32 | 0 u32 | version u64 | peer u64 |
+//!                page numbers u64 x count | 4 KiB x count
+//! WriteReply     stored u32 | newly allocated u32 | missed u64
+//! CopyPages      asid u64 | count u32 | 0 u32 | (page u64, version u64) x count |
+//!                4 KiB x count
 //! FreeRange      asid u64 | first page u64 | count u64
 //! FreeSpace      asid u64
 //! Freed          pages u64
@@ -12,6 +15,14 @@
 //!
 //! A page number is a virtual address divided by [`PAGE_SIZE`]. A page that was
 //! never written (or was freed) reads as absent: the reader zero-fills it.
+//!
+//! Versions order the writes of one page: the writer (a process's runtime)
+//! stamps each write with a number larger than any before it, and a memory
+//! monitor keeps a page's copy with the highest version it has seen, so
+//! copies that cross on the network (re-replication, forwarding) cannot
+//! bring back old data. `peer` names the other replica the writer sent the
+//! same write to (0: none), so a replica that forwards writes to a new copy
+//! knows which ones that copy already has.
 
 use crate::{WireError, MAX_BATCH_PAGES, PAGE_SIZE};
 
@@ -33,32 +44,19 @@ fn check_len(what: &'static str, body: &[u8], want: usize) -> Result<(), WireErr
     Ok(())
 }
 
-/// Reads the `asid | count | 0` prefix shared by ReadPages and WritePages and
-/// the page numbers after it; checks the count against [`MAX_BATCH_PAGES`].
+/// Reads the `asid | count | 0` head of ReadPages and the page numbers after
+/// it; checks the count against [`MAX_BATCH_PAGES`].
 fn decode_batch_head(what: &'static str, body: &[u8]) -> Result<(u64, Vec<u64>), WireError> {
-    if body.len() < 16 {
-        return Err(WireError::malformed(what, "shorter than 16 bytes"));
-    }
-    let asid = u64_at(body, 0);
-    let count = u32_at(body, 8) as usize;
-    if u32_at(body, 12) != 0 {
-        return Err(WireError::malformed(what, "padding is not zero"));
-    }
-    if count == 0 || count > MAX_BATCH_PAGES {
-        return Err(WireError::malformed(
-            what,
-            format!("{count} pages; a batch holds 1 to {MAX_BATCH_PAGES}"),
-        ));
-    }
+    let count = batch_count(what, body, 16)?;
     if body.len() < 16 + 8 * count {
         return Err(WireError::malformed(what, "page list is cut short"));
     }
     let pages = (0..count).map(|i| u64_at(body, 16 + 8 * i)).collect();
-    Ok((asid, pages))
+    Ok((u64_at(body, 0), pages))
 }
 
-fn encode_batch_head(asid: u64, pages: &[u64], extra: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + 8 * pages.len() + extra);
+fn encode_batch_head(asid: u64, pages: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 8 * pages.len());
     out.extend_from_slice(&asid.to_le_bytes());
     out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -77,7 +75,7 @@ pub struct ReadPages {
 
 impl ReadPages {
     pub fn encode(&self) -> Vec<u8> {
-        encode_batch_head(self.asid, &self.pages, 0)
+        encode_batch_head(self.asid, &self.pages)
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, WireError> {
@@ -158,6 +156,10 @@ impl<'a> ReadPagesReply<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WritePages<'a> {
     pub asid: u64,
+    /// Orders this write after every earlier one of the same pages.
+    pub version: u64,
+    /// The other replica this write was also sent to (0: none).
+    pub peer: u64,
     pub pages: Vec<u64>,
     pub data: &'a [u8],
 }
@@ -169,43 +171,128 @@ impl<'a> WritePages<'a> {
             self.pages.len() * PAGE_SIZE,
             "4 KiB per page"
         );
-        let mut out = encode_batch_head(self.asid, &self.pages, self.data.len());
+        let mut out = Vec::with_capacity(32 + 8 * self.pages.len() + self.data.len());
+        out.extend_from_slice(&self.asid.to_le_bytes());
+        out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.peer.to_le_bytes());
+        for p in &self.pages {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
         out.extend_from_slice(self.data);
         out
     }
 
     pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
-        let (asid, pages) = decode_batch_head("write_pages", body)?;
-        let head = 16 + 8 * pages.len();
-        check_len("write_pages", body, head + PAGE_SIZE * pages.len())?;
+        const WHAT: &str = "write_pages";
+        let count = batch_count(WHAT, body, 32)?;
+        let head = 32 + 8 * count;
+        check_len(WHAT, body, head + PAGE_SIZE * count)?;
         Ok(WritePages {
-            asid,
-            pages,
+            asid: u64_at(body, 0),
+            version: u64_at(body, 16),
+            peer: u64_at(body, 24),
+            pages: (0..count).map(|i| u64_at(body, 32 + 8 * i)).collect(),
             data: &body[head..],
         })
     }
 }
 
-/// Answer to [`WritePages`].
+/// Reads and checks the count of a batch whose fixed head is `fixed` bytes
+/// (`asid | count | 0 | ...`).
+fn batch_count(what: &'static str, body: &[u8], fixed: usize) -> Result<usize, WireError> {
+    if body.len() < fixed {
+        return Err(WireError::malformed(
+            what,
+            format!("shorter than {fixed} bytes"),
+        ));
+    }
+    let count = u32_at(body, 8) as usize;
+    if u32_at(body, 12) != 0 {
+        return Err(WireError::malformed(what, "padding is not zero"));
+    }
+    if count == 0 || count > MAX_BATCH_PAGES {
+        return Err(WireError::malformed(
+            what,
+            format!("{count} pages; a batch holds 1 to {MAX_BATCH_PAGES}"),
+        ));
+    }
+    Ok(count)
+}
+
+/// Pages with their versions, from one memory monitor to another: a
+/// vRegion's copy being rebuilt, or a write forwarded to it. A page is kept
+/// only if its version is at least the one held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyPages<'a> {
+    pub asid: u64,
+    /// (page number, version), one per 4 KiB of `data`.
+    pub pages: Vec<(u64, u64)>,
+    pub data: &'a [u8],
+}
+
+impl<'a> CopyPages<'a> {
+    /// The encoded head (everything but the page data, which follows it).
+    pub fn encode_head(asid: u64, pages: &[(u64, u64)]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 16 * pages.len());
+        out.extend_from_slice(&asid.to_le_bytes());
+        out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        for (p, v) in pages {
+            out.extend_from_slice(&p.to_le_bytes());
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        assert_eq!(self.data.len(), self.pages.len() * PAGE_SIZE);
+        let mut out = Self::encode_head(self.asid, &self.pages);
+        out.extend_from_slice(self.data);
+        out
+    }
+
+    pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
+        const WHAT: &str = "copy_pages";
+        let count = batch_count(WHAT, body, 16)?;
+        let head = 16 + 16 * count;
+        check_len(WHAT, body, head.saturating_add(PAGE_SIZE * count))?;
+        Ok(CopyPages {
+            asid: u64_at(body, 0),
+            pages: (0..count)
+                .map(|i| (u64_at(body, 16 + 16 * i), u64_at(body, 24 + 16 * i)))
+                .collect(),
+            data: &body[head..],
+        })
+    }
+}
+
+/// Answer to [`WritePages`]: `missed` names a new copy of the vRegion that
+/// this replica forwarded the write to and that did not take it (0: none),
+/// so the writer never trusts that copy for these pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteReply {
     pub stored: u32,
     pub allocated: u32,
+    pub missed: u64,
 }
 
 impl WriteReply {
-    pub fn encode(&self) -> [u8; 8] {
-        let mut b = [0u8; 8];
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
         b[..4].copy_from_slice(&self.stored.to_le_bytes());
-        b[4..].copy_from_slice(&self.allocated.to_le_bytes());
+        b[4..8].copy_from_slice(&self.allocated.to_le_bytes());
+        b[8..].copy_from_slice(&self.missed.to_le_bytes());
         b
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, WireError> {
-        check_len("write reply", body, 8)?;
+        check_len("write reply", body, 16)?;
         Ok(WriteReply {
             stored: u32_at(body, 0),
             allocated: u32_at(body, 4),
+            missed: u64_at(body, 8),
         })
     }
 }

@@ -156,9 +156,9 @@ fn membership() {
             ],
         ),
         (
-            "a dead component's heartbeat is refused until it re-registers",
+            "a dead storage monitor's heartbeat is refused until it re-registers under its id",
             vec![
-                join(0, Memory, 1),
+                join(0, Storage, 1),
                 Op::Tick {
                     now: 1001,
                     dead: vec![1],
@@ -172,7 +172,7 @@ fn membership() {
                     expect: Err(PlacementError::ComponentDead(1)),
                 },
                 Op::Health(1, Health::Dead),
-                rejoin(1003, Memory, 1),
+                rejoin(1003, Storage, 1),
                 Op::Health(1, Health::Alive),
                 beat(1004, 1, 0),
                 Op::Tick {
@@ -180,9 +180,45 @@ fn membership() {
                     dead: vec![],
                 },
                 Op::Events(vec![
+                    registered(1, Storage, false),
+                    died(1, Storage, 1001),
+                    registered(1, Storage, true),
+                ]),
+            ],
+        ),
+        (
+            "a memory monitor declared dead comes back as a new component",
+            vec![
+                join(0, Memory, 1),
+                Op::Tick {
+                    now: 1001,
+                    dead: vec![1],
+                },
+                Op::Register {
+                    now: 1003,
+                    role: Memory,
+                    addr: addr(Memory, 1),
+                    capacity: 4 * GIB,
+                    instance: inst(1),
+                    previous: Some(1),
+                    expect: Ok(2),
+                },
+                Op::Health(1, Health::Dead),
+                Op::Health(2, Health::Alive),
+                Op::Events(vec![
                     registered(1, Memory, false),
                     died(1, Memory, 1001),
-                    registered(1, Memory, true),
+                    Event::StaleIdentity {
+                        old: 1,
+                        new: 2,
+                        addr: addr(Memory, 1),
+                    },
+                    Event::ComponentRegistered {
+                        id: 2,
+                        role: Memory,
+                        addr: addr(Memory, 1),
+                        rejoined: false,
+                    },
                 ]),
             ],
         ),

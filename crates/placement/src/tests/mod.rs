@@ -6,6 +6,7 @@
 mod gmm;
 mod membership;
 mod misc;
+mod recovery;
 mod restore;
 mod vnodes;
 
@@ -70,6 +71,18 @@ pub(crate) enum Op {
     Release(Asid, Vec<VRegionKey>),
     /// The keys of all placed vRegions, in order.
     VRegions(Vec<VRegionKey>),
+    /// `vregion_state(key)` is this.
+    State(VRegionKey, Option<VRegionState>),
+    /// `recoveries(busy)` plans exactly these (key, survivor, failed, target).
+    Recoveries(Vec<VRegionKey>, Vec<(VRegionKey, ComponentId, ComponentId, ComponentId)>),
+    /// `commit_recovery` of (key, survivor, failed, target): new (primary, backup).
+    Commit(
+        (VRegionKey, ComponentId, ComponentId, ComponentId),
+        Result<(ComponentId, ComponentId), PlacementError>,
+    ),
+    /// `declare_dead(now, id)` reports a death (true) or not.
+    DeclareDead(u64, ComponentId, bool),
+    SetReplicas(VnodeId, u8, Result<(), PlacementError>),
 }
 
 pub(crate) type Case = (&'static str, Vec<Op>);
@@ -257,13 +270,15 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
         Op::Assign(key, expect) => {
             let got = p
                 .assign_vregion(key)
-                .map(|(a, new)| (a.primary, a.backup, new));
+                .map(|(a, new)| (a.primary, a.backup.unwrap_or(0), new));
             assert_eq!(got, expect, "{at}");
         }
         Op::Replace(key, failed, expect) => {
+            // Plan, then commit at once (as if the copy were instant).
             let got = p
-                .replace_replica(key, failed)
-                .map(|a| (a.primary, a.backup));
+                .plan_recovery(key, failed)
+                .and_then(|r| p.commit_recovery(&r))
+                .map(|a| (a.primary, a.backup.unwrap_or(0)));
             assert_eq!(got, expect, "{at}");
         }
         Op::VRegionsOn(id, expect) => {
@@ -273,6 +288,33 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
         Op::Release(asid, expect) => {
             let got: Vec<VRegionKey> = p.release_space(asid).into_iter().map(|(k, _)| k).collect();
             assert_eq!(got, expect, "{at}");
+        }
+        Op::State(key, expect) => assert_eq!(p.vregion_state(key), expect, "{at}"),
+        Op::Recoveries(busy, expect) => {
+            let got: Vec<_> = p
+                .recoveries(&busy.into_iter().collect())
+                .into_iter()
+                .map(|r| (r.key, r.survivor, r.failed, r.target))
+                .collect();
+            assert_eq!(got, expect, "{at}");
+        }
+        Op::Commit((key, survivor, failed, target), expect) => {
+            let r = Recovery {
+                key,
+                survivor,
+                failed,
+                target,
+            };
+            let got = p
+                .commit_recovery(&r)
+                .map(|a| (a.primary, a.backup.unwrap_or(0)));
+            assert_eq!(got, expect, "{at}");
+        }
+        Op::DeclareDead(now, id, expect) => {
+            assert_eq!(p.declare_dead(now, id).is_some(), expect, "{at}")
+        }
+        Op::SetReplicas(vnode, n, expect) => {
+            assert_eq!(p.set_replicas(vnode, n).map(|_| ()), expect, "{at}")
         }
         Op::VRegions(expect) => {
             let got: Vec<VRegionKey> = p.vregions().map(|(k, _)| *k).collect();
@@ -289,7 +331,7 @@ fn component<'a>(p: &'a Placement, id: ComponentId, at: &str) -> &'a Component {
 /// What must hold after every step of every case.
 fn check_invariants(p: &Placement, at: &str) {
     for (key, assignment) in p.vregions() {
-        assert_ne!(assignment.primary, assignment.backup, "{at}: {key}");
+        assert_ne!(Some(assignment.primary), assignment.backup, "{at}: {key}");
         assert_eq!(p.vregion(*key), Some(*assignment), "{at}");
     }
     let ids: Vec<ComponentId> = p.components().map(|c| c.id).collect();

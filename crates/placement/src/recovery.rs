@@ -1,0 +1,141 @@
+//! Recovery of vRegions when memory monitors die: the backup of a dead
+//! primary takes over at once (failover), and a vRegion left with one copy
+//! gets a second one on another live memory monitor (re-replication), planned
+//! here, copied by the manager and the survivor, and committed here.
+
+use std::collections::BTreeSet;
+
+use crate::{
+    ComponentId, Event, Health, Placement, PlacementError, Recovery, Role, VRegionKey,
+    VRegionState,
+};
+
+impl Placement {
+    fn alive(&self, id: ComponentId) -> bool {
+        self.components
+            .get(&id)
+            .is_some_and(|c| c.health == Health::Alive || c.health == Health::Unknown)
+    }
+
+    /// How the copies of `key` stand; `None` for an unknown vRegion. A
+    /// monitor of unknown health (just after a manager restart) counts as
+    /// live until it is declared dead.
+    pub fn vregion_state(&self, key: VRegionKey) -> Option<VRegionState> {
+        let a = self.vregions.get(&key)?;
+        let live = a.copies().filter(|&id| self.alive(id)).count();
+        let wanted = a.copies().count();
+        Some(match live {
+            0 => VRegionState::Lost,
+            n if n < wanted => VRegionState::Degraded,
+            _ => VRegionState::Healthy,
+        })
+    }
+
+    /// A memory monitor was declared dead: every vRegion whose primary it
+    /// held is served by its backup from now on. Queues a
+    /// [`Event::Failover`] for each, and an [`Event::VRegionLost`] for each
+    /// vRegion of which it held the last live copy.
+    pub(crate) fn fail_over(&mut self, dead: ComponentId) {
+        let keys: Vec<VRegionKey> = self
+            .vregions
+            .iter()
+            .filter(|(_, a)| a.holds(dead))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let a = self.vregions[&key];
+            let survivor = a.copies().find(|&id| id != dead && self.alive(id));
+            match survivor {
+                None => self.events.push(Event::VRegionLost { key, dead }),
+                Some(s) if a.primary == dead => {
+                    let a = self.vregions.get_mut(&key).expect("listed");
+                    a.primary = s;
+                    a.backup = Some(dead);
+                    self.events.push(Event::Failover {
+                        key,
+                        dead,
+                        primary: s,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Plans giving `key` a second copy again after `failed` lost one: the
+    /// live copy is the survivor, the least-loaded live memory monitor
+    /// holding neither is the target. Changes nothing.
+    pub fn plan_recovery(
+        &self,
+        key: VRegionKey,
+        failed: ComponentId,
+    ) -> Result<Recovery, PlacementError> {
+        let a = self
+            .vregion(key)
+            .ok_or(PlacementError::UnknownVRegion(key))?;
+        let survivor = match a.backup {
+            Some(b) if a.primary == failed => b,
+            Some(b) if b == failed => a.primary,
+            _ => return Err(PlacementError::NotAReplica { key, id: failed }),
+        };
+        if !self.alive(survivor) {
+            return Err(PlacementError::NoSurvivingReplica { key, survivor });
+        }
+        let target = *self
+            .ranked_memory_monitors(&[survivor, failed])
+            .first()
+            .ok_or(PlacementError::NoSpareMemoryMonitor(key))?;
+        Ok(Recovery {
+            key,
+            survivor,
+            failed,
+            target,
+        })
+    }
+
+    /// Every recovery that can start now: one per degraded vRegion (a dead
+    /// copy, a live one) not in `busy`, in key order. vRegions with no spare
+    /// monitor to copy onto are left out (they stay degraded).
+    pub fn recoveries(&self, busy: &BTreeSet<VRegionKey>) -> Vec<Recovery> {
+        let degraded: Vec<(VRegionKey, ComponentId)> = self
+            .vregions
+            .iter()
+            .filter(|(k, _)| !busy.contains(k))
+            .filter_map(|(k, a)| {
+                let failed = a.copies().find(|&id| !self.alive(id))?;
+                a.copies().any(|id| self.alive(id)).then_some((*k, failed))
+            })
+            .collect();
+        degraded
+            .into_iter()
+            .filter_map(|(k, failed)| self.plan_recovery(k, failed).ok())
+            .collect()
+    }
+
+    /// Records a finished copy: `target` replaces `failed`, and the survivor
+    /// is the primary. Refused when the vRegion was released or its copies
+    /// changed meanwhile, or the target died (the copy is then worthless).
+    pub fn commit_recovery(
+        &mut self,
+        r: &Recovery,
+    ) -> Result<crate::VRegionAssignment, PlacementError> {
+        let outdated = PlacementError::RecoveryOutdated { key: r.key };
+        let a = self.vregions.get(&r.key).ok_or(outdated.clone())?;
+        if !(a.holds(r.survivor) && a.holds(r.failed)) || !self.alive(r.target) {
+            return Err(outdated);
+        }
+        let target_is_memory = self
+            .components
+            .get(&r.target)
+            .is_some_and(|c| c.role == Role::Memory);
+        if !target_is_memory {
+            return Err(outdated);
+        }
+        let a = crate::VRegionAssignment {
+            primary: r.survivor,
+            backup: Some(r.target),
+        };
+        self.vregions.insert(r.key, a);
+        Ok(a)
+    }
+}
