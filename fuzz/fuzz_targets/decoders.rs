@@ -8,7 +8,9 @@ use lego_wire::auth::{decode_challenge, Hello};
 use lego_wire::control::{from_body, ClusterState, HeartbeatReq, RegisterReq};
 use lego_wire::frame::{read_frame, write_frame};
 use lego_wire::fs::{check_path, FsReply, FsRequest};
-use lego_wire::pages::{decode_u64, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply};
+use lego_wire::pages::{
+    decode_u64, CopyPages, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply,
+};
 use lego_wire::ErrorBody;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(w) = WritePages::decode(data) {
         assert_eq!(w.encode(), data);
+    }
+    if let Ok(c) = CopyPages::decode(data) {
+        assert_eq!(c.encode(), data);
     }
     let _ = WriteReply::decode(data);
     let _ = FreeRange::decode(data);

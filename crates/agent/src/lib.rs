@@ -6,8 +6,9 @@
 //! and counters at the interval the manager asks for. When the manager is
 //! unreachable the agent keeps retrying with backoff, and when the manager no
 //! longer knows it (a manager restart without its record, or the component was
-//! declared dead) it registers again under its previous id. The data path never
-//! waits for the agent.
+//! declared dead) it registers again under its previous id; the manager may
+//! answer with a new id (a memory monitor that was declared dead), and the
+//! component then drops what it held. The data path never waits for the agent.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -34,6 +35,10 @@ pub struct Load {
 /// Produces the heartbeat's report.
 pub type Report = Box<dyn Fn() -> Load + Send + Sync>;
 
+/// Called when the manager gives the component a new id in place of the
+/// one it had (old, new): what it held under the old id is not trusted.
+pub type OnNewIdentity = Box<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Who the component is.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -50,6 +55,12 @@ pub struct AgentConfig {
     pub identity: Option<std::path::PathBuf>,
 }
 
+/// What the agent calls back into the component for.
+#[derive(Default)]
+pub struct Hooks {
+    pub on_new_identity: Option<OnNewIdentity>,
+}
+
 /// A running agent. `id()` is 0 until the first registration succeeds.
 #[derive(Clone)]
 pub struct Agent {
@@ -64,7 +75,7 @@ impl Agent {
 }
 
 /// Starts the agent thread.
-pub fn spawn_agent(cfg: AgentConfig, report: Report) -> std::io::Result<Agent> {
+pub fn spawn_agent(cfg: AgentConfig, report: Report, hooks: Hooks) -> std::io::Result<Agent> {
     let rnd = lego_wire::auth::random_bytes().map_err(std::io::Error::other)?;
     let instance = u64::from_le_bytes(rnd[..8].try_into().expect("8 bytes")) | 1;
     let kept = cfg
@@ -80,11 +91,11 @@ pub fn spawn_agent(cfg: AgentConfig, report: Report) -> std::io::Result<Agent> {
     let a = agent.clone();
     std::thread::Builder::new()
         .name(format!("{}-agent", cfg.role))
-        .spawn(move || run(cfg, report, a))?;
+        .spawn(move || run(cfg, report, hooks, a))?;
     Ok(agent)
 }
 
-fn run(cfg: AgentConfig, report: Report, agent: Agent) {
+fn run(cfg: AgentConfig, report: Report, hooks: Hooks, agent: Agent) {
     let creds = Credentials::component(&cfg.secret);
     let opts = ClientOptions {
         request_timeout: Duration::from_secs(5),
@@ -93,7 +104,7 @@ fn run(cfg: AgentConfig, report: Report, agent: Agent) {
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
     loop {
-        let (registered, e) = session(&cfg, &creds, &opts, &report, &agent);
+        let (registered, e) = session(&cfg, &creds, &opts, &report, &hooks, &agent);
         if registered {
             failures = 0;
             backoff = Duration::from_millis(100);
@@ -114,10 +125,11 @@ fn session(
     creds: &Credentials,
     opts: &ClientOptions,
     report: &Report,
+    hooks: &Hooks,
     agent: &Agent,
 ) -> (bool, TransportError) {
     let mut registered = false;
-    match session_inner(cfg, creds, opts, report, agent, &mut registered) {
+    match session_inner(cfg, creds, opts, report, hooks, agent, &mut registered) {
         Err(e) => (registered, e),
     }
 }
@@ -127,6 +139,7 @@ fn session_inner(
     creds: &Credentials,
     opts: &ClientOptions,
     report: &Report,
+    hooks: &Hooks,
     agent: &Agent,
     registered: &mut bool,
 ) -> Result<std::convert::Infallible, TransportError> {
@@ -148,6 +161,16 @@ fn session_inner(
         )?;
         agent.id.store(resp.id, Ordering::Relaxed);
         *registered = true;
+        if let (Some(old), Some(hook)) = (previous, &hooks.on_new_identity) {
+            if old != resp.id {
+                warn!(
+                    old,
+                    new = resp.id,
+                    "the manager gave this component a new id: it had been declared dead"
+                );
+                hook(old, resp.id);
+            }
+        }
         if let Some(p) = &cfg.identity {
             if previous != Some(resp.id) {
                 if let Err(e) = std::fs::write(p, resp.id.to_string()) {

@@ -225,16 +225,28 @@ pub fn render(st: &ClusterState) -> String {
             spaces.len()
         );
     }
-    let _ = writeln!(o, "\nvRegions: {}", st.vregions.len());
-    for r in st.vregions.iter().take(20) {
+    let count = |state: &str| st.vregions.iter().filter(|r| r.state == state).count();
+    let _ = writeln!(
+        o,
+        "\nvRegions: {} ({} healthy, {} degraded, {} lost)",
+        st.vregions.len(),
+        count("healthy"),
+        count("degraded"),
+        count("lost")
+    );
+    // Troubled vRegions first, then the rest, up to 20 lines.
+    let mut shown: Vec<&lego_wire::control::VRegionInfo> = st.vregions.iter().collect();
+    shown.sort_by_key(|r| (r.state == "healthy", r.asid, r.index));
+    for r in shown.iter().take(20) {
         let _ = writeln!(
             o,
-            "  space {}.{} vRegion {:<6} primary {:<3} backup {}",
+            "  space {}.{} vRegion {:<6} primary {:<3} backup {:<3} {}",
             r.asid >> 32,
             r.asid & 0xffff_ffff,
             r.index,
             r.primary,
-            r.backup
+            r.backup.map_or("-".to_string(), |b| b.to_string()),
+            r.state
         );
     }
     if st.vregions.len() > 20 {
@@ -243,6 +255,20 @@ pub fn render(st: &ClusterState) -> String {
             "  ... {} more (lego status --json shows all)",
             st.vregions.len() - 20
         );
+    }
+    if !st.events.is_empty() {
+        let _ = writeln!(o, "\nfailures and recoveries (most recent last):");
+        for e in st.events.iter().rev().take(15).rev() {
+            let took = e.took_ms.map_or(String::new(), |t| format!(" [{t} ms]"));
+            let _ = writeln!(
+                o,
+                "  {:>8} ago  {:<14} {}{}",
+                secs(e.ago_ms),
+                e.kind,
+                e.text,
+                took
+            );
+        }
     }
     o
 }

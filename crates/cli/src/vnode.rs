@@ -32,6 +32,10 @@ pub enum VnodeCmd {
         /// runs in a network namespace of the vNode's own holding the vIP
         #[arg(long)]
         host_network: bool,
+        /// Copies of each piece of its memory on memory monitors: 2 (a
+        /// primary and a backup, so it survives the loss of one) or 1
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+        replicas: u8,
     },
     /// List vNodes
     List,
@@ -67,6 +71,7 @@ pub fn run(a: VnodeArgs) -> Result<()> {
             mounts,
             memory_quota,
             host_network,
+            replicas,
         } => {
             let req = VnodeReq {
                 name,
@@ -74,15 +79,17 @@ pub fn run(a: VnodeArgs) -> Result<()> {
                 memory_quota,
                 force: false,
                 host_network,
+                replicas: Some(replicas),
             };
             let v: VnodeInfo = client.call_json(Op::VnodeCreate, &req)?;
             println!(
-                "created vnode {} (vID {}, vIP {}, mounts {}, memory {}, storage {})",
+                "created vnode {} (vID {}, vIP {}, mounts {}, memory {}, {} copies of its memory, storage {})",
                 v.name,
                 v.id,
                 if v.vip.is_empty() { "none" } else { &v.vip },
                 v.mounts.join(","),
                 quota(&v),
+                v.replicas,
                 storage(&v)
             );
         }

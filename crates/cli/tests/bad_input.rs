@@ -46,6 +46,8 @@ fn well_behaved_round_trip(c: &Client, asid: u64, byte: u8) {
         Op::WritePages,
         &[&WritePages {
             asid,
+            version: 0,
+            peer: 0,
             pages: vec![42],
             data: &[byte; 4096],
         }
@@ -204,6 +206,8 @@ fn daemons_survive_bad_peers() {
     for op in [Op::WritePages, Op::FreeRange, Op::FreeSpace] {
         let body = match op {
             Op::WritePages => WritePages {
+                version: 0,
+                peer: 0,
                 asid: asid_b,
                 pages: vec![1],
                 data: &[0; 4096],

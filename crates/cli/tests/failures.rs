@@ -29,6 +29,8 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
         Op::WritePages,
         &[&WritePages {
             asid,
+            version: 0,
+            peer: 0,
             pages: vec![1],
             data: &[9u8; 4096],
         }
@@ -63,9 +65,10 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
             .call_json(Op::AssignVRegion, &AssignReq { asid, index })
             .unwrap();
         assert!(a.created);
+        let backup = a.backup.expect("two copies");
         assert_ne!(a.primary.id, victim_id);
-        assert_ne!(a.backup.id, victim_id);
-        assert_ne!(a.primary.id, a.backup.id);
+        assert_ne!(backup.id, victim_id);
+        assert_ne!(a.primary.id, backup.id);
     }
 
     // Requests to the dead monitor fail fast with a clear error, never hang.

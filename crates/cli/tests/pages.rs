@@ -16,7 +16,10 @@ fn ten_thousand_pages_round_trip_and_free() {
     let cluster = TestCluster::start(2, "256MiB", 200);
     let (vnode, asid) = cluster.vnode_space("pages");
     let placed = cluster.assign(asid, 0);
-    assert_ne!(placed.primary.id, placed.backup.id);
+    assert_ne!(
+        placed.primary.id,
+        placed.backup.as_ref().expect("two copies").id
+    );
     let mem = cluster.vnode_client(&placed.primary.addr, vnode);
     let seed = 0x5eed;
     // Pages spread over a 1 GiB vRegion: every 7th page number.
@@ -33,6 +36,8 @@ fn ten_thousand_pages_round_trip_and_free() {
                 Op::WritePages,
                 &[&WritePages {
                     asid,
+                    version: 0,
+                    peer: 0,
                     pages,
                     data: &data,
                 }
@@ -141,6 +146,8 @@ fn capacity_is_enforced_with_a_clear_error() {
         Op::WritePages,
         &[&WritePages {
             asid,
+            version: 0,
+            peer: 0,
             pages: (0..200).collect(),
             data: &data,
         }
@@ -152,6 +159,8 @@ fn capacity_is_enforced_with_a_clear_error() {
             Op::WritePages,
             &[&WritePages {
                 asid,
+                version: 0,
+                peer: 0,
                 pages: (200..400).collect(),
                 data: &data,
             }
@@ -170,6 +179,8 @@ fn capacity_is_enforced_with_a_clear_error() {
         Op::WritePages,
         &[&WritePages {
             asid,
+            version: 0,
+            peer: 0,
             pages: (200..256).collect(),
             data: &data[..56 * 4096],
         }

@@ -88,6 +88,15 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
             s.tick();
         })
         .map_err(ManagerError::Thread)?;
+    let s = svc.clone();
+    std::thread::Builder::new()
+        .name("manager-recovery".into())
+        .spawn(move || loop {
+            if !s.recover_once() {
+                std::thread::sleep(period);
+            }
+        })
+        .map_err(ManagerError::Thread)?;
     info!(addr = %server.local_addr, http = ?http, heartbeat_ms = cfg.heartbeat_ms,
         dead_after_ms = cfg.dead_after_ms, "manager serving");
     Ok(RunningManager {

@@ -103,7 +103,10 @@ impl Db {
             let ((asid, index), (primary, backup)) = (k.value(), v.value());
             out.vregions.push((
                 VRegionKey { asid, index },
-                VRegionAssignment { primary, backup },
+                VRegionAssignment {
+                    primary,
+                    backup: (backup != 0).then_some(backup),
+                },
             ));
         }
         let t = tx.open_table(OWNERS).map_err(ManagerError::db)?;
@@ -157,7 +160,7 @@ impl Db {
                     }
                     Change::VRegion(k, a) => {
                         vregions
-                            .insert((k.asid, k.index), (a.primary, a.backup))
+                            .insert((k.asid, k.index), (a.primary, a.backup.unwrap_or(0)))
                             .map_err(ManagerError::db)?;
                     }
                     Change::DeleteVRegion(k) => {

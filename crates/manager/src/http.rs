@@ -111,10 +111,25 @@ pub fn metrics(svc: &ManagerService) -> String {
         ("lego_manager_vregions_assigned_total", &c.vregions_assigned),
         ("lego_manager_spaces_created_total", &c.spaces_created),
         ("lego_manager_spaces_released_total", &c.spaces_released),
+        ("lego_manager_failovers_total", &c.failovers),
+        ("lego_manager_vregions_lost_total", &c.vregions_lost),
+        ("lego_manager_rereplications_total", &c.rereplications),
+        (
+            "lego_manager_rereplications_failed_total",
+            &c.rereplications_failed,
+        ),
     ] {
         f.add(name, String::new(), v.load(Ordering::Relaxed));
     }
     f.add("lego_manager_vnodes", String::new(), st.vnodes.len() as u64);
+    for state in ["healthy", "degraded", "lost"] {
+        let n = st.vregions.iter().filter(|v| v.state == state).count();
+        f.add(
+            "lego_manager_vregions_by_state",
+            format!("state=\"{state}\""),
+            n as u64,
+        );
+    }
     f.add(
         "lego_manager_vregions",
         String::new(),

@@ -7,6 +7,8 @@
 //!   spaces, vNodes, the cluster state.
 //! - [`vnodes`]: vNode requests (mount points, quotas, storage placement,
 //!   forced deletion) and memory leases.
+//! - [`recovery`]: failovers, re-replication of degraded vRegions, reports
+//!   of unreachable memory monitors, and the journal of failures.
 //! - [`http`]: the HTTP endpoint: `/state` (JSON) and `/metrics` (Prometheus).
 //! - [`daemon`]: `lego manager`: wires them together with the failure detector.
 #![forbid(unsafe_code)]
@@ -14,6 +16,7 @@
 pub mod daemon;
 pub mod db;
 pub mod http;
+pub mod recovery;
 pub mod service;
 pub mod vnodes;
 

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use lego_placement::{
-    asid_vnode, Event, Health, Placement, PlacementError, Role, VRegionAssignment, VRegionKey,
+    asid_vnode, Health, Placement, PlacementError, Role, VRegionAssignment, VRegionKey,
 };
 use lego_transport::{Client, ClientOptions, Credentials, Handler, PeerInfo, Reject};
 use lego_wire::auth::{Claim, Secret};
@@ -28,6 +28,10 @@ pub struct ManagerCounters {
     pub vregions_assigned: AtomicU64,
     pub spaces_created: AtomicU64,
     pub spaces_released: AtomicU64,
+    pub failovers: AtomicU64,
+    pub vregions_lost: AtomicU64,
+    pub rereplications: AtomicU64,
+    pub rereplications_failed: AtomicU64,
 }
 
 /// Fixed facts about this manager.
@@ -46,16 +50,19 @@ pub struct ManagerService {
     db: Db,
     started: Instant,
     pub(crate) cfg: ServiceConfig,
-    secret: Secret,
+    pub(crate) secret: Secret,
     /// Where the RPC and HTTP endpoints listen, once bound.
     pub addrs: OnceLock<(String, Option<String>)>,
-    reports: Mutex<HashMap<u64, BTreeMap<String, u64>>>,
+    pub(crate) reports: Mutex<HashMap<u64, BTreeMap<String, u64>>>,
     pool: Mutex<HashMap<String, Client>>,
     /// Which job (owner) each address space belongs to, when it has one.
     pub(crate) owners: Mutex<BTreeMap<u64, u64>>,
     /// The jobs each processor monitor said it runs, in its last heartbeat.
     pub(crate) jobs: Mutex<HashMap<u64, Vec<u64>>>,
     pub counters: ManagerCounters,
+    /// Recent failures and recoveries, for `lego status`.
+    pub(crate) journal: crate::recovery::Journal,
+    pub(crate) recoveries: crate::recovery::Recoveries,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,6 +110,8 @@ impl ManagerService {
             owners: Mutex::new(owners),
             jobs: Mutex::new(HashMap::new()),
             counters: ManagerCounters::default(),
+            journal: Default::default(),
+            recoveries: Default::default(),
         }
     }
 
@@ -119,36 +128,6 @@ impl ManagerService {
         let events = st.take_events();
         drop(st);
         self.log_events(events);
-    }
-
-    fn log_events(&self, events: Vec<Event>) {
-        for e in events {
-            match e {
-                Event::ComponentRegistered {
-                    id,
-                    role,
-                    addr,
-                    rejoined,
-                } => {
-                    self.counters.registrations.fetch_add(1, Ordering::Relaxed);
-                    info!(id, %role, %addr, rejoined, "component registered");
-                }
-                Event::ComponentDead {
-                    id,
-                    role,
-                    addr,
-                    silent_ms,
-                } => {
-                    self.counters.deaths.fetch_add(1, Ordering::Relaxed);
-                    lock(&self.reports).remove(&id);
-                    warn!(id, %role, %addr, silent_ms, "component is dead: missed its heartbeats");
-                    let jobs = lock(&self.jobs).remove(&id).unwrap_or_default();
-                    if !jobs.is_empty() {
-                        self.free_jobs_of_dead_processor(id, &jobs);
-                    }
-                }
-            }
-        }
     }
 
     pub(crate) fn persist(&self, changes: &[Change<'_>]) -> Result<(), Reject> {
@@ -191,8 +170,13 @@ impl ManagerService {
                     index: k.index,
                     primary: a.primary,
                     backup: a.backup,
+                    state: st
+                        .vregion_state(*k)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
                 })
                 .collect(),
+            events: self.journal.snapshot(),
         }
     }
 
@@ -229,22 +213,26 @@ impl ManagerService {
         &self,
         removed: &[(VRegionKey, VRegionAssignment)],
     ) -> (u64, Vec<String>) {
-        let mut by_monitor: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-        for (k, a) in removed {
-            for id in [a.primary, a.backup] {
-                by_monitor.entry(id).or_default().insert(k.asid);
-            }
-        }
+        // Every live memory monitor is told, not only the copies' holders: a
+        // copy being rebuilt (or one whose rebuilding was cut short) may
+        // hold pages of the space too.
+        let spaces: BTreeSet<u64> = removed.iter().map(|(k, _)| k.asid).collect();
+        let holders: BTreeSet<u64> = removed.iter().flat_map(|(_, a)| a.copies()).collect();
         let targets: Vec<(u64, Option<String>, BTreeSet<u64>)> = {
             let st = lock(&self.state);
-            by_monitor
-                .into_iter()
-                .map(|(id, spaces)| {
+            let alive: BTreeSet<u64> = st
+                .components()
+                .filter(|c| c.role == Role::Memory && c.health != Health::Dead)
+                .map(|c| c.id)
+                .collect();
+            holders
+                .union(&alive)
+                .map(|&id| {
                     let addr = st
                         .component(id)
-                        .filter(|c| c.health == Health::Alive)
+                        .filter(|c| c.health != Health::Dead)
                         .map(|c| c.addr.clone());
-                    (id, addr, spaces)
+                    (id, addr, spaces.clone())
                 })
                 .collect()
         };
@@ -343,11 +331,11 @@ impl ManagerService {
                     self.counters
                         .vregions_assigned
                         .fetch_add(1, Ordering::Relaxed);
-                    info!(%key, primary = a.primary, backup = a.backup, "vregion placed");
+                    info!(%key, primary = a.primary, backup = ?a.backup, "vregion placed");
                 }
                 let resp = AssignResp {
                     primary: Self::endpoint(&st, a.primary),
-                    backup: Self::endpoint(&st, a.backup),
+                    backup: a.backup.map(|b| Self::endpoint(&st, b)),
                     created,
                 };
                 Ok(to_body(&resp))
@@ -417,6 +405,11 @@ impl ManagerService {
             | Op::VnodeMount
             | Op::VnodeDelete
             | Op::LeaseMemory => self.vnode_op(peer, op, body),
+            Op::ReportUnreachable => {
+                let req: UnreachableReq = from_body(body)?;
+                self.unreachable_reported(&req);
+                Ok(b"{}".to_vec())
+            }
             Op::ClusterState => {
                 Self::require_component(peer, op)?;
                 Ok(to_body(&self.cluster_state()))
@@ -432,7 +425,7 @@ impl ManagerService {
 impl ManagerService {
     /// Releases address spaces: drops their vRegions durably, then frees their
     /// pages on the memory monitors.
-    fn release(&self, spaces: &[u64]) -> Result<ReleaseSpaceResp, Reject> {
+    pub(crate) fn release(&self, spaces: &[u64]) -> Result<ReleaseSpaceResp, Reject> {
         let removed = {
             let mut st = lock(&self.state);
             let removed: Vec<_> = spaces.iter().flat_map(|&a| st.release_space(a)).collect();
@@ -461,31 +454,6 @@ impl ManagerService {
             freed_pages: freed,
             unreachable,
         })
-    }
-
-    /// A processor monitor died: its processes died with it (as with a CPU
-    /// failure), so every address space of its jobs is freed everywhere.
-    fn free_jobs_of_dead_processor(&self, processor: u64, jobs: &[u64]) {
-        let t = Instant::now();
-        let spaces: Vec<u64> = lock(&self.owners)
-            .iter()
-            .filter(|(_, o)| jobs.contains(o))
-            .map(|(&a, _)| a)
-            .collect();
-        match self.release(&spaces) {
-            Ok(r) => warn!(
-                processor,
-                jobs = jobs.len(),
-                spaces = spaces.len(),
-                freed = r.freed_pages,
-                took_ms = t.elapsed().as_millis() as u64,
-                "freed the memory of a dead processor monitor's jobs"
-            ),
-            Err(e) => warn!(
-                processor,
-                "cannot free a dead processor monitor's jobs: {}", e.message
-            ),
-        }
     }
 
     /// Creates a forked child's address space: same vNode and owner, same
@@ -519,10 +487,7 @@ impl ManagerService {
             if let Some(owner) = owner {
                 lock(&self.owners).insert(child, owner);
             }
-            let ids: BTreeSet<u64> = copied
-                .iter()
-                .flat_map(|(_, a)| [a.primary, a.backup])
-                .collect();
+            let ids: BTreeSet<u64> = copied.iter().flat_map(|(_, a)| a.copies()).collect();
             let monitors: Vec<(u64, Option<String>)> = ids
                 .into_iter()
                 .map(|id| {
@@ -537,16 +502,31 @@ impl ManagerService {
             (child, copied, monitors)
         };
         let body = [parent.to_le_bytes(), child.to_le_bytes()].concat();
+        // A dead copy is skipped: the child's vRegions are then degraded
+        // like the parent's, and get their second copy back the same way.
+        let live = monitors.iter().filter(|(_, a)| a.is_some()).count();
+        if live == 0 && !monitors.is_empty() {
+            let _ = self.release(&[child]);
+            return Err(Reject::new(
+                ErrorCode::Unavailable,
+                "no live memory monitor holds the parent's memory".to_string(),
+            ));
+        }
         for (id, addr) in monitors {
-            let done = addr
-                .ok_or_else(|| format!("memory monitor {id} is dead"))
-                .and_then(|addr| {
-                    let c = self.client(&addr).map_err(|e| e.to_string())?;
-                    c.call(Op::CloneSpace, &[&body]).map_err(|e| {
-                        lock(&self.pool).remove(&addr);
-                        e.to_string()
-                    })
-                });
+            let Some(addr) = addr else {
+                warn!(
+                    parent = format_args!("{parent:#x}"),
+                    id, "fork: skipping a dead copy"
+                );
+                continue;
+            };
+            let done = self
+                .client(&addr)
+                .and_then(|c| c.call(Op::CloneSpace, &[&body]));
+            let done = done.map_err(|e| {
+                lock(&self.pool).remove(&addr);
+                e.to_string()
+            });
             if let Err(why) = done {
                 warn!(
                     parent = format_args!("{parent:#x}"),

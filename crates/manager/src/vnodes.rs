@@ -86,6 +86,7 @@ impl ManagerService {
             mounts: v.mounts.clone(),
             memory_quota: v.memory_quota,
             host_network: v.host_network,
+            replicas: v.replicas,
             memory_leased: st.leased(v.id),
             storage: v.storage.map(|s| Self::endpoint(st, s)),
             spaces,
@@ -104,12 +105,18 @@ impl ManagerService {
             Op::VnodeCreate => {
                 Self::require_component(peer, op)?;
                 let req: VnodeReq = from_body(body)?;
+                if let Some(n) = req.replicas.filter(|n| !(1..=2).contains(n)) {
+                    return Err(reject(PlacementError::InvalidReplicas(n)));
+                }
                 let mut st = lock(&self.state);
                 let mut v = st
                     .create_vnode_with(&req.name, req.mounts, req.memory_quota)
                     .map_err(reject)?;
                 if req.host_network {
                     v = st.set_host_network(v.id, true).map_err(reject)?;
+                }
+                if let Some(n) = req.replicas {
+                    v = st.set_replicas(v.id, n).map_err(reject)?;
                 }
                 // Its files go to a storage monitor now if one is up, else
                 // when its first process starts.

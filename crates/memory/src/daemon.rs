@@ -31,7 +31,10 @@ pub struct RunningMemory {
 /// Starts serving and registering; returns once the listener is bound.
 pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
     let store = Arc::new(PageStore::new(cfg.capacity));
-    let service = Arc::new(MemoryService::new(store));
+    let service = Arc::new(MemoryService::new(
+        store,
+        lego_transport::Credentials::component(&cfg.secret),
+    ));
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
@@ -48,6 +51,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
     let _ = service.server.set(server.counters.clone());
     info!(addr = %server.local_addr, capacity = cfg.capacity, "memory monitor serving");
     let s = service.clone();
+    let wiped = service.clone();
     spawn_agent(
         AgentConfig {
             manager: cfg.manager,
@@ -62,6 +66,17 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
             counters: s.counters(),
             jobs: Vec::new(),
         }),
+        lego_agent::Hooks {
+            on_new_identity: Some(Box::new(move |old, new| {
+                let n = wiped.store.wipe();
+                tracing::warn!(
+                    old,
+                    new,
+                    pages = n,
+                    "dropped every page held under the old identity: this monitor was declared dead and may have missed writes"
+                );
+            })),
+        },
     )
     .map_err(|source| TransportError::Listen {
         addr: cfg.listen,

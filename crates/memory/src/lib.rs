@@ -4,11 +4,14 @@
 //!   write, bounded by a capacity, freed by range or by whole address space.
 //! - [`service`]: the request handler: decodes page requests, checks that the
 //!   connection is entitled to the address space, and answers.
+//! - [`mirror`]: rebuilding a vRegion's second copy on another monitor, and
+//!   forwarding writes to it meanwhile.
 //! - [`daemon`]: `lego memory`: listens, registers with the manager and
 //!   heartbeats its use and counters.
 #![forbid(unsafe_code)]
 
 pub mod daemon;
+pub mod mirror;
 pub mod service;
 pub mod store;
 

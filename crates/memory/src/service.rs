@@ -10,14 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lego_transport::{Handler, PeerInfo, Reject, ServerCounters};
+use lego_transport::{Credentials, Handler, PeerInfo, Reject, ServerCounters};
 use lego_wire::auth::Claim;
-use lego_wire::control::{to_body, MemStats};
+use lego_wire::control::{from_body, to_body, MemStats, ReplicateReq};
 use lego_wire::pages::{
-    decode_u64, encode_u64, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply,
+    decode_u64, encode_u64, CopyPages, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply,
 };
 use lego_wire::{ErrorCode, Op, PAGE_SIZE};
 
+use crate::mirror::Mirrors;
 use crate::store::{PageStore, StoreError};
 
 /// Serves page requests from a [`PageStore`].
@@ -26,6 +27,20 @@ pub struct MemoryService {
     pub not_entitled: AtomicU64,
     /// Set once the server runs, for the counters it keeps.
     pub server: std::sync::OnceLock<Arc<ServerCounters>>,
+    /// Copies of vRegions being (or recently) rebuilt from here.
+    pub mirrors: Mirrors,
+    /// How this monitor speaks to other memory monitors.
+    creds: Credentials,
+}
+
+fn store_error(asid: u64, e: StoreError) -> Reject {
+    match e {
+        StoreError::OutOfMemory { .. } => {
+            tracing::warn!(asid = format_args!("{asid:#x}"), "{e}");
+            Reject::new(ErrorCode::OutOfMemory, e.to_string())
+        }
+        StoreError::BadLength { .. } => Reject::bad_request(e),
+    }
 }
 
 /// The vNode an address space belongs to.
@@ -34,11 +49,26 @@ pub fn asid_vnode(asid: u64) -> u32 {
 }
 
 impl MemoryService {
-    pub fn new(store: Arc<PageStore>) -> Self {
+    pub fn new(store: Arc<PageStore>, creds: Credentials) -> Self {
         MemoryService {
             store,
             not_entitled: AtomicU64::new(0),
             server: std::sync::OnceLock::new(),
+            mirrors: Mirrors::default(),
+            creds,
+        }
+    }
+
+    fn require_component(&self, peer: &PeerInfo, op: Op) -> Result<(), Reject> {
+        match peer.claim {
+            Claim::Component => Ok(()),
+            Claim::Vnode(v) => {
+                self.not_entitled.fetch_add(1, Ordering::Relaxed);
+                Err(Reject::new(
+                    ErrorCode::NotEntitled,
+                    format!("{op} is for lego components; this connection speaks for vnode {v}"),
+                ))
+            }
         }
     }
 
@@ -81,6 +111,11 @@ impl MemoryService {
             ("bytes_out_total", g(&c.bytes_out)),
             ("oom_refusals_total", g(&c.oom_refusals)),
             ("not_entitled_total", g(&self.not_entitled)),
+            ("older_writes_ignored_total", g(&c.older_ignored)),
+            ("pages_forwarded_total", g(&self.mirrors.forwarded_pages)),
+            ("pages_copied_out_total", g(&self.mirrors.copied_pages)),
+            ("copies_done_total", g(&self.mirrors.copies_done)),
+            ("copies_failed_total", g(&self.mirrors.copies_failed)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -118,27 +153,50 @@ impl Handler for MemoryService {
                 self.check(peer, req.asid)?;
                 let allocated = self
                     .store
-                    .write(req.asid, &req.pages, req.data)
-                    .map_err(|e| match e {
-                        StoreError::OutOfMemory { .. } => {
-                            tracing::warn!(asid = format_args!("{:#x}", req.asid), "{e}");
-                            Reject::new(ErrorCode::OutOfMemory, e.to_string())
-                        }
-                        StoreError::BadLength { .. } => Reject::bad_request(e),
-                    })?;
+                    .write(req.asid, &req.pages, req.data, req.version)
+                    .map_err(|e| store_error(req.asid, e))?;
+                let missed = self.mirrors.forward_write(
+                    req.asid,
+                    &req.pages,
+                    req.data,
+                    req.version,
+                    req.peer,
+                );
                 reply.extend_from_slice(
                     &WriteReply {
                         stored: req.pages.len() as u32,
                         allocated: allocated as u32,
+                        missed,
                     }
                     .encode(),
                 );
+                Ok(())
+            }
+            Op::CopyPages => {
+                self.require_component(peer, op)?;
+                let req = CopyPages::decode(body)?;
+                let n = self
+                    .store
+                    .copy_in(req.asid, &req.pages, req.data)
+                    .map_err(|e| store_error(req.asid, e))?;
+                reply.extend_from_slice(&encode_u64(n));
+                Ok(())
+            }
+            Op::Replicate => {
+                self.require_component(peer, op)?;
+                let req: ReplicateReq = from_body(body)?;
+                let resp = self
+                    .mirrors
+                    .replicate(&self.store, &self.creds, &req)
+                    .map_err(|e| Reject::new(ErrorCode::Unavailable, e.to_string()))?;
+                reply.extend_from_slice(&to_body(&resp));
                 Ok(())
             }
             Op::FreeRange => {
                 let req = FreeRange::decode(body)?;
                 self.check(peer, req.asid)?;
                 let n = self.store.free_range(req.asid, req.first, req.count);
+                self.mirrors.forward_free(&req);
                 reply.extend_from_slice(&encode_u64(n));
                 Ok(())
             }
@@ -146,6 +204,7 @@ impl Handler for MemoryService {
                 let asid = decode_u64("free_space", body)?;
                 self.check(peer, asid)?;
                 let n = self.store.free_space(asid);
+                self.mirrors.forget_space(asid);
                 tracing::debug!(
                     asid = format_args!("{asid:#x}"),
                     pages = n,

@@ -1,7 +1,9 @@
 //! The page store: every page held by this memory monitor.
 //!
 //! Pages are keyed by (address space, page number) and allocated on first
-//! write; a page never written reads as absent (the reader zero-fills it). The
+//! write; a page never written reads as absent (the reader zero-fills it).
+//! Each page keeps the version of the write that stored it, and a write
+//! older than the held version is ignored (see `lego_wire::pages`). The
 //! total number of pages is bounded by the capacity: a write that would pass it
 //! is refused whole with [`StoreError::OutOfMemory`], leaving the store as it
 //! was. The map is split into shards by address space and page so that
@@ -15,7 +17,11 @@ use lego_wire::PAGE_SIZE;
 
 const SHARDS: usize = 16;
 
-type Page = Box<[u8]>;
+/// A held page: the version of the write that stored it, and its 4 KiB.
+struct Page {
+    version: u64,
+    data: Box<[u8]>,
+}
 
 /// Why the store refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +46,8 @@ pub struct StoreCounters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub oom_refusals: AtomicU64,
+    /// Page writes ignored because a newer version was held.
+    pub older_ignored: AtomicU64,
 }
 
 /// A capacity-bounded page store.
@@ -47,6 +55,9 @@ pub struct PageStore {
     capacity: u64,
     held: AtomicU64,
     shards: Vec<Mutex<HashMap<(u64, u64), Page>>>,
+    /// Address spaces freed whole: they are gone for good (ids are never
+    /// reused), so a late copy from another monitor must not bring pages back.
+    released: Mutex<std::collections::HashSet<u64>>,
     pub counters: StoreCounters,
 }
 
@@ -66,6 +77,7 @@ impl PageStore {
             capacity: capacity_bytes / PAGE_SIZE as u64,
             held: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            released: Mutex::new(std::collections::HashSet::new()),
             counters: StoreCounters::default(),
         }
     }
@@ -90,18 +102,26 @@ impl PageStore {
     /// Appends each requested page that is held to `out` and returns the
     /// presence flags in request order.
     pub fn read(&self, asid: u64, pages: &[u64], out: &mut Vec<u8>) -> Vec<bool> {
+        self.read_versions(asid, pages, out)
+            .iter()
+            .map(Option::is_some)
+            .collect()
+    }
+
+    /// Like [`PageStore::read`], with the version of each page held.
+    pub fn read_versions(&self, asid: u64, pages: &[u64], out: &mut Vec<u8>) -> Vec<Option<u64>> {
         let mut present = Vec::with_capacity(pages.len());
         for &p in pages {
             let shard = lock(&self.shards[shard_of(asid, p)]);
             match shard.get(&(asid, p)) {
-                Some(data) => {
-                    out.extend_from_slice(data);
-                    present.push(true);
+                Some(page) => {
+                    out.extend_from_slice(&page.data);
+                    present.push(Some(page.version));
                 }
-                None => present.push(false),
+                None => present.push(None),
             }
         }
-        let n = present.iter().filter(|&&p| p).count() as u64;
+        let n = present.iter().filter(|p| p.is_some()).count() as u64;
         self.counters.pages_read.fetch_add(n, Ordering::Relaxed);
         self.counters
             .bytes_out
@@ -109,9 +129,31 @@ impl PageStore {
         present
     }
 
-    /// Stores the pages (4 KiB of `data` each). All or nothing: refused whole
-    /// when the new pages do not fit. Returns the number newly allocated.
-    pub fn write(&self, asid: u64, pages: &[u64], data: &[u8]) -> Result<u64, StoreError> {
+    /// Stores the pages (4 KiB of `data` each) as written at `version`. All
+    /// or nothing: refused whole when the new pages do not fit. A page held
+    /// at a newer version keeps it. Returns the number newly allocated.
+    pub fn write(
+        &self,
+        asid: u64,
+        pages: &[u64],
+        data: &[u8],
+        version: u64,
+    ) -> Result<u64, StoreError> {
+        let versioned: Vec<(u64, u64)> = pages.iter().map(|&p| (p, version)).collect();
+        self.put(asid, &versioned, data)
+    }
+
+    /// Stores pages copied from another memory monitor, each at its own
+    /// version (see [`PageStore::write`]). Copies into an address space
+    /// already freed here are dropped.
+    pub fn copy_in(&self, asid: u64, pages: &[(u64, u64)], data: &[u8]) -> Result<u64, StoreError> {
+        if lock(&self.released).contains(&asid) {
+            return Ok(0);
+        }
+        self.put(asid, pages, data)
+    }
+
+    fn put(&self, asid: u64, pages: &[(u64, u64)], data: &[u8]) -> Result<u64, StoreError> {
         if data.len() != pages.len() * PAGE_SIZE {
             return Err(StoreError::BadLength {
                 got: data.len(),
@@ -122,20 +164,30 @@ impl PageStore {
         let new = pages
             .iter()
             .enumerate()
-            .filter(|&(i, p)| {
+            .filter(|&(i, (p, _))| {
                 !lock(&self.shards[shard_of(asid, *p)]).contains_key(&(asid, *p))
-                    && !pages[..i].contains(p)
+                    && !pages[..i].iter().any(|(q, _)| q == p)
             })
             .count() as u64;
         self.reserve(new)?;
-        let mut allocated = 0u64;
-        for (i, &p) in pages.iter().enumerate() {
+        let (mut allocated, mut ignored) = (0u64, 0u64);
+        for (i, &(p, version)) in pages.iter().enumerate() {
             let src = &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
             let mut shard = lock(&self.shards[shard_of(asid, p)]);
             match shard.get_mut(&(asid, p)) {
-                Some(page) => page.copy_from_slice(src),
+                Some(page) if page.version > version => ignored += 1,
+                Some(page) => {
+                    page.data.copy_from_slice(src);
+                    page.version = version;
+                }
                 None => {
-                    shard.insert((asid, p), src.into());
+                    shard.insert(
+                        (asid, p),
+                        Page {
+                            version,
+                            data: src.into(),
+                        },
+                    );
                     allocated += 1;
                 }
             }
@@ -148,8 +200,37 @@ impl PageStore {
         c.pages_written
             .fetch_add(pages.len() as u64, Ordering::Relaxed);
         c.pages_allocated.fetch_add(allocated, Ordering::Relaxed);
+        c.older_ignored.fetch_add(ignored, Ordering::Relaxed);
         c.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(allocated)
+    }
+
+    /// The page numbers held of `asid` in `first..first + count`, in order.
+    pub fn held_in(&self, asid: u64, first: u64, count: u64) -> Vec<u64> {
+        let mut held = Vec::new();
+        for s in &self.shards {
+            held.extend(
+                lock(s)
+                    .keys()
+                    .filter(|&&(a, p)| a == asid && p >= first && p - first < count)
+                    .map(|&(_, p)| p),
+            );
+        }
+        held.sort_unstable();
+        held
+    }
+
+    /// Drops every page: what this monitor held belongs to an identity the
+    /// cluster no longer trusts. Returns how many there were.
+    pub fn wipe(&self) -> u64 {
+        let mut n = 0;
+        for s in &self.shards {
+            let mut s = lock(s);
+            n += s.len() as u64;
+            s.clear();
+        }
+        self.release(n);
+        n
     }
 
     fn reserve(&self, n: u64) -> Result<(), StoreError> {
@@ -181,11 +262,15 @@ impl PageStore {
         let mut copies: Vec<(u64, Page)> = Vec::new();
         for s in &self.shards {
             let s = lock(s);
-            copies.extend(
-                s.iter()
-                    .filter(|(k, _)| k.0 == from)
-                    .map(|(k, v)| (k.1, v.clone())),
-            );
+            copies.extend(s.iter().filter(|(k, _)| k.0 == from).map(|(k, v)| {
+                (
+                    k.1,
+                    Page {
+                        version: v.version,
+                        data: v.data.clone(),
+                    },
+                )
+            }));
         }
         let new = copies.len() as u64;
         self.reserve(new)?;
@@ -230,8 +315,10 @@ impl PageStore {
         freed
     }
 
-    /// Frees every page of an address space; returns how many there were.
+    /// Frees every page of an address space, for good; returns how many
+    /// there were.
     pub fn free_space(&self, asid: u64) -> u64 {
+        lock(&self.released).insert(asid);
         let mut freed = 0;
         for s in &self.shards {
             let mut s = lock(s);
@@ -260,9 +347,12 @@ mod tests {
     #[test]
     fn write_read_free_accounting() {
         let s = PageStore::new(4 * PAGE_SIZE as u64);
-        assert_eq!(s.write(1, &[10, 11], &[page(1), page(2)].concat()), Ok(2));
         assert_eq!(
-            s.write(1, &[11], &page(3)),
+            s.write(1, &[10, 11], &[page(1), page(2)].concat(), 0),
+            Ok(2)
+        );
+        assert_eq!(
+            s.write(1, &[11], &page(3), 0),
             Ok(0),
             "overwrite allocates nothing"
         );
@@ -278,8 +368,9 @@ mod tests {
     #[test]
     fn capacity_is_all_or_nothing() {
         let s = PageStore::new(3 * PAGE_SIZE as u64);
-        s.write(7, &[1, 2], &[page(1), page(2)].concat()).unwrap();
-        let err = s.write(7, &[2, 3, 4], &[page(9), page(9), page(9)].concat());
+        s.write(7, &[1, 2], &[page(1), page(2)].concat(), 0)
+            .unwrap();
+        let err = s.write(7, &[2, 3, 4], &[page(9), page(9), page(9)].concat(), 0);
         assert_eq!(
             err,
             Err(StoreError::OutOfMemory {
@@ -291,23 +382,24 @@ mod tests {
         let mut out = Vec::new();
         s.read(7, &[2], &mut out);
         assert_eq!(out, page(2), "a refused batch changes nothing");
-        assert_eq!(s.write(7, &[3], &page(3)), Ok(1));
+        assert_eq!(s.write(7, &[3], &page(3), 0), Ok(1));
         assert_eq!(s.pages_held(), 3);
     }
 
     #[test]
     fn duplicate_pages_in_one_batch_count_once() {
         let s = PageStore::new(PAGE_SIZE as u64);
-        assert_eq!(s.write(1, &[5, 5], &[page(1), page(2)].concat()), Ok(1));
+        assert_eq!(s.write(1, &[5, 5], &[page(1), page(2)].concat(), 0), Ok(1));
         assert_eq!(s.pages_held(), 1);
     }
 
     #[test]
     fn clone_copies_and_diverges() {
         let s = PageStore::new(5 * PAGE_SIZE as u64);
-        s.write(1, &[1, 2], &[page(1), page(2)].concat()).unwrap();
+        s.write(1, &[1, 2], &[page(1), page(2)].concat(), 0)
+            .unwrap();
         assert_eq!(s.clone_space(1, 9), Ok(2));
-        s.write(9, &[1], &page(7)).unwrap();
+        s.write(9, &[1], &page(7), 0).unwrap();
         let mut out = Vec::new();
         s.read(1, &[1], &mut out);
         s.read(9, &[1, 2], &mut out);
@@ -321,10 +413,35 @@ mod tests {
     }
 
     #[test]
+    fn older_versions_never_replace_newer_ones() {
+        let s = PageStore::new(8 * PAGE_SIZE as u64);
+        s.write(1, &[1, 2], &[page(5), page(5)].concat(), 5)
+            .unwrap();
+        // A stale copy of page 1 and a new page 3 cross a newer write.
+        s.copy_in(1, &[(1, 4), (3, 4)], &[page(4), page(4)].concat())
+            .unwrap();
+        s.write(1, &[2], &page(6), 6).unwrap();
+        s.copy_in(1, &[(2, 5)], &page(5)).unwrap();
+        let mut out = Vec::new();
+        let v = s.read_versions(1, &[1, 2, 3], &mut out);
+        assert_eq!(v, vec![Some(5), Some(6), Some(4)]);
+        assert_eq!(out, [page(5), page(6), page(4)].concat());
+        assert_eq!(s.counters.older_ignored.load(Ordering::Relaxed), 2);
+        assert_eq!(s.held_in(1, 2, 10), vec![2, 3]);
+        // Once the space is freed, late copies are dropped.
+        assert_eq!(s.free_space(1), 3);
+        assert_eq!(s.copy_in(1, &[(1, 9)], &page(9)), Ok(0));
+        assert_eq!(s.pages_held(), 0);
+        s.write(2, &[1], &page(1), 0).unwrap();
+        assert_eq!(s.wipe(), 1);
+        assert_eq!(s.pages_held(), 0);
+    }
+
+    #[test]
     fn spaces_are_separate() {
         let s = PageStore::new(16 * PAGE_SIZE as u64);
-        s.write(1, &[1], &page(1)).unwrap();
-        s.write(2, &[1], &page(2)).unwrap();
+        s.write(1, &[1], &page(1), 0).unwrap();
+        s.write(2, &[1], &page(2), 0).unwrap();
         assert_eq!(s.address_spaces(), 2);
         assert_eq!(s.free_space(1), 1);
         let mut out = Vec::new();

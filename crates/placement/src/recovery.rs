@@ -6,8 +6,7 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    ComponentId, Event, Health, Placement, PlacementError, Recovery, Role, VRegionKey,
-    VRegionState,
+    ComponentId, Event, Health, Placement, PlacementError, Recovery, Role, VRegionKey, VRegionState,
 };
 
 impl Placement {
@@ -121,7 +120,7 @@ impl Placement {
     ) -> Result<crate::VRegionAssignment, PlacementError> {
         let outdated = PlacementError::RecoveryOutdated { key: r.key };
         let a = self.vregions.get(&r.key).ok_or(outdated.clone())?;
-        if !(a.holds(r.survivor) && a.holds(r.failed)) || !self.alive(r.target) {
+        if !(a.holds(r.survivor) && a.holds(r.failed) && self.alive(r.target)) {
             return Err(outdated);
         }
         let target_is_memory = self

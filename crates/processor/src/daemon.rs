@@ -152,6 +152,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
                 .map(|j| j.id)
                 .collect(),
         }),
+        lego_agent::Hooks::default(),
     )
     .map_err(ProcessorError::Thread)?;
     Ok(RunningProcessor {

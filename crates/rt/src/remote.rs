@@ -2,19 +2,29 @@
 //! (a primary and a backup memory monitor each), and connections to them.
 //!
 //! Reads go to the primary and fall back to the backup; write-backs go to
-//! both and succeed when at least one copy was stored (a lost replica is
-//! counted and logged once). When neither holds a page that should exist, the
-//! vRegion is lost and the caller stops the process.
+//! both and succeed when at least one copy was stored. A replica that missed
+//! a write (or that a forwarding replica reports missed it) is never read or
+//! written again for that vRegion. When a replica fails, the process tells
+//! the manager (which checks and may declare it dead at once) and refreshes
+//! the vRegion's placement to learn of the copy that replaces it. When no
+//! copy can give a page that should exist, the vRegion is lost and the
+//! caller stops the process.
+//!
+//! Every write carries a version, larger than any before it from this
+//! process (and its fork ancestors), and names the other replica it went
+//! to: the memory monitors need both to rebuild copies safely (see
+//! `lego_wire::pages`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use lego_transport::{Client, ClientOptions, Credentials, TransportError};
+use lego_wire::control::UnreachableReq;
 use lego_wire::control::{
     AssignReq, AssignResp, CreateSpaceReq, CreateSpaceResp, Endpoint, ReleaseSpaceReq,
     ReleaseSpaceResp,
 };
-use lego_wire::pages::{FreeRange, ReadPages, ReadPagesReply, WritePages};
+use lego_wire::pages::{FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply};
 use lego_wire::{Op, PAGE_SIZE};
 
 use crate::stats::COUNTERS;
@@ -56,9 +66,15 @@ pub struct PendingRead {
     body: Vec<u8>,
     sent: Option<(Client, u64)>,
     primary: Endpoint,
-    backup: Endpoint,
+    backup: Option<Endpoint>,
     why: Vec<String>,
 }
+
+/// A vRegion's copies as this process last learned them.
+type Copies = (Endpoint, Option<Endpoint>);
+
+/// How often a degraded vRegion's placement may be asked again.
+const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
 /// The runtime's configuration, from the environment the processor monitor sets.
 #[derive(Clone, Debug)]
@@ -79,10 +95,16 @@ pub struct Remote {
     creds: Credentials,
     pub asid: u64,
     vregion_shift: u32,
-    regions: HashMap<u64, (Endpoint, Endpoint)>,
+    regions: HashMap<u64, Copies>,
     /// Replicas that missed a write-back: (vRegion, component). They hold
     /// an old copy of some page, so they are never read or written again.
     stale: std::collections::HashSet<(u64, u64)>,
+    /// When each degraded vRegion's placement was last asked again.
+    refreshed: HashMap<u64, std::time::Instant>,
+    /// Memory monitors already reported unreachable to the manager.
+    reported: std::collections::HashSet<u64>,
+    /// The version of the last write (see the module doc).
+    version: u64,
     clients: HashMap<String, Client>,
     opts: ClientOptions,
 }
@@ -122,13 +144,12 @@ impl Remote {
             manager,
             creds,
             asid: space.asid,
-            vregion_shift: space
-                .vregion_bytes
-                .max(1 << 21)
-                .next_power_of_two()
-                .trailing_zeros(),
+            vregion_shift: lego_wire::control::vregion_shift(space.vregion_bytes),
             regions: HashMap::new(),
             stale: std::collections::HashSet::new(),
+            refreshed: HashMap::new(),
+            reported: std::collections::HashSet::new(),
+            version: 0,
             clients: HashMap::new(),
             opts,
         })
@@ -147,23 +168,31 @@ impl Remote {
         }
     }
 
-    fn region(&mut self, index: u64, refresh: bool) -> Result<(Endpoint, Endpoint), Lost> {
+    fn region(&mut self, index: u64, refresh: bool) -> Result<Copies, Lost> {
         if !refresh {
             if let Some(r) = self.regions.get(&index) {
                 return Ok(r.clone());
             }
         }
+        let a = self.ask_placement(index, MANAGER_PATIENCE)?;
+        self.regions
+            .insert(index, (a.primary.clone(), a.backup.clone()));
+        Ok((a.primary, a.backup))
+    }
+
+    /// Asks the manager where a vRegion lives (placing it if new). The data
+    /// path does not need the manager, but a vRegion touched for the first
+    /// time does: while the manager is away (restarting), wait up to
+    /// `patience` for it rather than lose the process.
+    fn ask_placement(&mut self, index: u64, patience: Duration) -> Result<AssignResp, Lost> {
         let req = AssignReq {
             asid: self.asid,
             index,
         };
-        // The data path does not need the manager, but a vRegion touched for
-        // the first time does: while the manager is away (restarting), wait
-        // for it rather than lose the process.
-        let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
-        let a: AssignResp = loop {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
             match self.manager.call_json(Op::AssignVRegion, &req) {
-                Ok(a) => break a,
+                Ok(a) => return Ok(a),
                 // Unreachable, or just restarted and its memory monitors
                 // not yet back: wait.
                 Err(e)
@@ -181,10 +210,43 @@ impl Remote {
                 }
                 Err(e) => return Err(self.lost(index, format!("the manager cannot place it: {e}"))),
             }
+        }
+    }
+
+    /// A vRegion lost a copy: ask (at most every [`REFRESH_EVERY`], without
+    /// waiting for an absent manager) whether a new copy replaced it.
+    fn maybe_refresh(&mut self, index: u64) {
+        let due = self
+            .refreshed
+            .get(&index)
+            .is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        if !due {
+            return;
+        }
+        self.refreshed.insert(index, std::time::Instant::now());
+        if self.manager.is_broken() {
+            match Client::connect(self.manager.peer(), &self.creds, &self.opts) {
+                Ok(c) => self.manager = c,
+                Err(_) => return,
+            }
+        }
+        if let Ok(a) = self.ask_placement(index, Duration::ZERO) {
+            self.regions.insert(index, (a.primary, a.backup));
+        }
+    }
+
+    /// Tells the manager once that a memory monitor does not answer.
+    fn report_unreachable(&mut self, ep: &Endpoint, e: &TransportError) {
+        if !e.is_unreachable() || !self.reported.insert(ep.id) {
+            return;
+        }
+        let req = UnreachableReq {
+            id: ep.id,
+            why: e.to_string(),
         };
-        self.regions
-            .insert(index, (a.primary.clone(), a.backup.clone()));
-        Ok((a.primary, a.backup))
+        let _ = self
+            .manager
+            .call_json::<_, serde_json::Value>(Op::ReportUnreachable, &req);
     }
 
     fn client(&mut self, addr: &str) -> Result<Client, TransportError> {
@@ -217,7 +279,10 @@ impl Remote {
                 .and_then(|c| c.send(Op::ReadPages, &[&body]).map(|id| (c, id)))
             {
                 Ok(s) => sent = Some(s),
-                Err(e) => why.push(format!("primary {} ({}): {e}", primary.id, primary.addr)),
+                Err(e) => {
+                    why.push(format!("primary {} ({}): {e}", primary.id, primary.addr));
+                    self.report_unreachable(&primary, &e);
+                }
             }
         }
         Ok(PendingRead {
@@ -232,7 +297,9 @@ impl Remote {
 
     /// Waits for a read started by [`Remote::start_read`]. The answer's body
     /// is left in `out`; returns the offset of the page data in it, 4 KiB a
-    /// page in request order. Every page must exist on a replica.
+    /// page in request order. Every page must exist on a replica: when
+    /// neither known copy gives them, the vRegion's placement is asked
+    /// again (a copy may have been rebuilt elsewhere) before giving up.
     pub fn finish_read(&mut self, p: PendingRead, out: &mut Vec<u8>) -> Result<usize, Lost> {
         let PendingRead {
             index,
@@ -245,26 +312,51 @@ impl Remote {
         let at = data_alignment(body.len());
         if let Some((c, id)) = sent {
             let r = c.wait_into(id, out, at);
+            if let Err(e) = &r {
+                self.report_unreachable(&primary, e);
+            }
             match self.take_pages(r, out, at, "primary") {
                 Ok(at) => return Ok(at),
                 Err(e) => why.push(format!("primary {} ({}): {e}", primary.id, primary.addr)),
             }
         }
-        if self.stale.contains(&(index, backup.id)) {
-            why.push(self.untrusted("backup", &backup));
-        } else {
-            let r = self
-                .client(&backup.addr)
-                .and_then(|c| c.call_into(Op::ReadPages, &[&body], out, at));
-            match self.take_pages(r, out, at, "backup") {
-                Ok(at) => {
-                    COUNTERS.add(&COUNTERS.backup_reads, 1);
-                    return Ok(at);
+        let mut tried = vec![primary.id];
+        let mut candidates: Vec<(&'static str, Endpoint)> =
+            backup.into_iter().map(|b| ("backup", b)).collect();
+        let mut refreshed = false;
+        loop {
+            while let Some((role, ep)) = candidates.pop() {
+                tried.push(ep.id);
+                if self.stale.contains(&(index, ep.id)) {
+                    why.push(self.untrusted(role, &ep));
+                    continue;
                 }
-                Err(e) => why.push(format!("backup {} ({}): {e}", backup.id, backup.addr)),
+                let r = self
+                    .client(&ep.addr)
+                    .and_then(|c| c.call_into(Op::ReadPages, &[&body], out, at));
+                if let Err(e) = &r {
+                    self.report_unreachable(&ep, e);
+                }
+                match self.take_pages(r, out, at, role) {
+                    Ok(at) => {
+                        COUNTERS.add(&COUNTERS.backup_reads, 1);
+                        return Ok(at);
+                    }
+                    Err(e) => why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr)),
+                }
             }
+            if refreshed {
+                return Err(self.lost(index, why.join("; ")));
+            }
+            refreshed = true;
+            // Both known copies failed: the manager may know of a new one.
+            let (p, b) = self.region(index, true)?;
+            candidates = [("backup", b), ("primary", Some(p))]
+                .into_iter()
+                .filter_map(|(r, e)| e.map(|e| (r, e)))
+                .filter(|(_, e)| !tried.contains(&e.id))
+                .collect();
         }
-        Err(self.lost(index, why.join("; ")))
     }
 
     /// Waits for a read started by [`Remote::start_read`] and drops its answer.
@@ -305,53 +397,101 @@ impl Remote {
         Ok(reply.data.as_ptr() as usize - out.as_ptr() as usize)
     }
 
-    /// Writes pages (one vRegion) to the primary and the backup.
+    /// Writes pages (one vRegion) to its copies. When no copy took them,
+    /// the placement is asked again once (the copies may have moved).
     pub fn write(&mut self, pages: &[u64], data: &[u8]) -> Result<(), Lost> {
         let index = self.vregion_of(pages[0]);
-        let (primary, backup) = self.region(index, false)?;
-        let body = WritePages {
-            asid: self.asid,
-            pages: pages.to_vec(),
-            data,
-        }
-        .encode();
-        let mut sent = Vec::new();
-        for (role, ep) in [("primary", &primary), ("backup", &backup)] {
-            if self.stale.contains(&(index, ep.id)) {
-                continue;
+        self.version += 1;
+        let copies = self.region(index, false)?;
+        match self.write_to(index, &copies, pages, data) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                let now = self.region(index, true)?;
+                if now == copies {
+                    return Err(self.lost(index, why));
+                }
+                self.write_to(index, &now, pages, data)
+                    .map_err(|w| self.lost(index, format!("{why}; then {w}")))
             }
+        }
+    }
+
+    fn write_to(
+        &mut self,
+        index: u64,
+        (primary, backup): &Copies,
+        pages: &[u64],
+        data: &[u8],
+    ) -> Result<(), String> {
+        let targets: Vec<(&str, &Endpoint)> =
+            [("primary", Some(primary)), ("backup", backup.as_ref())]
+                .into_iter()
+                .filter_map(|(r, e)| e.map(|e| (r, e)))
+                .filter(|(_, e)| !self.stale.contains(&(index, e.id)))
+                .collect();
+        let mut sent = Vec::new();
+        for &(role, ep) in &targets {
+            // The other copy this write goes to, so that a copy forwarding
+            // writes to a new one knows whether it has this one.
+            let peer = targets
+                .iter()
+                .find(|(_, o)| o.id != ep.id)
+                .map_or(0, |(_, o)| o.id);
+            let body = WritePages {
+                asid: self.asid,
+                version: self.version,
+                peer,
+                pages: pages.to_vec(),
+                data,
+            }
+            .encode();
             let r = self
                 .client(&ep.addr)
                 .and_then(|c| c.send(Op::WritePages, &[&body]).map(|id| (c, id)));
-            sent.push((role, ep, r));
+            sent.push((role, ep.clone(), r));
         }
         let mut stored = 0;
         let mut why = Vec::new();
         let mut missed = Vec::new();
         for (role, ep, r) in sent {
             match r.and_then(|(c, id)| c.wait(id)) {
-                Ok(_) => stored += 1,
+                Ok(f) => {
+                    stored += 1;
+                    // A copy being rebuilt that this one forwarded to, and
+                    // that did not take the write.
+                    if let Ok(w) = WriteReply::decode(&f.body) {
+                        if w.missed != 0 {
+                            missed.push(w.missed);
+                        }
+                    }
+                }
                 Err(e) => {
                     why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr));
+                    self.report_unreachable(&ep, &e);
                     missed.push(ep.id);
                 }
             }
         }
         COUNTERS.add(&COUNTERS.bytes_written_back, (data.len() * stored) as u64);
-        if stored == 0 {
-            return Err(self.lost(index, why.join("; ")));
-        }
         // A replica that missed this write holds an old copy from now on.
         for id in missed {
             self.stale.insert((index, id));
         }
-        if stored == 1 || self.stale.iter().any(|&(v, _)| v == index) {
+        if stored == 0 {
+            if targets.is_empty() {
+                why.push("every copy missed an earlier write".to_string());
+            }
+            return Err(why.join("; "));
+        }
+        let wanted = 1 + backup.is_some() as usize;
+        if stored < wanted {
             COUNTERS.add(&COUNTERS.degraded_writes, 1);
+            self.maybe_refresh(index);
         }
         Ok(())
     }
 
-    /// Frees a run of pages on both replicas (best effort).
+    /// Frees a run of pages on its copies (best effort).
     pub fn free(&mut self, first: u64, count: u64) {
         let index = self.vregion_of(first);
         let Some((primary, backup)) = self.regions.get(&index).cloned() else {
@@ -363,7 +503,7 @@ impl Remote {
             count,
         }
         .encode();
-        for ep in [primary, backup] {
+        for ep in std::iter::once(primary).chain(backup) {
             if let Ok(c) = self.client(&ep.addr) {
                 let _ = c.call(Op::FreeRange, &[&body]);
             }

@@ -80,6 +80,7 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
                 jobs: Vec::new(),
             }
         }),
+        lego_agent::Hooks::default(),
     )
     .map_err(|source| TransportError::Listen {
         addr: cfg.listen,

@@ -62,6 +62,16 @@ pub struct AssignReq {
     pub index: u64,
 }
 
+/// log2 of the span of address space one vRegion covers, for a manager
+/// configured with `vregion_bytes` (rounded up to a power of two, at least
+/// 2 MiB): vRegion `index` holds pages `index << (shift - 12)` onwards.
+pub fn vregion_shift(vregion_bytes: u64) -> u32 {
+    vregion_bytes
+        .max(1 << 21)
+        .next_power_of_two()
+        .trailing_zeros()
+}
+
 /// A component and where to reach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -72,7 +82,8 @@ pub struct Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignResp {
     pub primary: Endpoint,
-    pub backup: Endpoint,
+    /// `None`: the vNode keeps one copy of its memory.
+    pub backup: Option<Endpoint>,
     /// True when this call created the assignment.
     pub created: bool,
 }
@@ -146,6 +157,9 @@ pub struct VnodeReq {
     /// their own holding the vIP).
     #[serde(default)]
     pub host_network: bool,
+    /// Create: copies of each vRegion of its memory, 1 or 2 (none: 2).
+    #[serde(default)]
+    pub replicas: Option<u8>,
 }
 
 /// A vNode as the manager knows it.
@@ -163,6 +177,9 @@ pub struct VnodeInfo {
     /// Its processes share their host's network.
     #[serde(default)]
     pub host_network: bool,
+    /// Copies of each vRegion of its memory.
+    #[serde(default)]
+    pub replicas: u8,
     /// Bytes of memory leased to its processes now.
     #[serde(default)]
     pub memory_leased: u64,

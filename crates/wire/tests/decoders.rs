@@ -2,9 +2,9 @@
 
 use lego_wire::{
     auth::{decode_challenge, Claim, Hello, Secret},
-    control::{from_body, ClusterState, RegisterReq},
+    control::{from_body, ClusterState, RegisterReq, ReplicateReq, UnreachableReq},
     frame::{read_frame, write_frame, Header, HEADER_LEN},
-    pages::{FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply},
+    pages::{CopyPages, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply},
     ErrorBody, ErrorCode, Op, WireError, PAGE_SIZE,
 };
 use proptest::prelude::*;
@@ -30,6 +30,9 @@ proptest! {
         let _ = ReadPagesReply::decode(&bytes);
         let _ = WritePages::decode(&bytes);
         let _ = WriteReply::decode(&bytes);
+        let _ = CopyPages::decode(&bytes);
+        let _ = from_body::<ReplicateReq>(&bytes);
+        let _ = from_body::<UnreachableReq>(&bytes);
         let _ = FreeRange::decode(&bytes);
         let _ = ErrorBody::decode(&bytes);
         let _ = Hello::decode(&bytes);
@@ -56,13 +59,19 @@ proptest! {
     }
 
     #[test]
-    fn pages_round_trip(asid: u64, pages in prop::collection::vec(any::<u64>(), 1..20), seed: u8) {
+    fn pages_round_trip(asid: u64, version: u64, peer: u64, pages in prop::collection::vec(any::<u64>(), 1..20), seed: u8) {
         let r = ReadPages { asid, pages: pages.clone() };
         prop_assert_eq!(ReadPages::decode(&r.encode()).unwrap(), r);
         let data: Vec<u8> = (0..pages.len() * PAGE_SIZE).map(|i| (i as u8).wrapping_mul(seed)).collect();
-        let w = WritePages { asid, pages: pages.clone(), data: &data };
+        let w = WritePages { asid, version, peer, pages: pages.clone(), data: &data };
         let enc = w.encode();
         prop_assert_eq!(WritePages::decode(&enc).unwrap(), w);
+        let versioned: Vec<(u64, u64)> = pages.iter().map(|&p| (p, p ^ version)).collect();
+        let c = CopyPages { asid, pages: versioned, data: &data };
+        let cenc = c.encode();
+        prop_assert_eq!(CopyPages::decode(&cenc).unwrap(), c);
+        let r = WriteReply { stored: pages.len() as u32, allocated: seed as u32, missed: peer };
+        prop_assert_eq!(WriteReply::decode(&r.encode()).unwrap(), r);
         let present: Vec<bool> = pages.iter().map(|p| p % 3 != 0).collect();
         let mut body = ReadPagesReply::encode_head(&present);
         let n = present.iter().filter(|&&p| p).count();

@@ -147,6 +147,8 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             Op::WritePages,
             &[&WritePages {
                 asid,
+                version: 0,
+                peer: 0,
                 pages: chunk.to_vec(),
                 data: &data,
             }
@@ -221,6 +223,8 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             |_| {
                 WritePages {
                     asid,
+                    version: 0,
+                    peer: 0,
                     pages: vec![npages + rng.next_u64() % npages], // a second range: reads stay checkable
                     data: &page,
                 }

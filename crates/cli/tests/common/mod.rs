@@ -76,12 +76,26 @@ pub struct Daemon {
     pub child: Child,
     pub addr: String,
     pub log: PathBuf,
+    /// Killed by the test.
+    pub dead: bool,
 }
 
 impl Daemon {
     pub fn kill9(&mut self) {
+        self.dead = true;
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal to the daemon (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.name);
     }
 
     pub fn log_text(&self) -> String {
@@ -137,6 +151,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// A manager (heartbeat `heartbeat_ms`) and `n` memory monitors of `capacity`.
     pub fn start(n: usize, capacity: &str, heartbeat_ms: u64) -> Self {
+        Self::start_with(n, capacity, heartbeat_ms, &[])
+    }
+
+    /// [`TestCluster::start`] with extra flags for the manager.
+    pub fn start_with(n: usize, capacity: &str, heartbeat_ms: u64, manager_flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let secret = Secret::generate().unwrap();
         std::fs::write(dir.path().join("secret"), secret.to_hex()).unwrap();
@@ -149,7 +168,7 @@ impl TestCluster {
             memories: Vec::new(),
             processor: None,
             storage: None,
-            manager_flags: Vec::new(),
+            manager_flags: manager_flags.iter().map(|f| f.to_string()).collect(),
             spawned: 0,
         };
         c.start_manager();
@@ -191,6 +210,7 @@ impl TestCluster {
             child,
             addr: String::new(),
             log,
+            dead: false,
         };
         d.addr = wait_for(Duration::from_secs(10), &format!("{name} ready"), || {
             if let Ok(Some(st)) = d.child.try_wait() {
@@ -313,9 +333,10 @@ impl TestCluster {
         c
     }
 
-    /// Asserts that no memory monitor holds a page.
+    /// Asserts that no memory monitor (of those the test did not kill)
+    /// holds a page.
     pub fn assert_no_pages(&self, after: &str) {
-        for m in &self.memories {
+        for m in self.memories.iter().filter(|m| !m.dead) {
             let c = Client::connect(
                 &m.addr,
                 &Credentials::component(&self.secret),

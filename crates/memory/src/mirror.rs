@@ -1,0 +1,243 @@
+//! Rebuilding a vRegion's second copy on another memory monitor.
+//!
+//! When a vRegion loses a copy, the manager asks the surviving monitor to
+//! `Replicate` it onto a new one. The survivor first starts a mirror: every
+//! later write of those pages that the writer did not also send to the new
+//! copy (its `peer` is someone else) is forwarded there before it is
+//! answered. Then it copies the pages it holds, with their versions. Copies
+//! and forwarded writes may cross on the way, which is why pages carry
+//! versions: the new copy keeps the newest of each page it receives. A
+//! forward that fails ends the mirror and fails the copy, and the writer is
+//! told (`WriteReply::missed`) so it never trusts that copy.
+//!
+//! A mirror stays until its address space is freed or another copy replaces
+//! it, so writers that learn of the new copy late lose nothing meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lego_transport::{Client, ClientOptions, Credentials, TransportError};
+use lego_wire::control::{ReplicateReq, ReplicateResp};
+use lego_wire::pages::{encode_u64, CopyPages, FreeRange};
+use lego_wire::{Op, PAGE_SIZE};
+use tracing::{info, warn};
+
+use crate::store::PageStore;
+
+/// Pages per copy message.
+const COPY_BATCH: usize = 256;
+
+/// Why a copy could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("cannot reach the new copy {id} at {addr}")]
+    Connect {
+        id: u64,
+        addr: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("the new copy {id} at {addr} did not take the pages")]
+    Copy {
+        id: u64,
+        addr: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("a write forwarded to the new copy {0} failed; the copy is incomplete")]
+    ForwardFailed(u64),
+}
+
+struct Mirror {
+    first: u64,
+    count: u64,
+    target: u64,
+    client: Client,
+    failed: Arc<AtomicBool>,
+}
+
+/// The mirrors of this monitor, by address space.
+#[derive(Default)]
+pub struct Mirrors {
+    by_space: Mutex<HashMap<u64, Vec<Mirror>>>,
+    pub forwarded_pages: AtomicU64,
+    pub copied_pages: AtomicU64,
+    pub copies_done: AtomicU64,
+    pub copies_failed: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Mirrors {
+    /// Where a write of `page` of `asid` must also go: (target, client),
+    /// unless the writer sent it to the target itself (`peer`).
+    fn target_of(&self, asid: u64, page: u64, peer: u64) -> Option<(u64, Client, Arc<AtomicBool>)> {
+        let spaces = lock(&self.by_space);
+        let m = spaces
+            .get(&asid)?
+            .iter()
+            .find(|m| page >= m.first && page - m.first < m.count)?;
+        (m.target != peer).then(|| (m.target, m.client.clone(), m.failed.clone()))
+    }
+
+    fn drop_mirror(&self, asid: u64, target: u64) {
+        if let Some(v) = lock(&self.by_space).get_mut(&asid) {
+            v.retain(|m| m.target != target);
+        }
+    }
+
+    /// Forwards a write just stored here; returns the id of a new copy that
+    /// did not take it (0: none, or no mirror).
+    pub fn forward_write(
+        &self,
+        asid: u64,
+        pages: &[u64],
+        data: &[u8],
+        version: u64,
+        peer: u64,
+    ) -> u64 {
+        let Some((target, client, failed)) = self.target_of(asid, pages[0], peer) else {
+            return 0;
+        };
+        let versioned: Vec<(u64, u64)> = pages.iter().map(|&p| (p, version)).collect();
+        let head = CopyPages::encode_head(asid, &versioned);
+        match client.call(Op::CopyPages, &[&head, data]) {
+            Ok(_) => {
+                self.forwarded_pages
+                    .fetch_add(pages.len() as u64, Ordering::Relaxed);
+                0
+            }
+            Err(e) => {
+                warn!(
+                    asid = format_args!("{asid:#x}"),
+                    target, "a write forwarded to a new copy failed, dropping the mirror: {e}"
+                );
+                failed.store(true, Ordering::Relaxed);
+                self.drop_mirror(asid, target);
+                target
+            }
+        }
+    }
+
+    /// Forwards a free (best effort: a page left behind on the copy is
+    /// never read, since the writer frees before it writes again).
+    pub fn forward_free(&self, r: &FreeRange) {
+        if let Some((_, client, _)) = self.target_of(r.asid, r.first, 0) {
+            let _ = client.call(Op::FreeRange, &[&r.encode()]);
+        }
+    }
+
+    /// Forwards the end of an address space and forgets its mirrors.
+    pub fn forget_space(&self, asid: u64) {
+        let gone = lock(&self.by_space).remove(&asid).unwrap_or_default();
+        for m in gone {
+            let _ = m.client.call(Op::FreeSpace, &[&encode_u64(asid)]);
+        }
+    }
+
+    /// Copies a vRegion onto `req.target`, mirroring writes first.
+    pub fn replicate(
+        &self,
+        store: &PageStore,
+        creds: &Credentials,
+        req: &ReplicateReq,
+    ) -> Result<ReplicateResp, MirrorError> {
+        let t = Instant::now();
+        let (id, addr) = (req.target.id, req.target.addr.clone());
+        let opts = ClientOptions {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        };
+        let client =
+            Client::connect(&addr, creds, &opts).map_err(|source| MirrorError::Connect {
+                id,
+                addr: addr.clone(),
+                source,
+            })?;
+        let failed = Arc::new(AtomicBool::new(false));
+        {
+            let mut spaces = lock(&self.by_space);
+            let v = spaces.entry(req.asid).or_default();
+            v.retain(|m| m.first != req.first_page);
+            v.push(Mirror {
+                first: req.first_page,
+                count: req.pages,
+                target: id,
+                client: client.clone(),
+                failed: failed.clone(),
+            });
+        }
+        let result = self.copy_pages(store, &client, req, &failed);
+        match &result {
+            Ok(n) => {
+                self.copies_done.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    asid = format_args!("{:#x}", req.asid),
+                    first_page = req.first_page,
+                    target = id,
+                    pages = n,
+                    took_ms = t.elapsed().as_millis() as u64,
+                    "copied a vregion onto a new memory monitor"
+                );
+            }
+            Err(e) => {
+                self.copies_failed.fetch_add(1, Ordering::Relaxed);
+                self.drop_mirror(req.asid, id);
+                warn!(
+                    asid = format_args!("{:#x}", req.asid),
+                    target = id,
+                    "copy failed: {e}"
+                );
+            }
+        }
+        result.map(|pages| ReplicateResp { pages })
+    }
+
+    fn copy_pages(
+        &self,
+        store: &PageStore,
+        client: &Client,
+        req: &ReplicateReq,
+        failed: &AtomicBool,
+    ) -> Result<u64, MirrorError> {
+        let held = store.held_in(req.asid, req.first_page, req.pages);
+        let mut copied = 0u64;
+        let mut data = Vec::with_capacity(COPY_BATCH * PAGE_SIZE);
+        for chunk in held.chunks(COPY_BATCH) {
+            data.clear();
+            let versions = store.read_versions(req.asid, chunk, &mut data);
+            // Pages freed since they were listed are simply not copied.
+            let pages: Vec<(u64, u64)> = chunk
+                .iter()
+                .zip(&versions)
+                .filter_map(|(&p, v)| v.map(|v| (p, v)))
+                .collect();
+            if pages.is_empty() {
+                continue;
+            }
+            let head = CopyPages::encode_head(req.asid, &pages);
+            client
+                .call(Op::CopyPages, &[&head, &data])
+                .map_err(|source| MirrorError::Copy {
+                    id: req.target.id,
+                    addr: req.target.addr.clone(),
+                    source,
+                })?;
+            copied += pages.len() as u64;
+            self.copied_pages
+                .fetch_add(pages.len() as u64, Ordering::Relaxed);
+            if failed.load(Ordering::Relaxed) {
+                return Err(MirrorError::ForwardFailed(req.target.id));
+            }
+        }
+        if failed.load(Ordering::Relaxed) {
+            return Err(MirrorError::ForwardFailed(req.target.id));
+        }
+        Ok(copied)
+    }
+}
