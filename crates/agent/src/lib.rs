@@ -66,6 +66,8 @@ pub struct Hooks {
 pub struct Agent {
     id: Arc<AtomicU64>,
     pub instance: u64,
+    /// The heartbeat interval the manager asked for (ms), once known.
+    interval_ms: Arc<AtomicU64>,
 }
 
 impl Agent {
@@ -87,6 +89,7 @@ pub fn spawn_agent(cfg: AgentConfig, report: Report, hooks: Hooks) -> std::io::R
     let agent = Agent {
         id: Arc::new(AtomicU64::new(kept)),
         instance,
+        interval_ms: Arc::new(AtomicU64::new(1000)),
     };
     let a = agent.clone();
     std::thread::Builder::new()
@@ -114,7 +117,11 @@ fn run(cfg: AgentConfig, report: Report, hooks: Hooks, agent: Agent) {
         }
         failures += 1;
         std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        // A restarted manager declares dead whoever does not come back
+        // within a few heartbeats: retry at least every half heartbeat.
+        let cap = Duration::from_millis(agent.interval_ms.load(Ordering::Relaxed) / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(2));
+        backoff = (backoff * 2).min(cap);
     }
 }
 
@@ -180,6 +187,9 @@ fn session_inner(
         }
         info!(id = resp.id, role = %cfg.role, manager = %cfg.manager, "registered with the manager");
         let interval = Duration::from_millis(resp.heartbeat_ms.max(10));
+        agent
+            .interval_ms
+            .store(resp.heartbeat_ms.max(10), Ordering::Relaxed);
         loop {
             let load = report();
             let hb = HeartbeatReq {

@@ -160,4 +160,16 @@ impl Target {
         )
         .with_context(|| format!("cannot reach the lego manager at {}", self.manager))
     }
+
+    /// Like [`Target::connect`], giving up within a few seconds (for
+    /// polling a manager that may be down).
+    pub fn connect_quick(&self) -> Result<Client> {
+        let opts = ClientOptions {
+            connect_timeout: std::time::Duration::from_secs(1),
+            request_timeout: std::time::Duration::from_secs(3),
+            ..ClientOptions::default()
+        };
+        Client::connect(&self.manager, &Credentials::component(&self.secret), &opts)
+            .with_context(|| format!("cannot reach the lego manager at {}", self.manager))
+    }
 }

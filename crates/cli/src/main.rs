@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod chaos;
 mod cluster;
 mod cpus;
 mod daemons;
@@ -54,6 +55,8 @@ enum Cmd {
     Up(up::UpArgs),
     /// Show the cluster: components, health, capacity and use, vNodes, vRegions
     Status(status::StatusArgs),
+    /// Run checksum-verified programs on a local cluster while killing and restarting its daemons at random
+    Chaos(chaos::ChaosArgs),
     /// Measure lego against the machine's own floors, side by side
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -98,6 +101,11 @@ fn main() {
         Cmd::Up(a) => up::run(a),
         Cmd::Status(a) => status::run(a),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Chaos(a) => chaos::run(a).map(|code| {
+            if code != 0 {
+                std::process::exit(code)
+            }
+        }),
     };
     if let Err(e) = result {
         eprintln!("lego: error: {e:#}");

@@ -242,6 +242,7 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         heartbeat_ms: 1000,
         memory_cpus: None,
         storage: true,
+        manager_args: Vec::new(),
     };
     let processor = ProcessorSpec {
         excache: EMBEDDED_EXCACHE,

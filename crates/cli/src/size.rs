@@ -30,12 +30,71 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
+/// Parses a duration: `10m`, `90s`, `1h`, `500ms`, `1m30s`, or seconds alone.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return (0.0..1e9)
+            .contains(&secs)
+            .then(|| std::time::Duration::from_secs_f64(secs))
+            .ok_or_else(|| format!("duration '{s}' is out of range"));
+    }
+    let mut total = 0f64;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err("an empty duration: expected e.g. 10m, 90s or 1h".into());
+    }
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(split);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a duration: expected e.g. 10m, 90s or 1h"))?;
+        let mult = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            other => {
+                return Err(format!(
+                    "unknown duration unit '{other}' in '{s}': use ms, s, m or h"
+                ))
+            }
+        };
+        total += n * mult;
+        rest = next;
+    }
+    if total >= 1e9 {
+        return Err(format!("duration '{s}' is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
 /// Formats bytes for people: `1.5 GiB` (one definition, shared with the processor monitor).
 pub use lego_processor::human;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+    }
 
     #[test]
     fn sizes() {

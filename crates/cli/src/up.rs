@@ -70,6 +70,8 @@ pub struct Spec {
     pub memory_cpus: Option<CpuList>,
     /// Start a storage monitor too (its files in `DIR/storage`).
     pub storage: bool,
+    /// More flags for the manager (e.g. `--vregion-size 16MiB`).
+    pub manager_args: Vec<String>,
 }
 
 /// The processor monitor to start with the cluster.
@@ -86,6 +88,11 @@ struct Daemon {
     name: String,
     child: Child,
     exited: bool,
+    /// How it was started, to start it again.
+    args: Vec<String>,
+    path_args: Vec<(String, std::ffi::OsString)>,
+    /// Where it serves, once ready.
+    addr: String,
 }
 
 /// A running local cluster; stopping it (or dropping it) stops every daemon.
@@ -144,21 +151,25 @@ impl LocalCluster {
         };
         let hb = spec.heartbeat_ms.to_string();
         let db = dir.join("manager.redb");
-        let ready = cluster.spawn(
+        let mut args = vec![
             "manager",
-            &[
-                "manager",
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--heartbeat-ms",
-                &hb,
-            ],
-            &[("--db", db.as_os_str())],
-        )?;
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--heartbeat-ms",
+            &hb,
+        ];
+        args.extend(spec.manager_args.iter().map(String::as_str));
+        let ready = cluster.spawn("manager", &args, &[("--db", db.as_os_str())])?;
         cluster.file.manager = ready["addr"].as_str().unwrap_or_default().to_string();
         cluster.file.http = ready["http"].as_str().map(str::to_string);
+        // Started again (see `restart`), it listens where it did.
+        let (addr, http) = (cluster.file.manager.clone(), cluster.file.http.clone());
+        if let Some(d) = cluster.daemons.last_mut() {
+            d.args[2] = addr;
+            d.args[4] = http.unwrap_or_else(|| "127.0.0.1:0".into());
+        }
         let cap = spec.capacity.to_string();
         let memory_cpus = spec.memory_cpus.as_ref().map(|c| c.to_string());
         for i in 1..=spec.memory_monitors {
@@ -246,11 +257,19 @@ impl LocalCluster {
             name: name.to_string(),
             child,
             exited: false,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            path_args: path_args
+                .iter()
+                .map(|(f, v)| (f.to_string(), v.to_os_string()))
+                .collect(),
+            addr: String::new(),
         });
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    let d = self.daemons.last_mut().expect("just pushed");
+                    d.addr = v["addr"].as_str().unwrap_or_default().to_string();
                     return Ok(v);
                 }
             }
@@ -330,6 +349,61 @@ impl LocalCluster {
             .map(|d| d.child.id())
     }
 
+    /// Kills a daemon by name with SIGKILL, as a crash would.
+    pub fn kill9(&mut self, name: &str) -> Result<()> {
+        let d = self
+            .daemons
+            .iter_mut()
+            .find(|d| d.name == name && !d.exited)
+            .with_context(|| format!("no running daemon {name}"))?;
+        d.child.kill()?;
+        d.child.wait()?;
+        d.exited = true;
+        Ok(())
+    }
+
+    /// Starts a stopped daemon again as it was started (a manager on its
+    /// old address); returns its ready record.
+    pub fn restart(&mut self, name: &str) -> Result<serde_json::Value> {
+        let i = self
+            .daemons
+            .iter()
+            .position(|d| d.name == name && d.exited)
+            .with_context(|| format!("no stopped daemon {name}"))?;
+        let d = self.daemons.remove(i);
+        let args: Vec<&str> = d.args.iter().map(String::as_str).collect();
+        let paths: Vec<(&str, &std::ffi::OsStr)> = d
+            .path_args
+            .iter()
+            .map(|(f, v)| (f.as_str(), v.as_os_str()))
+            .collect();
+        self.spawn(name, &args, &paths)
+    }
+
+    /// Starts another memory monitor like the first one, named `name`;
+    /// returns its address.
+    pub fn add_memory(&mut self, name: &str) -> Result<String> {
+        let args = self
+            .daemons
+            .iter()
+            .find(|d| d.name.starts_with("memory-"))
+            .map(|d| d.args.clone())
+            .context("the cluster has no memory monitor to copy")?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ready = self.spawn(name, &args, &[])?;
+        let addr = ready["addr"].as_str().unwrap_or_default().to_string();
+        self.file.memory_monitors.push(addr.clone());
+        Ok(addr)
+    }
+
+    /// The name of the running daemon serving at `addr`.
+    pub fn memory_name(&self, addr: &str) -> Option<String> {
+        self.daemons
+            .iter()
+            .find(|d| d.addr == addr && !d.exited)
+            .map(|d| d.name.clone())
+    }
+
     /// Reports daemons that exited on their own since the last call.
     pub fn check_children(&mut self) -> Vec<String> {
         let mut gone = Vec::new();
@@ -405,6 +479,7 @@ pub fn run(a: UpArgs) -> Result<()> {
             heartbeat_ms: a.heartbeat_ms,
             memory_cpus: a.memory_cpus.clone(),
             storage: true,
+            manager_args: Vec::new(),
         },
         Some(&ProcessorSpec {
             excache: a.excache,

@@ -52,8 +52,17 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
         "metadata loaded"
     );
     let owners = loaded.owners.iter().copied().collect();
-    let mut placement =
-        Placement::restore(pcfg, 0, loaded.components, loaded.vnodes, loaded.vregions);
+    // Components get a longer grace after a restart than a silent one gets
+    // normally: they must notice the manager is back and register again,
+    // and a memory monitor wrongly declared dead would lose its pages.
+    let grace = cfg.dead_after_ms.max(2_000);
+    let mut placement = Placement::restore(
+        pcfg,
+        grace,
+        loaded.components,
+        loaded.vnodes,
+        loaded.vregions,
+    );
     placement.raise_next_ids(loaded.next_component_id, loaded.next_vnode_id);
     placement.restore_leases(loaded.leases.iter().copied());
     let svc = Arc::new(ManagerService::new(

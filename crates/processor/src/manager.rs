@@ -16,8 +16,9 @@ use tracing::warn;
 
 use crate::ProcessorError;
 
-/// How many times freeing a job's memory is tried.
-const RELEASE_TRIES: u32 = 5;
+/// How many times freeing a job's memory is tried (a second apart at most:
+/// about 40 s, longer than a manager restart takes).
+const RELEASE_TRIES: u32 = 45;
 
 /// A connection to the manager, reopened on demand.
 pub struct ManagerLink {
@@ -125,7 +126,7 @@ impl ManagerLink {
                         "cannot reach the manager to free the job's memory, retrying in {backoff:?}: {e}"
                     );
                     std::thread::sleep(backoff);
-                    backoff *= 2;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => return Err(self.err(e)),
             }

@@ -17,9 +17,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lego_wire::control::{CreateSpaceResp, ForkSpaceReq};
-use lego_wire::Op;
-
 use crate::pager::PAGER;
 use crate::stats::COUNTERS;
 use crate::sys::Uffd;
@@ -49,12 +46,7 @@ fn prepare_pager() {
     p.no_evict = true;
     // The child must not inherit a read in flight on the parent's connection.
     p.cancel_ahead();
-    let asid = p.remote.manager().call_json::<_, CreateSpaceResp>(
-        Op::ForkSpace,
-        &ForkSpaceReq {
-            asid: p.remote.asid,
-        },
-    );
+    let asid = p.remote.fork_space();
     match asid {
         Ok(r) => CHILD_ASID.store(r.asid, Ordering::Relaxed),
         Err(e) => {

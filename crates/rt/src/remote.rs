@@ -127,19 +127,33 @@ fn opts() -> ClientOptions {
 
 impl Remote {
     /// Connects to the manager and creates this process's address space.
+    /// A manager that is away (restarting) is waited for, up to
+    /// [`MANAGER_PATIENCE`].
     pub fn connect(cfg: &Config) -> Result<Remote, String> {
         let creds = Credentials::vnode(cfg.vnode_id, cfg.key);
         let opts = opts();
-        let manager = Client::connect(&cfg.manager, &creds, &opts).map_err(|e| format!("{e}"))?;
-        let space: CreateSpaceResp = manager
-            .call_json(
-                Op::CreateSpace,
-                &CreateSpaceReq {
-                    vnode: cfg.vnode.clone(),
-                    owner: cfg.job,
-                },
-            )
-            .map_err(|e| format!("{e}"))?;
+        let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
+        let req = CreateSpaceReq {
+            vnode: cfg.vnode.clone(),
+            owner: cfg.job,
+        };
+        let (manager, space) = loop {
+            let r = Client::connect(&cfg.manager, &creds, &opts).and_then(|m| {
+                let s: CreateSpaceResp = m.call_json(Op::CreateSpace, &req)?;
+                Ok((m, s))
+            });
+            match r {
+                Ok(ms) => break ms,
+                Err(e)
+                    if (e.is_unreachable()
+                        || e.remote_code() == Some(lego_wire::ErrorCode::Unavailable))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(format!("{e}")),
+            }
+        };
         Ok(Remote {
             manager,
             creds,
@@ -517,9 +531,36 @@ impl Remote {
             .ok()
     }
 
-    /// The manager connection (for fork).
+    /// The manager connection (for leases).
     pub fn manager(&self) -> &Client {
         &self.manager
+    }
+
+    /// Asks the manager for a forked child's address space (a copy of
+    /// ours), waiting up to [`MANAGER_PATIENCE`] for a manager that is away
+    /// or a copy that cannot be made yet (a memory monitor just died).
+    pub fn fork_space(&mut self) -> Result<CreateSpaceResp, TransportError> {
+        let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
+        let req = lego_wire::control::ForkSpaceReq { asid: self.asid };
+        loop {
+            match self.manager.call_json(Op::ForkSpace, &req) {
+                Ok(r) => return Ok(r),
+                Err(e)
+                    if (e.is_unreachable()
+                        || e.remote_code() == Some(lego_wire::ErrorCode::Unavailable))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if self.manager.is_broken() {
+                        if let Ok(c) = Client::connect(self.manager.peer(), &self.creds, &self.opts)
+                        {
+                            self.manager = c;
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// How to open another connection to the manager (for leases).
@@ -535,8 +576,17 @@ impl Remote {
     pub fn reset_after_fork(&mut self, asid: u64) -> Result<(), String> {
         let old = std::mem::take(&mut self.clients);
         std::mem::forget(old);
-        let manager = Client::connect(self.manager.peer(), &self.creds, &self.opts)
-            .map_err(|e| format!("{e}"))?;
+        // A manager that is away (restarting) is waited for.
+        let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
+        let manager = loop {
+            match Client::connect(self.manager.peer(), &self.creds, &self.opts) {
+                Ok(m) => break m,
+                Err(e) if e.is_unreachable() && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(format!("{e}")),
+            }
+        };
         std::mem::forget(std::mem::replace(&mut self.manager, manager));
         self.asid = asid;
         Ok(())

@@ -60,6 +60,7 @@ impl TransportError {
         matches!(
             self,
             TransportError::Connect { .. }
+                | TransportError::Handshake { .. }
                 | TransportError::Broken { .. }
                 | TransportError::Timeout { .. }
         )

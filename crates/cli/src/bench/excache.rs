@@ -623,6 +623,7 @@ fn start_cluster(
             heartbeat_ms: 1000,
             memory_cpus: placement.memory_cpus(),
             storage: false,
+            manager_args: Vec::new(),
         },
         Some(&ProcessorSpec {
             excache,

@@ -99,6 +99,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             heartbeat_ms: 1000,
             memory_cpus: placement.memory_cpus(),
             storage: false,
+            manager_args: Vec::new(),
         })?;
         let t = c.target();
         (Some(TempCluster(c)), t)

@@ -9,7 +9,7 @@ mod child;
 mod cprog;
 mod excache;
 mod memory;
-mod placement;
+pub(crate) mod placement;
 mod report;
 mod rtt;
 pub mod stats;

@@ -121,6 +121,7 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
             heartbeat_ms: 1000,
             memory_cpus: placement.memory_cpus(),
             storage: true,
+            manager_args: Vec::new(),
         },
         Some(&ProcessorSpec {
             excache: 256 << 20,

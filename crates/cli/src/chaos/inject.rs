@@ -1,0 +1,251 @@
+//! The failure injector of `lego chaos` and its final report.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use lego_transport::{Client, ClientOptions, Credentials};
+use lego_wire::control::MemStats;
+use lego_wire::Op;
+
+use super::{alive, complete, healthy, lock, secs, Chaos, ChaosArgs, Injected, Rng};
+
+/// Injects failures until the duration is over; returns what it did.
+pub(super) fn inject(c: &Chaos, a: &ChaosArgs, seed: u64) -> Vec<Injected> {
+    let mut rng = Rng(seed);
+    let mut done = Vec::new();
+    let end = c.start + a.duration;
+    let mut next_memory = a.memory_monitors + 1;
+    let every = a.every.as_millis().max(100) as u64;
+    while Instant::now() < end {
+        let pause = Duration::from_millis(every / 2 + rng.below(every));
+        std::thread::sleep(pause.min(end.saturating_duration_since(Instant::now())));
+        if Instant::now() >= end {
+            break;
+        }
+        // Half the failures are memory monitors, a quarter each the
+        // manager and the storage monitor.
+        let n = done.len() + 1;
+        let i = match rng.below(4) {
+            0 | 1 => kill_memory(c, a, &mut rng, n, &mut next_memory),
+            2 => kill_manager(c, a, &mut rng, n),
+            _ => request_storage_kill(c, n),
+        };
+        done.extend(i);
+    }
+    done
+}
+
+fn kill_memory(
+    c: &Chaos,
+    a: &ChaosArgs,
+    rng: &mut Rng,
+    n: usize,
+    next_name: &mut usize,
+) -> Option<Injected> {
+    // Never both copies of a vRegion: only from a whole, healthy cluster.
+    let ready = c.wait(Duration::from_secs(30), |s| {
+        alive(s, "memory") >= a.memory_monitors && healthy(s, None)
+    });
+    if ready.is_none() {
+        c.say(&format!(
+            "#{n} skipped: the cluster is not whole and healthy"
+        ));
+        return None;
+    }
+    let s = c.state()?;
+    let live: Vec<_> = s
+        .components
+        .iter()
+        .filter(|x| x.role == "memory" && x.health == "alive")
+        .collect();
+    let victim = live[rng.below(live.len() as u64) as usize];
+    let copies = s
+        .vregions
+        .iter()
+        .filter(|r| r.primary == victim.id || r.backup == Some(victim.id))
+        .count();
+    let name = {
+        let cl = lock(&c.cluster);
+        cl.memory_name(&victim.addr)
+    }?;
+    let t = Instant::now();
+    if let Err(e) = lock(&c.cluster).kill9(&name) {
+        c.say(&format!("#{n} cannot kill {name}: {e:#}"));
+        return None;
+    }
+    let dead = Some(victim.id);
+    let back = c.wait(Duration::from_secs(60), |s| healthy(s, dead));
+    let rec = back.map(|_| t.elapsed().as_millis() as u64);
+    // A new, empty memory monitor takes its place.
+    let new = format!("memory-{next_name}");
+    *next_name += 1;
+    let joined = lock(&c.cluster).add_memory(&new);
+    let joined = joined.ok().and_then(|addr| {
+        c.wait(Duration::from_secs(30), |s| {
+            s.components
+                .iter()
+                .any(|x| x.addr == addr && x.health == "alive")
+        })
+    });
+    c.say(&format!(
+        "#{n} kill -9 memory monitor {} ({}), {copies} vRegion copies on it: every vRegion has two live copies again after {}; a new memory monitor joined {}",
+        victim.id,
+        victim.addr,
+        rec.map_or("NEVER (60 s)".into(), secs),
+        joined.map_or("NEVER".into(), |d| format!("{} later", secs(d.as_millis() as u64)))
+    ));
+    Some(Injected {
+        kind: "memory monitor",
+        recovered_ms: rec,
+    })
+}
+
+fn kill_manager(c: &Chaos, a: &ChaosArgs, rng: &mut Rng, n: usize) -> Option<Injected> {
+    let t = Instant::now();
+    if let Err(e) = lock(&c.cluster).kill9("manager") {
+        c.say(&format!("#{n} cannot kill the manager: {e:#}"));
+        return None;
+    }
+    let down = Duration::from_millis(500 + rng.below(2500));
+    std::thread::sleep(down);
+    if let Err(e) = lock(&c.cluster).restart("manager") {
+        c.say(&format!("#{n} cannot restart the manager: {e:#}"));
+        return None;
+    }
+    let back = c.wait(Duration::from_secs(60), |s| complete(s, a.memory_monitors));
+    let rec = back.map(|_| t.elapsed().as_millis() as u64);
+    c.say(&format!(
+        "#{n} kill -9 manager, restarted after {}: every component registered again {} after the kill",
+        secs(down.as_millis() as u64),
+        rec.map_or("NEVER (60 s)".into(), secs)
+    ));
+    Some(Injected {
+        kind: "manager",
+        recovered_ms: rec,
+    })
+}
+
+fn request_storage_kill(c: &Chaos, n: usize) -> Option<Injected> {
+    *lock(&c.storage_recovered_ms) = None;
+    c.storage_kill.store(true, Ordering::Relaxed);
+    let t = Instant::now();
+    // The file program kills it after its next fsync.
+    while c.storage_kill.load(Ordering::Relaxed) {
+        if t.elapsed() > Duration::from_secs(120) {
+            c.say(&format!(
+                "#{n} skipped: no file program reached an fsync in 120 s"
+            ));
+            c.storage_kill.store(false, Ordering::Relaxed);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rec = lock(&c.storage_recovered_ms).take()?;
+    c.say(&format!("#{n} (storage monitor, above)"));
+    Some(Injected {
+        kind: "storage monitor",
+        recovered_ms: rec,
+    })
+}
+
+fn summary(ms: &[u64]) -> String {
+    if ms.is_empty() {
+        return "-".into();
+    }
+    let mut v = ms.to_vec();
+    v.sort_unstable();
+    format!(
+        "p50 {}, max {}",
+        secs(v[v.len() / 2]),
+        secs(*v.last().expect("not empty"))
+    )
+}
+
+/// Waits for the cluster to settle, counts leaked pages, prints the
+/// report; returns the exit code (0: no wrong output, no failed program,
+/// no leaked page, every failure recovered).
+pub(super) fn report(c: &Chaos, a: &ChaosArgs, injected: &[Injected]) -> anyhow::Result<i32> {
+    let settled = c.wait(Duration::from_secs(60), |s| {
+        complete(s, a.memory_monitors) && healthy(s, None) && s.vregions.is_empty()
+    });
+    let addrs: Vec<String> = c
+        .state()
+        .map(|s| {
+            s.components
+                .iter()
+                .filter(|x| x.role == "memory" && x.health == "alive")
+                .map(|x| x.addr.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let opts = ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        ..ClientOptions::default()
+    };
+    let mut leaked = 0u64;
+    for addr in &addrs {
+        let held = Client::connect(addr, &Credentials::component(&c.target.secret), &opts)
+            .and_then(|m| m.call_json::<_, MemStats>(Op::MemStats, &()))
+            .map(|m| m.pages_held);
+        match held {
+            Ok(n) => leaked += n,
+            Err(e) => println!("cannot ask memory monitor {addr} for its pages: {e}"),
+        }
+    }
+    let t = &c.tally;
+    let g = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+    println!("\n== lego chaos report ==");
+    println!(
+        "ran {} of failures (seed {}), {} memory monitors, heartbeats every {} ms",
+        secs(a.duration.as_millis() as u64),
+        a.seed.map_or("from the clock".into(), |s| s.to_string()),
+        a.memory_monitors,
+        a.heartbeat_ms
+    );
+    println!("failures injected: {}", injected.len());
+    let mut unrecovered = 0;
+    for kind in ["memory monitor", "manager", "storage monitor"] {
+        let of: Vec<&Injected> = injected.iter().filter(|i| i.kind == kind).collect();
+        let ms: Vec<u64> = of.iter().filter_map(|i| i.recovered_ms).collect();
+        unrecovered += of.len() - ms.len();
+        println!(
+            "  {kind:<16} {:>3} killed, {:>3} recovered; recovery {}",
+            of.len(),
+            ms.len(),
+            summary(&ms)
+        );
+    }
+    println!(
+        "  (memory monitor: until every vRegion had two live copies again; manager: until every component had registered again; storage monitor: until it served again)"
+    );
+    println!(
+        "memory programs: {} right, {} WRONG, {} failed",
+        g(&t.right),
+        g(&t.wrong),
+        g(&t.failed)
+    );
+    println!(
+        "file programs:   {} right, {} WRONG, {} failed",
+        g(&t.file_right),
+        g(&t.file_wrong),
+        g(&t.file_failed)
+    );
+    println!(
+        "leaked pages at the end: {leaked} on {} live memory monitors{}",
+        addrs.len(),
+        if settled.is_some() {
+            ""
+        } else {
+            " (the cluster did not settle within 60 s)"
+        }
+    );
+    let ok = g(&t.wrong) == 0
+        && g(&t.file_wrong) == 0
+        && g(&t.failed) == 0
+        && g(&t.file_failed) == 0
+        && leaked == 0
+        && unrecovered == 0
+        && settled.is_some();
+    println!("verdict: {}", if ok { "PASS" } else { "FAIL" });
+    Ok(if ok { 0 } else { 1 })
+}

@@ -1,0 +1,57 @@
+//! `lego chaos` itself: a short run on its embedded cluster injects
+//! failures of every kind, every program's output is right, no page is
+//! left behind, and it says PASS (the 10-minute run is the same command
+//! with `--duration 10m`).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn a_short_chaos_run_passes() {
+    ensure_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(LEGO)
+        .args(["chaos", "--duration", "45s", "--every", "3s", "--seed", "3"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "lego chaos failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("verdict: PASS"), "{text}");
+    assert!(text.contains("0 WRONG, 0 failed"), "{text}");
+    assert!(text.contains("leaked pages at the end: 0 "), "{text}");
+    let injected: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("failures injected: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(injected >= 6, "{injected} failures injected:\n{text}");
+    for kind in [
+        "kill -9 memory monitor",
+        "kill -9 manager",
+        "kill -9 storage monitor",
+    ] {
+        assert!(text.contains(kind), "no {kind}:\n{text}");
+    }
+}
+
+#[test]
+fn chaos_refuses_fewer_than_three_memory_monitors() {
+    let out = Command::new(LEGO)
+        .args(["chaos", "--memory-monitors", "2", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 3 memory monitors"), "{err}");
+}
