@@ -101,7 +101,7 @@ impl ManagerService {
                     self.counters.deaths.fetch_add(1, Ordering::Relaxed);
                     silent.insert(id, silent_ms);
                     lock(&self.reports).remove(&id);
-                    warn!(id, %role, %addr, silent_ms, "component is dead: missed its heartbeats");
+                    warn!(id, %role, %addr, silent_ms, "component is dead (silent, or unreachable when a process reported it)");
                     self.journal.record(
                         "dead",
                         format!("{role} monitor {id} ({addr}) declared dead"),

@@ -46,6 +46,18 @@ fn data_alignment(request_len: usize) -> usize {
     (PAGE_SIZE - head % PAGE_SIZE) % PAGE_SIZE
 }
 
+/// Connects to a component from the host's network namespace, whichever
+/// thread asks (an application thread of a vNode with a network namespace
+/// of its own cannot reach the cluster from there; see `netns`).
+fn dial(addr: &str, creds: &Credentials, opts: &ClientOptions) -> Result<Client, TransportError> {
+    crate::netns::host_net(|| Client::connect(addr, creds, opts)).unwrap_or_else(|why| {
+        Err(TransportError::Connect {
+            addr: addr.to_string(),
+            source: std::io::Error::other(why),
+        })
+    })
+}
+
 /// What it takes to reconnect to a component.
 #[derive(Clone)]
 pub struct Dialer {
@@ -56,7 +68,7 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn connect(&self) -> Result<Client, TransportError> {
-        Client::connect(&self.addr, &self.creds, &self.opts)
+        dial(&self.addr, &self.creds, &self.opts)
     }
 }
 
@@ -138,7 +150,7 @@ impl Remote {
             owner: cfg.job,
         };
         let (manager, space) = loop {
-            let r = Client::connect(&cfg.manager, &creds, &opts).and_then(|m| {
+            let r = dial(&cfg.manager, &creds, &opts).and_then(|m| {
                 let s: CreateSpaceResp = m.call_json(Op::CreateSpace, &req)?;
                 Ok((m, s))
             });
@@ -216,7 +228,7 @@ impl Remote {
                 {
                     std::thread::sleep(Duration::from_millis(200));
                     if self.manager.is_broken() {
-                        if let Ok(c) = Client::connect(self.manager.peer(), &self.creds, &self.opts)
+                        if let Ok(c) = dial(self.manager.peer(), &self.creds, &self.opts)
                         {
                             self.manager = c;
                         }
@@ -239,7 +251,7 @@ impl Remote {
         }
         self.refreshed.insert(index, std::time::Instant::now());
         if self.manager.is_broken() {
-            match Client::connect(self.manager.peer(), &self.creds, &self.opts) {
+            match dial(self.manager.peer(), &self.creds, &self.opts) {
                 Ok(c) => self.manager = c,
                 Err(_) => return,
             }
@@ -267,7 +279,7 @@ impl Remote {
         if let Some(c) = self.clients.get(addr).filter(|c| !c.is_broken()) {
             return Ok(c.clone());
         }
-        let c = Client::connect(addr, &self.creds, &self.opts)?;
+        let c = dial(addr, &self.creds, &self.opts)?;
         self.clients.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -552,7 +564,7 @@ impl Remote {
                 {
                     std::thread::sleep(Duration::from_millis(200));
                     if self.manager.is_broken() {
-                        if let Ok(c) = Client::connect(self.manager.peer(), &self.creds, &self.opts)
+                        if let Ok(c) = dial(self.manager.peer(), &self.creds, &self.opts)
                         {
                             self.manager = c;
                         }
@@ -579,7 +591,7 @@ impl Remote {
         // A manager that is away (restarting) is waited for.
         let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
         let manager = loop {
-            match Client::connect(self.manager.peer(), &self.creds, &self.opts) {
+            match dial(self.manager.peer(), &self.creds, &self.opts) {
                 Ok(m) => break m,
                 Err(e) if e.is_unreachable() && std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(200));

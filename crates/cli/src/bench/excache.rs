@@ -3,7 +3,9 @@
 //!
 //! - locally, with no lego and no limit (the reference);
 //! - under `lego run --excache` at 100%, 50% and 25% of its working set, on
-//!   a temporary embedded cluster started once for the whole bench;
+//!   a temporary embedded cluster started once for the whole bench, and at
+//!   25% again in a vNode that keeps one copy of its memory (the cost of
+//!   replication);
 //! - in a cgroup v1 memory cgroup limited to 25% of the working set, with
 //!   swap on a file on disk, on zram, and on a loop device over a tmpfs file
 //!   (one at a time);
@@ -52,6 +54,8 @@ pub enum Config {
     Lego50,
     /// lego, ExCache = 25%
     Lego25,
+    /// lego, ExCache = 25%, one copy of each vRegion (no replication)
+    Lego25Single,
     /// cgroup limit 25%, swap file on disk
     SwapFile,
     /// cgroup limit 25%, swap on zram
@@ -60,10 +64,11 @@ pub enum Config {
     Loop,
 }
 
-const ALL: [Config; 6] = [
+const ALL: [Config; 7] = [
     Config::Lego100,
     Config::Lego50,
     Config::Lego25,
+    Config::Lego25Single,
     Config::SwapFile,
     Config::Zram,
     Config::Loop,
@@ -257,20 +262,26 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
 
     // lego at 100%, 50%, 25% of the working set, on one embedded cluster.
     let lego_cfgs = [
-        (Config::Lego100, 100),
-        (Config::Lego50, 50),
-        (Config::Lego25, 25),
+        (Config::Lego100, 100, "lego, ExCache 100%", "bench-excache"),
+        (Config::Lego50, 50, "lego, ExCache 50%", "bench-excache"),
+        (Config::Lego25, 25, "lego, ExCache 25%", "bench-excache"),
+        (
+            Config::Lego25Single,
+            25,
+            "lego, ExCache 25%, 1 copy",
+            "bench-excache-1copy",
+        ),
     ];
     let mut lego25_counters = None;
-    if lego_cfgs.iter().any(|(c, _)| selected(*c)) {
+    if lego_cfgs.iter().any(|(c, ..)| selected(*c)) {
         let capacity = (ws * 5 / 4).div_ceil(1 << 20) << 20;
         let excache = ws.div_ceil(1 << 20) << 20;
         let cluster = match start_cluster(&dir.0, capacity, excache, &placement) {
             Ok(c) => Some(c),
             Err(skip) => {
-                for (c, pct) in lego_cfgs {
+                for (c, pct, name, _) in lego_cfgs {
                     rows.push(Row {
-                        name: format!("lego, ExCache {pct}%"),
+                        name: name.into(),
                         limit: Some(quota(pct)),
                         outcome: if selected(c) {
                             Outcome::Skipped(skip.clone())
@@ -291,8 +302,11 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
                 human(excache),
                 cluster.pid_of("processor").map_or("?".into(), super::cpus_allowed),
             );
-            for (c, pct) in lego_cfgs {
-                let name = format!("lego, ExCache {pct}%");
+            if let Err(e) = one_copy_vnode(&cluster) {
+                progress(&format!("warning: {e:#}"));
+            }
+            for (c, pct, name, vnode) in lego_cfgs {
+                let name = name.to_string();
                 if !selected(c) {
                     rows.push(Row {
                         name,
@@ -307,7 +321,7 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
                 cmd.arg("run")
                     .arg("--dir")
                     .arg(&cluster.dir)
-                    .args(["--vnode", "bench-excache", "--stats", "--excache"])
+                    .args(["--vnode", vnode, "--stats", "--excache"])
                     .arg(quota(pct).to_string())
                     .arg("--")
                     .arg(&workload)
@@ -320,7 +334,7 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
                 let f = run_child(cmd, &stop, timeout)?;
                 let counters = parse_stats(&f.stderr);
                 let note = lego_note(&counters);
-                if pct == 25 {
+                if c == Config::Lego25 {
                     lego25_counters = Some(counters);
                 }
                 rows.push(Row {
@@ -337,9 +351,9 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
             drop(cluster);
         }
     } else {
-        for (_, pct) in lego_cfgs {
+        for (_, pct, name, _) in lego_cfgs {
             rows.push(Row {
-                name: format!("lego, ExCache {pct}%"),
+                name: name.into(),
                 limit: Some(quota(pct)),
                 outcome: Outcome::NotSelected,
                 note: None,
@@ -455,6 +469,17 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
             })
     };
     let lego25 = phases("lego, ExCache 25%");
+    if let (Some(two), Some(one)) = (&lego25, phases("lego, ExCache 25%, 1 copy")) {
+        println!(
+            "replication at 25%: two copies against one: total {:.2} s against {:.2} s ({:.2}x); fill {:.2}x, sequential {:.2}x, random {:.2}x",
+            two.total(),
+            one.total(),
+            two.total() / one.total(),
+            two.fill / one.fill,
+            two.seq() / one.seq(),
+            two.random / one.random
+        );
+    }
     for kind in [SwapKind::File, SwapKind::LoopTmpfs] {
         let other = phases(&format!("cgroup 25%, {}", kind.label()));
         let what = format!(
@@ -597,6 +622,24 @@ fn lego_note(c: &BTreeMap<String, u64>) -> String {
         human(g("resident_peak_pages") * PAGE),
         g("remote_fault_p50_us")
     )
+}
+
+/// The vNode of the one-copy row: each of its vRegions on one memory
+/// monitor only.
+fn one_copy_vnode(c: &LocalCluster) -> Result<()> {
+    use lego_wire::control::VnodeReq;
+    c.target()
+        .connect()?
+        .call_json::<_, serde_json::Value>(
+            Op::VnodeCreate,
+            &VnodeReq {
+                name: "bench-excache-1copy".into(),
+                replicas: Some(1),
+                ..VnodeReq::default()
+            },
+        )
+        .context("cannot create the one-copy vnode")?;
+    Ok(())
 }
 
 /// The embedded cluster for the lego rows, or why not.

@@ -10,15 +10,26 @@ use lego_wire::Op;
 use super::{alive, complete, healthy, lock, secs, Chaos, ChaosArgs, Injected, Rng};
 
 /// Injects failures until the duration is over; returns what it did.
-pub(super) fn inject(c: &Chaos, a: &ChaosArgs, seed: u64) -> Vec<Injected> {
+pub(super) fn inject(
+    c: &Chaos,
+    a: &ChaosArgs,
+    seed: u64,
+    interrupted: &std::sync::atomic::AtomicBool,
+) -> Vec<Injected> {
     let mut rng = Rng(seed);
     let mut done = Vec::new();
     let end = c.start + a.duration;
     let mut next_memory = a.memory_monitors + 1;
     let every = a.every.as_millis().max(100) as u64;
     while Instant::now() < end {
-        let pause = Duration::from_millis(every / 2 + rng.below(every));
-        std::thread::sleep(pause.min(end.saturating_duration_since(Instant::now())));
+        let pause = Instant::now() + Duration::from_millis(every / 2 + rng.below(every));
+        while Instant::now() < pause.min(end) && !interrupted.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            c.say("interrupted: no more failures");
+            break;
+        }
         if Instant::now() >= end {
             break;
         }

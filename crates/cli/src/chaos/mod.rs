@@ -224,11 +224,8 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
             Op::VnodeCreate,
             &VnodeReq {
                 name: "chaos".into(),
-                mounts: Vec::new(),
-                memory_quota: None,
-                force: false,
-                host_network: true,
                 replicas: Some(2),
+                ..VnodeReq::default()
             },
         )
         .context("cannot create the vnode chaos")?;
@@ -253,7 +250,12 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
         let c = chaos.clone();
         workers.push(std::thread::spawn(move || file_worker(&c)));
     }
-    let injected = inject(&chaos, &a, seed);
+    // Ctrl-C or SIGTERM ends the injections early; the report still comes.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupted.clone())?;
+    }
+    let injected = inject(&chaos, &a, seed, &interrupted);
     chaos.stop.store(true, Ordering::Relaxed);
     chaos.say("no more failures; waiting for the programs to finish");
     for w in workers {
