@@ -3,7 +3,9 @@
 //! second live copy again within 10 s, the output is byte for byte the same
 //! as without lego); both copies of a vRegion killed (the program stops with
 //! a clear error naming the vRegion); a memory monitor that was declared
-//! dead while stopped comes back (new id, old pages dropped, new placements).
+//! dead while stopped comes back (new id, old pages dropped, new placements);
+//! a memory monitor that dies while the manager is down is replaced once the
+//! manager is back.
 
 mod common;
 
@@ -256,4 +258,45 @@ fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
     let (status, out, _) = finish(again, Duration::from_secs(240));
     assert!(status.success() && out == local.stdout);
     c.assert_no_pages("both runs");
+}
+
+#[test]
+fn a_memory_monitor_that_dies_while_the_manager_is_down_is_replaced_when_it_is_back() {
+    let mut c = cluster();
+    let script = script(6);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let run = start(&c, &script);
+    let s = c.state();
+    let (victim, victim_id) = busiest_primary(&c, &s);
+    c.kill_manager();
+    c.memories[victim].kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    let back = Instant::now();
+    c.start_manager();
+    let s = wait_for(
+        Duration::from_secs(20),
+        "every vRegion rebuilt after the restart",
+        || {
+            let s = c.state();
+            all_healthy_without(&s, &[victim_id]).then_some(s)
+        },
+    );
+    eprintln!(
+        "two live copies of every vRegion {:?} after the manager came back",
+        back.elapsed()
+    );
+    let dead = s.components.iter().find(|x| x.id == victim_id).unwrap();
+    assert_eq!(dead.health, "dead");
+    let (status, out, err) = finish(run, Duration::from_secs(240));
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        out == local.stdout,
+        "output differs from the run without lego"
+    );
+    let kinds: Vec<String> = c.state().events.iter().map(|e| e.kind.clone()).collect();
+    assert!(kinds.iter().any(|k| k == "re-replicated"), "{kinds:?}");
+    c.assert_no_pages("the program whose memory monitor died while the manager was down");
 }

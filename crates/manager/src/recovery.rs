@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use lego_placement::{Event, Health, Recovery, Role, VRegionKey};
 use lego_transport::{Client, ClientOptions, Credentials};
-use lego_wire::control::{vregion_shift, EventInfo, ReplicateReq, ReplicateResp, UnreachableReq};
+use lego_wire::control::{
+    vregion_shift, EventInfo, MissedReq, ReplicateReq, ReplicateResp, UnreachableReq,
+};
 use lego_wire::{Op, PAGE_SIZE};
 use tracing::{error, info, warn};
 
@@ -107,6 +109,14 @@ impl ManagerService {
                         format!("{role} monitor {id} ({addr}) declared dead"),
                         Some(silent_ms),
                     );
+                    // Recorded, so that a restarted manager does not take a
+                    // dead memory monitor's old pages for a copy.
+                    let comp = lock(&self.state).component(id).cloned();
+                    if let Some(comp) = comp {
+                        if let Err(e) = self.persist(&[Change::Component(&comp)]) {
+                            warn!(id, "cannot record a death: {}", e.message);
+                        }
+                    }
                     let jobs = lock(&self.jobs).remove(&id).unwrap_or_default();
                     if role == Role::Processor && !jobs.is_empty() {
                         self.free_jobs_of_dead_processor(id, &jobs);
@@ -258,6 +268,32 @@ impl ManagerService {
         }
     }
 
+    /// A process found that a copy of one of its vRegions missed a write:
+    /// that copy is replaced by a placeholder, so it is never copied from,
+    /// and the vRegion is rebuilt from the good copy.
+    pub(crate) fn missed_reported(&self, req: &MissedReq) -> Result<(), lego_transport::Reject> {
+        let key = VRegionKey {
+            asid: req.asid,
+            index: req.index,
+        };
+        let mut st = lock(&self.state);
+        let Some(a) = st.mark_bad_copy(key, req.id) else {
+            return Ok(());
+        };
+        self.persist(&[Change::VRegion(key, a)])?;
+        drop(st);
+        warn!(%key, bad = req.id, "a copy missed a write: it will be rebuilt from the other");
+        self.journal.record(
+            "bad-copy",
+            format!(
+                "{key}: the copy on memory monitor {} missed a write; rebuilding from {}",
+                req.id, a.primary
+            ),
+            None,
+        );
+        Ok(())
+    }
+
     /// A process could not reach a memory monitor: check for ourselves, and
     /// declare it dead at once if we cannot reach it either.
     pub(crate) fn unreachable_reported(&self, req: &UnreachableReq) {
@@ -273,9 +309,12 @@ impl ManagerService {
             request_timeout: Duration::from_millis(500),
             ..ClientOptions::default()
         };
-        let probe = Client::connect(&addr, &Credentials::component(&self.secret), &opts)
-            .and_then(|c| c.call(Op::Ping, &[]));
-        let Err(e) = probe else {
+        // Twice, so that one slow moment on a loaded host is not a death.
+        let probe = || {
+            Client::connect(&addr, &Credentials::component(&self.secret), &opts)
+                .and_then(|c| c.call(Op::Ping, &[]))
+        };
+        let Err(e) = probe().or_else(|_| probe()) else {
             return; // it answers us: the process's trouble is its own
         };
         let mut st = lock(&self.state);

@@ -217,7 +217,11 @@ impl ManagerService {
         // copy being rebuilt (or one whose rebuilding was cut short) may
         // hold pages of the space too.
         let spaces: BTreeSet<u64> = removed.iter().map(|(k, _)| k.asid).collect();
-        let holders: BTreeSet<u64> = removed.iter().flat_map(|(_, a)| a.copies()).collect();
+        let holders: BTreeSet<u64> = removed
+            .iter()
+            .flat_map(|(_, a)| a.copies())
+            .filter(|&id| id != lego_placement::BAD_COPY)
+            .collect();
         let targets: Vec<(u64, Option<String>, BTreeSet<u64>)> = {
             let st = lock(&self.state);
             let alive: BTreeSet<u64> = st
@@ -405,6 +409,12 @@ impl ManagerService {
             | Op::VnodeMount
             | Op::VnodeDelete
             | Op::LeaseMemory => self.vnode_op(peer, op, body),
+            Op::ReportMissed => {
+                let req: MissedReq = from_body(body)?;
+                Self::require_vnode(peer, asid_vnode(req.asid))?;
+                self.missed_reported(&req)?;
+                Ok(b"{}".to_vec())
+            }
             Op::ReportUnreachable => {
                 let req: UnreachableReq = from_body(body)?;
                 self.unreachable_reported(&req);
@@ -487,14 +497,18 @@ impl ManagerService {
             if let Some(owner) = owner {
                 lock(&self.owners).insert(child, owner);
             }
-            let ids: BTreeSet<u64> = copied.iter().flat_map(|(_, a)| a.copies()).collect();
+            let ids: BTreeSet<u64> = copied
+                .iter()
+                .flat_map(|(_, a)| a.copies())
+                .filter(|&id| id != lego_placement::BAD_COPY)
+                .collect();
             let monitors: Vec<(u64, Option<String>)> = ids
                 .into_iter()
                 .map(|id| {
                     (
                         id,
                         st.component(id)
-                            .filter(|c| c.health == Health::Alive)
+                            .filter(|c| c.health != Health::Dead)
                             .map(|c| c.addr.clone()),
                     )
                 })

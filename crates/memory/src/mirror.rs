@@ -51,8 +51,24 @@ pub enum MirrorError {
 }
 
 struct Mirror {
+    /// Tells this mirror from another of the same space and target.
+    id: u64,
     first: u64,
     count: u64,
+    target: u64,
+    /// For forwards: a short timeout, well under a writer's own, so that a
+    /// hung target makes the write `missed` rather than the writer give up.
+    client: Client,
+    failed: Arc<AtomicBool>,
+}
+
+/// How long a forwarded write may take before the target counts as having
+/// missed it (a runtime waits 3 s for its own write).
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Where one write must also go.
+struct Forward {
+    mirror: u64,
     target: u64,
     client: Client,
     failed: Arc<AtomicBool>,
@@ -62,6 +78,7 @@ struct Mirror {
 #[derive(Default)]
 pub struct Mirrors {
     by_space: Mutex<HashMap<u64, Vec<Mirror>>>,
+    next_id: AtomicU64,
     pub forwarded_pages: AtomicU64,
     pub copied_pages: AtomicU64,
     pub copies_done: AtomicU64,
@@ -75,18 +92,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Mirrors {
     /// Where a write of `page` of `asid` must also go: (target, client),
     /// unless the writer sent it to the target itself (`peer`).
-    fn target_of(&self, asid: u64, page: u64, peer: u64) -> Option<(u64, Client, Arc<AtomicBool>)> {
+    fn target_of(&self, asid: u64, page: u64, peer: u64) -> Option<Forward> {
         let spaces = lock(&self.by_space);
         let m = spaces
             .get(&asid)?
             .iter()
             .find(|m| page >= m.first && page - m.first < m.count)?;
-        (m.target != peer).then(|| (m.target, m.client.clone(), m.failed.clone()))
+        (m.target != peer).then(|| Forward {
+            mirror: m.id,
+            target: m.target,
+            client: m.client.clone(),
+            failed: m.failed.clone(),
+        })
     }
 
-    fn drop_mirror(&self, asid: u64, target: u64) {
+    fn drop_mirror(&self, asid: u64, mirror: u64) {
         if let Some(v) = lock(&self.by_space).get_mut(&asid) {
-            v.retain(|m| m.target != target);
+            v.retain(|m| m.id != mirror);
         }
     }
 
@@ -100,7 +122,13 @@ impl Mirrors {
         version: u64,
         peer: u64,
     ) -> u64 {
-        let Some((target, client, failed)) = self.target_of(asid, pages[0], peer) else {
+        let Some(Forward {
+            mirror,
+            target,
+            client,
+            failed,
+        }) = self.target_of(asid, pages[0], peer)
+        else {
             return 0;
         };
         let versioned: Vec<(u64, u64)> = pages.iter().map(|&p| (p, version)).collect();
@@ -117,7 +145,7 @@ impl Mirrors {
                     target, "a write forwarded to a new copy failed, dropping the mirror: {e}"
                 );
                 failed.store(true, Ordering::Relaxed);
-                self.drop_mirror(asid, target);
+                self.drop_mirror(asid, mirror);
                 target
             }
         }
@@ -126,8 +154,8 @@ impl Mirrors {
     /// Forwards a free (best effort: a page left behind on the copy is
     /// never read, since the writer frees before it writes again).
     pub fn forward_free(&self, r: &FreeRange) {
-        if let Some((_, client, _)) = self.target_of(r.asid, r.first, 0) {
-            let _ = client.call(Op::FreeRange, &[&r.encode()]);
+        if let Some(f) = self.target_of(r.asid, r.first, 0) {
+            let _ = f.client.call(Op::FreeRange, &[&r.encode()]);
         }
     }
 
@@ -153,22 +181,35 @@ impl Mirrors {
             request_timeout: Duration::from_secs(10),
             ..ClientOptions::default()
         };
-        let client =
-            Client::connect(&addr, creds, &opts).map_err(|source| MirrorError::Connect {
+        let connect = |opts: &ClientOptions| {
+            Client::connect(&addr, creds, opts).map_err(|source| MirrorError::Connect {
                 id,
                 addr: addr.clone(),
                 source,
-            })?;
+            })
+        };
+        let client = connect(&opts)?;
+        let forwards = connect(&ClientOptions {
+            request_timeout: FORWARD_TIMEOUT,
+            ..opts.clone()
+        })?;
         let failed = Arc::new(AtomicBool::new(false));
+        let mirror = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut spaces = lock(&self.by_space);
             let v = spaces.entry(req.asid).or_default();
+            // A newer copy of the same vRegion replaces an older one, whose
+            // Replicate then fails (its flag is set).
+            for old in v.iter().filter(|m| m.first == req.first_page) {
+                old.failed.store(true, Ordering::Relaxed);
+            }
             v.retain(|m| m.first != req.first_page);
             v.push(Mirror {
+                id: mirror,
                 first: req.first_page,
                 count: req.pages,
                 target: id,
-                client: client.clone(),
+                client: forwards,
                 failed: failed.clone(),
             });
         }
@@ -187,7 +228,7 @@ impl Mirrors {
             }
             Err(e) => {
                 self.copies_failed.fetch_add(1, Ordering::Relaxed);
-                self.drop_mirror(req.asid, id);
+                self.drop_mirror(req.asid, mirror);
                 warn!(
                     asid = format_args!("{:#x}", req.asid),
                     target = id,

@@ -147,7 +147,10 @@ impl PageStore {
     /// version (see [`PageStore::write`]). Copies into an address space
     /// already freed here are dropped.
     pub fn copy_in(&self, asid: u64, pages: &[(u64, u64)], data: &[u8]) -> Result<u64, StoreError> {
-        if lock(&self.released).contains(&asid) {
+        // Held across the insert, so a FreeSpace either comes after (and
+        // frees these pages) or before (and they are dropped here).
+        let released = lock(&self.released);
+        if released.contains(&asid) {
             return Ok(0);
         }
         self.put(asid, pages, data)
@@ -192,9 +195,12 @@ impl PageStore {
                 }
             }
         }
-        // Another writer may have allocated some of the same pages meanwhile.
+        // Another writer may have allocated some of the same pages meanwhile
+        // (fewer new here), or freed some (more new here).
         if allocated < new {
             self.held.fetch_sub(new - allocated, Ordering::Relaxed);
+        } else if allocated > new {
+            self.held.fetch_add(allocated - new, Ordering::Relaxed);
         }
         let c = &self.counters;
         c.pages_written
@@ -318,7 +324,8 @@ impl PageStore {
     /// Frees every page of an address space, for good; returns how many
     /// there were.
     pub fn free_space(&self, asid: u64) -> u64 {
-        lock(&self.released).insert(asid);
+        let mut released = lock(&self.released);
+        released.insert(asid);
         let mut freed = 0;
         for s in &self.shards {
             let mut s = lock(s);

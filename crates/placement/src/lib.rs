@@ -29,7 +29,8 @@ use std::collections::BTreeMap;
 pub use error::PlacementError;
 pub use types::{
     asid_seq, asid_vnode, make_asid, Asid, Component, ComponentId, Event, Health, PlacementConfig,
-    Recovery, Role, VRegionAssignment, VRegionKey, VRegionState, Vnode, VnodeId, DEFAULT_MOUNT,
+    Recovery, Role, VRegionAssignment, VRegionKey, VRegionState, Vnode, VnodeId, BAD_COPY,
+    DEFAULT_MOUNT,
 };
 pub use vnodes::{validate_mounts, validate_vnode_name, MAX_MOUNTS, MAX_VNODE_NAME};
 
@@ -66,7 +67,8 @@ impl Placement {
     }
 
     /// Rebuilds from persisted records after a manager restart. Every
-    /// restored component gets health [`Health::Unknown`] and
+    /// restored component but a memory monitor recorded dead gets health
+    /// [`Health::Unknown`] and
     /// `last_heard_ms = now_ms`: a grace period of `dead_after_ms` to
     /// re-register or heartbeat. The next ids are one past the largest
     /// restored ones (see [`Placement::raise_next_ids`] to also skip the ids
@@ -80,7 +82,12 @@ impl Placement {
     ) -> Self {
         let mut state = Self::new(config);
         for mut component in components {
-            component.health = Health::Unknown;
+            // A memory monitor declared dead stays dead: what it held is not
+            // trusted, whatever it says when it is back. Others get another
+            // chance.
+            if !(component.health == Health::Dead && component.role == Role::Memory) {
+                component.health = Health::Unknown;
+            }
             component.last_heard_ms = now_ms;
             state.next_component = state.next_component.max(component.id.saturating_add(1));
             state.components.insert(component.id, component);

@@ -61,6 +61,30 @@ impl Placement {
         }
     }
 
+    /// A process found that the copy of `key` on `bad` missed a write: that
+    /// copy is replaced by [`crate::BAD_COPY`] (the other copy becomes the
+    /// primary), so it is never a survivor and the vRegion is rebuilt from
+    /// the good copy. Returns the new assignment, to be persisted; `None` if
+    /// `bad` holds no copy of it or is its only live copy (then nothing
+    /// better is known, and the process itself never reads it).
+    pub fn mark_bad_copy(
+        &mut self,
+        key: VRegionKey,
+        bad: ComponentId,
+    ) -> Option<crate::VRegionAssignment> {
+        let a = *self.vregions.get(&key)?;
+        let other = a.copies().find(|&id| id != bad)?;
+        if !a.holds(bad) || !self.alive(other) {
+            return None;
+        }
+        let new = crate::VRegionAssignment {
+            primary: other,
+            backup: Some(crate::BAD_COPY),
+        };
+        self.vregions.insert(key, new);
+        Some(new)
+    }
+
     /// Plans giving `key` a second copy again after `failed` lost one: the
     /// live copy is the survivor, the least-loaded live memory monitor
     /// holding neither is the target. Changes nothing.
@@ -120,7 +144,11 @@ impl Placement {
     ) -> Result<crate::VRegionAssignment, PlacementError> {
         let outdated = PlacementError::RecoveryOutdated { key: r.key };
         let a = self.vregions.get(&r.key).ok_or(outdated.clone())?;
-        if !(a.holds(r.survivor) && a.holds(r.failed) && self.alive(r.target)) {
+        if !(a.holds(r.survivor)
+            && a.holds(r.failed)
+            && self.alive(r.target)
+            && self.alive(r.survivor))
+        {
             return Err(outdated);
         }
         let target_is_memory = self

@@ -188,6 +188,11 @@ impl VRegionAssignment {
     }
 }
 
+/// Stands in the assignment for a copy known to have missed writes (a
+/// process reported it): no component has this id, so the vRegion counts as
+/// degraded until re-replication replaces it with a good copy.
+pub const BAD_COPY: ComponentId = u64::MAX;
+
 /// How a vRegion's copies stand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum VRegionState {

@@ -115,6 +115,9 @@ pub struct Remote {
     refreshed: HashMap<u64, std::time::Instant>,
     /// Memory monitors already reported unreachable to the manager.
     reported: std::collections::HashSet<u64>,
+    /// vRegions whose placement was inherited from a fork's parent and not
+    /// yet asked for in this process.
+    unconfirmed: std::collections::HashSet<u64>,
     /// The version of the last write (see the module doc).
     version: u64,
     clients: HashMap<String, Client>,
@@ -175,6 +178,7 @@ impl Remote {
             stale: std::collections::HashSet::new(),
             refreshed: HashMap::new(),
             reported: std::collections::HashSet::new(),
+            unconfirmed: std::collections::HashSet::new(),
             version: 0,
             clients: HashMap::new(),
             opts,
@@ -195,15 +199,37 @@ impl Remote {
     }
 
     fn region(&mut self, index: u64, refresh: bool) -> Result<Copies, Lost> {
-        if !refresh {
+        let inherited = self.unconfirmed.remove(&index);
+        if !refresh && !inherited {
             if let Some(r) = self.regions.get(&index) {
                 return Ok(r.clone());
             }
         }
         let a = self.ask_placement(index, MANAGER_PATIENCE)?;
-        self.regions
-            .insert(index, (a.primary.clone(), a.backup.clone()));
-        Ok((a.primary, a.backup))
+        Ok(self.adopt(index, (a.primary, a.backup)))
+    }
+
+    /// Takes a vRegion's placement as the manager gives it. A copy that is
+    /// new to this process was rebuilt from one it already knew; if every
+    /// such known copy missed one of its writes, the new one holds the same
+    /// old pages, and is not trusted either.
+    fn adopt(&mut self, index: u64, new: Copies) -> Copies {
+        if let Some((p, b)) = self.regions.get(&index) {
+            let known: Vec<u64> = std::iter::once(p.id)
+                .chain(b.iter().map(|e| e.id))
+                .collect();
+            let ids: Vec<u64> = std::iter::once(new.0.id)
+                .chain(new.1.iter().map(|e| e.id))
+                .collect();
+            let kept: Vec<u64> = ids.iter().copied().filter(|i| known.contains(i)).collect();
+            if !kept.is_empty() && kept.iter().all(|&i| self.stale.contains(&(index, i))) {
+                for &i in ids.iter().filter(|i| !known.contains(i)) {
+                    self.stale.insert((index, i));
+                }
+            }
+        }
+        self.regions.insert(index, new.clone());
+        new
     }
 
     /// Asks the manager where a vRegion lives (placing it if new). The data
@@ -228,8 +254,7 @@ impl Remote {
                 {
                     std::thread::sleep(Duration::from_millis(200));
                     if self.manager.is_broken() {
-                        if let Ok(c) = dial(self.manager.peer(), &self.creds, &self.opts)
-                        {
+                        if let Ok(c) = dial(self.manager.peer(), &self.creds, &self.opts) {
                             self.manager = c;
                         }
                     }
@@ -257,7 +282,7 @@ impl Remote {
             }
         }
         if let Ok(a) = self.ask_placement(index, Duration::ZERO) {
-            self.regions.insert(index, (a.primary, a.backup));
+            self.adopt(index, (a.primary, a.backup));
         }
     }
 
@@ -353,6 +378,10 @@ impl Remote {
         loop {
             while let Some((role, ep)) = candidates.pop() {
                 tried.push(ep.id);
+                if ep.addr.is_empty() {
+                    why.push(format!("{role}: a copy being rebuilt"));
+                    continue;
+                }
                 if self.stale.contains(&(index, ep.id)) {
                     why.push(self.untrusted(role, &ep));
                     continue;
@@ -453,7 +482,8 @@ impl Remote {
             [("primary", Some(primary)), ("backup", backup.as_ref())]
                 .into_iter()
                 .filter_map(|(r, e)| e.map(|e| (r, e)))
-                .filter(|(_, e)| !self.stale.contains(&(index, e.id)))
+                // No address: a copy known to be bad, being rebuilt.
+                .filter(|(_, e)| !e.addr.is_empty() && !self.stale.contains(&(index, e.id)))
                 .collect();
         let mut sent = Vec::new();
         for &(role, ep) in &targets {
@@ -499,9 +529,19 @@ impl Remote {
             }
         }
         COUNTERS.add(&COUNTERS.bytes_written_back, (data.len() * stored) as u64);
-        // A replica that missed this write holds an old copy from now on.
+        // A replica that missed this write holds an old copy from now on;
+        // the manager is told, so that it rebuilds that copy from the good one.
         for id in missed {
-            self.stale.insert((index, id));
+            if self.stale.insert((index, id)) {
+                let req = lego_wire::control::MissedReq {
+                    asid: self.asid,
+                    index,
+                    id,
+                };
+                let _ = self
+                    .manager
+                    .call_json::<_, serde_json::Value>(Op::ReportMissed, &req);
+            }
         }
         if stored == 0 {
             if targets.is_empty() {
@@ -564,8 +604,7 @@ impl Remote {
                 {
                     std::thread::sleep(Duration::from_millis(200));
                     if self.manager.is_broken() {
-                        if let Ok(c) = dial(self.manager.peer(), &self.creds, &self.opts)
-                        {
+                        if let Ok(c) = dial(self.manager.peer(), &self.creds, &self.opts) {
                             self.manager = c;
                         }
                     }
@@ -588,6 +627,12 @@ impl Remote {
     pub fn reset_after_fork(&mut self, asid: u64) -> Result<(), String> {
         let old = std::mem::take(&mut self.clients);
         std::mem::forget(old);
+        // The child's placements are its own (copied from the parent's
+        // current ones, which may be newer than what the parent last
+        // learned): each is asked for before its first use. What the parent
+        // knows of stale copies holds for the child's clones of them too.
+        self.unconfirmed = self.regions.keys().copied().collect();
+        self.refreshed.clear();
         // A manager that is away (restarting) is waited for.
         let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
         let manager = loop {

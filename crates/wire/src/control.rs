@@ -264,6 +264,16 @@ pub struct ReplicateResp {
     pub pages: u64,
 }
 
+/// `ReportMissed` (a process to the manager) -> `{}`: the copy of vRegion
+/// `index` of `asid` on memory monitor `id` missed a write, so it holds old
+/// pages and must not be trusted (nor copied from).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissedReq {
+    pub asid: u64,
+    pub index: u64,
+    pub id: u64,
+}
+
 /// `ReportUnreachable` (a process to the manager) -> `{}`: a memory monitor
 /// did not answer it. The manager checks for itself before acting.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

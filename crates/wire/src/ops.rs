@@ -96,6 +96,8 @@ u16_enum! {
         LeaseMemory = 0x0208, "lease_memory";
         /// Manager: a process could not reach a memory monitor.
         ReportUnreachable = 0x0209, "report_unreachable";
+        /// Manager: a copy of a vRegion missed a write of this process.
+        ReportMissed = 0x020a, "report_missed";
         /// Manager: the whole cluster state.
         ClusterState = 0x0220, "cluster_state";
         /// Processor monitor: start a program.

@@ -33,15 +33,23 @@ pub(super) fn inject(
         if Instant::now() >= end {
             break;
         }
-        // Half the failures are memory monitors, a quarter each the
-        // manager and the storage monitor.
+        // Half the failures are memory monitors (one in four of them with
+        // the manager killed too, while it rebuilds the copies), a quarter
+        // each the manager and the storage monitor.
         let n = done.len() + 1;
-        let i = match rng.below(4) {
-            0 | 1 => kill_memory(c, a, &mut rng, n, &mut next_memory),
-            2 => kill_manager(c, a, &mut rng, n),
-            _ => request_storage_kill(c, n),
+        let unrecovered = done
+            .iter()
+            .any(|i: &Injected| i.kind == "memory monitor" && i.recovered_ms.is_none());
+        let i = match rng.below(8) {
+            // After a memory failure that did not recover, another could
+            // take the last copy of something: no more of those.
+            0..=3 if unrecovered => None,
+            0..=2 => kill_memory(c, a, &mut rng, n, &mut next_memory, false),
+            3 => kill_memory(c, a, &mut rng, n, &mut next_memory, true),
+            4 | 5 => kill_manager(c, a.memory_monitors, &mut rng, n).map(|i| vec![i]),
+            _ => request_storage_kill(c, n).map(|i| vec![i]),
         };
-        done.extend(i);
+        done.extend(i.into_iter().flatten());
     }
     done
 }
@@ -52,7 +60,8 @@ fn kill_memory(
     rng: &mut Rng,
     n: usize,
     next_name: &mut usize,
-) -> Option<Injected> {
+    and_manager: bool,
+) -> Option<Vec<Injected>> {
     // Never both copies of a vRegion: only from a whole, healthy cluster.
     let ready = c.wait(Duration::from_secs(30), |s| {
         alive(s, "memory") >= a.memory_monitors && healthy(s, None)
@@ -85,6 +94,12 @@ fn kill_memory(
         return None;
     }
     let dead = Some(victim.id);
+    let mut also = Vec::new();
+    if and_manager {
+        // While it detects the death and rebuilds the copies.
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        also.extend(kill_manager(c, a.memory_monitors - 1, rng, n));
+    }
     let back = c.wait(Duration::from_secs(60), |s| healthy(s, dead));
     let rec = back.map(|_| t.elapsed().as_millis() as u64);
     // A new, empty memory monitor takes its place.
@@ -105,13 +120,16 @@ fn kill_memory(
         rec.map_or("NEVER (60 s)".into(), secs),
         joined.map_or("NEVER".into(), |d| format!("{} later", secs(d.as_millis() as u64)))
     ));
-    Some(Injected {
+    also.push(Injected {
         kind: "memory monitor",
         recovered_ms: rec,
-    })
+    });
+    Some(also)
 }
 
-fn kill_manager(c: &Chaos, a: &ChaosArgs, rng: &mut Rng, n: usize) -> Option<Injected> {
+/// Kills the manager and starts it again; `memory`: the memory monitors
+/// that must be back for it to count as recovered.
+fn kill_manager(c: &Chaos, memory: usize, rng: &mut Rng, n: usize) -> Option<Injected> {
     let t = Instant::now();
     if let Err(e) = lock(&c.cluster).kill9("manager") {
         c.say(&format!("#{n} cannot kill the manager: {e:#}"));
@@ -123,10 +141,10 @@ fn kill_manager(c: &Chaos, a: &ChaosArgs, rng: &mut Rng, n: usize) -> Option<Inj
         c.say(&format!("#{n} cannot restart the manager: {e:#}"));
         return None;
     }
-    let back = c.wait(Duration::from_secs(60), |s| complete(s, a.memory_monitors));
+    let back = c.wait(Duration::from_secs(60), |s| complete(s, memory));
     let rec = back.map(|_| t.elapsed().as_millis() as u64);
     c.say(&format!(
-        "#{n} kill -9 manager, restarted after {}: every component registered again {} after the kill",
+        "#{n} kill -9 manager, restarted after {}: every component registered again {} after its kill",
         secs(down.as_millis() as u64),
         rec.map_or("NEVER (60 s)".into(), secs)
     ));

@@ -153,11 +153,18 @@ fn alive(s: &ClusterState, role: &str) -> usize {
         .count()
 }
 
-/// Every vRegion has all its copies on live monitors, none on `dead`.
+/// Every vRegion has all its copies on memory monitors the manager has
+/// heard from (alive, not merely not yet declared dead), none on `dead`.
 fn healthy(s: &ClusterState, dead: Option<u64>) -> bool {
-    s.vregions.iter().all(|r| {
-        r.state == "healthy" && Some(r.primary) != dead && (r.backup.is_none() || r.backup != dead)
-    })
+    let live = |id: u64| {
+        Some(id) != dead
+            && s.components
+                .iter()
+                .any(|c| c.id == id && c.role == "memory" && c.health == "alive")
+    };
+    s.vregions
+        .iter()
+        .all(|r| r.state == "healthy" && live(r.primary) && r.backup.is_none_or(live))
 }
 
 fn complete(s: &ClusterState, memory: usize) -> bool {

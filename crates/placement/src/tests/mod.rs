@@ -86,6 +86,8 @@ pub(crate) enum Op {
     /// `declare_dead(now, id)` reports a death (true) or not.
     DeclareDead(u64, ComponentId, bool),
     SetReplicas(VnodeId, u8, Result<(), PlacementError>),
+    /// `mark_bad_copy(key, id)`: new (primary, backup), or None.
+    MarkBad(VRegionKey, ComponentId, Option<(ComponentId, ComponentId)>),
 }
 
 pub(crate) type Case = (&'static str, Vec<Op>);
@@ -315,6 +317,12 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
         }
         Op::DeclareDead(now, id, expect) => {
             assert_eq!(p.declare_dead(now, id).is_some(), expect, "{at}")
+        }
+        Op::MarkBad(key, id, expect) => {
+            let got = p
+                .mark_bad_copy(key, id)
+                .map(|a| (a.primary, a.backup.unwrap_or(0)));
+            assert_eq!(got, expect, "{at}");
         }
         Op::SetReplicas(vnode, n, expect) => {
             assert_eq!(p.set_replicas(vnode, n).map(|_| ()), expect, "{at}")

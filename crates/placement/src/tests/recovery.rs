@@ -118,6 +118,46 @@ fn recovery() {
             ]),
         ),
         (
+            "a copy that missed a write is never a survivor: it is rebuilt from the other",
+            with_space(vec![
+                join(0, Memory, 1),
+                join(0, Memory, 2),
+                join(0, Memory, 3),
+                Op::Assign(k, Ok((1, 2, true))),
+                Op::MarkBad(k, 9, None),
+                Op::MarkBad(k, 1, Some((2, BAD_COPY))),
+                Op::State(k, Some(Degraded)),
+                Op::Recoveries(vec![], vec![(k, 2, BAD_COPY, 1)]),
+                Op::Commit((k, 2, BAD_COPY, 1), Ok((2, 1))),
+                Op::State(k, Some(Healthy)),
+                // The good copy dies while the other is marked bad: lost,
+                // never rebuilt from the bad one.
+                Op::MarkBad(k, 1, Some((2, BAD_COPY))),
+                Op::DeclareDead(10, 2, true),
+                Op::State(k, Some(Lost)),
+                Op::Recoveries(vec![], vec![]),
+                Op::MarkBad(k, BAD_COPY, None),
+            ]),
+        ),
+        (
+            "a dead component stays dead across a restart; the others are unknown",
+            with_space(vec![
+                join(0, Memory, 1),
+                join(0, Memory, 2),
+                join(0, Memory, 3),
+                Op::Assign(k, Ok((1, 2, true))),
+                Op::DeclareDead(10, 1, true),
+                Op::Restart { now: 20 },
+                Op::Health(1, Health::Dead),
+                Op::Health(2, Health::Unknown),
+                Op::State(k, Some(Degraded)),
+                // Only monitors heard from since the restart take copies.
+                Op::Recoveries(vec![], vec![]),
+                beat(30, 3, 0),
+                Op::Recoveries(vec![], vec![(k, 2, 1, 3)]),
+            ]),
+        ),
+        (
             "a one-copy vNode: one monitor suffices, and its death loses the vRegion",
             with_space(vec![
                 Op::SetReplicas(1, 3, Err(InvalidReplicas(3))),

@@ -32,17 +32,26 @@ fn restore() {
             ],
         ),
         (
-            "a component dead before the restart gets another chance",
+            "a processor or storage monitor dead before the restart gets another chance; a memory monitor does not",
             vec![
-                join(0, Memory, 1),
+                join(0, Processor, 1),
+                join(0, Memory, 2),
                 Op::Tick {
                     now: 1001,
-                    dead: vec![1],
+                    dead: vec![1, 2],
                 },
                 Op::Restart { now: 2000 },
                 Op::Health(1, Health::Unknown),
+                Op::Health(2, Health::Dead),
                 beat(2001, 1, 0),
                 Op::Health(1, Health::Alive),
+                Op::Heartbeat {
+                    now: 2001,
+                    id: 2,
+                    instance: inst(2),
+                    used: 0,
+                    expect: Err(PlacementError::ComponentDead(2)),
+                },
             ],
         ),
         (
