@@ -277,6 +277,13 @@ impl ManagerService {
             index: req.index,
         };
         let mut st = lock(&self.state);
+        // A dead copy is being replaced anyway.
+        if st
+            .component(req.id)
+            .is_none_or(|c| c.health == Health::Dead)
+        {
+            return Ok(());
+        }
         let Some(a) = st.mark_bad_copy(key, req.id) else {
             return Ok(());
         };
