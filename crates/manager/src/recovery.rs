@@ -7,8 +7,9 @@
 //! Re-replication: for each degraded vRegion the placement state machine
 //! plans a target; the manager asks the surviving memory monitor to copy the
 //! vRegion there (`Replicate`, which also forwards writes made meanwhile),
-//! and commits the new copy only once the copy is complete. A copy that
-//! fails is retried after a pause, with a new plan.
+//! and commits the new copy only once the copy is complete (up to four
+//! vRegions at a time). A copy that fails is retried after a pause, with a
+//! new plan.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -28,6 +29,8 @@ use crate::service::{lock, ManagerService};
 
 /// How many journal entries `lego status` can show.
 const JOURNAL_LEN: usize = 64;
+/// vRegions copied at once.
+const PARALLEL_COPIES: usize = 4;
 /// A copy that failed is not retried for this long.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
@@ -205,8 +208,13 @@ impl ManagerService {
             failed.keys().copied().collect()
         };
         let plans = lock(&self.state).recoveries(&busy);
-        for r in &plans {
-            self.recover(r);
+        // A few at a time: a dead monitor may have held many vRegions.
+        for batch in plans.chunks(PARALLEL_COPIES) {
+            std::thread::scope(|scope| {
+                for r in batch {
+                    scope.spawn(move || self.recover(r));
+                }
+            });
         }
         !plans.is_empty()
     }

@@ -10,8 +10,10 @@
 //! forward that fails ends the mirror and fails the copy, and the writer is
 //! told (`WriteReply::missed`) so it never trusts that copy.
 //!
-//! A mirror stays until its address space is freed or another copy replaces
-//! it, so writers that learn of the new copy late lose nothing meanwhile.
+//! A mirror stays until the writer shows it knows of the new copy (a write
+//! whose `peer` is the target, after the copy is complete), its address
+//! space is freed, or another copy replaces it, so writers that learn of the
+//! new copy late lose nothing meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,6 +62,8 @@ struct Mirror {
     /// hung target makes the write `missed` rather than the writer give up.
     client: Client,
     failed: Arc<AtomicBool>,
+    /// The copy is complete (only forwards remain to do).
+    done: Arc<AtomicBool>,
 }
 
 /// How long a forwarded write may take before the target counts as having
@@ -93,12 +97,21 @@ impl Mirrors {
     /// Where a write of `page` of `asid` must also go: (target, client),
     /// unless the writer sent it to the target itself (`peer`).
     fn target_of(&self, asid: u64, page: u64, peer: u64) -> Option<Forward> {
-        let spaces = lock(&self.by_space);
-        let m = spaces
-            .get(&asid)?
+        let mut spaces = lock(&self.by_space);
+        let mirrors = spaces.get_mut(&asid)?;
+        let i = mirrors
             .iter()
-            .find(|m| page >= m.first && page - m.first < m.count)?;
-        (m.target != peer).then(|| Forward {
+            .position(|m| page >= m.first && page - m.first < m.count)?;
+        let m = &mirrors[i];
+        if m.target == peer {
+            // The writer knows of the new copy and writes to it itself:
+            // once the copy is complete, the mirror has done its job.
+            if m.done.load(Ordering::Relaxed) {
+                mirrors.remove(i);
+            }
+            return None;
+        }
+        Some(Forward {
             mirror: m.id,
             target: m.target,
             client: m.client.clone(),
@@ -194,6 +207,7 @@ impl Mirrors {
             ..opts.clone()
         })?;
         let failed = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
         let mirror = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut spaces = lock(&self.by_space);
@@ -211,11 +225,13 @@ impl Mirrors {
                 target: id,
                 client: forwards,
                 failed: failed.clone(),
+                done: done.clone(),
             });
         }
         let result = self.copy_pages(store, &client, req, &failed);
         match &result {
             Ok(n) => {
+                done.store(true, Ordering::Relaxed);
                 self.copies_done.fetch_add(1, Ordering::Relaxed);
                 info!(
                     asid = format_args!("{:#x}", req.asid),
