@@ -135,6 +135,15 @@ pub fn run(a: VnodeArgs) -> Result<()> {
                 }
             );
             println!("memory     {}", quota(&v));
+            println!(
+                "copies     {} of each vRegion{}",
+                v.replicas,
+                if v.replicas < 2 {
+                    " (no replication: a memory monitor's death loses it)"
+                } else {
+                    ""
+                }
+            );
             println!("storage    {}", storage(&v));
             println!("spaces     {}", v.spaces);
             println!(
