@@ -229,6 +229,40 @@ fn daemons_survive_bad_peers() {
             "{op}: {err}"
         );
     }
+    // Copies between memory monitors and rebuild orders are for components
+    // only, even for the vNode's own memory; a malformed copy is refused.
+    let own = lego_wire::pages::CopyPages {
+        asid: asid_b,
+        pages: vec![(1, 1)],
+        data: &[0; 4096],
+    }
+    .encode();
+    let err = good.call(Op::CopyPages, &[&own]).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::NotEntitled), "{err}");
+    let err = good.call(Op::Replicate, &[b"{}"]).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::NotEntitled), "{err}");
+    let admin = Client::connect(
+        &cluster.memories[0].addr,
+        &Credentials::component(&cluster.secret),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    let err = admin.call(Op::CopyPages, &[&own[..20]]).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BadRequest), "{err}");
+    let err = admin.call(Op::Replicate, &[b"{\"asid\": 1}"]).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BadRequest), "{err}");
+    // A rebuild onto a monitor that does not exist fails with a clear error.
+    let bad_target = format!(
+        r#"{{"asid":{asid_b},"first_page":0,"pages":16,"target":{{"id":99,"addr":"127.0.0.1:1"}}}}"#
+    );
+    let err = admin
+        .call(Op::Replicate, &[bad_target.as_bytes()])
+        .unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::Unavailable), "{err}");
+    assert!(
+        err.to_string().contains("cannot reach the new copy 99"),
+        "{err}"
+    );
     // ... and at the manager: a vNode process may not place another vNode's memory or manage vNodes.
     let key = cluster.secret.vnode_key(va);
     let mgr_as_a = Client::connect(

@@ -181,13 +181,7 @@ impl ManagerService {
     }
 
     pub(crate) fn require_component(peer: &PeerInfo, op: Op) -> Result<(), Reject> {
-        match peer.claim {
-            Claim::Component => Ok(()),
-            Claim::Vnode(v) => Err(Reject::new(
-                ErrorCode::NotEntitled,
-                format!("{op} is for lego components; this connection speaks for vnode {v}"),
-            )),
-        }
+        peer.require_component(op)
     }
 
     pub(crate) fn require_vnode(peer: &PeerInfo, vnode: u32) -> Result<(), Reject> {

@@ -60,16 +60,9 @@ impl MemoryService {
     }
 
     fn require_component(&self, peer: &PeerInfo, op: Op) -> Result<(), Reject> {
-        match peer.claim {
-            Claim::Component => Ok(()),
-            Claim::Vnode(v) => {
-                self.not_entitled.fetch_add(1, Ordering::Relaxed);
-                Err(Reject::new(
-                    ErrorCode::NotEntitled,
-                    format!("{op} is for lego components; this connection speaks for vnode {v}"),
-                ))
-            }
-        }
+        peer.require_component(op).inspect_err(|_| {
+            self.not_entitled.fetch_add(1, Ordering::Relaxed);
+        })
     }
 
     fn check(&self, peer: &PeerInfo, asid: u64) -> Result<(), Reject> {

@@ -241,12 +241,23 @@ impl Remote {
             asid: self.asid,
             index,
         };
+        self.call_manager(Op::AssignVRegion, &req, patience)
+            .map_err(|e| self.lost(index, format!("the manager cannot place it: {e}")))
+    }
+
+    /// Calls the manager, waiting up to `patience` while it is unreachable
+    /// (reconnecting) or answers `Unavailable` (just restarted, its memory
+    /// monitors not back yet, or a copy that cannot be made yet).
+    fn call_manager<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &mut self,
+        op: Op,
+        req: &Req,
+        patience: Duration,
+    ) -> Result<Resp, TransportError> {
         let deadline = std::time::Instant::now() + patience;
         loop {
-            match self.manager.call_json(Op::AssignVRegion, &req) {
-                Ok(a) => return Ok(a),
-                // Unreachable, or just restarted and its memory monitors
-                // not yet back: wait.
+            match self.manager.call_json(op, req) {
+                Ok(r) => return Ok(r),
                 Err(e)
                     if (e.is_unreachable()
                         || e.remote_code() == Some(lego_wire::ErrorCode::Unavailable))
@@ -259,7 +270,7 @@ impl Remote {
                         }
                     }
                 }
-                Err(e) => return Err(self.lost(index, format!("the manager cannot place it: {e}"))),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -592,26 +603,8 @@ impl Remote {
     /// ours), waiting up to [`MANAGER_PATIENCE`] for a manager that is away
     /// or a copy that cannot be made yet (a memory monitor just died).
     pub fn fork_space(&mut self) -> Result<CreateSpaceResp, TransportError> {
-        let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
         let req = lego_wire::control::ForkSpaceReq { asid: self.asid };
-        loop {
-            match self.manager.call_json(Op::ForkSpace, &req) {
-                Ok(r) => return Ok(r),
-                Err(e)
-                    if (e.is_unreachable()
-                        || e.remote_code() == Some(lego_wire::ErrorCode::Unavailable))
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(200));
-                    if self.manager.is_broken() {
-                        if let Ok(c) = dial(self.manager.peer(), &self.creds, &self.opts) {
-                            self.manager = c;
-                        }
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.call_manager(Op::ForkSpace, &req, MANAGER_PATIENCE)
     }
 
     /// How to open another connection to the manager (for leases).

@@ -30,6 +30,20 @@ pub struct PeerInfo {
     pub claim: Claim,
 }
 
+impl PeerInfo {
+    /// Refuses `op` (`NotEntitled`) unless the peer is a lego component
+    /// (holds the cluster secret) rather than a vNode's process.
+    pub fn require_component(&self, op: Op) -> Result<(), Reject> {
+        match self.claim {
+            Claim::Component => Ok(()),
+            Claim::Vnode(v) => Err(Reject::new(
+                ErrorCode::NotEntitled,
+                format!("{op} is for lego components; this connection speaks for vnode {v}"),
+            )),
+        }
+    }
+}
+
 /// A refusal: becomes an error frame to the sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reject {
