@@ -16,16 +16,6 @@ use common::*;
 use lego_wire::control::JobInfo;
 use lego_wire::Op;
 
-/// The python interpreter itself (python3 on PATH may be a shell shim).
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "python3 is needed for these tests");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn cluster(memory_capacity: &str, excache: &str) -> TestCluster {
     ensure_runtime();
     let mut c = TestCluster::start(2, memory_capacity, 300);

@@ -180,10 +180,6 @@ impl ManagerService {
         }
     }
 
-    pub(crate) fn require_component(peer: &PeerInfo, op: Op) -> Result<(), Reject> {
-        peer.require_component(op)
-    }
-
     pub(crate) fn require_vnode(peer: &PeerInfo, vnode: u32) -> Result<(), Reject> {
         match peer.claim {
             Claim::Vnode(v) if v != vnode => Err(Reject::new(
@@ -280,7 +276,7 @@ impl ManagerService {
         match op {
             Op::Ping => Ok(Vec::new()),
             Op::Register => {
-                Self::require_component(peer, op)?;
+                peer.require_component(op)?;
                 let req: RegisterReq = from_body(body)?;
                 let role: Role = req.role.parse().map_err(reject)?;
                 let mut st = lock(&self.state);
@@ -305,7 +301,7 @@ impl ManagerService {
                 }))
             }
             Op::Heartbeat => {
-                Self::require_component(peer, op)?;
+                peer.require_component(op)?;
                 let req: HeartbeatReq = from_body(body)?;
                 lock(&self.state)
                     .heartbeat(self.now_ms(), req.id, req.instance, req.used)
@@ -366,7 +362,7 @@ impl ManagerService {
                 Ok(to_body(&self.release(&[req.asid])?))
             }
             Op::ReleaseOwner => {
-                Self::require_component(peer, op)?;
+                peer.require_component(op)?;
                 let req: ReleaseOwnerReq = from_body(body)?;
                 let spaces: Vec<u64> = lock(&self.owners)
                     .iter()
@@ -388,7 +384,7 @@ impl ManagerService {
                 self.fork(req.asid).map(|r| to_body(&r))
             }
             Op::PlaceProcess => {
-                Self::require_component(peer, op)?;
+                peer.require_component(op)?;
                 let req: PlaceProcessReq = from_body(body)?;
                 let st = lock(&self.state);
                 if st.vnode_by_name(&req.vnode).is_none() {
@@ -415,7 +411,7 @@ impl ManagerService {
                 Ok(b"{}".to_vec())
             }
             Op::ClusterState => {
-                Self::require_component(peer, op)?;
+                peer.require_component(op)?;
                 Ok(to_body(&self.cluster_state()))
             }
             other => Err(Reject::new(

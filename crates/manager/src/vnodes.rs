@@ -103,7 +103,7 @@ impl ManagerService {
     pub(crate) fn vnode_op(&self, peer: &PeerInfo, op: Op, body: &[u8]) -> Result<Vec<u8>, Reject> {
         match op {
             Op::VnodeCreate => {
-                Self::require_component(peer, op)?;
+                peer.require_component(op)?;
                 let req: VnodeReq = from_body(body)?;
                 if let Some(n) = req.replicas.filter(|n| !(1..=2).contains(n)) {
                     return Err(reject(PlacementError::InvalidReplicas(n)));
@@ -147,7 +147,7 @@ impl ManagerService {
                 Ok(to_body(&self.vnode_info(&st, &v)))
             }
             Op::VnodeMount => {
-                Self::require_component(peer, op)?;
+                peer.require_component(op)?;
                 let req: VnodeReq = from_body(body)?;
                 let mut st = lock(&self.state);
                 let v = Self::find(&st, &req.name)?;
@@ -159,7 +159,7 @@ impl ManagerService {
                 Ok(to_body(&self.vnode_info(&st, &v)))
             }
             Op::VnodeDelete => {
-                Self::require_component(peer, op)?;
+                peer.require_component(op)?;
                 let req: VnodeReq = from_body(body)?;
                 self.delete_vnode(&req)
             }

@@ -504,17 +504,10 @@ impl Remote {
                 .iter()
                 .find(|(_, o)| o.id != ep.id)
                 .map_or(0, |(_, o)| o.id);
-            let body = WritePages {
-                asid: self.asid,
-                version: self.version,
-                peer,
-                pages: pages.to_vec(),
-                data,
-            }
-            .encode();
+            let head = WritePages::encode_head(self.asid, self.version, peer, pages);
             let r = self
                 .client(&ep.addr)
-                .and_then(|c| c.send(Op::WritePages, &[&body]).map(|id| (c, id)));
+                .and_then(|c| c.send(Op::WritePages, &[&head, data]).map(|id| (c, id)));
             sent.push((role, ep.clone(), r));
         }
         let mut stored = 0;

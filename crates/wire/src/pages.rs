@@ -171,16 +171,23 @@ impl<'a> WritePages<'a> {
             self.pages.len() * PAGE_SIZE,
             "4 KiB per page"
         );
-        let mut out = Vec::with_capacity(32 + 8 * self.pages.len() + self.data.len());
-        out.extend_from_slice(&self.asid.to_le_bytes());
-        out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
+        let mut out = Self::encode_head(self.asid, self.version, self.peer, &self.pages);
+        out.extend_from_slice(self.data);
+        out
+    }
+
+    /// Everything but the page data, which follows it on the wire (send it
+    /// as a second part to avoid copying it).
+    pub fn encode_head(asid: u64, version: u64, peer: u64, pages: &[u64]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + 8 * pages.len());
+        out.extend_from_slice(&asid.to_le_bytes());
+        out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.peer.to_le_bytes());
-        for p in &self.pages {
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&peer.to_le_bytes());
+        for p in pages {
             out.extend_from_slice(&p.to_le_bytes());
         }
-        out.extend_from_slice(self.data);
         out
     }
 

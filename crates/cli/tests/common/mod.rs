@@ -47,6 +47,16 @@ pub fn ensure_runtime() -> PathBuf {
 }
 
 /// Polls `f` every 5 ms until it returns Some or `timeout` passes.
+/// The python interpreter itself (python3 on PATH may be a shell shim).
+pub fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python3 is needed for these tests");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
