@@ -8,10 +8,12 @@ use lego_wire::auth::{decode_challenge, Hello};
 use lego_wire::control::{from_body, ClusterState, HeartbeatReq, RegisterReq};
 use lego_wire::frame::{read_frame, write_frame};
 use lego_wire::fs::{check_path, FsReply, FsRequest};
+use lego_wire::jobs::{OutputReq, StdinReq};
 use lego_wire::pages::{
-    decode_u64, CopyPages, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply,
+    CloneSpace, CopyPages, FreeRange, FreeSpace, ReadPages, ReadPagesReply, WritePages,
+    WriteReply,
 };
-use lego_wire::ErrorBody;
+use lego_wire::{ErrorBody, Request};
 
 fuzz_target!(|data: &[u8]| {
     let mut r = data;
@@ -33,7 +35,20 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = WriteReply::decode(data);
     let _ = FreeRange::decode(data);
-    let _ = decode_u64("fuzz", data);
+    let _ = <FreeRange as Request>::decode_reply(data);
+    for r in [
+        <FreeSpace as Request>::decode(data).map(|r| r.encode()),
+        <CloneSpace as Request>::decode(data).map(|r| r.encode()),
+        <StdinReq as Request>::decode(data).map(|r| r.encode()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert_eq!(r, data);
+    }
+    if let Ok(out) = OutputReq::decode_reply(data) {
+        out.chunks().unwrap();
+    }
     let _ = ErrorBody::decode(data);
     let _ = Hello::decode(data);
     let _ = decode_challenge(data);

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use lego_transport::{Client, ClientOptions, Credentials, TransportError};
 use lego_wire::auth::Secret;
-use lego_wire::control::{HeartbeatReq, RegisterReq, RegisterResp};
-use lego_wire::Op;
+use lego_wire::control::{HeartbeatReq, RegisterReq};
+use lego_wire::{ComponentId, Role};
 use tracing::{info, warn};
 
 /// What a component reports on each heartbeat.
@@ -37,15 +37,14 @@ pub type Report = Box<dyn Fn() -> Load + Send + Sync>;
 
 /// Called when the manager gives the component a new id in place of the
 /// one it had (old, new): what it held under the old id is not trusted.
-pub type OnNewIdentity = Box<dyn Fn(u64, u64) + Send + Sync>;
+pub type OnNewIdentity = Box<dyn Fn(ComponentId, ComponentId) + Send + Sync>;
 
 /// Who the component is.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub manager: String,
     pub secret: Secret,
-    /// "memory", "processor" or "storage".
-    pub role: String,
+    pub role: Role,
     /// Where the component serves.
     pub addr: String,
     pub capacity: u64,
@@ -71,7 +70,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> ComponentId {
         self.id.load(Ordering::Relaxed)
     }
 }
@@ -156,16 +155,13 @@ fn session_inner(
             0 => None,
             id => Some(id),
         };
-        let resp: RegisterResp = client.call_json(
-            Op::Register,
-            &RegisterReq {
-                role: cfg.role.clone(),
-                addr: cfg.addr.clone(),
-                capacity: cfg.capacity,
-                instance: agent.instance,
-                previous,
-            },
-        )?;
+        let resp = client.call(&RegisterReq {
+            role: cfg.role,
+            addr: cfg.addr.clone(),
+            capacity: cfg.capacity,
+            instance: agent.instance,
+            previous,
+        })?;
         agent.id.store(resp.id, Ordering::Relaxed);
         *registered = true;
         if let (Some(old), Some(hook)) = (previous, &hooks.on_new_identity) {
@@ -199,7 +195,7 @@ fn session_inner(
                 counters: load.counters,
                 jobs: load.jobs,
             };
-            match client.call_json::<_, serde_json_value::Empty>(Op::Heartbeat, &hb) {
+            match client.call(&hb) {
                 Ok(_) => {}
                 Err(e) if e.remote_code().is_some() => {
                     warn!(
@@ -213,10 +209,4 @@ fn session_inner(
             std::thread::sleep(interval);
         }
     }
-}
-
-mod serde_json_value {
-    /// An empty JSON object answer.
-    #[derive(serde::Deserialize)]
-    pub struct Empty {}
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::cluster::{write_atomic, SecretArgs};
-use crate::cpus::{parse_cpu_list, pin_current_thread, CpuList};
-use crate::size::parse_size;
+use lego_cluster::cpus::{parse_cpu_list, pin_current_thread, CpuList};
+use lego_cluster::dir::write_atomic;
+use lego_cluster::size::parse_size;
+use lego_cluster::SecretArgs;
 
 /// Flags every daemon has.
 #[derive(Args, Clone, Debug)]
@@ -32,7 +33,7 @@ impl DaemonArgs {
     /// Applies `--cpus`; called before the daemon starts any thread.
     fn pin(&self) -> Result<()> {
         match &self.cpus {
-            Some(cpus) => pin_current_thread(&cpus.0),
+            Some(cpus) => Ok(pin_current_thread(&cpus.0)?),
             None => Ok(()),
         }
     }

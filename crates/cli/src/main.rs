@@ -6,16 +6,13 @@
 //! `LEGO_LOG` (e.g. `debug`, `lego_transport=debug`) to change what is shown.
 #![forbid(unsafe_code)]
 
-mod bench;
-mod chaos;
-mod cluster;
-mod cpus;
 mod daemons;
 mod run;
-mod size;
 mod status;
 mod up;
 mod vnode;
+
+use lego_bench::{chaos, BenchCmd};
 
 use clap::{Parser, Subcommand};
 
@@ -59,7 +56,7 @@ enum Cmd {
     Chaos(chaos::ChaosArgs),
     /// Measure lego against the machine's own floors, side by side
     #[command(subcommand)]
-    Bench(bench::BenchCmd),
+    Bench(BenchCmd),
 }
 
 fn init_logging(default: &str) {
@@ -100,12 +97,12 @@ fn main() {
         Cmd::Vnode(a) => vnode::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Status(a) => status::run(a),
-        Cmd::Bench(b) => bench::run(b),
-        Cmd::Chaos(a) => chaos::run(a).map(|code| {
-            if code != 0 {
-                std::process::exit(code)
-            }
-        }),
+        Cmd::Bench(b) => lego_bench::run(b).map_err(anyhow::Error::from),
+        Cmd::Chaos(a) => match chaos::run(a) {
+            Ok(0) => Ok(()),
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e.into()),
+        },
     };
     if let Err(e) = result {
         eprintln!("lego: error: {e:#}");

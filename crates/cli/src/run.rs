@@ -22,32 +22,23 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lego_transport::{Client, ClientOptions, Credentials, TransportError};
-use lego_wire::auth::Secret;
-use lego_wire::control::{
-    to_body, ClusterState, Endpoint, JobInfo, LaunchReq, LaunchResp, OutputReq, PlaceProcessReq,
-    SignalReq, VnodeInfo, VnodeReq,
+use lego_cluster::size::{human, parse_size};
+use lego_cluster::{
+    ClusterArgs, LocalCluster, Options, ProcessorSpec, Spec, Target, EXIT_CANNOT_EXECUTE,
+    EXIT_LEGO_FAILED, EXIT_NOT_FOUND,
 };
-use lego_wire::io::{decode_chunks, encode_stdin, Stream};
-use lego_wire::{ErrorCode, Op};
+use lego_transport::{lock, Client, ClientOptions, Credentials, Patience, Redial, TransportError};
+use lego_wire::auth::Secret;
+use lego_wire::control::{ClusterStateReq, PlaceProcessReq, VnodeCreateReq, VnodeListReq};
+use lego_wire::jobs::{JobsReq, LaunchReq, OutputReq, SignalReq, StdinReq, Stream};
+use lego_wire::{ErrorCode, Role};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
 use tracing::{info, warn};
-
-use crate::cluster::{ClusterArgs, Target};
-use crate::size::{human, parse_size};
-use crate::up::{LocalCluster, ProcessorSpec, Spec};
-
-/// Exit code when the command is not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
-/// Exit code when the command cannot be executed.
-pub const EXIT_CANNOT_EXECUTE: i32 = 126;
-/// Exit code when lego itself fails.
-pub const EXIT_LEGO_FAILED: i32 = 125;
 
 /// ExCache of the embedded cluster's processor monitor.
 const EMBEDDED_EXCACHE: u64 = 1 << 30;
@@ -128,16 +119,18 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<lego_cluster::ClusterError> for Failure {
+    fn from(e: lego_cluster::ClusterError) -> Self {
+        Failure::lego(lego_processor::chain(&e))
+    }
+}
+
 /// A refusal's own message (the remote's words), or the whole error.
 fn describe(e: &TransportError) -> String {
     match e {
         TransportError::Remote { message, .. } => message.clone(),
         other => lego_processor::chain(other),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Signals caught before and after the launch.
@@ -178,7 +171,7 @@ fn catch_signals(state: Arc<Mutex<SignalState>>) -> std::io::Result<()> {
                             job: *job,
                             signal: s,
                         };
-                        if let Err(e) = client.call_json::<_, serde_json::Value>(Op::Signal, &req) {
+                        if let Err(e) = client.call(&req) {
                             warn!("cannot forward signal {s} to the program: {}", describe(&e));
                         }
                     }
@@ -236,10 +229,8 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         .with_context(|| format!("cannot create {}", dir.display()))
         .map_err(Failure::from)?;
     let spec = Spec {
-        dir: dir.clone(),
         memory_monitors: 2,
         capacity: embedded_capacity(),
-        heartbeat_ms: 1000,
         memory_cpus: None,
         storage: true,
         manager_args: Vec::new(),
@@ -249,7 +240,15 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         runtime: None,
         cpus: None,
     };
-    match LocalCluster::start_with(&spec, Some(&processor)) {
+    let opts = Options {
+        dir: dir.clone(),
+        exe: std::env::current_exe()
+            .context("cannot find the lego executable")
+            .map_err(Failure::from)?,
+        heartbeat_ms: 1000,
+        log: None,
+    };
+    match LocalCluster::start(opts, &spec, Some(&processor)) {
         Ok(c) => {
             info!(
                 "no lego cluster is running: started an embedded one in {} for this run (logs in {})",
@@ -270,7 +269,7 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
             Err(Failure::lego(format!(
                 "cannot start the embedded local cluster (logs in {}): {}",
                 dir.join("logs").display(),
-                format!("{e:#}").lines().next().unwrap_or_default()
+                lego_processor::chain(&e).lines().next().unwrap_or_default()
             )))
         }
     }
@@ -284,20 +283,17 @@ fn find_cluster(c: &ClusterArgs) -> Result<Option<Target>, Failure> {
     Ok(None)
 }
 
-fn ensure_vnode(mgr: &Client, name: &str) -> Result<(), Failure> {
-    let list: Vec<VnodeInfo> = mgr
-        .call_json(Op::VnodeList, &())
+fn ensure_vnode(mgr: &Redial, name: &str) -> Result<(), Failure> {
+    let list = mgr
+        .call(&VnodeListReq)
         .map_err(|e| Failure::lego(format!("cannot list vnodes: {}", describe(&e))))?;
     if list.iter().any(|v| v.name == name) {
         return Ok(());
     }
-    match mgr.call_json::<_, VnodeInfo>(
-        Op::VnodeCreate,
-        &VnodeReq {
-            name: name.into(),
-            ..VnodeReq::default()
-        },
-    ) {
+    match mgr.call(&VnodeCreateReq {
+        name: name.into(),
+        ..VnodeCreateReq::default()
+    }) {
         Ok(v) => {
             tracing::debug!(id = v.id, "created vnode {name}");
             Ok(())
@@ -312,15 +308,10 @@ fn ensure_vnode(mgr: &Client, name: &str) -> Result<(), Failure> {
 }
 
 /// Why no processor monitor was found, in the words most useful to the user.
-fn placement_failure(mgr: &Client, e: &TransportError) -> Failure {
+fn placement_failure(mgr: &Redial, e: &TransportError) -> Failure {
     let processors = mgr
-        .call_json::<_, ClusterState>(Op::ClusterState, &())
-        .map(|st| {
-            st.components
-                .iter()
-                .filter(|c| c.role == "processor" && c.health == "alive")
-                .count()
-        })
+        .call(&ClusterStateReq)
+        .map(|st| st.alive(Role::Processor).count())
         .unwrap_or(1);
     if processors == 0 {
         return Failure::lego(
@@ -384,7 +375,8 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
     if let Some(s) = lock(sig).pending {
         return Ok(128 + s);
     }
-    let mgr = target.connect()?;
+    target.connect()?;
+    let mgr = target.manager();
     ensure_vnode(&mgr, &a.vnode)?;
     let excache = match a.excache {
         Some(Quota::Bytes(b)) => b,
@@ -398,18 +390,11 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
         vnode: a.vnode.clone(),
         excache,
     };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let place: Endpoint = loop {
-        match mgr.call_json(Op::PlaceProcess, &req) {
-            Ok(p) => break p,
-            Err(e)
-                if e.remote_code() == Some(ErrorCode::Unavailable) && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => return Err(placement_failure(&mgr, &e)),
-        }
-    };
+    let patience =
+        Patience::steady(Duration::from_secs(3), Duration::from_millis(100)).and_unavailable();
+    let place = mgr
+        .call_patiently(&req, &patience)
+        .map_err(|e| placement_failure(&mgr, &e))?;
     drop(mgr);
 
     let main = connect(&place.addr, &target.secret, Duration::from_secs(30))?;
@@ -428,7 +413,7 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
             _ => None,
         },
     };
-    let launched: LaunchResp = main.call_json(Op::Launch, &req).map_err(|e| Failure {
+    let launched = main.call(&req).map_err(|e| Failure {
         code: match e.remote_code() {
             Some(ErrorCode::NotFound) => EXIT_NOT_FOUND,
             Some(ErrorCode::Conflict) => EXIT_CANNOT_EXECUTE,
@@ -448,8 +433,7 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
         let mut st = lock(sig);
         st.job = Some((ctl.clone(), job));
         if let Some(s) = st.pending.take() {
-            let _ =
-                ctl.call_json::<_, serde_json::Value>(Op::Signal, &SignalReq { job, signal: s });
+            let _ = ctl.call(&SignalReq { job, signal: s });
         }
     }
     relay_stdin(place.addr.clone(), target.secret.clone(), job);
@@ -478,11 +462,8 @@ fn relay_stdin(addr: String, secret: Secret, job: u64) {
                     Err(_) => 0,
                 };
                 // Empty: end of input. An error: the program closed its stdin.
-                if conn
-                    .call(Op::Stdin, &[&encode_stdin(job, &buf[..n])])
-                    .is_err()
-                    || n == 0
-                {
+                let data = buf[..n].to_vec();
+                if conn.call(&StdinReq { job, data }).is_err() || n == 0 {
                     return;
                 }
             }
@@ -496,18 +477,23 @@ fn relay_stdin(addr: String, secret: Secret, job: u64) {
 fn relay_output(main: &Client, ctl: &Client, job: u64, addr: &str) -> Result<i32, Failure> {
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
     let mut stdout_open = true;
-    let poll = to_body(&OutputReq {
+    let poll = OutputReq {
         job,
         max_wait_ms: POLL_MS,
-    });
+    };
+    let sigpipe = SignalReq {
+        job,
+        signal: SIGPIPE,
+    };
     loop {
-        let frame = main.call(Op::Output, &[&poll]).map_err(|e| {
+        let output = main.call(&poll).map_err(|e| {
             Failure::lego(format!(
                 "lost the program on the processor monitor at {addr}: {}",
                 describe(&e)
             ))
         })?;
-        let chunks = decode_chunks(&frame.body)
+        let chunks = output
+            .chunks()
             .map_err(|e| Failure::lego(format!("bad output from {addr}: {e}")))?;
         let mut exit = None;
         let (mut out, mut err) = (stdout.lock(), stderr.lock());
@@ -518,13 +504,7 @@ fn relay_output(main: &Client, ctl: &Client, job: u64, addr: &str) -> Result<i32
                     if out.write_all(c.data).is_err() {
                         // Like a pipe: the reader is gone, the writer gets SIGPIPE.
                         stdout_open = false;
-                        let _ = ctl.call_json::<_, serde_json::Value>(
-                            Op::Signal,
-                            &SignalReq {
-                                job,
-                                signal: SIGPIPE,
-                            },
-                        );
+                        let _ = ctl.call(&sigpipe);
                     }
                     wrote_out = true;
                 }
@@ -540,13 +520,7 @@ fn relay_output(main: &Client, ctl: &Client, job: u64, addr: &str) -> Result<i32
         }
         if wrote_out && stdout_open && out.flush().is_err() {
             stdout_open = false;
-            let _ = ctl.call_json::<_, serde_json::Value>(
-                Op::Signal,
-                &SignalReq {
-                    job,
-                    signal: SIGPIPE,
-                },
-            );
+            let _ = ctl.call(&sigpipe);
         }
         if wrote_err {
             let _ = err.flush();
@@ -559,7 +533,7 @@ fn relay_output(main: &Client, ctl: &Client, job: u64, addr: &str) -> Result<i32
 
 /// `--stats`: the runtime's final counters, as a table on stderr.
 fn print_stats(main: &Client, job: u64, quota: u64) {
-    let jobs: Vec<JobInfo> = match main.call_json(Op::Jobs, &()) {
+    let jobs = match main.call(&JobsReq) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("lego: cannot read the program's counters: {}", describe(&e));

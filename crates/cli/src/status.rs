@@ -5,14 +5,14 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 use clap::Args;
-use lego_transport::{Client, ClientOptions, Credentials};
+use lego_cluster::size::human;
+use lego_cluster::ClusterArgs;
+use lego_transport::{ClientOptions, Credentials, Redial};
 use lego_wire::auth::Secret;
-use lego_wire::control::{ClusterState, JobInfo};
-use lego_wire::Op;
+use lego_wire::control::{ClusterState, ClusterStateReq};
+use lego_wire::jobs::{JobInfo, JobsReq};
+use lego_wire::{Health, Role, VRegionState};
 use serde::Serialize;
-
-use crate::cluster::ClusterArgs;
-use crate::size::human;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -40,12 +40,10 @@ fn jobs(st: &ClusterState, secret: &Secret) -> Vec<ProcessorJobs> {
         request_timeout: std::time::Duration::from_secs(3),
         ..ClientOptions::default()
     };
-    st.components
-        .iter()
-        .filter(|c| c.role == "processor" && c.health == "alive")
+    st.alive(Role::Processor)
         .map(|c| {
-            let got = Client::connect(&c.addr, &Credentials::component(secret), &opts)
-                .and_then(|cl| cl.call_json::<_, Vec<JobInfo>>(Op::Jobs, &()));
+            let got = Redial::new(c.addr.clone(), Credentials::component(secret), opts.clone())
+                .call(&JobsReq);
             let (jobs, error) = match got {
                 Ok(j) => (j, None),
                 Err(e) => (Vec::new(), Some(e.to_string())),
@@ -62,7 +60,11 @@ fn jobs(st: &ClusterState, secret: &Secret) -> Vec<ProcessorJobs> {
 
 pub fn run(a: StatusArgs) -> Result<()> {
     let target = a.cluster.resolve()?;
-    let st: ClusterState = target.connect()?.call_json(Op::ClusterState, &())?;
+    target.connect()?;
+    let st = target
+        .manager()
+        .call(&ClusterStateReq)
+        .map_err(|e| anyhow::anyhow!("the manager at {} cannot say: {e}", target.manager))?;
     let jobs = jobs(&st, &target.secret);
     if a.json {
         let mut v = serde_json::to_value(&st)?;
@@ -167,7 +169,11 @@ pub fn render(st: &ClusterState) -> String {
     if let Some(h) = &m.http {
         let _ = writeln!(o, "          http://{h}/state  http://{h}/metrics");
     }
-    let alive = st.components.iter().filter(|c| c.health == "alive").count();
+    let alive = st
+        .components
+        .iter()
+        .filter(|c| c.health == Health::Alive)
+        .count();
     let _ = writeln!(o, "\ncomponents: {} ({alive} alive)", st.components.len());
     let _ = writeln!(
         o,
@@ -211,10 +217,10 @@ pub fn render(st: &ClusterState) -> String {
     }
     let _ = writeln!(o, "\nvnodes: {}", st.vnodes.len());
     for v in &st.vnodes {
-        let spaces: std::collections::BTreeSet<u64> = st
+        let spaces: std::collections::BTreeSet<lego_wire::Asid> = st
             .vregions
             .iter()
-            .filter(|r| (r.asid >> 32) as u32 == v.id)
+            .filter(|r| r.asid.vnode() == v.id)
             .map(|r| r.asid)
             .collect();
         let _ = writeln!(
@@ -225,24 +231,24 @@ pub fn render(st: &ClusterState) -> String {
             spaces.len()
         );
     }
-    let count = |state: &str| st.vregions.iter().filter(|r| r.state == state).count();
+    let count = |state| st.vregions.iter().filter(|r| r.state == state).count();
     let _ = writeln!(
         o,
         "\nvRegions: {} ({} healthy, {} degraded, {} lost)",
         st.vregions.len(),
-        count("healthy"),
-        count("degraded"),
-        count("lost")
+        count(VRegionState::Healthy),
+        count(VRegionState::Degraded),
+        count(VRegionState::Lost)
     );
     // Troubled vRegions first, then the rest, up to 20 lines.
     let mut shown: Vec<&lego_wire::control::VRegionInfo> = st.vregions.iter().collect();
-    shown.sort_by_key(|r| (r.state == "healthy", r.asid, r.index));
+    shown.sort_by_key(|r| (r.state == VRegionState::Healthy, r.asid, r.index));
     for r in shown.iter().take(20) {
         let _ = writeln!(
             o,
             "  space {}.{} vRegion {:<6} primary {:<3} backup {:<3} {}",
-            r.asid >> 32,
-            r.asid & 0xffff_ffff,
+            r.asid.vnode(),
+            r.asid.seq(),
             r.index,
             r.primary,
             r.backup.map_or("-".to_string(), |b| b.to_string()),

@@ -2,11 +2,9 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use lego_wire::control::{VnodeInfo, VnodeReq};
-use lego_wire::Op;
-
-use crate::cluster::ClusterArgs;
-use crate::size::{human, parse_size};
+use lego_cluster::size::{human, parse_size};
+use lego_cluster::ClusterArgs;
+use lego_wire::control::{VnodeCreateReq, VnodeDeleteReq, VnodeInfo, VnodeListReq, VnodeShowReq};
 
 #[derive(Args, Debug)]
 pub struct VnodeArgs {
@@ -73,15 +71,13 @@ pub fn run(a: VnodeArgs) -> Result<()> {
             host_network,
             replicas,
         } => {
-            let req = VnodeReq {
+            let v = client.call(&VnodeCreateReq {
                 name,
                 mounts,
                 memory_quota,
-                force: false,
                 host_network,
                 replicas: Some(replicas),
-            };
-            let v: VnodeInfo = client.call_json(Op::VnodeCreate, &req)?;
+            })?;
             println!(
                 "created vnode {} (vID {}, vIP {}, mounts {}, memory {}, {} copies of its memory, storage {})",
                 v.name,
@@ -94,7 +90,7 @@ pub fn run(a: VnodeArgs) -> Result<()> {
             );
         }
         VnodeCmd::List => {
-            let list: Vec<VnodeInfo> = client.call_json(Op::VnodeList, &())?;
+            let list = client.call(&VnodeListReq)?;
             println!(
                 "{:>4}  {:<16} {:<15} {:<20} {:>5}  MEMORY",
                 "VID", "NAME", "VIP", "MOUNTS", "JOBS"
@@ -112,13 +108,7 @@ pub fn run(a: VnodeArgs) -> Result<()> {
             }
         }
         VnodeCmd::Show { name } => {
-            let v: VnodeInfo = client.call_json(
-                Op::VnodeShow,
-                &VnodeReq {
-                    name,
-                    ..VnodeReq::default()
-                },
-            )?;
+            let v = client.call(&VnodeShowReq { name })?;
             println!("vnode      {}", v.name);
             println!("vID        {}", v.id);
             println!(
@@ -160,12 +150,7 @@ pub fn run(a: VnodeArgs) -> Result<()> {
             );
         }
         VnodeCmd::Delete { name, force } => {
-            let req = VnodeReq {
-                name,
-                force,
-                ..VnodeReq::default()
-            };
-            let v: VnodeInfo = client.call_json(Op::VnodeDelete, &req)?;
+            let v = client.call(&VnodeDeleteReq { name, force })?;
             if v.jobs.is_empty() {
                 println!("deleted vnode {} (vID {})", v.name, v.id);
             } else {

@@ -12,10 +12,10 @@ use std::time::Duration;
 use common::*;
 use lego_transport::{Client, ClientOptions, Credentials};
 use lego_wire::auth::{decode_challenge, Claim, Hello, Secret};
-use lego_wire::control::{AssignReq, AssignResp, VnodeInfo, VnodeReq};
+use lego_wire::control::{AssignReq, VnodeDeleteReq};
 use lego_wire::frame::{read_frame, write_frame, Header};
-use lego_wire::pages::{ReadPages, ReadPagesReply, WritePages};
-use lego_wire::{ErrorCode, Op};
+use lego_wire::pages::{CopyPages, FreeRange, FreeSpace, ReadPages, ReadPagesReply, WritePages};
+use lego_wire::{Asid, ErrorCode, Op, PageNo, Request, VRegionIdx};
 
 /// A raw TCP connection that has completed the handshake as `claim`.
 fn raw_authed(addr: &str, key: &[u8; 32], claim: Claim) -> TcpStream {
@@ -41,25 +41,25 @@ fn expect_error_then_close(s: &mut TcpStream, code: ErrorCode) -> String {
     e.message
 }
 
-fn well_behaved_round_trip(c: &Client, asid: u64, byte: u8) {
-    c.call(
+fn well_behaved_round_trip(c: &Client, asid: Asid, byte: u8) {
+    c.call_raw(
         Op::WritePages,
         &[&WritePages {
             asid,
             version: 0,
             peer: 0,
-            pages: vec![42],
+            pages: vec![PageNo(42)],
             data: &[byte; 4096],
         }
         .encode()],
     )
     .unwrap();
     let f = c
-        .call(
+        .call_raw(
             Op::ReadPages,
             &[&ReadPages {
                 asid,
-                pages: vec![42],
+                pages: vec![PageNo(42)],
             }
             .encode()],
         )
@@ -189,11 +189,11 @@ fn daemons_survive_bad_peers() {
 
     // 7. Forged requests for another vNode's memory, over a valid vNode-a connection.
     let err = good
-        .call(
+        .call_raw(
             Op::ReadPages,
             &[&ReadPages {
                 asid: asid_b,
-                pages: vec![1],
+                pages: vec![PageNo(1)],
             }
             .encode()],
         )
@@ -209,20 +209,20 @@ fn daemons_survive_bad_peers() {
                 version: 0,
                 peer: 0,
                 asid: asid_b,
-                pages: vec![1],
+                pages: vec![PageNo(1)],
                 data: &[0; 4096],
             }
             .encode(),
-            Op::FreeRange => lego_wire::pages::FreeRange {
+            Op::FreeRange => FreeRange {
                 asid: asid_b,
-                first: 0,
+                first: PageNo(0),
                 count: 10,
             }
             .encode()
             .to_vec(),
-            _ => asid_b.to_le_bytes().to_vec(),
+            _ => Request::encode(&FreeSpace { asid: asid_b }),
         };
-        let err = good.call(op, &[&body]).unwrap_err();
+        let err = good.call_raw(op, &[&body]).unwrap_err();
         assert_eq!(
             err.remote_code(),
             Some(ErrorCode::NotEntitled),
@@ -231,15 +231,15 @@ fn daemons_survive_bad_peers() {
     }
     // Copies between memory monitors and rebuild orders are for components
     // only, even for the vNode's own memory; a malformed copy is refused.
-    let own = lego_wire::pages::CopyPages {
+    let own = CopyPages {
         asid: asid_b,
-        pages: vec![(1, 1)],
+        pages: vec![(PageNo(1), 1)],
         data: &[0; 4096],
     }
     .encode();
-    let err = good.call(Op::CopyPages, &[&own]).unwrap_err();
+    let err = good.call_raw(Op::CopyPages, &[&own]).unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::NotEntitled), "{err}");
-    let err = good.call(Op::Replicate, &[b"{}"]).unwrap_err();
+    let err = good.call_raw(Op::Replicate, &[b"{}"]).unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::NotEntitled), "{err}");
     let admin = Client::connect(
         &cluster.memories[0].addr,
@@ -247,16 +247,19 @@ fn daemons_survive_bad_peers() {
         &ClientOptions::default(),
     )
     .unwrap();
-    let err = admin.call(Op::CopyPages, &[&own[..20]]).unwrap_err();
+    let err = admin.call_raw(Op::CopyPages, &[&own[..20]]).unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::BadRequest), "{err}");
-    let err = admin.call(Op::Replicate, &[b"{\"asid\": 1}"]).unwrap_err();
+    let err = admin
+        .call_raw(Op::Replicate, &[b"{\"asid\": 1}"])
+        .unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::BadRequest), "{err}");
     // A rebuild onto a monitor that does not exist fails with a clear error.
     let bad_target = format!(
-        r#"{{"asid":{asid_b},"first_page":0,"pages":16,"target":{{"id":99,"addr":"127.0.0.1:1"}}}}"#
+        r#"{{"asid":{},"first_page":0,"pages":16,"target":{{"id":99,"addr":"127.0.0.1:1"}}}}"#,
+        asid_b.0
     );
     let err = admin
-        .call(Op::Replicate, &[bad_target.as_bytes()])
+        .call_raw(Op::Replicate, &[bad_target.as_bytes()])
         .unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::Unavailable), "{err}");
     assert!(
@@ -272,29 +275,23 @@ fn daemons_survive_bad_peers() {
     )
     .unwrap();
     let err = mgr_as_a
-        .call_json::<_, AssignResp>(
-            Op::AssignVRegion,
-            &AssignReq {
-                asid: asid_b,
-                index: 0,
-            },
-        )
+        .call(&AssignReq {
+            asid: asid_b,
+            index: VRegionIdx(0),
+        })
         .unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::NotEntitled), "{err}");
     let err = mgr_as_a
-        .call_json::<_, VnodeInfo>(
-            Op::VnodeDelete,
-            &VnodeReq {
-                name: "b".into(),
-                ..VnodeReq::default()
-            },
-        )
+        .call(&VnodeDeleteReq {
+            name: "b".into(),
+            force: false,
+        })
         .unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::NotEntitled), "{err}");
     // A malformed body in a well-framed request is refused, and the connection goes on.
-    let err = good.call(Op::ReadPages, &[&[1, 2, 3]]).unwrap_err();
+    let err = good.call_raw(Op::ReadPages, &[&[1, 2, 3]]).unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::BadRequest), "{err}");
-    let err = good.call(Op::Register, &[b"{}"]).unwrap_err();
+    let err = good.call_raw(Op::Register, &[b"{}"]).unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::UnknownOp), "{err}");
 
     // The well-behaved client, connected all along, is still served; nothing was lost.
@@ -304,18 +301,10 @@ fn daemons_survive_bad_peers() {
     assert!(stats.counters["bad_frames_total"] >= 4, "{stats:?}");
     assert!(stats.counters["not_entitled_total"] >= 4, "{stats:?}");
     assert_eq!(stats.pages_held, 1);
-    for d in cluster
-        .memories
-        .iter_mut()
-        .chain(cluster.manager.iter_mut())
-    {
-        assert!(
-            d.child.try_wait().unwrap().is_none(),
-            "{} is still running",
-            d.name
-        );
+    for d in cluster.daemons_mut() {
+        assert!(d.running(), "{} is still running", d.name);
     }
-    let st = cluster.state();
+    let st = cluster.cluster_state();
     assert_eq!(alive_memory(&st).len(), 2);
     assert_eq!(st.vnodes.len(), 2);
     let log = cluster.memories[0].log_text() + &cluster.memories[1].log_text();

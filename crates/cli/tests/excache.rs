@@ -13,8 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lego_wire::control::JobInfo;
-use lego_wire::Op;
+use lego_wire::jobs::JobsReq;
+use lego_wire::Role;
 
 fn cluster(memory_capacity: &str, excache: &str) -> TestCluster {
     ensure_runtime();
@@ -29,7 +29,7 @@ fn run_sampled(c: &TestCluster, cmd: Command, limit: Duration) -> (Output, u64) 
     let proc_client = c.processor_client();
     let mut max_anon = 0u64;
     let out = output_watched(cmd, limit, || {
-        let Ok(jobs) = proc_client.call_json::<_, Vec<JobInfo>>(Op::Jobs, &()) else {
+        let Ok(jobs) = proc_client.call(&JobsReq) else {
             return;
         };
         for j in jobs.iter().filter(|j| j.running) {
@@ -367,7 +367,7 @@ fn a_dead_processor_monitors_jobs_die_and_their_memory_is_freed() {
     let mut ready = [0u8; 6];
     run.stdout.take().unwrap().read_exact(&mut ready).unwrap();
     assert_eq!(&ready, b"ready\n");
-    let jobs: Vec<JobInfo> = c.processor_client().call_json(Op::Jobs, &()).unwrap();
+    let jobs = c.processor_client().call(&JobsReq).unwrap();
     let pid = jobs.iter().find(|j| j.running).expect("the job runs").pid;
     let held = |c: &TestCluster| -> u64 {
         c.memories
@@ -424,12 +424,9 @@ fn a_program_runs_on_across_a_manager_restart() {
     // manager is down.
     c.kill_manager();
     c.manager_flags = vec!["--vregion-size".into(), "32MiB".into()];
-    c.start_manager();
-    c.wait_state("components back", |s| {
-        alive_memory(s).len() == 2
-            && s.components
-                .iter()
-                .any(|x| x.role == "processor" && x.health == "alive")
+    c.restart_manager();
+    c.wait_until("components back", |s| {
+        alive_memory(s).len() == 2 && s.alive(Role::Processor).count() == 1
     });
     let py = python();
     let script = r#"
@@ -459,7 +456,7 @@ print(h.hexdigest())
     std::thread::sleep(Duration::from_millis(300));
     c.kill_manager();
     std::thread::sleep(Duration::from_secs(2));
-    c.start_manager();
+    c.restart_manager();
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
     let status = run.wait().unwrap();
@@ -471,11 +468,8 @@ print(h.hexdigest())
         local.stdout,
         "same output as without lego"
     );
-    c.wait_state("status complete again", |s| {
-        alive_memory(s).len() == 2
-            && s.components
-                .iter()
-                .any(|x| x.role == "processor" && x.health == "alive")
+    c.wait_until("status complete again", |s| {
+        alive_memory(s).len() == 2 && s.alive(Role::Processor).count() == 1
     });
     c.assert_no_pages("the program that outlived a manager restart");
 }

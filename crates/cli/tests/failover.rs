@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lego_wire::control::ClusterState;
+use lego_wire::types::EventKind;
+use lego_wire::{Backup, Health, VRegionState};
 
 /// Three memory monitors, 16 MiB vRegions, 300 ms heartbeats, a processor.
 fn cluster() -> TestCluster {
@@ -100,9 +102,11 @@ fn busiest_primary(c: &TestCluster, s: &ClusterState) -> (usize, u64) {
 fn all_healthy_without(s: &ClusterState, dead: &[u64]) -> bool {
     !s.vregions.is_empty()
         && s.vregions.iter().all(|r| {
-            r.state == "healthy"
+            r.state == VRegionState::Healthy
                 && !dead.contains(&r.primary)
-                && !r.backup.is_some_and(|b| dead.contains(&b))
+                && !r
+                    .backup
+                    .is_some_and(|b| b.on().is_some_and(|id| dead.contains(id)))
         })
 }
 
@@ -116,7 +120,7 @@ fn a_killed_memory_monitor_is_replaced_while_the_program_runs() {
         .unwrap();
     assert!(local.status.success());
     let run = start(&c, &script);
-    let s = c.state();
+    let s = c.cluster_state();
     let (victim, victim_id) = busiest_primary(&c, &s);
     let held = s.vregions.iter().filter(|r| r.primary == victim_id).count();
     assert!(held > 0, "the victim holds primaries: {:?}", s.vregions);
@@ -126,7 +130,7 @@ fn a_killed_memory_monitor_is_replaced_while_the_program_runs() {
         Duration::from_secs(10),
         "two live copies of every vRegion",
         || {
-            let s = c.state();
+            let s = c.cluster_state();
             all_healthy_without(&s, &[victim_id]).then_some(s)
         },
     );
@@ -138,8 +142,12 @@ fn a_killed_memory_monitor_is_replaced_while_the_program_runs() {
         "output differs from the run without lego:\n{}",
         String::from_utf8_lossy(&out)
     );
-    let kinds: Vec<&str> = healthy.events.iter().map(|e| e.kind.as_str()).collect();
-    for k in ["dead", "failover", "re-replicated"] {
+    let kinds: Vec<EventKind> = healthy.events.iter().map(|e| e.kind).collect();
+    for k in [
+        EventKind::Dead,
+        EventKind::Failover,
+        EventKind::ReReplicated,
+    ] {
         assert!(kinds.contains(&k), "journal has {k}: {:?}", healthy.events);
     }
     let text = c.cli(&["status"]);
@@ -159,7 +167,7 @@ fn killing_both_copies_of_a_vregion_stops_the_program_naming_it() {
     // the program can only stop for the one whose copies are gone.
     let mut c = cluster_of(4);
     let run = start(&c, &script(1000));
-    let s = c.state();
+    let s = c.cluster_state();
     // A vRegion of the program's holding data, and both of its monitors.
     let r = s
         .vregions
@@ -167,7 +175,7 @@ fn killing_both_copies_of_a_vregion_stops_the_program_naming_it() {
         .find(|r| r.backup.is_some())
         .cloned()
         .unwrap();
-    let ids = [r.primary, r.backup.unwrap()];
+    let ids = [r.primary, *r.backup.unwrap().on().expect("a live backup")];
     let addrs: Vec<String> = s
         .components
         .iter()
@@ -178,14 +186,20 @@ fn killing_both_copies_of_a_vregion_stops_the_program_naming_it() {
         m.kill9();
     }
     // Lost: every copy on a killed monitor (or a copy the program reported
-    // as having missed a write, replaced by a placeholder).
-    let gone = |id: u64| ids.contains(&id) || id == u64::MAX;
+    // as having missed a write, marked bad).
+    let gone = |id: u64| ids.contains(&id);
     let lost: Vec<u64> = c
-        .state()
+        .cluster_state()
         .vregions
         .iter()
-        .filter(|v| gone(v.primary) && v.backup.is_some_and(gone))
-        .map(|v| v.index)
+        .filter(|v| {
+            gone(v.primary)
+                && v.backup.is_some_and(|b| match b {
+                    Backup::On(id) => gone(id),
+                    Backup::Bad => true,
+                })
+        })
+        .map(|v| v.index.0)
         .collect();
     let (status, out, err) = finish(run, Duration::from_secs(60));
     assert_eq!(status.code(), Some(117), "stopped as lost memory: {err}");
@@ -215,8 +229,11 @@ fn killing_both_copies_of_a_vregion_stops_the_program_naming_it() {
         Duration::from_secs(10),
         "the lost vRegions reported",
         || {
-            let s = c.state();
-            s.events.iter().any(|e| e.kind == "lost").then_some(s)
+            let s = c.cluster_state();
+            s.events
+                .iter()
+                .any(|e| e.kind == EventKind::Lost)
+                .then_some(s)
         },
     );
     eprintln!("{}", err.lines().next().unwrap_or(""));
@@ -232,19 +249,19 @@ fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
         .output()
         .unwrap();
     let run = start(&c, &script);
-    let s = c.state();
+    let s = c.cluster_state();
     let (victim, victim_id) = busiest_primary(&c, &s);
-    c.memories[victim].signal("STOP");
+    c.memories[victim].signal(Signal::SIGSTOP).unwrap();
     wait_for(Duration::from_secs(10), "copies rebuilt elsewhere", || {
-        all_healthy_without(&c.state(), &[victim_id]).then_some(())
+        all_healthy_without(&c.cluster_state(), &[victim_id]).then_some(())
     });
-    c.memories[victim].signal("CONT");
+    c.memories[victim].signal(Signal::SIGCONT).unwrap();
     let addr = c.memories[victim].addr.clone();
     let back = wait_for(Duration::from_secs(10), "it rejoins under a new id", || {
-        let s = c.state();
+        let s = c.cluster_state();
         s.components
             .iter()
-            .find(|x| x.addr == addr && x.id != victim_id && x.health == "alive")
+            .find(|x| x.addr == addr && x.id != victim_id && x.health == Health::Alive)
             .map(|x| x.id)
     });
     let (status, out, err) = finish(run, Duration::from_secs(240));
@@ -253,8 +270,12 @@ fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
         out == local.stdout,
         "output differs from the run without lego"
     );
-    let s = c.state();
-    assert!(s.events.iter().any(|e| e.kind == "stale"), "{:?}", s.events);
+    let s = c.cluster_state();
+    assert!(
+        s.events.iter().any(|e| e.kind == EventKind::Stale),
+        "{:?}",
+        s.events
+    );
     let log = c.memories[victim].log_text();
     assert!(
         log.contains("dropped every page held under the old identity"),
@@ -263,11 +284,11 @@ fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
     // It takes new placements: a second run with its 16 MiB vRegions on
     // three live monitors uses it.
     let again = start(&c, &script);
-    let s = c.state();
+    let s = c.cluster_state();
     assert!(
         s.vregions
             .iter()
-            .any(|r| r.primary == back || r.backup == Some(back)),
+            .any(|r| r.primary == back || r.backup == Some(Backup::On(back))),
         "new vRegions on the monitor that came back: {:?}",
         s.vregions
     );
@@ -279,24 +300,26 @@ fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
 #[test]
 fn a_memory_monitor_that_dies_while_the_manager_is_down_is_replaced_when_it_is_back() {
     let mut c = cluster();
-    let script = script(6);
+
+    // Long enough to outlive the restarted manager's grace and the rebuild.
+    let script = script(16);
     let local = Command::new(python())
         .args(["-c", &script])
         .output()
         .unwrap();
     let run = start(&c, &script);
-    let s = c.state();
+    let s = c.cluster_state();
     let (victim, victim_id) = busiest_primary(&c, &s);
     c.kill_manager();
     c.memories[victim].kill9();
     std::thread::sleep(Duration::from_secs(1));
     let back = Instant::now();
-    c.start_manager();
+    c.restart_manager();
     let s = wait_for(
         Duration::from_secs(20),
         "every vRegion rebuilt after the restart",
         || {
-            let s = c.state();
+            let s = c.cluster_state();
             all_healthy_without(&s, &[victim_id]).then_some(s)
         },
     );
@@ -308,9 +331,9 @@ fn a_memory_monitor_that_dies_while_the_manager_is_down_is_replaced_when_it_is_b
     // vRegions may have moved earlier: the program reported the copies on
     // it as having missed writes).
     wait_for(Duration::from_secs(10), "the victim declared dead", || {
-        let s = c.state();
+        let s = c.cluster_state();
         let v = s.components.iter().find(|x| x.id == victim_id)?;
-        (v.health == "dead").then_some(())
+        (v.health == Health::Dead).then_some(())
     });
     let _ = s;
     let (status, out, err) = finish(run, Duration::from_secs(240));
@@ -319,7 +342,7 @@ fn a_memory_monitor_that_dies_while_the_manager_is_down_is_replaced_when_it_is_b
         out == local.stdout,
         "output differs from the run without lego"
     );
-    let kinds: Vec<String> = c.state().events.iter().map(|e| e.kind.clone()).collect();
-    assert!(kinds.iter().any(|k| k == "re-replicated"), "{kinds:?}");
+    let kinds: Vec<EventKind> = c.cluster_state().events.iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&EventKind::ReReplicated), "{kinds:?}");
     c.assert_no_pages("the program whose memory monitor died while the manager was down");
 }

@@ -6,9 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lego_wire::control::{AssignReq, AssignResp, VnodeInfo, VnodeReq};
+use lego_wire::control::{AssignReq, CreateSpaceReq, VnodeCreateReq, VnodeDeleteReq};
 use lego_wire::pages::{ReadPages, WritePages};
-use lego_wire::Op;
+use lego_wire::{Health, Op, PageNo, VRegionIdx};
 
 #[test]
 fn killed_memory_monitor_is_declared_dead_and_avoided() {
@@ -17,7 +17,7 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
     let (vnode, asid) = cluster.vnode_space("k");
     let victim_addr = cluster.memories[0].addr.clone();
     let victim_id = cluster
-        .state()
+        .cluster_state()
         .components
         .iter()
         .find(|c| c.addr == victim_addr)
@@ -25,13 +25,13 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
         .id;
     // A live connection to the victim, in use before the kill.
     let conn = cluster.vnode_client(&victim_addr, vnode);
-    conn.call(
+    conn.call_raw(
         Op::WritePages,
         &[&WritePages {
             asid,
             version: 0,
             peer: 0,
-            pages: vec![1],
+            pages: vec![PageNo(1)],
             data: &[9u8; 4096],
         }
         .encode()],
@@ -41,9 +41,9 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
     let killed = Instant::now();
     cluster.memories[0].kill9();
     let st = wait_for(Duration::from_secs(5), "victim marked dead", || {
-        let s = cluster.state();
+        let s = cluster.cluster_state();
         let c = s.components.iter().find(|c| c.id == victim_id)?;
-        (c.health == "dead").then_some(s)
+        (c.health == Health::Dead).then_some(s)
     });
     let detected = killed.elapsed();
     assert!(
@@ -59,13 +59,12 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
     );
 
     // New vRegions go only to the two live monitors.
-    let m = cluster.manager_client();
-    for index in 0..12 {
-        let a: AssignResp = m
-            .call_json(Op::AssignVRegion, &AssignReq { asid, index })
-            .unwrap();
+    let m = cluster.mgr();
+    for index in (0..12).map(VRegionIdx) {
+        let a = m.call(&AssignReq { asid, index }).unwrap();
         assert!(a.created);
         let backup = a.backup.expect("two copies");
+        let backup = backup.on().expect("a live backup");
         assert_ne!(a.primary.id, victim_id);
         assert_ne!(backup.id, victim_id);
         assert_ne!(a.primary.id, backup.id);
@@ -74,11 +73,11 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
     // Requests to the dead monitor fail fast with a clear error, never hang.
     let t = Instant::now();
     let err = conn
-        .call(
+        .call_raw(
             Op::ReadPages,
             &[&ReadPages {
                 asid,
-                pages: vec![1],
+                pages: vec![PageNo(1)],
             }
             .encode()],
         )
@@ -110,9 +109,12 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
 
     // With one more death only one monitor is left: placement says why it cannot place.
     cluster.memories[1].kill9();
-    cluster.wait_state("second death", |s| alive_memory(s).len() == 1);
+    cluster.wait_until("second death", |s| alive_memory(s).len() == 1);
     let err = m
-        .call_json::<_, AssignResp>(Op::AssignVRegion, &AssignReq { asid, index: 99 })
+        .call(&AssignReq {
+            asid,
+            index: VRegionIdx(99),
+        })
         .unwrap_err();
     assert_eq!(
         err.remote_code(),
@@ -126,44 +128,35 @@ fn manager_restart_keeps_vnodes_and_assignments() {
     let mut cluster = TestCluster::start(3, "64MiB", 100);
     let (_, a1) = cluster.vnode_space("alpha");
     let (_, b1) = cluster.vnode_space("beta");
-    let m = cluster.manager_client();
-    let b2: lego_wire::control::CreateSpaceResp = m
-        .call_json(
-            Op::CreateSpace,
-            &lego_wire::control::CreateSpaceReq {
-                vnode: "beta".into(),
-                owner: None,
-            },
-        )
+    let m = cluster.mgr();
+    let b2 = m
+        .call(&CreateSpaceReq {
+            vnode: "beta".into(),
+            owner: None,
+        })
         .unwrap();
     for (asid, n) in [(a1, 3), (b1, 2), (b2.asid, 1)] {
         for index in 0..n {
             cluster.assign(asid, index);
         }
     }
-    m.call_json::<_, VnodeInfo>(
-        Op::VnodeCreate,
-        &VnodeReq {
-            name: "gamma".into(),
-            ..VnodeReq::default()
-        },
-    )
+    m.call(&VnodeCreateReq {
+        name: "gamma".into(),
+        ..VnodeCreateReq::default()
+    })
     .unwrap();
-    m.call_json::<_, VnodeInfo>(
-        Op::VnodeDelete,
-        &VnodeReq {
-            name: "gamma".into(),
-            ..VnodeReq::default()
-        },
-    )
+    m.call(&VnodeDeleteReq {
+        name: "gamma".into(),
+        force: false,
+    })
     .unwrap();
-    let before = cluster.state();
+    let before = cluster.cluster_state();
     assert_eq!(before.vregions.len(), 6);
 
     cluster.kill_manager();
-    cluster.start_manager();
+    cluster.restart_manager();
     // Components re-register with their old ids.
-    let after = cluster.wait_state("components back", |s| alive_memory(s).len() == 3);
+    let after = cluster.wait_until("components back", |s| alive_memory(s).len() == 3);
     assert_eq!(after.vnodes, before.vnodes);
     assert_eq!(after.vregions, before.vregions);
     let ids = |s: &lego_wire::control::ClusterState| {
@@ -176,15 +169,12 @@ fn manager_restart_keeps_vnodes_and_assignments() {
     // Existing assignments answer the same; ids are never reused.
     let again = cluster.assign(a1, 1);
     assert!(!again.created);
-    let m = cluster.manager_client();
-    let d: VnodeInfo = m
-        .call_json(
-            Op::VnodeCreate,
-            &VnodeReq {
-                name: "delta".into(),
-                ..VnodeReq::default()
-            },
-        )
+    let d = cluster
+        .mgr()
+        .call(&VnodeCreateReq {
+            name: "delta".into(),
+            ..VnodeCreateReq::default()
+        })
         .unwrap();
     assert_eq!(
         d.id, 4,

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use common::*;
 use lego_transport::{Client, ClientOptions, Credentials};
-use lego_wire::control::{JobInfo, LaunchReq, LaunchResp, OutputReq, VnodeInfo};
-use lego_wire::{ErrorCode, Op};
+use lego_wire::control::VnodeListReq;
+use lego_wire::jobs::{JobInfo, JobsReq, LaunchReq, OutputReq};
+use lego_wire::ErrorCode;
 
 /// A manager, two memory monitors and a processor monitor with 256 MiB ExCache.
 fn cluster() -> TestCluster {
@@ -59,7 +60,7 @@ fn text(b: &[u8]) -> String {
 
 /// The jobs of the cluster's processor monitor.
 fn jobs(c: &TestCluster) -> Vec<JobInfo> {
-    c.processor_client().call_json(Op::Jobs, &()).unwrap()
+    c.processor_client().call(&JobsReq).unwrap()
 }
 
 fn gone(pid: u32) -> bool {
@@ -346,17 +347,14 @@ fn errors_are_one_clear_line() {
     // The processor monitor's own refusals, straight through the protocol.
     let p = c.processor_client();
     let launch = |excache: Option<u64>, vnode: &str| {
-        p.call_json::<_, LaunchResp>(
-            Op::Launch,
-            &LaunchReq {
-                argv: vec!["true".into()],
-                env: vec![],
-                cwd: "/".into(),
-                vnode: vnode.into(),
-                excache,
-                excache_percent: None,
-            },
-        )
+        p.call(&LaunchReq {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            vnode: vnode.into(),
+            excache,
+            excache_percent: None,
+        })
         .unwrap_err()
     };
     let e = launch(Some(1 << 30), "default");
@@ -370,21 +368,18 @@ fn errors_are_one_clear_line() {
     assert_eq!(e.remote_code(), Some(ErrorCode::NotFound));
     assert!(e.to_string().contains("unknown vnode \"nowhere\""), "{e}");
     let e = p
-        .call_json::<_, serde_json::Value>(
-            Op::Output,
-            &OutputReq {
-                job: 7,
-                max_wait_ms: 0,
-            },
-        )
+        .call(&OutputReq {
+            job: 7,
+            max_wait_ms: 0,
+        })
         .unwrap_err();
     assert_eq!(e.remote_code(), Some(ErrorCode::NotFound));
 
     // A vNode's process may not launch anything.
-    let v: VnodeInfo = c
-        .manager_client()
-        .call_json(Op::VnodeList, &())
-        .map(|l: Vec<VnodeInfo>| l.into_iter().find(|v| v.name == "default").unwrap())
+    let v = c
+        .mgr()
+        .call(&VnodeListReq)
+        .map(|l| l.into_iter().find(|v| v.name == "default").unwrap())
         .unwrap();
     let as_vnode = Client::connect(
         &c.processor.as_ref().unwrap().addr,
@@ -392,9 +387,7 @@ fn errors_are_one_clear_line() {
         &ClientOptions::default(),
     )
     .unwrap();
-    let e = as_vnode
-        .call_json::<_, Vec<JobInfo>>(Op::Jobs, &())
-        .unwrap_err();
+    let e = as_vnode.call(&JobsReq).unwrap_err();
     assert_eq!(e.remote_code(), Some(ErrorCode::NotEntitled));
 
     // A cluster without a processor monitor says so.

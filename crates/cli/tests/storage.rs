@@ -389,9 +389,9 @@ fn a_busy_vnode_is_deleted_only_by_force_and_its_quota_holds() {
     });
     // Another vNode's process cannot reach q's files through q's processes
     // (/proc/PID/root): q's mount serves only q's own processes.
-    let jobs: Vec<lego_wire::control::JobInfo> = c
+    let jobs = c
         .processor_client()
-        .call_json(lego_wire::Op::Jobs, &())
+        .call(&lego_wire::jobs::JobsReq)
         .unwrap();
     let pid = jobs
         .iter()

@@ -17,7 +17,7 @@ use lego_wire::{ErrorCode, Op};
 /// One call; the answer, or the error frame's code and message.
 fn call(c: &Client, vnode: u32, call: FsCall<'_>) -> Result<FsReply<'static>, (ErrorCode, String)> {
     let body = FsRequest { vnode, call }.encode();
-    match c.call(Op::Fs, &[&body]) {
+    match c.call_raw(Op::Fs, &[&body]) {
         Ok(f) => {
             let r = FsReply::decode(&f.body).expect("a decodable answer");
             // Keep what the tests look at; data answers are not needed here.
@@ -245,7 +245,7 @@ fn paths_links_names_and_forged_requests_are_refused() {
         "only a component may destroy files"
     );
     // A malformed body is a clear error; the connection goes on.
-    let e = a.call(Op::Fs, &[b"\xff\xff\xff garbage"]).unwrap_err();
+    let e = a.call_raw(Op::Fs, &[b"\xff\xff\xff garbage"]).unwrap_err();
     assert!(e.to_string().contains("fs request"), "{e}");
     assert!(matches!(
         call(&a, 1, FsCall::Statfs),
@@ -281,7 +281,7 @@ fn paths_links_names_and_forged_requests_are_refused() {
         },
     }
     .encode();
-    let f = b.call(Op::Fs, &[&body]).unwrap();
+    let f = b.call_raw(Op::Fs, &[&body]).unwrap();
     assert_eq!(
         FsReply::decode(&f.body).unwrap(),
         FsReply::Data(b"b's data")

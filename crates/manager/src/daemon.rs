@@ -10,8 +10,9 @@ use lego_transport::{listen, spawn_server, ServerConfig};
 use lego_wire::auth::Secret;
 use tracing::info;
 
-use crate::db::Db;
+use crate::recovery::FailedCopies;
 use crate::service::{ManagerService, ServiceConfig};
+use crate::store::Db;
 use crate::ManagerError;
 
 /// How to run a manager.
@@ -27,7 +28,7 @@ pub struct ManagerConfig {
     pub dead_after_ms: u64,
     pub vregion_bytes: u64,
     /// Where vNodes' virtual IP addresses come from.
-    pub vips: crate::vnodes::VipRange,
+    pub vips: crate::vip::VipRange,
 }
 
 /// A running manager.
@@ -40,31 +41,22 @@ pub struct RunningManager {
 /// Starts the manager; returns once it is listening.
 pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
     let db = Db::open(&cfg.db)?;
-    let loaded = db.load()?;
-    let pcfg = PlacementConfig {
-        dead_after_ms: cfg.dead_after_ms,
-    };
+    let records = db.load()?;
     info!(
         db = %cfg.db.display(),
-        components = loaded.components.len(),
-        vnodes = loaded.vnodes.len(),
-        vregions = loaded.vregions.len(),
+        components = records.components.len(),
+        vnodes = records.vnodes.len(),
+        vregions = records.vregions.len(),
         "metadata loaded"
     );
-    let owners = loaded.owners.iter().copied().collect();
     // Components get a longer grace after a restart than a silent one gets
     // normally: they must notice the manager is back and register again,
     // and a memory monitor wrongly declared dead would lose its pages.
     let grace = cfg.dead_after_ms.max(2_000);
-    let mut placement = Placement::restore(
-        pcfg,
-        grace,
-        loaded.components,
-        loaded.vnodes,
-        loaded.vregions,
-    );
-    placement.raise_next_ids(loaded.next_component_id, loaded.next_vnode_id);
-    placement.restore_leases(loaded.leases.iter().copied());
+    let pcfg = PlacementConfig {
+        dead_after_ms: cfg.dead_after_ms,
+    };
+    let placement = Placement::restore(pcfg, grace, records);
     let svc = Arc::new(ManagerService::new(
         placement,
         db,
@@ -74,8 +66,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
             vregion_bytes: cfg.vregion_bytes,
             vips: cfg.vips,
         },
-        cfg.secret.clone(),
-        owners,
+        &cfg.secret,
     ));
     let server = spawn_server(
         listen(&cfg.listen)?,
@@ -100,9 +91,12 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
     let s = svc.clone();
     std::thread::Builder::new()
         .name("manager-recovery".into())
-        .spawn(move || loop {
-            if !s.recover_once() {
-                std::thread::sleep(period);
+        .spawn(move || {
+            let mut failed = FailedCopies::new();
+            loop {
+                if !s.recover_once(&mut failed) {
+                    std::thread::sleep(period);
+                }
             }
         })
         .map_err(ManagerError::Thread)?;

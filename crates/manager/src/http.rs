@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use lego_wire::{Health, VRegionState};
 use tracing::warn;
 
 use crate::service::ManagerService;
@@ -122,7 +123,7 @@ pub fn metrics(svc: &ManagerService) -> String {
         f.add(name, String::new(), v.load(Ordering::Relaxed));
     }
     f.add("lego_manager_vnodes", String::new(), st.vnodes.len() as u64);
-    for state in ["healthy", "degraded", "lost"] {
+    for &state in VRegionState::ALL {
         let n = st.vregions.iter().filter(|v| v.state == state).count();
         f.add(
             "lego_manager_vregions_by_state",
@@ -145,7 +146,7 @@ pub fn metrics(svc: &ManagerService) -> String {
         f.add(
             "lego_component_up",
             labels.clone(),
-            (comp.health == "alive") as u64,
+            (comp.health == Health::Alive) as u64,
         );
         f.add(
             "lego_component_capacity_bytes",
@@ -155,7 +156,7 @@ pub fn metrics(svc: &ManagerService) -> String {
         f.add("lego_component_used_bytes", labels.clone(), comp.used);
         for (k, v) in &comp.counters {
             f.add(
-                &format!("lego_{}_{}", sanitize(&comp.role), sanitize(k)),
+                &format!("lego_{}_{}", comp.role, sanitize(k)),
                 labels.clone(),
                 *v,
             );

@@ -1,27 +1,36 @@
 //! The global manager (LegoOS's GPM, GMM and GSM in one daemon).
 //!
-//! - [`db`]: the durable metadata (components, vNodes, vRegion assignments,
-//!   id counters) in an embedded redb database.
-//! - [`service`]: the request handler around the pure placement state machine
-//!   (`lego-placement`): registration, heartbeats, vRegion assignment, address
-//!   spaces, vNodes, the cluster state.
+//! - [`state`]: the placement state machine (`lego-placement`, which holds
+//!   everything durable) and its [`store`] (redb) behind one lock: every
+//!   change is durable before it is answered.
+//! - [`service`]: the request handler, a thin shell around the state: one
+//!   typed request, one method; entitlement checks; the cluster state.
+//! - [`spaces`]: address spaces (create, place vRegions, lease, fork, release).
 //! - [`vnodes`]: vNode requests (mount points, quotas, storage placement,
-//!   forced deletion) and memory leases.
-//! - [`recovery`]: failovers, re-replication of degraded vRegions, reports
-//!   of unreachable memory monitors, and the journal of failures.
+//!   forced deletion).
+//! - [`recovery`]: what placement events mean (deaths, failovers), the
+//!   re-replication worker, reports of missed writes and unreachable
+//!   memory monitors; its [`journal`] is what `lego status` shows.
+//! - [`peers`]: what the manager asks of other components.
+//! - [`vip`]: vNodes' virtual IP addresses.
 //! - [`http`]: the HTTP endpoint: `/state` (JSON) and `/metrics` (Prometheus).
 //! - [`daemon`]: `lego manager`: wires them together with the failure detector.
 #![forbid(unsafe_code)]
 
 pub mod daemon;
-pub mod db;
 pub mod http;
+pub mod journal;
+pub mod peers;
 pub mod recovery;
 pub mod service;
+pub mod spaces;
+pub mod state;
+pub mod store;
+pub mod vip;
 pub mod vnodes;
 
 pub use daemon::{run, ManagerConfig, RunningManager};
-pub use vnodes::VipRange;
+pub use vip::VipRange;
 
 /// Errors of the manager.
 #[derive(Debug, thiserror::Error)]

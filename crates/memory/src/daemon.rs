@@ -56,7 +56,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
         AgentConfig {
             manager: cfg.manager,
             secret: cfg.secret,
-            role: "memory".into(),
+            role: lego_wire::Role::Memory,
             addr: server.local_addr.clone(),
             capacity: cfg.capacity,
             identity: None,

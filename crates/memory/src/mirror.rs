@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lego_transport::{Client, ClientOptions, Credentials, TransportError};
+use lego_transport::{lock, Client, ClientOptions, Credentials, TransportError};
 use lego_wire::control::{ReplicateReq, ReplicateResp};
-use lego_wire::pages::{encode_u64, CopyPages, FreeRange};
-use lego_wire::{Op, PAGE_SIZE};
+use lego_wire::pages::{CopyPages, FreeRange, FreeSpace};
+use lego_wire::{Asid, ComponentId, Op, PageNo, PAGE_SIZE};
 use tracing::{info, warn};
 
 use crate::store::PageStore;
@@ -36,28 +36,28 @@ const COPY_BATCH: usize = 256;
 pub enum MirrorError {
     #[error("cannot reach the new copy {id} at {addr}")]
     Connect {
-        id: u64,
+        id: ComponentId,
         addr: String,
         #[source]
         source: TransportError,
     },
     #[error("the new copy {id} at {addr} did not take the pages")]
     Copy {
-        id: u64,
+        id: ComponentId,
         addr: String,
         #[source]
         source: TransportError,
     },
     #[error("a write forwarded to the new copy {0} failed; the copy is incomplete")]
-    ForwardFailed(u64),
+    ForwardFailed(ComponentId),
 }
 
 struct Mirror {
     /// Tells this mirror from another of the same space and target.
     id: u64,
-    first: u64,
+    first: PageNo,
     count: u64,
-    target: u64,
+    target: ComponentId,
     /// For forwards: a short timeout, well under a writer's own, so that a
     /// hung target makes the write `missed` rather than the writer give up.
     client: Client,
@@ -73,7 +73,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Where one write must also go.
 struct Forward {
     mirror: u64,
-    target: u64,
+    target: ComponentId,
     client: Client,
     failed: Arc<AtomicBool>,
 }
@@ -81,7 +81,7 @@ struct Forward {
 /// The mirrors of this monitor, by address space.
 #[derive(Default)]
 pub struct Mirrors {
-    by_space: Mutex<HashMap<u64, Vec<Mirror>>>,
+    by_space: Mutex<HashMap<Asid, Vec<Mirror>>>,
     next_id: AtomicU64,
     pub forwarded_pages: AtomicU64,
     pub copied_pages: AtomicU64,
@@ -89,19 +89,15 @@ pub struct Mirrors {
     pub copies_failed: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Mirrors {
     /// Where a write of `page` of `asid` must also go: (target, client),
     /// unless the writer sent it to the target itself (`peer`).
-    fn target_of(&self, asid: u64, page: u64, peer: u64) -> Option<Forward> {
+    fn target_of(&self, asid: Asid, page: PageNo, peer: ComponentId) -> Option<Forward> {
         let mut spaces = lock(&self.by_space);
         let mirrors = spaces.get_mut(&asid)?;
         let i = mirrors
             .iter()
-            .position(|m| page >= m.first && page - m.first < m.count)?;
+            .position(|m| page >= m.first && page.0 - m.first.0 < m.count)?;
         let m = &mirrors[i];
         if m.target == peer {
             // The writer knows of the new copy and writes to it itself:
@@ -119,7 +115,7 @@ impl Mirrors {
         })
     }
 
-    fn drop_mirror(&self, asid: u64, mirror: u64) {
+    fn drop_mirror(&self, asid: Asid, mirror: u64) {
         if let Some(v) = lock(&self.by_space).get_mut(&asid) {
             v.retain(|m| m.id != mirror);
         }
@@ -129,12 +125,12 @@ impl Mirrors {
     /// did not take it (0: none, or no mirror).
     pub fn forward_write(
         &self,
-        asid: u64,
-        pages: &[u64],
+        asid: Asid,
+        pages: &[PageNo],
         data: &[u8],
         version: u64,
-        peer: u64,
-    ) -> u64 {
+        peer: ComponentId,
+    ) -> ComponentId {
         let Some(Forward {
             mirror,
             target,
@@ -144,9 +140,9 @@ impl Mirrors {
         else {
             return 0;
         };
-        let versioned: Vec<(u64, u64)> = pages.iter().map(|&p| (p, version)).collect();
+        let versioned: Vec<(PageNo, u64)> = pages.iter().map(|&p| (p, version)).collect();
         let head = CopyPages::encode_head(asid, &versioned);
-        match client.call(Op::CopyPages, &[&head, data]) {
+        match client.call_raw(Op::CopyPages, &[&head, data]) {
             Ok(_) => {
                 self.forwarded_pages
                     .fetch_add(pages.len() as u64, Ordering::Relaxed);
@@ -154,7 +150,7 @@ impl Mirrors {
             }
             Err(e) => {
                 warn!(
-                    asid = format_args!("{asid:#x}"),
+                    %asid,
                     target, "a write forwarded to a new copy failed, dropping the mirror: {e}"
                 );
                 failed.store(true, Ordering::Relaxed);
@@ -168,15 +164,15 @@ impl Mirrors {
     /// never read, since the writer frees before it writes again).
     pub fn forward_free(&self, r: &FreeRange) {
         if let Some(f) = self.target_of(r.asid, r.first, 0) {
-            let _ = f.client.call(Op::FreeRange, &[&r.encode()]);
+            let _ = f.client.call(r);
         }
     }
 
     /// Forwards the end of an address space and forgets its mirrors.
-    pub fn forget_space(&self, asid: u64) {
+    pub fn forget_space(&self, asid: Asid) {
         let gone = lock(&self.by_space).remove(&asid).unwrap_or_default();
         for m in gone {
-            let _ = m.client.call(Op::FreeSpace, &[&encode_u64(asid)]);
+            let _ = m.client.call(&FreeSpace { asid });
         }
     }
 
@@ -234,8 +230,8 @@ impl Mirrors {
                 done.store(true, Ordering::Relaxed);
                 self.copies_done.fetch_add(1, Ordering::Relaxed);
                 info!(
-                    asid = format_args!("{:#x}", req.asid),
-                    first_page = req.first_page,
+                    asid = %req.asid,
+                    first_page = req.first_page.0,
                     target = id,
                     pages = n,
                     took_ms = t.elapsed().as_millis() as u64,
@@ -246,7 +242,7 @@ impl Mirrors {
                 self.copies_failed.fetch_add(1, Ordering::Relaxed);
                 self.drop_mirror(req.asid, mirror);
                 warn!(
-                    asid = format_args!("{:#x}", req.asid),
+                    asid = %req.asid,
                     target = id,
                     "copy failed: {e}"
                 );
@@ -269,7 +265,7 @@ impl Mirrors {
             data.clear();
             let versions = store.read_versions(req.asid, chunk, &mut data);
             // Pages freed since they were listed are simply not copied.
-            let pages: Vec<(u64, u64)> = chunk
+            let pages: Vec<(PageNo, u64)> = chunk
                 .iter()
                 .zip(&versions)
                 .filter_map(|(&p, v)| v.map(|v| (p, v)))
@@ -279,7 +275,7 @@ impl Mirrors {
             }
             let head = CopyPages::encode_head(req.asid, &pages);
             client
-                .call(Op::CopyPages, &[&head, &data])
+                .call_raw(Op::CopyPages, &[&head, &data])
                 .map_err(|source| MirrorError::Copy {
                     id: req.target.id,
                     addr: req.target.addr.clone(),

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lego_transport::{Credentials, Handler, PeerInfo, Reject, ServerCounters};
+use lego_transport::{answer, Credentials, Handler, PeerInfo, Reject, ServerCounters};
 use lego_wire::auth::Claim;
-use lego_wire::control::{from_body, to_body, MemStats, ReplicateReq};
+use lego_wire::control::{MemStats, MemStatsReq, ReplicateReq};
 use lego_wire::pages::{
-    decode_u64, encode_u64, CopyPages, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply,
+    CloneSpace, CopyPages, FreeRange, FreeSpace, ReadPages, ReadPagesReply, WritePages, WriteReply,
 };
-use lego_wire::{ErrorCode, Op, PAGE_SIZE};
+use lego_wire::{Asid, ErrorCode, Op, Ping, PAGE_SIZE};
 
 use crate::mirror::Mirrors;
 use crate::store::{PageStore, StoreError};
@@ -33,19 +33,14 @@ pub struct MemoryService {
     creds: Credentials,
 }
 
-fn store_error(asid: u64, e: StoreError) -> Reject {
+fn store_error(asid: Asid, e: StoreError) -> Reject {
     match e {
         StoreError::OutOfMemory { .. } => {
-            tracing::warn!(asid = format_args!("{asid:#x}"), "{e}");
+            tracing::warn!(%asid, "{e}");
             Reject::new(ErrorCode::OutOfMemory, e.to_string())
         }
         StoreError::BadLength { .. } => Reject::bad_request(e),
     }
-}
-
-/// The vNode an address space belongs to.
-pub fn asid_vnode(asid: u64) -> u32 {
-    (asid >> 32) as u32
 }
 
 impl MemoryService {
@@ -65,23 +60,23 @@ impl MemoryService {
         })
     }
 
-    fn check(&self, peer: &PeerInfo, asid: u64) -> Result<(), Reject> {
+    fn check(&self, peer: &PeerInfo, asid: Asid) -> Result<(), Reject> {
         match peer.claim {
             Claim::Component => Ok(()),
-            Claim::Vnode(v) if asid_vnode(asid) == v && v != 0 => Ok(()),
+            Claim::Vnode(v) if asid.vnode() == v && v != 0 => Ok(()),
             Claim::Vnode(v) => {
                 self.not_entitled.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     conn = peer.conn,
-                    asid = format_args!("{asid:#x}"),
+                    %asid,
                     vnode = v,
                     "refused a request for another vnode's address space"
                 );
                 Err(Reject::new(
                     ErrorCode::NotEntitled,
                     format!(
-                        "address space {asid:#x} belongs to vnode {}; this connection may only touch vnode {v}",
-                        asid_vnode(asid)
+                        "address space {asid} belongs to vnode {}; this connection may only touch vnode {v}",
+                        asid.vnode()
                     ),
                 ))
             }
@@ -129,7 +124,7 @@ impl Handler for MemoryService {
         reply: &mut Vec<u8>,
     ) -> Result<(), Reject> {
         match op {
-            Op::Ping => Ok(()),
+            Op::Ping => answer(body, reply, |_: Ping| Ok(())),
             Op::ReadPages => {
                 let req = ReadPages::decode(body)?;
                 self.check(peer, req.asid)?;
@@ -172,65 +167,46 @@ impl Handler for MemoryService {
                     .store
                     .copy_in(req.asid, &req.pages, req.data)
                     .map_err(|e| store_error(req.asid, e))?;
-                reply.extend_from_slice(&encode_u64(n));
+                reply.extend_from_slice(&n.to_le_bytes());
                 Ok(())
             }
             Op::Replicate => {
                 self.require_component(peer, op)?;
-                let req: ReplicateReq = from_body(body)?;
-                let resp = self
-                    .mirrors
-                    .replicate(&self.store, &self.creds, &req)
-                    .map_err(|e| Reject::new(ErrorCode::Unavailable, e.to_string()))?;
-                reply.extend_from_slice(&to_body(&resp));
-                Ok(())
+                answer(body, reply, |req: ReplicateReq| {
+                    self.mirrors
+                        .replicate(&self.store, &self.creds, &req)
+                        .map_err(|e| Reject::new(ErrorCode::Unavailable, e.to_string()))
+                })
             }
-            Op::FreeRange => {
-                let req = FreeRange::decode(body)?;
+            Op::FreeRange => answer(body, reply, |req: FreeRange| {
                 self.check(peer, req.asid)?;
                 let n = self.store.free_range(req.asid, req.first, req.count);
                 self.mirrors.forward_free(&req);
-                reply.extend_from_slice(&encode_u64(n));
-                Ok(())
-            }
-            Op::FreeSpace => {
-                let asid = decode_u64("free_space", body)?;
+                Ok(n)
+            }),
+            Op::FreeSpace => answer(body, reply, |FreeSpace { asid }| {
                 self.check(peer, asid)?;
                 let n = self.store.free_space(asid);
                 self.mirrors.forget_space(asid);
-                tracing::debug!(
-                    asid = format_args!("{asid:#x}"),
-                    pages = n,
-                    "freed address space"
-                );
-                reply.extend_from_slice(&encode_u64(n));
-                Ok(())
-            }
-            Op::CloneSpace => {
-                if body.len() != 16 {
-                    return Err(Reject::bad_request("clone_space takes two asids"));
-                }
-                let from = decode_u64("clone_space", &body[..8])?;
-                let to = decode_u64("clone_space", &body[8..])?;
+                tracing::debug!(%asid, pages = n, "freed address space");
+                Ok(n)
+            }),
+            Op::CloneSpace => answer(body, reply, |CloneSpace { from, to }| {
                 self.check(peer, from)?;
                 self.check(peer, to)?;
-                let n = self.store.clone_space(from, to).map_err(|e| {
+                self.store.clone_space(from, to).map_err(|e| {
                     tracing::warn!("{e}");
                     Reject::new(ErrorCode::OutOfMemory, e.to_string())
-                })?;
-                reply.extend_from_slice(&encode_u64(n));
-                Ok(())
-            }
-            Op::MemStats => {
-                let stats = MemStats {
+                })
+            }),
+            Op::MemStats => answer(body, reply, |_: MemStatsReq| {
+                Ok(MemStats {
                     capacity_pages: self.store.capacity_pages(),
                     pages_held: self.store.pages_held(),
                     address_spaces: self.store.address_spaces(),
                     counters: self.counters(),
-                };
-                reply.extend_from_slice(&to_body(&stats));
-                Ok(())
-            }
+                })
+            }),
             other => Err(Reject::new(
                 ErrorCode::UnknownOp,
                 format!("a memory monitor does not serve {other}"),

@@ -11,9 +11,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
-use lego_wire::PAGE_SIZE;
+use lego_transport::lock;
+
+use lego_wire::{Asid, PageNo, PAGE_SIZE};
 
 const SHARDS: usize = 16;
 
@@ -54,20 +56,16 @@ pub struct StoreCounters {
 pub struct PageStore {
     capacity: u64,
     held: AtomicU64,
-    shards: Vec<Mutex<HashMap<(u64, u64), Page>>>,
+    shards: Vec<Mutex<HashMap<(Asid, PageNo), Page>>>,
     /// Address spaces freed whole: they are gone for good (ids are never
     /// reused), so a late copy from another monitor must not bring pages back.
-    released: Mutex<std::collections::HashSet<u64>>,
+    released: Mutex<std::collections::HashSet<Asid>>,
     pub counters: StoreCounters,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn shard_of(asid: u64, page: u64) -> usize {
+fn shard_of(asid: Asid, page: PageNo) -> usize {
     // Runs of 16 pages share a shard, so batches of neighbours take few locks.
-    let h = (page >> 4) ^ asid.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let h = (page.0 >> 4) ^ asid.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (h as usize) % SHARDS
 }
 
@@ -101,7 +99,7 @@ impl PageStore {
 
     /// Appends each requested page that is held to `out` and returns the
     /// presence flags in request order.
-    pub fn read(&self, asid: u64, pages: &[u64], out: &mut Vec<u8>) -> Vec<bool> {
+    pub fn read(&self, asid: Asid, pages: &[PageNo], out: &mut Vec<u8>) -> Vec<bool> {
         self.read_versions(asid, pages, out)
             .iter()
             .map(Option::is_some)
@@ -109,7 +107,12 @@ impl PageStore {
     }
 
     /// Like [`PageStore::read`], with the version of each page held.
-    pub fn read_versions(&self, asid: u64, pages: &[u64], out: &mut Vec<u8>) -> Vec<Option<u64>> {
+    pub fn read_versions(
+        &self,
+        asid: Asid,
+        pages: &[PageNo],
+        out: &mut Vec<u8>,
+    ) -> Vec<Option<u64>> {
         let mut present = Vec::with_capacity(pages.len());
         for &p in pages {
             let shard = lock(&self.shards[shard_of(asid, p)]);
@@ -134,19 +137,24 @@ impl PageStore {
     /// at a newer version keeps it. Returns the number newly allocated.
     pub fn write(
         &self,
-        asid: u64,
-        pages: &[u64],
+        asid: Asid,
+        pages: &[PageNo],
         data: &[u8],
         version: u64,
     ) -> Result<u64, StoreError> {
-        let versioned: Vec<(u64, u64)> = pages.iter().map(|&p| (p, version)).collect();
+        let versioned: Vec<(PageNo, u64)> = pages.iter().map(|&p| (p, version)).collect();
         self.put(asid, &versioned, data)
     }
 
     /// Stores pages copied from another memory monitor, each at its own
     /// version (see [`PageStore::write`]). Copies into an address space
     /// already freed here are dropped.
-    pub fn copy_in(&self, asid: u64, pages: &[(u64, u64)], data: &[u8]) -> Result<u64, StoreError> {
+    pub fn copy_in(
+        &self,
+        asid: Asid,
+        pages: &[(PageNo, u64)],
+        data: &[u8],
+    ) -> Result<u64, StoreError> {
         // Held across the insert, so a FreeSpace either comes after (and
         // frees these pages) or before (and they are dropped here).
         let released = lock(&self.released);
@@ -156,7 +164,7 @@ impl PageStore {
         self.put(asid, pages, data)
     }
 
-    fn put(&self, asid: u64, pages: &[(u64, u64)], data: &[u8]) -> Result<u64, StoreError> {
+    fn put(&self, asid: Asid, pages: &[(PageNo, u64)], data: &[u8]) -> Result<u64, StoreError> {
         if data.len() != pages.len() * PAGE_SIZE {
             return Err(StoreError::BadLength {
                 got: data.len(),
@@ -212,13 +220,13 @@ impl PageStore {
     }
 
     /// The page numbers held of `asid` in `first..first + count`, in order.
-    pub fn held_in(&self, asid: u64, first: u64, count: u64) -> Vec<u64> {
+    pub fn held_in(&self, asid: Asid, first: PageNo, count: u64) -> Vec<PageNo> {
         let mut held = Vec::new();
         for s in &self.shards {
             held.extend(
                 lock(s)
                     .keys()
-                    .filter(|&&(a, p)| a == asid && p >= first && p - first < count)
+                    .filter(|&&(a, p)| a == asid && p >= first && p.0 - first.0 < count)
                     .map(|&(_, p)| p),
             );
         }
@@ -264,8 +272,8 @@ impl PageStore {
 
     /// Copies every page of `from` into `to` (a forked child's space). All or
     /// nothing: refused whole when the copies do not fit. Returns pages copied.
-    pub fn clone_space(&self, from: u64, to: u64) -> Result<u64, StoreError> {
-        let mut copies: Vec<(u64, Page)> = Vec::new();
+    pub fn clone_space(&self, from: Asid, to: Asid) -> Result<u64, StoreError> {
+        let mut copies: Vec<(PageNo, Page)> = Vec::new();
         for s in &self.shards {
             let s = lock(s);
             copies.extend(s.iter().filter(|(k, _)| k.0 == from).map(|(k, v)| {
@@ -297,10 +305,10 @@ impl PageStore {
     }
 
     /// Frees `count` pages from `first`; returns how many were held.
-    pub fn free_range(&self, asid: u64, first: u64, count: u64) -> u64 {
+    pub fn free_range(&self, asid: Asid, first: PageNo, count: u64) -> u64 {
         let mut freed = 0;
         if count <= 4 * self.pages_held().max(1024) {
-            for p in first..first + count {
+            for p in (first.0..first.0 + count).map(PageNo) {
                 if lock(&self.shards[shard_of(asid, p)])
                     .remove(&(asid, p))
                     .is_some()
@@ -313,7 +321,7 @@ impl PageStore {
             for s in &self.shards {
                 let mut s = lock(s);
                 let before = s.len();
-                s.retain(|&(a, p), _| !(a == asid && p >= first && p - first < count));
+                s.retain(|&(a, p), _| !(a == asid && p >= first && p.0 - first.0 < count));
                 freed += (before - s.len()) as u64;
             }
         }
@@ -323,7 +331,7 @@ impl PageStore {
 
     /// Frees every page of an address space, for good; returns how many
     /// there were.
-    pub fn free_space(&self, asid: u64) -> u64 {
+    pub fn free_space(&self, asid: Asid) -> u64 {
         let mut released = lock(&self.released);
         released.insert(asid);
         let mut freed = 0;
@@ -347,6 +355,14 @@ impl PageStore {
 mod tests {
     use super::*;
 
+    fn pn(v: &[u64]) -> Vec<PageNo> {
+        v.iter().copied().map(PageNo).collect()
+    }
+
+    fn pv(v: &[(u64, u64)]) -> Vec<(PageNo, u64)> {
+        v.iter().map(|&(p, n)| (PageNo(p), n)).collect()
+    }
+
     fn page(b: u8) -> Vec<u8> {
         vec![b; PAGE_SIZE]
     }
@@ -355,29 +371,37 @@ mod tests {
     fn write_read_free_accounting() {
         let s = PageStore::new(4 * PAGE_SIZE as u64);
         assert_eq!(
-            s.write(1, &[10, 11], &[page(1), page(2)].concat(), 0),
+            s.write(Asid(1), &pn(&[10, 11]), &[page(1), page(2)].concat(), 0),
             Ok(2)
         );
         assert_eq!(
-            s.write(1, &[11], &page(3), 0),
+            s.write(Asid(1), &pn(&[11]), &page(3), 0),
             Ok(0),
             "overwrite allocates nothing"
         );
         let mut out = Vec::new();
-        assert_eq!(s.read(1, &[10, 12, 11], &mut out), vec![true, false, true]);
+        assert_eq!(
+            s.read(Asid(1), &pn(&[10, 12, 11]), &mut out),
+            vec![true, false, true]
+        );
         assert_eq!(out, [page(1), page(3)].concat());
         assert_eq!(s.pages_held(), 2);
-        assert_eq!(s.free_range(1, 11, 5), 1);
-        assert_eq!(s.free_space(1), 1);
+        assert_eq!(s.free_range(Asid(1), PageNo(11), 5), 1);
+        assert_eq!(s.free_space(Asid(1)), 1);
         assert_eq!(s.pages_held(), 0);
     }
 
     #[test]
     fn capacity_is_all_or_nothing() {
         let s = PageStore::new(3 * PAGE_SIZE as u64);
-        s.write(7, &[1, 2], &[page(1), page(2)].concat(), 0)
+        s.write(Asid(7), &pn(&[1, 2]), &[page(1), page(2)].concat(), 0)
             .unwrap();
-        let err = s.write(7, &[2, 3, 4], &[page(9), page(9), page(9)].concat(), 0);
+        let err = s.write(
+            Asid(7),
+            &pn(&[2, 3, 4]),
+            &[page(9), page(9), page(9)].concat(),
+            0,
+        );
         assert_eq!(
             err,
             Err(StoreError::OutOfMemory {
@@ -387,33 +411,36 @@ mod tests {
             })
         );
         let mut out = Vec::new();
-        s.read(7, &[2], &mut out);
+        s.read(Asid(7), &pn(&[2]), &mut out);
         assert_eq!(out, page(2), "a refused batch changes nothing");
-        assert_eq!(s.write(7, &[3], &page(3), 0), Ok(1));
+        assert_eq!(s.write(Asid(7), &pn(&[3]), &page(3), 0), Ok(1));
         assert_eq!(s.pages_held(), 3);
     }
 
     #[test]
     fn duplicate_pages_in_one_batch_count_once() {
         let s = PageStore::new(PAGE_SIZE as u64);
-        assert_eq!(s.write(1, &[5, 5], &[page(1), page(2)].concat(), 0), Ok(1));
+        assert_eq!(
+            s.write(Asid(1), &pn(&[5, 5]), &[page(1), page(2)].concat(), 0),
+            Ok(1)
+        );
         assert_eq!(s.pages_held(), 1);
     }
 
     #[test]
     fn clone_copies_and_diverges() {
         let s = PageStore::new(5 * PAGE_SIZE as u64);
-        s.write(1, &[1, 2], &[page(1), page(2)].concat(), 0)
+        s.write(Asid(1), &pn(&[1, 2]), &[page(1), page(2)].concat(), 0)
             .unwrap();
-        assert_eq!(s.clone_space(1, 9), Ok(2));
-        s.write(9, &[1], &page(7), 0).unwrap();
+        assert_eq!(s.clone_space(Asid(1), Asid(9)), Ok(2));
+        s.write(Asid(9), &pn(&[1]), &page(7), 0).unwrap();
         let mut out = Vec::new();
-        s.read(1, &[1], &mut out);
-        s.read(9, &[1, 2], &mut out);
+        s.read(Asid(1), &pn(&[1]), &mut out);
+        s.read(Asid(9), &pn(&[1, 2]), &mut out);
         assert_eq!(out, [page(1), page(7), page(2)].concat());
         assert_eq!(s.pages_held(), 4);
         assert!(matches!(
-            s.clone_space(1, 10),
+            s.clone_space(Asid(1), Asid(10)),
             Err(StoreError::OutOfMemory { .. })
         ));
         assert_eq!(s.pages_held(), 4);
@@ -422,24 +449,28 @@ mod tests {
     #[test]
     fn older_versions_never_replace_newer_ones() {
         let s = PageStore::new(8 * PAGE_SIZE as u64);
-        s.write(1, &[1, 2], &[page(5), page(5)].concat(), 5)
+        s.write(Asid(1), &pn(&[1, 2]), &[page(5), page(5)].concat(), 5)
             .unwrap();
         // A stale copy of page 1 and a new page 3 cross a newer write.
-        s.copy_in(1, &[(1, 4), (3, 4)], &[page(4), page(4)].concat())
-            .unwrap();
-        s.write(1, &[2], &page(6), 6).unwrap();
-        s.copy_in(1, &[(2, 5)], &page(5)).unwrap();
+        s.copy_in(
+            Asid(1),
+            &pv(&[(1, 4), (3, 4)]),
+            &[page(4), page(4)].concat(),
+        )
+        .unwrap();
+        s.write(Asid(1), &pn(&[2]), &page(6), 6).unwrap();
+        s.copy_in(Asid(1), &pv(&[(2, 5)]), &page(5)).unwrap();
         let mut out = Vec::new();
-        let v = s.read_versions(1, &[1, 2, 3], &mut out);
+        let v = s.read_versions(Asid(1), &pn(&[1, 2, 3]), &mut out);
         assert_eq!(v, vec![Some(5), Some(6), Some(4)]);
         assert_eq!(out, [page(5), page(6), page(4)].concat());
         assert_eq!(s.counters.older_ignored.load(Ordering::Relaxed), 2);
-        assert_eq!(s.held_in(1, 2, 10), vec![2, 3]);
+        assert_eq!(s.held_in(Asid(1), PageNo(2), 10), pn(&[2, 3]));
         // Once the space is freed, late copies are dropped.
-        assert_eq!(s.free_space(1), 3);
-        assert_eq!(s.copy_in(1, &[(1, 9)], &page(9)), Ok(0));
+        assert_eq!(s.free_space(Asid(1)), 3);
+        assert_eq!(s.copy_in(Asid(1), &pv(&[(1, 9)]), &page(9)), Ok(0));
         assert_eq!(s.pages_held(), 0);
-        s.write(2, &[1], &page(1), 0).unwrap();
+        s.write(Asid(2), &pn(&[1]), &page(1), 0).unwrap();
         assert_eq!(s.wipe(), 1);
         assert_eq!(s.pages_held(), 0);
     }
@@ -447,15 +478,15 @@ mod tests {
     #[test]
     fn spaces_are_separate() {
         let s = PageStore::new(16 * PAGE_SIZE as u64);
-        s.write(1, &[1], &page(1), 0).unwrap();
-        s.write(2, &[1], &page(2), 0).unwrap();
+        s.write(Asid(1), &pn(&[1]), &page(1), 0).unwrap();
+        s.write(Asid(2), &pn(&[1]), &page(2), 0).unwrap();
         assert_eq!(s.address_spaces(), 2);
-        assert_eq!(s.free_space(1), 1);
+        assert_eq!(s.free_space(Asid(1)), 1);
         let mut out = Vec::new();
-        assert_eq!(s.read(2, &[1], &mut out), vec![true]);
+        assert_eq!(s.read(Asid(2), &pn(&[1]), &mut out), vec![true]);
         assert_eq!(out, page(2));
         assert_eq!(
-            s.free_range(2, 0, u64::MAX / 2),
+            s.free_range(Asid(2), PageNo(0), u64::MAX / 2),
             1,
             "huge range walks what is held"
         );

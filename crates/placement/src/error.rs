@@ -19,8 +19,6 @@ pub enum PlacementError {
     ComponentDead(ComponentId),
     #[error("invalid component address {0:?}: must not be empty")]
     InvalidAddress(String),
-    #[error("unknown role {0:?} (expected memory, processor or storage)")]
-    UnknownRole(String),
     #[error("need {needed} alive memory monitors to place a vregion, {alive} alive")]
     NotEnoughMemoryMonitors { alive: usize, needed: usize },
     #[error("no alive memory monitor left to take over a replica of {0}")]
@@ -38,6 +36,8 @@ pub enum PlacementError {
     RecoveryOutdated { key: VRegionKey },
     #[error("component {id} holds no replica of {key}")]
     NotAReplica { key: VRegionKey, id: ComponentId },
+    #[error("{key} has no bad copy to rebuild")]
+    NoBadCopy { key: VRegionKey },
     #[error("no alive processor monitor has {excache} bytes of ExCache free ({alive} alive)")]
     NoProcessor { alive: usize, excache: u64 },
     #[error("unknown vnode {0:?}")]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    asid_vnode, Asid, ComponentId, Health, Placement, PlacementError, Role, VRegionAssignment,
+    Asid, Backup, ComponentId, Health, Placement, PlacementError, Record, Role, VRegionAssignment,
     VRegionKey,
 };
 
@@ -21,7 +21,7 @@ impl Placement {
         if let Some(existing) = self.vregions.get(&key) {
             return Ok((*existing, false));
         }
-        let vnode = asid_vnode(key.asid);
+        let vnode = key.asid.vnode();
         if !self.vnodes.contains_key(&vnode) {
             return Err(PlacementError::UnknownVnodeId(vnode));
         }
@@ -35,9 +35,10 @@ impl Placement {
         }
         let assignment = VRegionAssignment {
             primary: ranked[0],
-            backup: (needed == 2).then(|| ranked[1]),
+            backup: (needed == 2).then(|| Backup::On(ranked[1])),
         };
         self.vregions.insert(key, assignment);
+        self.touch(Record::VRegion(key));
         Ok((assignment, true))
     }
 
@@ -61,10 +62,14 @@ impl Placement {
             .collect()
     }
 
-    /// Removes every vRegion of the address space and returns them, so the
-    /// manager can tell their memory monitors to free them.
+    /// Removes every vRegion of the address space, its lease and its
+    /// owner, and returns the vRegions, so the manager can tell their memory
+    /// monitors to free them.
     pub fn release_space(&mut self, asid: Asid) -> Vec<(VRegionKey, VRegionAssignment)> {
         self.leases.remove(&asid);
+        self.owners.remove(&asid);
+        self.touch(Record::Lease(asid));
+        self.touch(Record::Owner(asid));
         self.remove_vregions(asid, asid)
     }
 
@@ -74,16 +79,13 @@ impl Placement {
         first: Asid,
         last: Asid,
     ) -> Vec<(VRegionKey, VRegionAssignment)> {
-        let range = VRegionKey {
-            asid: first,
-            index: 0,
-        }..=VRegionKey {
-            asid: last,
-            index: u64::MAX,
-        };
+        let range = *VRegionKey::range_of(first).start()..=*VRegionKey::range_of(last).end();
         let keys: Vec<VRegionKey> = self.vregions.range(range).map(|(key, _)| *key).collect();
         keys.into_iter()
-            .filter_map(|key| self.vregions.remove(&key).map(|a| (key, a)))
+            .filter_map(|key| {
+                self.dirty.insert(Record::VRegion(key));
+                self.vregions.remove(&key).map(|a| (key, a))
+            })
             .collect()
     }
 

@@ -2,7 +2,7 @@
 //! address space of a forked child, which starts as a copy of its parent's.
 
 use crate::{
-    asid_vnode, Asid, ComponentId, Health, Placement, PlacementError, Role, VRegionAssignment,
+    Asid, ComponentId, Health, Placement, PlacementError, Record, Role, VRegionAssignment,
     VRegionKey, Vnode,
 };
 
@@ -23,26 +23,33 @@ impl Placement {
     }
 
     /// Creates the address space of a forked child of `parent`, in the same
-    /// vNode, whose vRegions live on the same memory monitors as the
-    /// parent's (so each monitor copies locally). Returns the child's asid,
-    /// the updated vNode and the child's vRegions.
+    /// vNode and of the same job, whose vRegions live on the same memory
+    /// monitors as the parent's (so each monitor copies locally), with a
+    /// copy of the parent's memory lease (refused, and nothing changed, when
+    /// that does not fit the vNode's quota). Returns the child's asid, the
+    /// updated vNode and the child's vRegions.
     #[allow(clippy::type_complexity)]
     pub fn fork_space(
         &mut self,
         parent: Asid,
     ) -> Result<(Asid, Vnode, Vec<(VRegionKey, VRegionAssignment)>), PlacementError> {
-        let (child, vnode) = self.create_space(asid_vnode(parent))?;
+        let owner = self.owner(parent);
+        let before = self.vnodes.get(&parent.vnode()).cloned();
+        let (child, vnode) = self.create_space(parent.vnode(), owner)?;
+        // The child's copy of the memory counts against the quota too.
+        let lease = self.lease_of(parent);
+        if lease > 0 {
+            if let Err(e) = self.lease(child, lease) {
+                self.owners.remove(&child);
+                if let Some(v) = before {
+                    self.vnodes.insert(v.id, v);
+                }
+                return Err(e);
+            }
+        }
         let copied: Vec<(VRegionKey, VRegionAssignment)> = self
             .vregions
-            .range(
-                VRegionKey {
-                    asid: parent,
-                    index: 0,
-                }..=VRegionKey {
-                    asid: parent,
-                    index: u64::MAX,
-                },
-            )
+            .range(VRegionKey::range_of(parent))
             .map(|(k, a)| {
                 (
                     VRegionKey {
@@ -53,14 +60,17 @@ impl Placement {
                 )
             })
             .collect();
-        self.vregions.extend(copied.iter().copied());
+        for (k, a) in &copied {
+            self.vregions.insert(*k, *a);
+            self.touch(Record::VRegion(*k));
+        }
         Ok((child, vnode, copied))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::{Placement, PlacementConfig, PlacementError, Role, VRegionKey};
+    use crate::{Placement, PlacementConfig, PlacementError, Role, VRegionIdx, VRegionKey};
 
     fn cluster(processors: &[(u64, u64)]) -> Placement {
         let mut p = Placement::new(PlacementConfig {
@@ -128,37 +138,40 @@ mod tests {
                 .unwrap();
         }
         let v = p.create_vnode("v").unwrap();
-        let (parent, _) = p.create_space(v.id).unwrap();
-        let (other, _) = p.create_space(v.id).unwrap();
+        let (parent, _) = p.create_space(v.id, None).unwrap();
+        let (other, _) = p.create_space(v.id, None).unwrap();
         for index in [0, 5] {
             p.assign_vregion(VRegionKey {
                 asid: parent,
-                index,
+                index: VRegionIdx(index),
             })
             .unwrap();
         }
         p.assign_vregion(VRegionKey {
             asid: other,
-            index: 1,
+            index: VRegionIdx(1),
         })
         .unwrap();
         let (child, vnode, copied) = p.fork_space(parent).unwrap();
-        assert_eq!(crate::asid_vnode(child), v.id);
+        assert_eq!(child.vnode(), v.id);
         assert_eq!(vnode.next_space, 4);
         assert_eq!(copied.len(), 2);
         for index in [0, 5] {
             assert_eq!(
-                p.vregion(VRegionKey { asid: child, index }),
+                p.vregion(VRegionKey {
+                    asid: child,
+                    index: VRegionIdx(index)
+                }),
                 p.vregion(VRegionKey {
                     asid: parent,
-                    index
+                    index: VRegionIdx(index)
                 })
             );
         }
         assert_eq!(
             p.vregion(VRegionKey {
                 asid: child,
-                index: 1
+                index: VRegionIdx(1)
             }),
             None
         );

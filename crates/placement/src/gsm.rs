@@ -10,10 +10,7 @@
 //! to the program; the grants of all address spaces of a vNode together stay
 //! within its quota. Releasing an address space returns its lease.
 
-use crate::{
-    asid_vnode, make_asid, Asid, ComponentId, Health, Placement, PlacementError, Role, Vnode,
-    VnodeId,
-};
+use crate::{Asid, ComponentId, Health, Placement, PlacementError, Record, Role, Vnode, VnodeId};
 
 impl Placement {
     /// The storage monitor of vNode `id`, placing it first if it has none.
@@ -55,21 +52,20 @@ impl Placement {
             .ok_or_else(|| PlacementError::NoStorage(vnode.name.clone()))?;
         let vnode = self.vnodes.get_mut(&id).expect("looked up above");
         vnode.storage = Some(best);
-        Ok((vnode.clone(), true))
+        let vnode = vnode.clone();
+        self.touch(Record::Vnode(id));
+        Ok((vnode, true))
     }
 
     /// Bytes leased by all address spaces of vNode `id`.
     pub fn leased(&self, id: VnodeId) -> u64 {
-        self.leases
-            .range(make_asid(id, 0)..=make_asid(id, u32::MAX))
-            .map(|(_, &b)| b)
-            .sum()
+        self.leases.range(Asid::range_of(id)).map(|(_, &b)| b).sum()
     }
 
     /// Leases `bytes` more to address space `asid`, within its vNode's
     /// quota. Returns the space's new lease.
     pub fn lease(&mut self, asid: Asid, bytes: u64) -> Result<u64, PlacementError> {
-        let id = asid_vnode(asid);
+        let id = asid.vnode();
         let vnode = self
             .vnodes
             .get(&id)
@@ -87,23 +83,20 @@ impl Placement {
         }
         let l = self.leases.entry(asid).or_insert(0);
         *l = l.saturating_add(bytes);
-        Ok(*l)
+        let l = *l;
+        self.touch(Record::Lease(asid));
+        Ok(l)
     }
 
     /// The lease of one address space (0 if none).
     pub fn lease_of(&self, asid: Asid) -> u64 {
         self.leases.get(&asid).copied().unwrap_or(0)
     }
-
-    /// Puts back leases persisted before a restart.
-    pub fn restore_leases(&mut self, leases: impl IntoIterator<Item = (Asid, u64)>) {
-        self.leases.extend(leases);
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::{make_asid, Placement, PlacementConfig, PlacementError, Role};
+    use crate::{Asid, Placement, PlacementConfig, PlacementError, Role};
 
     fn cluster(storage: &[(u64, u64)]) -> Placement {
         let mut p = Placement::new(PlacementConfig {
@@ -164,7 +157,7 @@ mod tests {
     fn leases_stay_within_the_quota_of_the_vnode() {
         let mut p = cluster(&[]);
         let v = p.create_vnode_with("q", Vec::new(), Some(100)).unwrap();
-        let (s1, s2) = (make_asid(v.id, 1), make_asid(v.id, 2));
+        let (s1, s2) = (Asid::new(v.id, 1), Asid::new(v.id, 2));
         assert_eq!(p.lease(s1, 60).unwrap(), 60);
         assert_eq!(p.lease(s2, 40).unwrap(), 40);
         assert!(matches!(
@@ -183,7 +176,7 @@ mod tests {
         // No quota: anything goes.
         let free = p.create_vnode("free").unwrap();
         assert_eq!(
-            p.lease(make_asid(free.id, 1), u64::MAX / 2).unwrap(),
+            p.lease(Asid::new(free.id, 1), u64::MAX / 2).unwrap(),
             u64::MAX / 2
         );
     }

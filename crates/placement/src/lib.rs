@@ -24,13 +24,13 @@ mod vnodes;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use error::PlacementError;
 pub use types::{
-    asid_seq, asid_vnode, make_asid, Asid, Component, ComponentId, Event, Health, PlacementConfig,
-    Recovery, Role, VRegionAssignment, VRegionKey, VRegionState, Vnode, VnodeId, BAD_COPY,
-    DEFAULT_MOUNT,
+    Asid, Backup, Component, ComponentId, Event, Health, PlacementConfig, Record, Records,
+    Recovery, Role, Stored, VRegionAssignment, VRegionIdx, VRegionKey, VRegionState, Vnode,
+    VnodeId, DEFAULT_MOUNT,
 };
 pub use vnodes::{validate_mounts, validate_vnode_name, MAX_MOUNTS, MAX_VNODE_NAME};
 
@@ -45,9 +45,16 @@ pub struct Placement {
     vregions: BTreeMap<VRegionKey, VRegionAssignment>,
     /// Bytes of memory leased to each address space (see `gsm`).
     leases: BTreeMap<Asid, u64>,
+    /// The job (owner) each address space belongs to, when it has one.
+    owners: BTreeMap<Asid, u64>,
+    /// The jobs each processor monitor said it runs, in its last heartbeat
+    /// (not durable: heartbeats tell it again after a restart).
+    jobs: BTreeMap<ComponentId, Vec<u64>>,
     next_component: ComponentId,
     next_vnode: VnodeId,
     events: Vec<Event>,
+    /// Records changed since the last [`Placement::take_dirty`].
+    dirty: BTreeSet<Record>,
 }
 
 impl Placement {
@@ -60,28 +67,23 @@ impl Placement {
             vnode_ids: BTreeMap::new(),
             vregions: BTreeMap::new(),
             leases: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            jobs: BTreeMap::new(),
             next_component: 1,
             next_vnode: 1,
             events: Vec::new(),
+            dirty: BTreeSet::new(),
         }
     }
 
     /// Rebuilds from persisted records after a manager restart. Every
     /// restored component but a memory monitor recorded dead gets health
-    /// [`Health::Unknown`] and
-    /// `last_heard_ms = now_ms`: a grace period of `dead_after_ms` to
-    /// re-register or heartbeat. The next ids are one past the largest
-    /// restored ones (see [`Placement::raise_next_ids`] to also skip the ids
-    /// of deleted vNodes).
-    pub fn restore(
-        config: PlacementConfig,
-        now_ms: u64,
-        components: Vec<Component>,
-        vnodes: Vec<Vnode>,
-        vregions: Vec<(VRegionKey, VRegionAssignment)>,
-    ) -> Self {
+    /// [`Health::Unknown`] and `last_heard_ms = now_ms`: a grace period of
+    /// `dead_after_ms` to re-register or heartbeat. The next ids are the
+    /// recorded ones, and at least one past the largest restored ones.
+    pub fn restore(config: PlacementConfig, now_ms: u64, records: Records) -> Self {
         let mut state = Self::new(config);
-        for mut component in components {
+        for mut component in records.components {
             // A memory monitor declared dead stays dead: what it held is not
             // trusted, whatever it says when it is back. Others get another
             // chance.
@@ -92,28 +94,36 @@ impl Placement {
             state.next_component = state.next_component.max(component.id.saturating_add(1));
             state.components.insert(component.id, component);
         }
-        for vnode in vnodes {
+        for vnode in records.vnodes {
             state.next_vnode = state.next_vnode.max(vnode.id.saturating_add(1));
             state.vnode_ids.insert(vnode.name.clone(), vnode.id);
             if let Some(old) = state.vnodes.insert(vnode.id, vnode) {
                 state.vnode_ids.remove(&old.name);
             }
         }
-        for (key, assignment) in vregions {
-            let vnode = asid_vnode(key.asid);
+        for (key, assignment) in records.vregions {
+            let vnode = key.asid.vnode();
             state.next_vnode = state.next_vnode.max(vnode.saturating_add(1));
             state.vregions.insert(key, assignment);
         }
+        state.leases.extend(records.leases);
+        state.owners.extend(records.owners);
+        state.next_component = state.next_component.max(records.next_component);
+        state.next_vnode = state.next_vnode.max(records.next_vnode);
         state
     }
 
-    /// Raises the id counters to at least the given values (never lowers
-    /// them). For a manager that persists [`Placement::next_component_id`]
-    /// and [`Placement::next_vnode_id`], so that the id of a deleted vNode is
-    /// not handed out again after a restart.
-    pub fn raise_next_ids(&mut self, component: ComponentId, vnode: VnodeId) {
-        self.next_component = self.next_component.max(component);
-        self.next_vnode = self.next_vnode.max(vnode);
+    /// Everything durable, as [`Placement::restore`] takes it back.
+    pub fn records(&self) -> Records {
+        Records {
+            components: self.components.values().cloned().collect(),
+            vnodes: self.vnodes.values().cloned().collect(),
+            vregions: self.vregions.iter().map(|(k, a)| (*k, *a)).collect(),
+            owners: self.owners.iter().map(|(a, o)| (*a, *o)).collect(),
+            leases: self.leases.iter().map(|(a, b)| (*a, *b)).collect(),
+            next_component: self.next_component,
+            next_vnode: self.next_vnode,
+        }
     }
 
     /// The id the next fresh registration gets.
@@ -134,5 +144,111 @@ impl Placement {
     /// Drains all queued events (from `register` and `tick`), oldest first.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Drains the records changed since the last call: the manager makes
+    /// each durable (its value now, or its absence) before answering.
+    pub fn take_dirty(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.dirty).into_iter().collect()
+    }
+
+    /// Drains the records changed since the last call, each as it stands
+    /// now: what the manager writes to its store before it answers.
+    pub fn take_changes(&mut self) -> Vec<Stored> {
+        let dirty = self.take_dirty();
+        dirty.into_iter().map(|r| self.stored(r)).collect()
+    }
+
+    /// One durable record as it stands now.
+    pub fn stored(&self, r: Record) -> Stored {
+        let found = match r {
+            Record::Component(id) => self.components.get(&id).cloned().map(Stored::Component),
+            Record::Vnode(id) => self.vnodes.get(&id).cloned().map(Stored::Vnode),
+            Record::VRegion(k) => self.vregions.get(&k).map(|a| Stored::VRegion(k, *a)),
+            Record::Owner(a) => self.owners.get(&a).map(|o| Stored::Owner(a, *o)),
+            Record::Lease(a) => self
+                .leases
+                .get(&a)
+                .filter(|&&b| b > 0)
+                .map(|b| Stored::Lease(a, *b)),
+            Record::NextIds => Some(Stored::NextIds {
+                component: self.next_component,
+                vnode: self.next_vnode,
+            }),
+        };
+        found.unwrap_or(Stored::Gone(r))
+    }
+
+    pub(crate) fn touch(&mut self, r: Record) {
+        self.dirty.insert(r);
+    }
+
+    /// The job an address space belongs to.
+    pub fn owner(&self, asid: Asid) -> Option<u64> {
+        self.owners.get(&asid).copied()
+    }
+
+    /// The address spaces of a job.
+    pub fn spaces_of(&self, owner: u64) -> Vec<Asid> {
+        self.owners
+            .iter()
+            .filter(|(_, &o)| o == owner)
+            .map(|(&a, _)| a)
+            .collect()
+    }
+
+    /// The address spaces of any of these jobs.
+    pub fn spaces_of_jobs(&self, jobs: &[u64]) -> Vec<Asid> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| jobs.contains(o))
+            .map(|(&a, _)| a)
+            .collect()
+    }
+
+    /// The address spaces of a vNode that belong to a job.
+    pub fn owned_spaces_of_vnode(&self, vnode: VnodeId) -> Vec<Asid> {
+        self.owners
+            .range(Asid::range_of(vnode))
+            .map(|(&a, _)| a)
+            .collect()
+    }
+
+    /// Records what a processor monitor said it runs (its heartbeat).
+    pub fn set_jobs(&mut self, processor: ComponentId, jobs: Vec<u64>) {
+        self.jobs.insert(processor, jobs);
+    }
+
+    /// Forgets the jobs a processor monitor reported (it died: they died
+    /// with it) and returns them.
+    pub fn take_jobs(&mut self, processor: ComponentId) -> Vec<u64> {
+        self.jobs.remove(&processor).unwrap_or_default()
+    }
+
+    /// The jobs processor monitors reported, by processor.
+    pub fn jobs(&self) -> &BTreeMap<ComponentId, Vec<u64>> {
+        &self.jobs
+    }
+
+    /// The processor monitor that last reported running `job`.
+    pub fn processor_of(&self, job: u64) -> Option<ComponentId> {
+        self.jobs
+            .iter()
+            .find(|(_, js)| js.contains(&job))
+            .map(|(&p, _)| p)
+    }
+
+    /// The running jobs of a vNode (those owning one of its spaces), as
+    /// processor monitors last reported them.
+    pub fn running_jobs_of_vnode(&self, vnode: VnodeId) -> Vec<u64> {
+        let mut jobs: Vec<u64> = self
+            .owners
+            .range(Asid::range_of(vnode))
+            .map(|(_, &o)| o)
+            .filter(|o| self.jobs.values().any(|js| js.contains(o)))
+            .collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        jobs
     }
 }

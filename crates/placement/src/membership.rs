@@ -2,7 +2,7 @@
 //! heartbeats with their load, and are declared dead when silent for longer
 //! than `dead_after_ms`.
 
-use crate::{Component, ComponentId, Event, Health, Placement, PlacementError, Role};
+use crate::{Component, ComponentId, Event, Health, Placement, PlacementError, Record, Role};
 
 impl Placement {
     /// A component says hello. If `previous` names a known component of the
@@ -30,7 +30,7 @@ impl Placement {
         // copy anyone may trust, and its vRegions were given to others. It
         // comes back as a new component.
         let stale = old
-            .filter(|old| old.role == Role::Memory && old.health == crate::Health::Dead)
+            .filter(|old| old.role == Role::Memory && old.health == Health::Dead)
             .map(|old| old.id);
         let old = old.filter(|_| stale.is_none());
         let (id, used) = match old {
@@ -77,6 +77,8 @@ impl Placement {
                 last_heard_ms: now_ms,
             },
         );
+        self.touch(Record::Component(id));
+        self.touch(Record::NextIds);
         Ok(id)
     }
 
@@ -120,6 +122,7 @@ impl Placement {
             let silent_ms = now_ms.saturating_sub(component.last_heard_ms);
             if component.health != Health::Dead && silent_ms > dead_after_ms {
                 component.health = Health::Dead;
+                self.dirty.insert(Record::Component(component.id));
                 events.push(Event::ComponentDead {
                     id: component.id,
                     role: component.role,
@@ -151,6 +154,7 @@ impl Placement {
             return None;
         }
         c.health = Health::Dead;
+        self.dirty.insert(Record::Component(id));
         let e = Event::ComponentDead {
             id,
             role: c.role,

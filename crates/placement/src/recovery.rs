@@ -6,7 +6,8 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    ComponentId, Event, Health, Placement, PlacementError, Recovery, Role, VRegionKey, VRegionState,
+    Backup, ComponentId, Event, Health, Placement, PlacementError, Record, Recovery, Role,
+    VRegionAssignment, VRegionKey, VRegionState,
 };
 
 impl Placement {
@@ -22,7 +23,7 @@ impl Placement {
     pub fn vregion_state(&self, key: VRegionKey) -> Option<VRegionState> {
         let a = self.vregions.get(&key)?;
         let live = a.copies().filter(|&id| self.alive(id)).count();
-        let wanted = a.copies().count();
+        let wanted = a.wanted();
         Some(match live {
             0 => VRegionState::Lost,
             n if n < wanted => VRegionState::Degraded,
@@ -49,7 +50,8 @@ impl Placement {
                 Some(s) if a.primary == dead => {
                     let a = self.vregions.get_mut(&key).expect("listed");
                     a.primary = s;
-                    a.backup = Some(dead);
+                    a.backup = Some(Backup::On(dead));
+                    self.dirty.insert(Record::VRegion(key));
                     self.events.push(Event::Failover {
                         key,
                         dead,
@@ -62,50 +64,57 @@ impl Placement {
     }
 
     /// A process found that the copy of `key` on `bad` missed a write: that
-    /// copy is replaced by [`crate::BAD_COPY`] (the other copy becomes the
-    /// primary), so it is never a survivor and the vRegion is rebuilt from
-    /// the good copy. Returns the new assignment, to be persisted; `None` if
-    /// `bad` holds no copy of it or is its only live copy (then nothing
-    /// better is known, and the process itself never reads it).
+    /// copy becomes [`Backup::Bad`] (the other copy becomes the primary), so
+    /// it is never a survivor and the vRegion is rebuilt from the good copy.
+    /// Returns the new assignment; `None` if `bad` holds no copy of it or is
+    /// its only live copy (then nothing better is known, and the process
+    /// itself never reads it).
     pub fn mark_bad_copy(
         &mut self,
         key: VRegionKey,
         bad: ComponentId,
-    ) -> Option<crate::VRegionAssignment> {
+    ) -> Option<VRegionAssignment> {
         let a = *self.vregions.get(&key)?;
         let other = a.copies().find(|&id| id != bad)?;
         if !a.holds(bad) || !self.alive(other) {
             return None;
         }
-        let new = crate::VRegionAssignment {
+        let new = VRegionAssignment {
             primary: other,
-            backup: Some(crate::BAD_COPY),
+            backup: Some(Backup::Bad),
         };
         self.vregions.insert(key, new);
+        self.touch(Record::VRegion(key));
         Some(new)
     }
 
-    /// Plans giving `key` a second copy again after `failed` lost one: the
-    /// live copy is the survivor, the least-loaded live memory monitor
-    /// holding neither is the target. Changes nothing.
+    /// Plans giving `key` a second copy again in place of `failed` (a dead
+    /// monitor's copy, or the bad one): the other copy is the survivor, the
+    /// least-loaded live memory monitor holding neither is the target.
+    /// Changes nothing.
     pub fn plan_recovery(
         &self,
         key: VRegionKey,
-        failed: ComponentId,
+        failed: Backup<ComponentId>,
     ) -> Result<Recovery, PlacementError> {
         let a = self
             .vregion(key)
             .ok_or(PlacementError::UnknownVRegion(key))?;
-        let survivor = match a.backup {
-            Some(b) if a.primary == failed => b,
-            Some(b) if b == failed => a.primary,
-            _ => return Err(PlacementError::NotAReplica { key, id: failed }),
+        let survivor = match (a.backup, failed) {
+            (Some(Backup::Bad), Backup::Bad) => a.primary,
+            (Some(_), Backup::Bad) => return Err(PlacementError::NoBadCopy { key }),
+            (Some(Backup::On(b)), Backup::On(f)) if a.primary == f => b,
+            (Some(Backup::On(b)), Backup::On(f)) if b == f => a.primary,
+            (_, Backup::On(f)) => return Err(PlacementError::NotAReplica { key, id: f }),
+            (None, Backup::Bad) => return Err(PlacementError::NoBadCopy { key }),
         };
         if !self.alive(survivor) {
             return Err(PlacementError::NoSurvivingReplica { key, survivor });
         }
+        let mut exclude = vec![survivor];
+        exclude.extend(failed.on().copied());
         let target = *self
-            .ranked_memory_monitors(&[survivor, failed])
+            .ranked_memory_monitors(&exclude)
             .first()
             .ok_or(PlacementError::NoSpareMemoryMonitor(key))?;
         Ok(Recovery {
@@ -120,12 +129,15 @@ impl Placement {
     /// copy, a live one) not in `busy`, in key order. vRegions with no spare
     /// monitor to copy onto are left out (they stay degraded).
     pub fn recoveries(&self, busy: &BTreeSet<VRegionKey>) -> Vec<Recovery> {
-        let degraded: Vec<(VRegionKey, ComponentId)> = self
+        let degraded: Vec<(VRegionKey, Backup<ComponentId>)> = self
             .vregions
             .iter()
             .filter(|(k, _)| !busy.contains(k))
             .filter_map(|(k, a)| {
-                let failed = a.copies().find(|&id| !self.alive(id))?;
+                let failed = match a.backup {
+                    Some(Backup::Bad) => Backup::Bad,
+                    _ => Backup::On(a.copies().find(|&id| !self.alive(id))?),
+                };
                 a.copies().any(|id| self.alive(id)).then_some((*k, failed))
             })
             .collect();
@@ -138,16 +150,14 @@ impl Placement {
     /// Records a finished copy: `target` replaces `failed`, and the survivor
     /// is the primary. Refused when the vRegion was released or its copies
     /// changed meanwhile, or the target died (the copy is then worthless).
-    pub fn commit_recovery(
-        &mut self,
-        r: &Recovery,
-    ) -> Result<crate::VRegionAssignment, PlacementError> {
+    pub fn commit_recovery(&mut self, r: &Recovery) -> Result<VRegionAssignment, PlacementError> {
         let outdated = PlacementError::RecoveryOutdated { key: r.key };
         let a = self.vregions.get(&r.key).ok_or(outdated.clone())?;
-        if !(a.holds(r.survivor)
-            && a.holds(r.failed)
-            && self.alive(r.target)
-            && self.alive(r.survivor))
+        let still_failed = match r.failed {
+            Backup::On(f) => a.holds(f),
+            Backup::Bad => a.backup == Some(Backup::Bad),
+        };
+        if !(a.holds(r.survivor) && still_failed && self.alive(r.target) && self.alive(r.survivor))
         {
             return Err(outdated);
         }
@@ -158,11 +168,12 @@ impl Placement {
         if !target_is_memory {
             return Err(outdated);
         }
-        let a = crate::VRegionAssignment {
+        let a = VRegionAssignment {
             primary: r.survivor,
-            backup: Some(r.target),
+            backup: Some(Backup::On(r.target)),
         };
         self.vregions.insert(r.key, a);
+        self.touch(Record::VRegion(r.key));
         Ok(a)
     }
 }

@@ -4,97 +4,12 @@
 //! configuration.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::PlacementError;
-
-/// A component (memory, processor or storage daemon). Assigned by the state
-/// machine, starting at 1, never reused.
-pub type ComponentId = u64;
-
-/// A vNode. Assigned by the state machine, starting at 1, never reused.
-pub type VnodeId = u32;
-
-/// An address space: `(vnode_id as u64) << 32 | seq`, `seq` starting at 1 per vNode.
-pub type Asid = u64;
-
-/// The vNode an address space belongs to (the high 32 bits).
-pub fn asid_vnode(asid: Asid) -> VnodeId {
-    (asid >> 32) as VnodeId
-}
-
-/// The per-vNode sequence number of an address space (the low 32 bits).
-pub fn asid_seq(asid: Asid) -> u32 {
-    asid as u32
-}
-
-/// The address space `seq` of `vnode`.
-pub fn make_asid(vnode: VnodeId, seq: u32) -> Asid {
-    (u64::from(vnode) << 32) | u64::from(seq)
-}
-
-/// What a component is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Memory,
-    Processor,
-    Storage,
-}
-
-impl Role {
-    /// Every role, in order.
-    pub const ALL: [Role; 3] = [Role::Memory, Role::Processor, Role::Storage];
-
-    /// The lower-case name, as used on the command line and in serde.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Memory => "memory",
-            Role::Processor => "processor",
-            Role::Storage => "storage",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = PlacementError;
-
-    /// Parses a role name, ignoring ASCII case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|role| role.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| PlacementError::UnknownRole(s.to_string()))
-    }
-}
-
-/// What the manager believes about a component.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Alive,
-    Dead,
-    /// Restored from the database after a manager restart and not yet heard from.
-    Unknown,
-}
-
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Health::Alive => "alive",
-            Health::Dead => "dead",
-            Health::Unknown => "unknown",
-        })
-    }
-}
+pub use lego_wire::types::{
+    Asid, Backup, ComponentId, Health, Role, VRegionIdx, VRegionState, VnodeId,
+};
 
 /// A registered component.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,8 +67,20 @@ fn default_mounts() -> Vec<String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct VRegionKey {
     pub asid: Asid,
-    /// Virtual address / vRegion size.
-    pub index: u64,
+    pub index: VRegionIdx,
+}
+
+impl VRegionKey {
+    /// The first and last vRegions of an address space.
+    pub fn range_of(asid: Asid) -> std::ops::RangeInclusive<VRegionKey> {
+        VRegionKey {
+            asid,
+            index: VRegionIdx(0),
+        }..=VRegionKey {
+            asid,
+            index: VRegionIdx(u64::MAX),
+        }
+    }
 }
 
 impl fmt::Display for VRegionKey {
@@ -162,55 +89,36 @@ impl fmt::Display for VRegionKey {
             f,
             "vregion {} of space {}.{}",
             self.index,
-            asid_vnode(self.asid),
-            asid_seq(self.asid)
+            self.asid.vnode(),
+            self.asid.seq()
         )
     }
 }
 
 /// The memory monitors holding a vRegion: a primary and, unless its vNode
-/// keeps one copy only, a backup; always distinct.
+/// keeps one copy only, a backup; always distinct. A backup that missed
+/// writes is [`Backup::Bad`]: it counts as lost until re-replication
+/// rebuilds it from the primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VRegionAssignment {
     pub primary: ComponentId,
-    pub backup: Option<ComponentId>,
+    pub backup: Option<Backup<ComponentId>>,
 }
 
 impl VRegionAssignment {
-    /// Whether `id` holds a replica (primary or backup).
+    /// Whether `id` holds a copy (primary or backup).
     pub fn holds(&self, id: ComponentId) -> bool {
-        self.primary == id || self.backup == Some(id)
+        self.copies().any(|c| c == id)
     }
 
-    /// The monitors holding a copy, primary first.
+    /// The monitors holding a copy, primary first (a bad backup is none).
     pub fn copies(&self) -> impl Iterator<Item = ComponentId> {
-        std::iter::once(self.primary).chain(self.backup)
+        std::iter::once(self.primary).chain(self.backup.and_then(|b| b.on().copied()))
     }
-}
 
-/// Stands in the assignment for a copy known to have missed writes (a
-/// process reported it): no component has this id, so the vRegion counts as
-/// degraded until re-replication replaces it with a good copy.
-pub const BAD_COPY: ComponentId = u64::MAX;
-
-/// How a vRegion's copies stand.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum VRegionState {
-    /// Every copy it should have is on a live memory monitor.
-    Healthy,
-    /// A copy was lost and one survives: it is being (or will be) rebuilt.
-    Degraded,
-    /// No copy is on a live memory monitor.
-    Lost,
-}
-
-impl fmt::Display for VRegionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            VRegionState::Healthy => "healthy",
-            VRegionState::Degraded => "degraded",
-            VRegionState::Lost => "lost",
-        })
+    /// How many copies it should have.
+    pub fn wanted(&self) -> usize {
+        1 + self.backup.is_some() as usize
     }
 }
 
@@ -220,7 +128,8 @@ impl fmt::Display for VRegionState {
 pub struct Recovery {
     pub key: VRegionKey,
     pub survivor: ComponentId,
-    pub failed: ComponentId,
+    /// The copy being replaced: a dead monitor's, or a bad one.
+    pub failed: Backup<ComponentId>,
     pub target: ComponentId,
 }
 
@@ -262,4 +171,55 @@ pub enum Event {
 pub struct PlacementConfig {
     /// A component silent for strictly longer than this is marked dead.
     pub dead_after_ms: u64,
+}
+
+/// A durable record of the state machine, named by its key. Every change
+/// marks the records it touched; the manager writes each marked record's
+/// current value to its store (or deletes it, when the record is gone)
+/// before it answers (see [`crate::Placement::take_dirty`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Record {
+    Component(ComponentId),
+    Vnode(VnodeId),
+    VRegion(VRegionKey),
+    /// The job an address space belongs to.
+    Owner(Asid),
+    /// The memory leased to an address space.
+    Lease(Asid),
+    /// The next component and vNode ids.
+    NextIds,
+}
+
+/// A durable record as it stands now: its value, to write to the store, or
+/// [`Stored::Gone`], to delete it (see [`crate::Placement::take_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Component(Component),
+    Vnode(Vnode),
+    VRegion(VRegionKey, VRegionAssignment),
+    /// An address space and the job it belongs to.
+    Owner(Asid, u64),
+    /// An address space and the bytes leased to it.
+    Lease(Asid, u64),
+    NextIds {
+        component: ComponentId,
+        vnode: VnodeId,
+    },
+    Gone(Record),
+}
+
+/// Everything durable, as loaded from the manager's store after a restart
+/// (see [`crate::Placement::restore`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Records {
+    pub components: Vec<Component>,
+    pub vnodes: Vec<Vnode>,
+    pub vregions: Vec<(VRegionKey, VRegionAssignment)>,
+    /// (address space, the job it belongs to).
+    pub owners: Vec<(Asid, u64)>,
+    /// (address space, bytes leased).
+    pub leases: Vec<(Asid, u64)>,
+    /// The next ids to hand out (0: no record, start from the largest restored).
+    pub next_component: ComponentId,
+    pub next_vnode: VnodeId,
 }

@@ -3,7 +3,7 @@
 //! memory leases with them).
 
 use crate::{
-    make_asid, Asid, Placement, PlacementError, VRegionAssignment, VRegionKey, Vnode, VnodeId,
+    Asid, Placement, PlacementError, Record, VRegionAssignment, VRegionKey, Vnode, VnodeId,
 };
 
 /// The longest vNode name, in characters (all ASCII).
@@ -121,6 +121,8 @@ impl Placement {
         };
         self.vnode_ids.insert(vnode.name.clone(), id);
         self.vnodes.insert(id, vnode.clone());
+        self.touch(Record::Vnode(id));
+        self.touch(Record::NextIds);
         Ok(vnode)
     }
 
@@ -132,7 +134,9 @@ impl Placement {
             .get_mut(&id)
             .ok_or(PlacementError::UnknownVnodeId(id))?;
         v.host_network = host;
-        Ok(v.clone())
+        let v = v.clone();
+        self.touch(Record::Vnode(id));
+        Ok(v)
     }
 
     /// How many copies each new vRegion of the vNode gets (1 or 2); returns
@@ -146,7 +150,9 @@ impl Placement {
             .get_mut(&id)
             .ok_or(PlacementError::UnknownVnodeId(id))?;
         v.replicas = replicas;
-        Ok(v.clone())
+        let v = v.clone();
+        self.touch(Record::Vnode(id));
+        Ok(v)
     }
 
     /// The vNode with this name.
@@ -164,8 +170,9 @@ impl Placement {
         self.vnodes.values()
     }
 
-    /// Removes the vNode and every vRegion of its address spaces; returns
-    /// both so the manager can free the vRegions on their memory monitors.
+    /// Removes the vNode and every vRegion, lease and owner of its address
+    /// spaces; returns the vNode and its vRegions, so the manager can free
+    /// them on their memory monitors.
     pub fn delete_vnode(
         &mut self,
         name: &str,
@@ -174,21 +181,29 @@ impl Placement {
         let id = *self.vnode_ids.get(name).ok_or_else(unknown)?;
         let vnode = self.vnodes.remove(&id).ok_or_else(unknown)?;
         self.vnode_ids.remove(name);
-        let removed = self.remove_vregions(make_asid(id, 0), make_asid(id, u32::MAX));
-        let spaces: Vec<Asid> = self
-            .leases
-            .range(make_asid(id, 0)..=make_asid(id, u32::MAX))
-            .map(|(&a, _)| a)
-            .collect();
-        for a in spaces {
+        self.touch(Record::Vnode(id));
+        let range = Asid::range_of(id);
+        let removed = self.remove_vregions(*range.start(), *range.end());
+        let leased: Vec<Asid> = self.leases.range(range.clone()).map(|(&a, _)| a).collect();
+        for a in leased {
             self.leases.remove(&a);
+            self.touch(Record::Lease(a));
+        }
+        let owned: Vec<Asid> = self.owners.range(range).map(|(&a, _)| a).collect();
+        for a in owned {
+            self.owners.remove(&a);
+            self.touch(Record::Owner(a));
         }
         Ok((vnode, removed))
     }
 
-    /// Allocates the next address-space id of the vNode; also returns the
-    /// updated vNode, to be persisted.
-    pub fn create_space(&mut self, vnode: VnodeId) -> Result<(Asid, Vnode), PlacementError> {
+    /// Allocates the next address-space id of the vNode, belonging to job
+    /// `owner` when given; also returns the updated vNode.
+    pub fn create_space(
+        &mut self,
+        vnode: VnodeId,
+        owner: Option<u64>,
+    ) -> Result<(Asid, Vnode), PlacementError> {
         let record = self
             .vnodes
             .get_mut(&vnode)
@@ -197,6 +212,12 @@ impl Placement {
         record.next_space = seq
             .checked_add(1)
             .ok_or(PlacementError::SpacesExhausted(vnode))?;
-        Ok((make_asid(vnode, seq), record.clone()))
+        let (asid, record) = (Asid::new(vnode, seq), record.clone());
+        self.touch(Record::Vnode(vnode));
+        if let Some(o) = owner {
+            self.owners.insert(asid, o);
+            self.touch(Record::Owner(asid));
+        }
+        Ok((asid, record))
     }
 }

@@ -137,7 +137,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         AgentConfig {
             manager: cfg.manager,
             secret: cfg.secret,
-            role: "processor".into(),
+            role: lego_wire::Role::Processor,
             addr: server.local_addr.clone(),
             capacity: cfg.excache,
             identity: None,

@@ -17,11 +17,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ChildStdin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use lego_wire::control::JobInfo;
-use lego_wire::io::{push_chunk, Stream};
+use lego_transport::lock;
+use lego_wire::jobs::JobInfo;
+use lego_wire::jobs::{push_chunk, Stream};
 use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 
 use crate::ProcessorError;
@@ -73,10 +74,6 @@ struct JobState {
     pipes_abandoned: bool,
     /// The runtime's last counters, kept after the job ends.
     counters: BTreeMap<String, u64>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Reads the runtime's counters file (a JSON object of numbers); a missing or
@@ -387,7 +384,7 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lego_wire::io::decode_chunks;
+    use lego_wire::jobs::decode_chunks;
 
     fn job() -> Arc<Job> {
         Arc::new(Job::new(

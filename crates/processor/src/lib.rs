@@ -23,9 +23,11 @@
 pub mod daemon;
 pub mod enter;
 pub mod job;
+pub mod launch;
 pub mod manager;
 pub mod mounts;
 pub mod service;
+pub mod shared;
 pub mod spawn;
 pub mod vfs;
 
@@ -35,6 +37,8 @@ use lego_transport::{Reject, TransportError};
 use lego_wire::ErrorCode;
 
 pub use daemon::{check_runtime, default_runtime_path, run, ProcessorConfig, RunningProcessor};
+pub use lego_wire::error::chain;
+pub use lego_wire::types::human;
 pub use service::ProcessorService;
 
 /// Everything that can go wrong in a processor monitor.
@@ -124,33 +128,5 @@ impl ProcessorError {
 impl From<ProcessorError> for Reject {
     fn from(e: ProcessorError) -> Self {
         Reject::new(e.code(), chain(&e))
-    }
-}
-
-/// An error and its sources on one line: `a: b: c`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Bytes for people: `1.5 GiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }

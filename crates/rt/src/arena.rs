@@ -52,20 +52,24 @@ pub fn arena() -> (usize, usize) {
         .is_ok()
     {
         let len = arena_len();
-        let base = raw_mmap(
-            0,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
+        // SAFETY: not MAP_FIXED: the kernel picks a range no one uses.
+        let base = unsafe {
+            raw_mmap(
+                0,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        }
         .unwrap_or_else(|e| {
             crate::fatal_start(&format!(
                 "cannot reserve {len} bytes of address space for the arena: {e}"
             ))
         });
-        let _ = raw_madvise(base, len, libc::MADV_NOHUGEPAGE);
+        // SAFETY: advice on the range just mapped; NOHUGEPAGE keeps its contents.
+        let _ = unsafe { raw_madvise(base, len, libc::MADV_NOHUGEPAGE) };
         BASE.store(base, Ordering::Relaxed);
         LEN.store(len, Ordering::Relaxed);
         RANGES.lock().top = base + BRK_LEN;

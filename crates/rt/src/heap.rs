@@ -46,30 +46,8 @@ static HEAP: Mutex<Heap> = Mutex::new(Heap::new(false));
 /// lock): they must never touch pageable memory.
 static PRIVATE: Mutex<Heap> = Mutex::new(Heap::new(true));
 
-thread_local! {
-    static IN_RUNTIME: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Is this thread running runtime code that must not fault on the arena?
-pub fn in_runtime() -> bool {
-    IN_RUNTIME.with(|c| c.get() > 0)
-}
-
-/// Runs `f` as runtime code: its `malloc`s are served from private memory.
-pub fn runtime_section<R>(f: impl FnOnce() -> R) -> R {
-    IN_RUNTIME.with(|c| c.set(c.get() + 1));
-    let r = f();
-    IN_RUNTIME.with(|c| c.set(c.get() - 1));
-    r
-}
-
-/// Marks the current thread as a runtime thread for its whole life.
-pub fn enter_runtime_thread() {
-    IN_RUNTIME.with(|c| c.set(1));
-}
-
 fn heap_for_alloc() -> &'static Mutex<Heap> {
-    if in_runtime() {
+    if crate::section::in_runtime() {
         &PRIVATE
     } else {
         &HEAP
@@ -184,7 +162,9 @@ impl Heap {
 
 fn release_range(heap: &Mutex<Heap>, (start, len): (usize, usize)) {
     if std::ptr::eq(heap, &PRIVATE) {
-        let _ = crate::sys::raw_munmap(start, len);
+        // SAFETY: a range of the private heap's own mapping that it gives
+        // back: the allocator no longer hands out anything in it.
+        let _ = unsafe { crate::sys::raw_munmap(start, len) };
     } else {
         crate::pager::zap(start, len);
         arena::free_pages(start, len);

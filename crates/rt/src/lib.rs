@@ -37,6 +37,7 @@ pub mod process;
 pub mod quota;
 pub mod remote;
 pub mod rtalloc;
+pub mod section;
 pub mod shim;
 pub mod stats;
 pub mod sys;
@@ -127,7 +128,7 @@ pub fn fatal_start(msg: &str) -> ! {
 pub fn fatal_lost(lost: &Lost) -> ! {
     die(
         &format!(
-            "lego: memory lost: vRegion {} of address space {:#x} cannot be reached on any memory monitor ({}); stopping the process\n",
+            "lego: memory lost: vRegion {} of address space {} cannot be reached on any memory monitor ({}); stopping the process\n",
             lost.vregion, lost.asid, lost.detail
         ),
         EXIT_MEMORY_LOST,
@@ -185,7 +186,7 @@ fn spawn_runtime_thread(name: &std::ffi::CStr, f: extern "C" fn(usize), arg: usi
         arg: usize,
     }
     extern "C" fn trampoline(p: *mut libc::c_void) -> *mut libc::c_void {
-        heap::enter_runtime_thread();
+        section::enter_runtime_thread();
         // SAFETY: `p` is the Box<Start> leaked by the spawner, used once.
         let s = unsafe { Box::from_raw(p.cast::<Start>()) };
         (s.f)(s.arg);
@@ -217,16 +218,16 @@ fn spawn_runtime_thread(name: &std::ffi::CStr, f: extern "C" fn(usize), arg: usi
 }
 
 extern "C" fn handler_main(fd: usize) {
-    pager::handler_loop(fd as i32)
+    pager::handler_loop(sys::UffdEvents::from_raw(fd as i32))
 }
 
 /// Starts the fault handler thread for a userfaultfd.
-pub fn start_handler(fd: i32) {
-    spawn_runtime_thread(c"lego-pager", handler_main, fd as usize);
+pub fn start_handler(uffd: sys::UffdEvents) {
+    spawn_runtime_thread(c"lego-pager", handler_main, uffd.raw() as usize);
 }
 
 extern "C" fn init() {
-    heap::runtime_section(start);
+    section::runtime_section(start);
 }
 
 fn start() {
@@ -276,7 +277,7 @@ fn start() {
         });
     let asid = remote.asid;
     if cfg.quota {
-        if let Err(e) = quota::init(remote.manager().clone(), remote.manager_dialer(), asid) {
+        if let Err(e) = quota::init(remote.manager_link(), asid) {
             fatal_start(&e);
         }
     }
@@ -286,12 +287,12 @@ fn start() {
     }
     let p = pager::Pager::new(uffd, base, len, cfg.excache, remote)
         .unwrap_or_else(|e| fatal_start(&format!("{e}")));
-    let fd = p.uffd.fd;
+    let events = p.uffd.events();
     *pager::PAGER.lock() = Some(p);
     // The handler runs before the arena is registered: any fault after
     // registration, from any thread, is served. It lives in the host's
     // network namespace (see `netns`).
-    netns::host_net(|| start_handler(fd)).unwrap_or_else(|e| fatal_start(&e));
+    netns::host_net(|| start_handler(events)).unwrap_or_else(|e| fatal_start(&e));
     {
         let mut guard = pager::PAGER.lock();
         let p = guard.as_mut().expect("just set");
@@ -305,7 +306,7 @@ fn start() {
     process::install();
     if let Some(path) = cfg.stats {
         *STATS_PATH.lock() = Some(path);
-        STATS_ASID.store(asid, Ordering::Relaxed);
+        STATS_ASID.store(asid.0, Ordering::Relaxed);
         spawn_runtime_thread(c"lego-stats", stats_main, 0);
     }
 }
@@ -314,11 +315,11 @@ extern "C" fn fini() {
     if CHILD.load(Ordering::Relaxed) {
         return;
     }
-    heap::enter_runtime_thread();
+    section::enter_runtime_thread();
     if let Some(path) = STATS_PATH.lock().clone() {
         let asid = pager::PAGER
             .try_lock()
-            .and_then(|p| p.as_ref().map(|p| p.remote.asid))
+            .and_then(|p| p.as_ref().map(|p| p.remote.asid.0))
             .unwrap_or(0);
         stats::write(&path, asid);
     }

@@ -23,11 +23,13 @@ use std::time::Instant;
 use crate::lock::Lock as Mutex;
 
 use crate::arena::PAGE;
+use lego_wire::PageNo;
+
 use crate::remote::{Lost, PendingRead, Remote};
 use crate::stats::COUNTERS;
 use crate::sys::{
-    private_pages, raw_madvise, Uffd, UffdMsg, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WP,
-    UFFD_PAGEFAULT_FLAG_WRITE,
+    private_pages, raw_madvise, Uffd, UffdEvents, UffdMsg, UFFD_EVENT_PAGEFAULT,
+    UFFD_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WRITE,
 };
 
 const RES: u8 = 1;
@@ -74,12 +76,14 @@ pub struct Pager {
     pub uffd: Uffd,
     base: usize,
     npages: usize,
-    flags: *mut u8,
+    /// One byte of state per page of the arena, in a private mapping.
+    flags: &'static mut [u8],
     fifo: VecDeque<u32>,
     resident: usize,
     quota: usize,
     pub remote: Remote,
-    zero: usize,
+    /// Zeros, read-only: the source of every zero-filled page.
+    zero: &'static [u8],
     buf: Vec<u8>,
     last: usize,
     dir: isize,
@@ -97,10 +101,6 @@ pub struct Pager {
     pub no_evict: bool,
 }
 
-// SAFETY: `flags` points to a private mapping owned by the pager; all access
-// goes through the `PAGER` lock.
-unsafe impl Send for Pager {}
-
 pub static PAGER: Mutex<Option<Pager>> = Mutex::new(None);
 
 impl Pager {
@@ -112,7 +112,10 @@ impl Pager {
         remote: Remote,
     ) -> std::io::Result<Pager> {
         let npages = len / PAGE;
-        let flags = private_pages(npages.next_multiple_of(PAGE))? as *mut u8;
+        let flags = private_pages(npages.next_multiple_of(PAGE))?;
+        // SAFETY: a fresh private mapping of at least `npages` bytes that
+        // only this pager refers to, for as long as the process lives.
+        let flags = unsafe { std::slice::from_raw_parts_mut(flags as *mut u8, npages) };
         let zero = private_pages(MAX_ZERO_WINDOW * PAGE)?;
         // Read-only: the source of every zero-filled page must stay zeros.
         // SAFETY: changes the protection of the mapping we just made.
@@ -127,6 +130,8 @@ impl Pager {
         {
             return Err(std::io::Error::last_os_error());
         }
+        // SAFETY: the read-only mapping of zeros just made, never unmapped.
+        let zero = unsafe { std::slice::from_raw_parts(zero as *const u8, MAX_ZERO_WINDOW * PAGE) };
         let quota = (quota_bytes / PAGE).max(2 * EVICT_BATCH);
         COUNTERS.set(&COUNTERS.excache_pages, quota as u64);
         Ok(Pager {
@@ -154,21 +159,34 @@ impl Pager {
     }
 
     fn f(&self, idx: usize) -> u8 {
-        // SAFETY: idx < npages, inside the flags mapping.
-        unsafe { *self.flags.add(idx) }
+        self.flags[idx]
     }
 
     fn set(&mut self, idx: usize, v: u8) {
-        // SAFETY: idx < npages, inside the flags mapping.
-        unsafe { *self.flags.add(idx) = v };
+        self.flags[idx] = v;
+    }
+
+    /// A page of the arena that is resident and write-protected.
+    fn protected_page(&self, idx: usize) -> &[u8] {
+        // SAFETY: the caller made the page resident and write-protected:
+        // reading it cannot fault and no one can change it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.addr(idx) as *const u8, PAGE) }
+    }
+
+    /// Drops `len` bytes of the arena from `start` (they fault again on
+    /// the next touch).
+    fn drop_pages(&self, start: usize, len: usize) {
+        // SAFETY: arena pages the pager manages: no Rust reference points
+        // into the program's memory, and their next touch faults to us.
+        let _ = unsafe { raw_madvise(start, len, libc::MADV_DONTNEED) };
     }
 
     fn addr(&self, idx: usize) -> usize {
         self.base + idx * PAGE
     }
 
-    fn page_no(&self, idx: usize) -> u64 {
-        (self.addr(idx) / PAGE) as u64
+    fn page_no(&self, idx: usize) -> PageNo {
+        PageNo::of_addr(self.addr(idx))
     }
 
     fn note_resident(&mut self, idx: usize, flags: u8) {
@@ -262,7 +280,7 @@ impl Pager {
         self.make_room(n)?;
         let _ = self
             .uffd
-            .copy(self.addr(idx), self.zero as *const u8, n * PAGE, false);
+            .copy(self.addr(idx), &self.zero[..n * PAGE], false);
         for i in idx..idx + n {
             self.note_resident(i, ZF);
         }
@@ -345,7 +363,7 @@ impl Pager {
         if ahead.is_empty() {
             return Ok(());
         }
-        let nos: Vec<u64> = ahead.iter().map(|&i| self.page_no(i)).collect();
+        let nos: Vec<PageNo> = ahead.iter().map(|&i| self.page_no(i)).collect();
         let read = self.remote.start_read(&nos)?;
         self.ahead = Some(Ahead {
             read: AheadRead::InFlight(read),
@@ -450,7 +468,7 @@ impl Pager {
         if !small {
             self.make_room(want.len())?;
         }
-        let nos: Vec<u64> = want.iter().map(|&i| self.page_no(i)).collect();
+        let nos: Vec<PageNo> = want.iter().map(|&i| self.page_no(i)).collect();
         let read = self.remote.start_read(&nos)?;
         if small {
             self.make_room(want.len())?;
@@ -504,12 +522,8 @@ impl Pager {
             {
                 end += 1;
             }
-            let _ = self.uffd.copy(
-                self.addr(i0),
-                data[at + k0 * PAGE..].as_ptr(),
-                (end - r) * PAGE,
-                modes[r],
-            );
+            let src = &data[at + k0 * PAGE..at + (k0 + end - r) * PAGE];
+            let _ = self.uffd.copy(self.addr(i0), src, modes[r]);
             r = end;
         }
         COUNTERS.add(&COUNTERS.faults_fetched, 1);
@@ -564,14 +578,13 @@ impl Pager {
         let mut dirty = Vec::with_capacity(written.len());
         for i in written {
             let fl = self.f(i);
-            // SAFETY: resident and now write-protected: reading cannot fault.
-            let page = unsafe { std::slice::from_raw_parts(self.addr(i) as *const u8, PAGE) };
             let is_dirty = if fl & DIRTY != 0 {
                 true
             } else if fl & HASHED != 0 {
-                self.hashes.remove(&(i as u32)) != Some(page_hash(page))
+                let now = page_hash(self.protected_page(i));
+                self.hashes.remove(&(i as u32)) != Some(now)
             } else {
-                page.iter().any(|&b| b != 0)
+                self.protected_page(i).iter().any(|&b| b != 0)
             };
             if is_dirty {
                 dirty.push(i);
@@ -594,12 +607,9 @@ impl Pager {
             let mut data = std::mem::take(&mut self.wbuf);
             data.clear();
             for &i in &dirty[start..end] {
-                // SAFETY: the page is resident and write-protected: reading it
-                // cannot fault and no one can change it meanwhile.
-                let page = unsafe { std::slice::from_raw_parts(self.addr(i) as *const u8, PAGE) };
-                data.extend_from_slice(page);
+                data.extend_from_slice(self.protected_page(i));
             }
-            let pages: Vec<u64> = dirty[start..end].iter().map(|&i| self.page_no(i)).collect();
+            let pages: Vec<PageNo> = dirty[start..end].iter().map(|&i| self.page_no(i)).collect();
             let r = self.remote.write(&pages, &data);
             self.wbuf = data;
             r?;
@@ -610,7 +620,7 @@ impl Pager {
             start = end;
         }
         for run in runs(&victims) {
-            let _ = raw_madvise(self.addr(run.0), run.1 * PAGE, libc::MADV_DONTNEED);
+            self.drop_pages(self.addr(run.0), run.1 * PAGE);
         }
         for &i in &victims {
             let fl = self.f(i);
@@ -631,10 +641,8 @@ impl Pager {
             (victims.len() - dirty.len()) as u64,
         );
         if self.fifo.len() > 2 * self.resident + 4096 {
-            let flags = self.flags;
-            // SAFETY: indices in the FIFO are < npages.
-            self.fifo
-                .retain(|&i| unsafe { *flags.add(i as usize) } & RES != 0);
+            let flags = &*self.flags;
+            self.fifo.retain(|&i| flags[i as usize] & RES != 0);
         }
         Ok(())
     }
@@ -650,7 +658,7 @@ impl Pager {
         }) {
             self.cancel_ahead();
         }
-        let mut remote_runs: Vec<(u64, u64)> = Vec::new();
+        let mut remote_runs: Vec<(PageNo, u64)> = Vec::new();
         for i in first..(first + n).min(self.npages) {
             let fl = self.f(i);
             if fl & RES != 0 {
@@ -673,7 +681,7 @@ impl Pager {
             }
             self.set(i, 0);
         }
-        let _ = raw_madvise(start, len, libc::MADV_DONTNEED);
+        self.drop_pages(start, len);
         COUNTERS.set(&COUNTERS.resident_pages, self.resident as u64);
         for (s, c) in remote_runs {
             self.remote.free(s, c);
@@ -743,21 +751,21 @@ fn runs(sorted: &[usize]) -> Vec<(usize, usize)> {
 /// Zaps a range of the arena: through the pager when it runs, else just drops
 /// the pages (before the runtime started, nothing is remote).
 pub fn zap(start: usize, len: usize) {
-    crate::heap::runtime_section(|| {
+    crate::section::runtime_section(|| {
         let mut p = PAGER.lock();
         match p.as_mut() {
             Some(p) => p.zap(start, len),
             None => {
-                let _ = raw_madvise(start, len, libc::MADV_DONTNEED);
+                // SAFETY: arena pages of the program's, which it gave back.
+                let _ = unsafe { raw_madvise(start, len, libc::MADV_DONTNEED) };
             }
         }
     })
 }
 
 /// The fault handler thread's loop.
-pub fn handler_loop(fd: i32) {
-    crate::heap::enter_runtime_thread();
-    let uffd = Uffd { fd };
+pub fn handler_loop(uffd: UffdEvents) {
+    crate::section::enter_runtime_thread();
     let mut msgs = [UffdMsg::default(); 16];
     let spin = crate::fault_spin();
     loop {
@@ -775,7 +783,7 @@ pub fn handler_loop(fd: i32) {
         };
         let mut guard = PAGER.lock();
         let Some(p) = guard.as_mut() else { continue };
-        if p.uffd.fd != fd {
+        if !uffd.of(&p.uffd) {
             return; // a stale handler after fork
         }
         for msg in &msgs[..n] {

@@ -17,10 +17,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use lego_wire::Asid;
+
 use crate::pager::PAGER;
 use crate::stats::COUNTERS;
 use crate::sys::Uffd;
-use crate::{arena, heap};
+use crate::{arena, heap, section};
 
 /// The child's address space, set by the prepare handler (0: the copy failed).
 static CHILD_ASID: AtomicU64 = AtomicU64::new(0);
@@ -29,7 +31,7 @@ static FORK_ERROR: crate::lock::Lock<Option<String>> = crate::lock::Lock::new(No
 extern "C" fn prepare() {
     heap::lock_for_fork();
     arena::lock_for_fork();
-    heap::runtime_section(prepare_pager);
+    section::runtime_section(prepare_pager);
 }
 
 /// Creates the child's address space and stops evictions until the fork is
@@ -48,7 +50,7 @@ fn prepare_pager() {
     p.cancel_ahead();
     let asid = p.remote.fork_space();
     match asid {
-        Ok(r) => CHILD_ASID.store(r.asid, Ordering::Relaxed),
+        Ok(r) => CHILD_ASID.store(r.asid.0, Ordering::Relaxed),
         Err(e) => {
             CHILD_ASID.store(0, Ordering::Relaxed);
             *FORK_ERROR.lock() = Some(e.to_string());
@@ -63,7 +65,7 @@ fn unlock_ranges_and_heap() {
 
 extern "C" fn parent() {
     COUNTERS.add(&COUNTERS.forks, 1);
-    heap::runtime_section(|| {
+    section::runtime_section(|| {
         if let Some(p) = PAGER.lock().as_mut() {
             p.no_evict = false;
         }
@@ -82,7 +84,7 @@ extern "C" fn child() {
     // The heap and the range allocator were held by this thread across the
     // fork, so they are consistent.
     unlock_ranges_and_heap();
-    heap::runtime_section(child_locked);
+    section::runtime_section(child_locked);
     crate::CHILD.store(true, Ordering::Relaxed);
 }
 
@@ -90,15 +92,15 @@ fn child_locked() {
     let mut guard = PAGER.lock();
     if let Some(p) = guard.as_mut() {
         p.no_evict = false;
-        let asid = CHILD_ASID.load(Ordering::Relaxed);
-        if asid == 0 {
+        let asid = Asid(CHILD_ASID.load(Ordering::Relaxed));
+        if asid.0 == 0 {
             let why = FORK_ERROR.lock().take().unwrap_or_default();
             crate::fatal_lost_msg(&format!("fork could not copy the parent's memory: {why}"));
         }
         // A fault being served at the instant of the fork may have marked
         // pages resident that were not installed yet: trust the page tables.
         p.resync_resident(arena::top());
-        let old = p.uffd.fd;
+        // The parent's userfaultfd copy is closed when the new one replaces it.
         let rearmed = Uffd::open()
             .map_err(|e| std::io::Error::new(e.kind(), format!("open: {e}")))
             .and_then(|u| p.rearm_after_fork(u));
@@ -107,16 +109,14 @@ fn child_locked() {
                 "the forked child cannot take over its memory: {e}"
             ));
         }
-        // SAFETY: the parent's userfaultfd copy is unused in the child.
-        unsafe { libc::close(old) };
         let reset = crate::netns::host_net(|| p.remote.reset_after_fork(asid)).and_then(|r| r);
         if let Err(e) = reset {
             crate::fatal_lost_msg(&format!("the forked child cannot reach the manager: {e}"));
         }
-        crate::quota::after_fork(p.remote.manager().clone(), asid);
+        crate::quota::after_fork(asid);
         record_space(asid);
-        let fd = p.uffd.fd;
-        if let Err(e) = crate::netns::host_net(|| crate::start_handler(fd)) {
+        let events = p.uffd.events();
+        if let Err(e) = crate::netns::host_net(|| crate::start_handler(events)) {
             crate::fatal_lost_msg(&format!("the forked child cannot start its pager: {e}"));
         }
     }
@@ -130,12 +130,13 @@ pub fn install() {
 
 /// Records `asid` as this process's address space in `$LEGO_RT_SPACES/<pid>`
 /// and returns the previous record for this pid (an exec'd image's), if any.
-pub fn record_space(asid: u64) -> Option<u64> {
+pub fn record_space(asid: Asid) -> Option<Asid> {
     let dir = crate::SPACES_DIR.get()?.as_ref()?;
     let path = format!("{dir}/{}", std::process::id());
     let prev = std::fs::read_to_string(&path)
         .ok()
-        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
-    let _ = std::fs::write(&path, format!("{asid:x}"));
+        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+        .map(Asid);
+    let _ = std::fs::write(&path, format!("{:x}", asid.0));
     prev.filter(|&p| p != asid)
 }

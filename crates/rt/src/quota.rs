@@ -16,11 +16,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use lego_transport::Client;
-
-use crate::remote::Dialer;
-use lego_wire::control::{LeaseReq, LeaseResp};
-use lego_wire::Op;
+use lego_transport::Redial;
+use lego_wire::control::LeaseReq;
+use lego_wire::Asid;
 
 use crate::lock::Lock;
 use crate::stats::COUNTERS;
@@ -31,14 +29,14 @@ const CHUNK: u64 = 4 << 20;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static COMMITTED: AtomicU64 = AtomicU64::new(0);
 static LEASED: AtomicU64 = AtomicU64::new(0);
-/// The manager connection (and how to reopen it), and the address space
-/// leases are asked for.
-static LEASER: Lock<Option<(Client, Dialer, u64)>> = Lock::new(None);
+/// The manager connection (made again when it broke, from the host's
+/// network namespace), and the address space leases are asked for.
+static LEASER: Lock<Option<(Redial, Asid)>> = Lock::new(None);
 
 /// Turns the quota on for address space `asid` and leases what the program
 /// was given before the runtime started. An error says why not.
-pub fn init(manager: Client, dialer: Dialer, asid: u64) -> Result<(), String> {
-    *LEASER.lock() = Some((manager, dialer, asid));
+pub fn init(manager: Redial, asid: Asid) -> Result<(), String> {
+    *LEASER.lock() = Some((manager, asid));
     ENABLED.store(true, Ordering::Release);
     let early = COMMITTED.load(Ordering::Relaxed);
     if early > 0 && !lease(early) {
@@ -50,44 +48,35 @@ pub fn init(manager: Client, dialer: Dialer, asid: u64) -> Result<(), String> {
 }
 
 /// In a forked child: the same lease (the manager copied it) for the child's space.
-pub fn after_fork(manager: Client, asid: u64) {
-    let mut l = LEASER.lock();
-    if let Some((_, dialer, _)) = l.take() {
-        *l = Some((manager, dialer, asid));
+pub fn after_fork(asid: Asid) {
+    if let Some((manager, a)) = LEASER.lock().as_mut() {
+        // The parent's connection is not ours: the next lease connects anew.
+        manager.abandon();
+        *a = asid;
     }
 }
 
 /// Asks the manager for at least `need` more bytes of lease.
 fn lease(need: u64) -> bool {
-    crate::heap::runtime_section(|| lease_inner(need))
+    crate::section::runtime_section(|| lease_inner(need))
 }
 
 fn lease_inner(need: u64) -> bool {
     let mut guard = LEASER.lock();
-    let Some((client, dialer, asid)) = guard.as_mut() else {
+    let Some((manager, asid)) = guard.as_mut() else {
         return false;
     };
-    // The manager may have restarted since: reconnect (from the host's
-    // network namespace, see `netns`).
-    if client.is_broken() {
-        if let Ok(Ok(c)) = crate::netns::host_net(|| dialer.connect()) {
-            *client = c;
-        }
-    }
     let req = LeaseReq {
         asid: *asid,
         bytes: need.max(CHUNK).next_multiple_of(1 << 20),
     };
     // A chunk may not fit the quota where the exact need would.
-    let mut answer = client.call_json::<_, LeaseResp>(Op::LeaseMemory, &req);
+    let mut answer = manager.call(&req);
     if answer.is_err() && req.bytes > need {
-        answer = client.call_json(
-            Op::LeaseMemory,
-            &LeaseReq {
-                asid: *asid,
-                bytes: need,
-            },
-        );
+        answer = manager.call(&LeaseReq {
+            asid: *asid,
+            bytes: need,
+        });
     }
     match answer {
         Ok(r) => {

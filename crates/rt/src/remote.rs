@@ -15,25 +15,25 @@
 //! to: the memory monitors need both to rebuild copies safely (see
 //! `lego_wire::pages`).
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
-use lego_transport::{Client, ClientOptions, Credentials, TransportError};
-use lego_wire::control::UnreachableReq;
+use lego_transport::{Client, ClientOptions, Credentials, Patience, Pool, Redial, TransportError};
 use lego_wire::control::{
-    AssignReq, AssignResp, CreateSpaceReq, CreateSpaceResp, Endpoint, ReleaseSpaceReq,
-    ReleaseSpaceResp,
+    AssignReq, AssignResp, CreateSpaceReq, CreateSpaceResp, Endpoint, ForkSpaceReq, MissedReq,
+    ReleaseSpaceReq, ReleaseSpaceResp, UnreachableReq,
 };
 use lego_wire::pages::{FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply};
-use lego_wire::{Op, PAGE_SIZE};
+use lego_wire::types::vregion_shift;
+use lego_wire::{Asid, Backup, ComponentId, Op, PageNo, VRegionIdx, PAGE_SIZE};
 
 use crate::stats::COUNTERS;
 
 /// A vRegion whose pages can no longer be reached: the process must stop.
 #[derive(Debug)]
 pub struct Lost {
-    pub vregion: u64,
-    pub asid: u64,
+    pub vregion: VRegionIdx,
+    pub asid: Asid,
     pub detail: String,
 }
 
@@ -58,32 +58,40 @@ fn dial(addr: &str, creds: &Credentials, opts: &ClientOptions) -> Result<Client,
     })
 }
 
-/// What it takes to reconnect to a component.
-#[derive(Clone)]
-pub struct Dialer {
-    pub addr: String,
-    pub creds: Credentials,
-    pub opts: ClientOptions,
-}
-
-impl Dialer {
-    pub fn connect(&self) -> Result<Client, TransportError> {
-        dial(&self.addr, &self.creds, &self.opts)
-    }
-}
-
 /// A page read sent to a vRegion's primary, not yet answered.
 pub struct PendingRead {
-    index: u64,
+    index: VRegionIdx,
     body: Vec<u8>,
     sent: Option<(Client, u64)>,
-    primary: Endpoint,
-    backup: Option<Endpoint>,
+    copies: Copies,
     why: Vec<String>,
 }
 
 /// A vRegion's copies as this process last learned them.
-type Copies = (Endpoint, Option<Endpoint>);
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Copies {
+    primary: Endpoint,
+    /// `None`: one copy only; `Bad`: a copy that missed writes, being rebuilt.
+    backup: Option<Backup<Endpoint>>,
+}
+
+impl Copies {
+    fn of(a: AssignResp) -> Copies {
+        Copies {
+            primary: a.primary,
+            backup: a.backup,
+        }
+    }
+
+    /// The ids of the copies that can be read or written.
+    fn ids(&self) -> impl Iterator<Item = ComponentId> + '_ {
+        std::iter::once(self.primary.id).chain(self.live_backup().map(|b| b.id))
+    }
+
+    fn live_backup(&self) -> Option<&Endpoint> {
+        self.backup.as_ref().and_then(|b| b.on())
+    }
+}
 
 /// How often a degraded vRegion's placement may be asked again.
 const REFRESH_EVERY: Duration = Duration::from_millis(250);
@@ -103,35 +111,38 @@ pub struct Config {
 }
 
 pub struct Remote {
-    manager: Client,
-    creds: Credentials,
-    pub asid: u64,
+    manager: Redial,
+    pub asid: Asid,
     vregion_shift: u32,
-    regions: HashMap<u64, Copies>,
+    regions: HashMap<VRegionIdx, Copies>,
     /// Replicas that missed a write-back: (vRegion, component). They hold
     /// an old copy of some page, so they are never read or written again.
-    stale: std::collections::HashSet<(u64, u64)>,
+    stale: HashSet<(VRegionIdx, ComponentId)>,
     /// When each degraded vRegion's placement was last asked again.
-    refreshed: HashMap<u64, std::time::Instant>,
+    refreshed: HashMap<VRegionIdx, Instant>,
     /// Memory monitors already reported unreachable to the manager.
-    reported: std::collections::HashSet<u64>,
+    reported: HashSet<ComponentId>,
     /// vRegions whose placement was inherited from a fork's parent and not
     /// yet asked for in this process.
-    unconfirmed: std::collections::HashSet<u64>,
+    unconfirmed: HashSet<VRegionIdx>,
     /// The version of the last write (see the module doc).
     version: u64,
-    clients: HashMap<String, Client>,
-    opts: ClientOptions,
+    monitors: Pool,
 }
 
-/// How long a process waits for an unreachable manager to come back when it
-/// needs a new vRegion placed.
-const MANAGER_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a process waits for an unreachable manager (or one that
+/// answers `Unavailable`: just restarted, its memory monitors not back yet,
+/// or a copy that cannot be made yet) when it needs a new vRegion placed.
+const MANAGER_PATIENCE: Patience = Patience {
+    within: Duration::from_secs(30),
+    pause: Duration::from_millis(200),
+    max_pause: Duration::from_millis(200),
+    unavailable: true,
+};
 
 fn opts() -> ClientOptions {
     // The fault handler busy-waits briefly for page replies: a sleeping
     // thread's wakeup costs more than the round trip itself on many hosts.
-
     ClientOptions {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(3),
@@ -146,51 +157,34 @@ impl Remote {
     /// [`MANAGER_PATIENCE`].
     pub fn connect(cfg: &Config) -> Result<Remote, String> {
         let creds = Credentials::vnode(cfg.vnode_id, cfg.key);
-        let opts = opts();
-        let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
+        let manager = Redial::new(cfg.manager.clone(), creds.clone(), opts()).with_dial(dial);
         let req = CreateSpaceReq {
             vnode: cfg.vnode.clone(),
             owner: cfg.job,
         };
-        let (manager, space) = loop {
-            let r = dial(&cfg.manager, &creds, &opts).and_then(|m| {
-                let s: CreateSpaceResp = m.call_json(Op::CreateSpace, &req)?;
-                Ok((m, s))
-            });
-            match r {
-                Ok(ms) => break ms,
-                Err(e)
-                    if (e.is_unreachable()
-                        || e.remote_code() == Some(lego_wire::ErrorCode::Unavailable))
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(format!("{e}")),
-            }
-        };
+        let space: CreateSpaceResp = manager
+            .call_patiently(&req, &MANAGER_PATIENCE)
+            .map_err(|e| e.to_string())?;
         Ok(Remote {
             manager,
-            creds,
             asid: space.asid,
-            vregion_shift: lego_wire::control::vregion_shift(space.vregion_bytes),
+            vregion_shift: vregion_shift(space.vregion_bytes),
             regions: HashMap::new(),
-            stale: std::collections::HashSet::new(),
+            stale: HashSet::new(),
             refreshed: HashMap::new(),
-            reported: std::collections::HashSet::new(),
-            unconfirmed: std::collections::HashSet::new(),
+            reported: HashSet::new(),
+            unconfirmed: HashSet::new(),
             version: 0,
-            clients: HashMap::new(),
-            opts,
+            monitors: Pool::new(creds, opts()).with_dial(dial),
         })
     }
 
-    /// The vRegion index of an absolute page number.
-    pub fn vregion_of(&self, page: u64) -> u64 {
-        (page * PAGE_SIZE as u64) >> self.vregion_shift
+    /// The vRegion of a page.
+    pub fn vregion_of(&self, page: PageNo) -> VRegionIdx {
+        page.vregion(self.vregion_shift)
     }
 
-    fn lost(&self, vregion: u64, detail: String) -> Lost {
+    fn lost(&self, vregion: VRegionIdx, detail: String) -> Lost {
         Lost {
             vregion,
             asid: self.asid,
@@ -198,30 +192,27 @@ impl Remote {
         }
     }
 
-    fn region(&mut self, index: u64, refresh: bool) -> Result<Copies, Lost> {
+    fn region(&mut self, index: VRegionIdx, refresh: bool) -> Result<Copies, Lost> {
         let inherited = self.unconfirmed.remove(&index);
         if !refresh && !inherited {
             if let Some(r) = self.regions.get(&index) {
                 return Ok(r.clone());
             }
         }
-        let a = self.ask_placement(index, MANAGER_PATIENCE)?;
-        Ok(self.adopt(index, (a.primary, a.backup)))
+        let a = self.ask_placement(index, &MANAGER_PATIENCE)?;
+        Ok(self.adopt(index, Copies::of(a)))
     }
 
     /// Takes a vRegion's placement as the manager gives it. A copy that is
     /// new to this process was rebuilt from one it already knew; if every
     /// such known copy missed one of its writes, the new one holds the same
     /// old pages, and is not trusted either.
-    fn adopt(&mut self, index: u64, new: Copies) -> Copies {
-        if let Some((p, b)) = self.regions.get(&index) {
-            let known: Vec<u64> = std::iter::once(p.id)
-                .chain(b.iter().map(|e| e.id))
-                .collect();
-            let ids: Vec<u64> = std::iter::once(new.0.id)
-                .chain(new.1.iter().map(|e| e.id))
-                .collect();
-            let kept: Vec<u64> = ids.iter().copied().filter(|i| known.contains(i)).collect();
+    fn adopt(&mut self, index: VRegionIdx, new: Copies) -> Copies {
+        if let Some(old) = self.regions.get(&index) {
+            let known: Vec<ComponentId> = old.ids().collect();
+            let ids: Vec<ComponentId> = new.ids().collect();
+            let kept: Vec<ComponentId> =
+                ids.iter().copied().filter(|i| known.contains(i)).collect();
             if !kept.is_empty() && kept.iter().all(|&i| self.stale.contains(&(index, i))) {
                 for &i in ids.iter().filter(|i| !known.contains(i)) {
                     self.stale.insert((index, i));
@@ -234,50 +225,25 @@ impl Remote {
 
     /// Asks the manager where a vRegion lives (placing it if new). The data
     /// path does not need the manager, but a vRegion touched for the first
-    /// time does: while the manager is away (restarting), wait up to
-    /// `patience` for it rather than lose the process.
-    fn ask_placement(&mut self, index: u64, patience: Duration) -> Result<AssignResp, Lost> {
+    /// time does: while the manager is away (restarting), wait as
+    /// `patience` says rather than lose the process.
+    fn ask_placement(
+        &mut self,
+        index: VRegionIdx,
+        patience: &Patience,
+    ) -> Result<AssignResp, Lost> {
         let req = AssignReq {
             asid: self.asid,
             index,
         };
-        self.call_manager(Op::AssignVRegion, &req, patience)
+        self.manager
+            .call_patiently(&req, patience)
             .map_err(|e| self.lost(index, format!("the manager cannot place it: {e}")))
-    }
-
-    /// Calls the manager, waiting up to `patience` while it is unreachable
-    /// (reconnecting) or answers `Unavailable` (just restarted, its memory
-    /// monitors not back yet, or a copy that cannot be made yet).
-    fn call_manager<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
-        &mut self,
-        op: Op,
-        req: &Req,
-        patience: Duration,
-    ) -> Result<Resp, TransportError> {
-        let deadline = std::time::Instant::now() + patience;
-        loop {
-            match self.manager.call_json(op, req) {
-                Ok(r) => return Ok(r),
-                Err(e)
-                    if (e.is_unreachable()
-                        || e.remote_code() == Some(lego_wire::ErrorCode::Unavailable))
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(200));
-                    if self.manager.is_broken() {
-                        if let Ok(c) = dial(self.manager.peer(), &self.creds, &self.opts) {
-                            self.manager = c;
-                        }
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// A vRegion lost a copy: ask (at most every [`REFRESH_EVERY`], without
     /// waiting for an absent manager) whether a new copy replaced it.
-    fn maybe_refresh(&mut self, index: u64) {
+    fn maybe_refresh(&mut self, index: VRegionIdx) {
         let due = self
             .refreshed
             .get(&index)
@@ -285,15 +251,9 @@ impl Remote {
         if !due {
             return;
         }
-        self.refreshed.insert(index, std::time::Instant::now());
-        if self.manager.is_broken() {
-            match dial(self.manager.peer(), &self.creds, &self.opts) {
-                Ok(c) => self.manager = c,
-                Err(_) => return,
-            }
-        }
-        if let Ok(a) = self.ask_placement(index, Duration::ZERO) {
-            self.adopt(index, (a.primary, a.backup));
+        self.refreshed.insert(index, Instant::now());
+        if let Ok(a) = self.ask_placement(index, &Patience::NONE) {
+            self.adopt(index, Copies::of(a));
         }
     }
 
@@ -306,26 +266,19 @@ impl Remote {
             id: ep.id,
             why: e.to_string(),
         };
-        let _ = self
-            .manager
-            .call_json::<_, serde_json::Value>(Op::ReportUnreachable, &req);
+        let _ = self.manager.call(&req);
     }
 
-    fn client(&mut self, addr: &str) -> Result<Client, TransportError> {
-        if let Some(c) = self.clients.get(addr).filter(|c| !c.is_broken()) {
-            return Ok(c.clone());
-        }
-        let c = dial(addr, &self.creds, &self.opts)?;
-        self.clients.insert(addr.to_string(), c.clone());
-        Ok(c)
+    fn client(&self, addr: &str) -> Result<Client, TransportError> {
+        self.monitors.client(addr)
     }
 
-    /// Sends a read of pages (absolute page numbers, all in one vRegion) to
-    /// the vRegion's primary without waiting: [`Remote::finish_read`] takes
-    /// the answer, and falls back to the backup if the primary failed.
-    pub fn start_read(&mut self, pages: &[u64]) -> Result<PendingRead, Lost> {
+    /// Sends a read of pages (all in one vRegion) to the vRegion's primary
+    /// without waiting: [`Remote::finish_read`] takes the answer, and falls
+    /// back to the backup if the primary failed.
+    pub fn start_read(&mut self, pages: &[PageNo]) -> Result<PendingRead, Lost> {
         let index = self.vregion_of(pages[0]);
-        let (primary, backup) = self.region(index, false)?;
+        let copies = self.region(index, false)?;
         let body = ReadPages {
             asid: self.asid,
             pages: pages.to_vec(),
@@ -333,8 +286,9 @@ impl Remote {
         .encode();
         let mut why = Vec::new();
         let mut sent = None;
+        let primary = &copies.primary;
         if self.stale.contains(&(index, primary.id)) {
-            why.push(self.untrusted("primary", &primary));
+            why.push(untrusted("primary", primary));
         } else {
             match self
                 .client(&primary.addr)
@@ -343,6 +297,7 @@ impl Remote {
                 Ok(s) => sent = Some(s),
                 Err(e) => {
                     why.push(format!("primary {} ({}): {e}", primary.id, primary.addr));
+                    let primary = primary.clone();
                     self.report_unreachable(&primary, &e);
                 }
             }
@@ -351,8 +306,7 @@ impl Remote {
             index,
             body,
             sent,
-            primary,
-            backup,
+            copies,
             why,
         })
     }
@@ -367,34 +321,34 @@ impl Remote {
             index,
             body,
             sent,
-            primary,
-            backup,
+            copies,
             mut why,
         } = p;
         let at = data_alignment(body.len());
+        let primary = copies.primary;
         if let Some((c, id)) = sent {
             let r = c.wait_into(id, out, at);
             if let Err(e) = &r {
                 self.report_unreachable(&primary, e);
             }
-            match self.take_pages(r, out, at, "primary") {
+            match take_pages(r, out, at, "primary") {
                 Ok(at) => return Ok(at),
                 Err(e) => why.push(format!("primary {} ({}): {e}", primary.id, primary.addr)),
             }
         }
         let mut tried = vec![primary.id];
-        let mut candidates: Vec<(&'static str, Endpoint)> =
-            backup.into_iter().map(|b| ("backup", b)).collect();
+        let mut candidates: Vec<(&'static str, Backup<Endpoint>)> =
+            copies.backup.into_iter().map(|b| ("backup", b)).collect();
         let mut refreshed = false;
         loop {
-            while let Some((role, ep)) = candidates.pop() {
-                tried.push(ep.id);
-                if ep.addr.is_empty() {
+            while let Some((role, copy)) = candidates.pop() {
+                let Backup::On(ep) = copy else {
                     why.push(format!("{role}: a copy being rebuilt"));
                     continue;
-                }
+                };
+                tried.push(ep.id);
                 if self.stale.contains(&(index, ep.id)) {
-                    why.push(self.untrusted(role, &ep));
+                    why.push(untrusted(role, &ep));
                     continue;
                 }
                 let r = self
@@ -403,7 +357,7 @@ impl Remote {
                 if let Err(e) = &r {
                     self.report_unreachable(&ep, e);
                 }
-                match self.take_pages(r, out, at, role) {
+                match take_pages(r, out, at, role) {
                     Ok(at) => {
                         COUNTERS.add(&COUNTERS.backup_reads, 1);
                         return Ok(at);
@@ -416,12 +370,15 @@ impl Remote {
             }
             refreshed = true;
             // Both known copies failed: the manager may know of a new one.
-            let (p, b) = self.region(index, true)?;
-            candidates = [("backup", b), ("primary", Some(p))]
-                .into_iter()
-                .filter_map(|(r, e)| e.map(|e| (r, e)))
-                .filter(|(_, e)| !tried.contains(&e.id))
-                .collect();
+            let now = self.region(index, true)?;
+            candidates = [
+                ("backup", now.backup),
+                ("primary", Some(Backup::On(now.primary))),
+            ]
+            .into_iter()
+            .filter_map(|(r, c)| c.map(|c| (r, c)))
+            .filter(|(_, c)| c.on().is_none_or(|e| !tried.contains(&e.id)))
+            .collect();
         }
     }
 
@@ -434,38 +391,14 @@ impl Remote {
 
     /// Reads pages (all in one vRegion) into `out`; returns the offset of the
     /// page data (see [`Remote::finish_read`]).
-    pub fn read(&mut self, pages: &[u64], out: &mut Vec<u8>) -> Result<usize, Lost> {
+    pub fn read(&mut self, pages: &[PageNo], out: &mut Vec<u8>) -> Result<usize, Lost> {
         let p = self.start_read(pages)?;
         self.finish_read(p, out)
     }
 
-    fn untrusted(&self, role: &str, ep: &Endpoint) -> String {
-        format!(
-            "{role} {} ({}) missed a write and is not trusted",
-            ep.id, ep.addr
-        )
-    }
-
-    /// Checks a read answer left in `out`: every page present.
-    fn take_pages(
-        &self,
-        r: Result<lego_wire::frame::Header, TransportError>,
-        out: &[u8],
-        at: usize,
-        role: &str,
-    ) -> Result<usize, String> {
-        r.map_err(|e| e.to_string())?;
-        let reply = ReadPagesReply::decode(&out[at..]).map_err(|e| e.to_string())?;
-        if !reply.present.iter().all(|&p| p == 1) {
-            return Err(format!("the {role} does not hold the pages"));
-        }
-        COUNTERS.add(&COUNTERS.bytes_fetched, reply.data.len() as u64);
-        Ok(reply.data.as_ptr() as usize - out.as_ptr() as usize)
-    }
-
     /// Writes pages (one vRegion) to its copies. When no copy took them,
     /// the placement is asked again once (the copies may have moved).
-    pub fn write(&mut self, pages: &[u64], data: &[u8]) -> Result<(), Lost> {
+    pub fn write(&mut self, pages: &[PageNo], data: &[u8]) -> Result<(), Lost> {
         let index = self.vregion_of(pages[0]);
         self.version += 1;
         let copies = self.region(index, false)?;
@@ -484,18 +417,21 @@ impl Remote {
 
     fn write_to(
         &mut self,
-        index: u64,
-        (primary, backup): &Copies,
-        pages: &[u64],
+        index: VRegionIdx,
+        copies: &Copies,
+        pages: &[PageNo],
         data: &[u8],
     ) -> Result<(), String> {
-        let targets: Vec<(&str, &Endpoint)> =
-            [("primary", Some(primary)), ("backup", backup.as_ref())]
-                .into_iter()
-                .filter_map(|(r, e)| e.map(|e| (r, e)))
-                // No address: a copy known to be bad, being rebuilt.
-                .filter(|(_, e)| !e.addr.is_empty() && !self.stale.contains(&(index, e.id)))
-                .collect();
+        // A bad backup (being rebuilt) and copies that missed a write are
+        // never written.
+        let targets: Vec<(&str, &Endpoint)> = [
+            ("primary", Some(&copies.primary)),
+            ("backup", copies.live_backup()),
+        ]
+        .into_iter()
+        .filter_map(|(r, e)| e.map(|e| (r, e)))
+        .filter(|(_, e)| !self.stale.contains(&(index, e.id)))
+        .collect();
         let mut sent = Vec::new();
         for &(role, ep) in &targets {
             // The other copy this write goes to, so that a copy forwarding
@@ -537,14 +473,12 @@ impl Remote {
         // the manager is told, so that it rebuilds that copy from the good one.
         for id in missed {
             if self.stale.insert((index, id)) {
-                let req = lego_wire::control::MissedReq {
+                let req = MissedReq {
                     asid: self.asid,
                     index,
                     id,
                 };
-                let _ = self
-                    .manager
-                    .call_json::<_, serde_json::Value>(Op::ReportMissed, &req);
+                let _ = self.manager.call(&req);
             }
         }
         if stored == 0 {
@@ -553,8 +487,7 @@ impl Remote {
             }
             return Err(why.join("; "));
         }
-        let wanted = 1 + backup.is_some() as usize;
-        if stored < wanted {
+        if stored < 1 + copies.backup.is_some() as usize {
             COUNTERS.add(&COUNTERS.degraded_writes, 1);
             self.maybe_refresh(index);
         }
@@ -562,57 +495,48 @@ impl Remote {
     }
 
     /// Frees a run of pages on its copies (best effort).
-    pub fn free(&mut self, first: u64, count: u64) {
+    pub fn free(&mut self, first: PageNo, count: u64) {
         let index = self.vregion_of(first);
-        let Some((primary, backup)) = self.regions.get(&index).cloned() else {
+        let Some(copies) = self.regions.get(&index) else {
             return; // never placed: nothing remote
         };
-        let body = FreeRange {
+        let req = FreeRange {
             asid: self.asid,
             first,
             count,
-        }
-        .encode();
-        for ep in std::iter::once(primary).chain(backup) {
-            if let Ok(c) = self.client(&ep.addr) {
-                let _ = c.call(Op::FreeRange, &[&body]);
-            }
+        };
+        let addrs: Vec<String> = std::iter::once(&copies.primary)
+            .chain(copies.live_backup())
+            .map(|e| e.addr.clone())
+            .collect();
+        for addr in addrs {
+            let _ = self.monitors.call(&addr, &req);
         }
     }
 
     /// Releases an address space (ours, or a previous image's after exec).
-    pub fn release(&self, asid: u64) -> Option<ReleaseSpaceResp> {
-        self.manager
-            .call_json(Op::ReleaseSpace, &ReleaseSpaceReq { asid })
-            .ok()
-    }
-
-    /// The manager connection (for leases).
-    pub fn manager(&self) -> &Client {
-        &self.manager
+    pub fn release(&self, asid: Asid) -> Option<ReleaseSpaceResp> {
+        self.manager.call(&ReleaseSpaceReq { asid }).ok()
     }
 
     /// Asks the manager for a forked child's address space (a copy of
-    /// ours), waiting up to [`MANAGER_PATIENCE`] for a manager that is away
-    /// or a copy that cannot be made yet (a memory monitor just died).
+    /// ours), waiting as [`MANAGER_PATIENCE`] says for a manager that is
+    /// away or a copy that cannot be made yet (a memory monitor just died).
     pub fn fork_space(&mut self) -> Result<CreateSpaceResp, TransportError> {
-        let req = lego_wire::control::ForkSpaceReq { asid: self.asid };
-        self.call_manager(Op::ForkSpace, &req, MANAGER_PATIENCE)
+        self.manager
+            .call_patiently(&ForkSpaceReq { asid: self.asid }, &MANAGER_PATIENCE)
     }
 
-    /// How to open another connection to the manager (for leases).
-    pub fn manager_dialer(&self) -> Dialer {
-        Dialer {
-            addr: self.manager.peer().to_string(),
-            creds: self.creds.clone(),
-            opts: self.opts.clone(),
-        }
+    /// Another connection to the manager (for leases, which are asked for
+    /// under the heap's lock and must not wait behind a placement).
+    pub fn manager_link(&self) -> Redial {
+        self.manager.fresh()
     }
 
     /// After fork, in the child: the parent's connections are not ours.
-    pub fn reset_after_fork(&mut self, asid: u64) -> Result<(), String> {
-        let old = std::mem::take(&mut self.clients);
-        std::mem::forget(old);
+    pub fn reset_after_fork(&mut self, asid: Asid) -> Result<(), String> {
+        self.monitors.abandon();
+        self.manager.abandon();
         // The child's placements are its own (copied from the parent's
         // current ones, which may be newer than what the parent last
         // learned): each is asked for before its first use. What the parent
@@ -620,18 +544,37 @@ impl Remote {
         self.unconfirmed = self.regions.keys().copied().collect();
         self.refreshed.clear();
         // A manager that is away (restarting) is waited for.
-        let deadline = std::time::Instant::now() + MANAGER_PATIENCE;
-        let manager = loop {
-            match dial(self.manager.peer(), &self.creds, &self.opts) {
-                Ok(m) => break m,
-                Err(e) if e.is_unreachable() && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(format!("{e}")),
-            }
+        let patience = Patience {
+            unavailable: false,
+            ..MANAGER_PATIENCE
         };
-        std::mem::forget(std::mem::replace(&mut self.manager, manager));
+        patience
+            .run(|| self.manager.client().map(drop), |_, _| {})
+            .map_err(|e| e.to_string())?;
         self.asid = asid;
         Ok(())
     }
+}
+
+fn untrusted(role: &str, ep: &Endpoint) -> String {
+    format!(
+        "{role} {} ({}) missed a write and is not trusted",
+        ep.id, ep.addr
+    )
+}
+
+/// Checks a read answer left in `out`: every page present.
+fn take_pages(
+    r: Result<lego_wire::frame::Header, TransportError>,
+    out: &[u8],
+    at: usize,
+    role: &str,
+) -> Result<usize, String> {
+    r.map_err(|e| e.to_string())?;
+    let reply = ReadPagesReply::decode(&out[at..]).map_err(|e| e.to_string())?;
+    if !reply.present.iter().all(|&p| p == 1) {
+        return Err(format!("the {role} does not hold the pages"));
+    }
+    COUNTERS.add(&COUNTERS.bytes_fetched, reply.data.len() as u64);
+    Ok(reply.data.as_ptr() as usize - out.as_ptr() as usize)
 }

@@ -127,7 +127,9 @@ unsafe impl GlobalAlloc for RtAlloc {
                         return;
                     }
                 }
-                let _ = raw_munmap(ptr as usize, len);
+                // SAFETY: the allocation being freed: its own mapping, no
+                // longer referred to.
+                let _ = unsafe { raw_munmap(ptr as usize, len) };
             }
         }
     }

@@ -150,7 +150,9 @@ pub extern "C" fn mmap(
     } else if flags & libc::MAP_SHARED != 0 && flags & libc::MAP_ANONYMOUS != 0 {
         COUNTERS.add(&COUNTERS.local_shared_maps, 1);
     }
-    match raw_mmap(a, len, prot, flags, fd, off) {
+    // SAFETY: the program's own mmap outside the arena, with its own
+    // arguments: what it replaces is the program's to decide, as with libc.
+    match unsafe { raw_mmap(a, len, prot, flags, fd, off) } {
         Ok(p) => p as *mut c_void,
         Err(e) => {
             set_errno(e.raw_os_error().unwrap_or(libc::ENOMEM));
@@ -184,7 +186,8 @@ pub extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
         arena::free_pages(a, len);
         return 0;
     }
-    match raw_munmap(a, len) {
+    // SAFETY: the program's own munmap of memory outside the arena.
+    match unsafe { raw_munmap(a, len) } {
         Ok(()) => 0,
         Err(e) => {
             set_errno(e.raw_os_error().unwrap_or(libc::EINVAL));
@@ -203,7 +206,8 @@ pub extern "C" fn mremap(
 ) -> *mut c_void {
     let a = old as usize;
     if !arena::contains(a) {
-        return match raw_mremap(a, old_len, new_len, flags, new_addr as usize) {
+        // SAFETY: the program's own mremap of memory outside the arena.
+        return match unsafe { raw_mremap(a, old_len, new_len, flags, new_addr as usize) } {
             Ok(p) => p as *mut c_void,
             Err(e) => {
                 set_errno(e.raw_os_error().unwrap_or(libc::ENOMEM));
@@ -270,7 +274,8 @@ pub extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int
         // Other advice (hugepages, sequential, ...) does not apply to our pages.
         return 0;
     }
-    match raw_madvise(a, len, advice) {
+    // SAFETY: the program's own madvise of memory outside the arena.
+    match unsafe { raw_madvise(a, len, advice) } {
         Ok(()) => 0,
         Err(e) => {
             set_errno(e.raw_os_error().unwrap_or(libc::EINVAL));

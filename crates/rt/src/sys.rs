@@ -1,8 +1,15 @@
 //! Thin bindings to the kernel: raw system calls that bypass our own
 //! interposed symbols (a call to `libc::mmap` from inside this library would
 //! resolve to our `mmap`), and the userfaultfd ioctls with their structs.
+//!
+//! Unsafety stays at this edge: the calls that can change memory the
+//! program or the runtime still refers to (`raw_mmap` at a fixed address,
+//! `raw_munmap`, `raw_mremap`, `raw_madvise`) are `unsafe fn`s whose callers
+//! promise what they touch; [`Uffd`] owns its descriptor (closed on drop)
+//! and installs pages from slices.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 // ---- raw memory system calls -------------------------------------------------
 
@@ -15,7 +22,11 @@ fn check(ret: libc::c_long) -> io::Result<usize> {
 }
 
 /// mmap through the system call, never through our interposed `mmap`.
-pub fn raw_mmap(
+///
+/// # Safety
+/// With `MAP_FIXED`, the range must be one the caller owns and that nothing
+/// else refers to: the new mapping replaces whatever was there.
+pub unsafe fn raw_mmap(
     addr: usize,
     len: usize,
     prot: i32,
@@ -30,42 +41,56 @@ pub fn raw_mmap(
 }
 
 /// munmap through the system call.
-pub fn raw_munmap(addr: usize, len: usize) -> io::Result<()> {
-    // SAFETY: unmapping is validated by the kernel; callers pass ranges they own.
+///
+/// # Safety
+/// The range must be the caller's, with no live reference into it.
+pub unsafe fn raw_munmap(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the range (see above); the kernel checks the rest.
     let r = unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
     check(r).map(|_| ())
 }
 
 /// mremap through the system call.
-pub fn raw_mremap(
+///
+/// # Safety
+/// The old range must be the caller's, with no live reference into it (it
+/// may move); with `MREMAP_FIXED`, so must the new one.
+pub unsafe fn raw_mremap(
     old: usize,
     old_len: usize,
     new_len: usize,
     flags: i32,
     new_addr: usize,
 ) -> io::Result<usize> {
-    // SAFETY: validated by the kernel; used only for mappings outside the arena.
+    // SAFETY: the caller owns both ranges (see above).
     let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) };
     check(r)
 }
 
 /// madvise through the system call.
-pub fn raw_madvise(addr: usize, len: usize, advice: i32) -> io::Result<()> {
-    // SAFETY: validated by the kernel; callers pass ranges they own.
+///
+/// # Safety
+/// The range must be the caller's; with `MADV_DONTNEED` its contents are
+/// gone (zeros, or a fault to the pager), so nothing may rely on them.
+pub unsafe fn raw_madvise(addr: usize, len: usize, advice: i32) -> io::Result<()> {
+    // SAFETY: the caller owns the range (see above).
     let r = unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) };
     check(r).map(|_| ())
 }
 
 /// Anonymous private read/write memory for the runtime's own use (outside the arena).
 pub fn private_pages(len: usize) -> io::Result<usize> {
-    raw_mmap(
-        0,
-        len,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-        -1,
-        0,
-    )
+    // SAFETY: not MAP_FIXED: the kernel picks a range no one uses.
+    unsafe {
+        raw_mmap(
+            0,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    }
 }
 
 /// Writes all of `buf` to a file descriptor (for messages on stderr that must
@@ -170,13 +195,21 @@ const UFFDIO_WAKE: u64 = ior(0x02, std::mem::size_of::<UffdioRange>());
 const UFFDIO_COPY: u64 = iowr(0x03, std::mem::size_of::<UffdioCopy>());
 const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, std::mem::size_of::<UffdioWriteprotect>());
 
-/// An open userfaultfd.
+/// An open userfaultfd, closed when dropped.
 #[derive(Debug)]
 pub struct Uffd {
-    pub fd: i32,
+    fd: OwnedFd,
 }
 
-fn ioctl<T>(fd: i32, req: u64, arg: &mut T) -> io::Result<()> {
+/// A userfaultfd's messages, for the fault handler thread: it reads the
+/// descriptor of a [`Uffd`] it does not own (the pager does). Reading a
+/// descriptor that was closed meanwhile fails with EBADF, nothing worse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UffdEvents {
+    fd: RawFd,
+}
+
+fn ioctl<T>(fd: RawFd, req: u64, arg: &mut T) -> io::Result<()> {
     // SAFETY: `arg` is a live, properly sized #[repr(C)] struct matching `req`.
     let r = unsafe { libc::ioctl(fd, req as _, arg as *mut T) };
     if r < 0 {
@@ -213,13 +246,15 @@ impl Uffd {
                 return Err(io::Error::last_os_error());
             }
         }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let uffd = Uffd { fd };
         let mut api = UffdioApi {
             api: UFFD_API,
             features: UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID,
             ioctls: 0,
         };
-        ioctl(fd, UFFDIO_API, &mut api)?;
+        ioctl(uffd.raw(), UFFDIO_API, &mut api)?;
         Ok(uffd)
     }
 
@@ -233,27 +268,37 @@ impl Uffd {
             mode: REGISTER_MODE_MISSING | REGISTER_MODE_WP,
             ioctls: 0,
         };
-        ioctl(self.fd, UFFDIO_REGISTER, &mut reg)
+        ioctl(self.raw(), UFFDIO_REGISTER, &mut reg)
     }
 
-    /// Installs `len` bytes from `src` at `dst` (page aligned), write-protected
-    /// if `wp`, waking the threads faulting there. EEXIST (the page
-    /// appeared meanwhile) is not an error.
-    pub fn copy(&self, dst: usize, src: *const u8, len: usize, wp: bool) -> io::Result<()> {
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// What the fault handler thread reads.
+    pub fn events(&self) -> UffdEvents {
+        UffdEvents { fd: self.raw() }
+    }
+
+    /// Installs `src` (whole pages) at `dst` (page aligned), write-protected
+    /// if `wp`, waking the threads faulting there. The kernel fills only
+    /// missing pages of ranges registered here, so no memory anyone refers
+    /// to can change. EEXIST (the page appeared meanwhile) is not an error.
+    pub fn copy(&self, dst: usize, src: &[u8], wp: bool) -> io::Result<()> {
         let mut c = UffdioCopy {
             dst: dst as u64,
-            src: src as u64,
-            len: len as u64,
+            src: src.as_ptr() as u64,
+            len: src.len() as u64,
             mode: if wp { COPY_MODE_WP } else { 0 },
             copy: 0,
         };
-        match ioctl(self.fd, UFFDIO_COPY, &mut c) {
+        match ioctl(self.raw(), UFFDIO_COPY, &mut c) {
             // Part of a run may be installed (EAGAIN after a page that was
             // already there) or the run may cross into another mapping
             // (ENOENT): install the rest one page at a time.
-            Err(_) if len > 4096 => {
-                for off in (0..len).step_by(4096) {
-                    self.copy(dst + off, src.wrapping_add(off), 4096, wp)?;
+            Err(_) if src.len() > 4096 => {
+                for (k, page) in src.chunks(4096).enumerate() {
+                    self.copy(dst + k * 4096, page, wp)?;
                 }
                 Ok(())
             }
@@ -272,7 +317,7 @@ impl Uffd {
             },
             mode: if wp { WRITEPROTECT_MODE_WP } else { 0 },
         };
-        ioctl(self.fd, UFFDIO_WRITEPROTECT, &mut w)
+        ioctl(self.raw(), UFFDIO_WRITEPROTECT, &mut w)
     }
 
     /// Wakes threads waiting on faults in a range (they retry the access).
@@ -281,7 +326,24 @@ impl Uffd {
             start: start as u64,
             len: len as u64,
         };
-        ioctl(self.fd, UFFDIO_WAKE, &mut r)
+        ioctl(self.raw(), UFFDIO_WAKE, &mut r)
+    }
+}
+
+impl UffdEvents {
+    /// The events of the descriptor `fd` (handed to the handler thread as
+    /// a number, see [`UffdEvents::raw`]).
+    pub fn from_raw(fd: RawFd) -> UffdEvents {
+        UffdEvents { fd }
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Whether these are `uffd`'s events.
+    pub fn of(&self, uffd: &Uffd) -> bool {
+        self.fd == uffd.raw()
     }
 
     /// Busy-waits up to `spin` for a message to be queued.

@@ -65,7 +65,7 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
         AgentConfig {
             manager: cfg.manager,
             secret: cfg.secret,
-            role: "storage".into(),
+            role: lego_wire::Role::Storage,
             addr: server.local_addr.clone(),
             capacity,
             // Its files outlive it: after a restart it is the same storage

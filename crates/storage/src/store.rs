@@ -24,8 +24,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
+use lego_transport::lock;
 use lego_wire::fs::{check_path, Attr, DirEntry, Kind, SetTime, StatFs, Time, MAX_LISTING};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -98,10 +99,6 @@ pub struct FileStore {
     next: AtomicU64,
     handles: Mutex<HashMap<u64, Handle>>,
     pub counters: StoreCounters,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn time(secs: i64, nanos: u64) -> Time {

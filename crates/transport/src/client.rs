@@ -10,16 +10,15 @@
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use lego_wire::auth::{decode_challenge, Claim, Hello, Secret, KEY_LEN};
-use lego_wire::control::{from_body, to_body};
 use lego_wire::frame::{read_body, read_body_into, read_frame, read_header, write_frame, Header};
-use lego_wire::{Frame, Op, WireError, DEFAULT_MAX_BODY};
-use serde::{de::DeserializeOwned, Serialize};
+use lego_wire::{Frame, Op, Request, WireError, DEFAULT_MAX_BODY};
 
 use crate::link::{connect, ReadHalf, WriteHalf};
+use crate::sync::lock;
 use crate::TransportError;
 
 /// Who we are and the key that proves it.
@@ -96,10 +95,6 @@ struct Table {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Client {
@@ -248,7 +243,7 @@ impl Client {
         Ok(frame.header)
     }
 
-    /// Sends a request and waits for its answer into `buf` (see [`Client::wait_into`]).
+    /// Sends a raw request and waits for its answer into `buf` (see [`Client::wait_into`]).
     pub fn call_into(
         &self,
         op: Op,
@@ -361,23 +356,20 @@ impl Client {
         }
     }
 
-    /// Sends a request and waits for its answer.
-    pub fn call(&self, op: Op, parts: &[&[u8]]) -> Result<Frame, TransportError> {
-        let id = self.send(op, parts)?;
-        self.wait(id)
-    }
-
-    /// A control-plane call with JSON bodies.
-    pub fn call_json<Q: Serialize, A: DeserializeOwned>(
-        &self,
-        op: Op,
-        req: &Q,
-    ) -> Result<A, TransportError> {
-        let frame = self.call(op, &[&to_body(req)])?;
-        from_body(&frame.body).map_err(|source| TransportError::Protocol {
+    /// Sends a request and waits for its typed answer.
+    pub fn call<R: Request>(&self, req: &R) -> Result<R::Reply, TransportError> {
+        let frame = self.call_raw(R::OP, &[&req.encode()])?;
+        R::decode_reply(&frame.body).map_err(|source| TransportError::Protocol {
             peer: self.inner.peer.clone(),
             source,
         })
+    }
+
+    /// Sends a raw request (a body in parts, written without copying them
+    /// together) and waits for its answer: for the data path's page bodies.
+    pub fn call_raw(&self, op: Op, parts: &[&[u8]]) -> Result<Frame, TransportError> {
+        let id = self.send(op, parts)?;
+        self.wait(id)
     }
 
     /// True once the connection has failed; every later call fails at once.

@@ -9,17 +9,25 @@
 //!   requests in flight at once (pipelining by request id, no extra thread on
 //!   the reply path: whichever waiter holds the read half reads for everyone).
 //! - [`server`]: the accept loop, the handshake and one thread per connection
-//!   that hands each request to a [`server::Handler`] and survives bad peers.
+//!   that hands each request to a [`server::Handler`] and survives bad peers;
+//!   [`server::answer`] serves one typed request.
+//! - [`redial`]: connections made again when they broke, and [`Patience`]:
+//!   how long a call waits for a peer that cannot be reached.
+//! - [`sync`]: the one lock helper.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod error;
 pub mod link;
+pub mod redial;
 pub mod server;
+pub mod sync;
 
 pub use client::{Client, ClientOptions, Credentials};
 pub use error::TransportError;
 pub use link::{connect, listen, Link, Listener, Transport};
+pub use redial::{DialFn, Patience, Pool, Redial};
 pub use server::{
-    spawn_server, Handler, PeerInfo, Reject, ServerConfig, ServerCounters, ServerHandle,
+    answer, spawn_server, Handler, PeerInfo, Reject, ServerConfig, ServerCounters, ServerHandle,
 };
+pub use sync::lock;

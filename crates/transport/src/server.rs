@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use lego_wire::auth::{random_bytes, Claim, Hello, Secret};
 use lego_wire::frame::{read_body, read_header, write_error, write_frame};
-use lego_wire::{ErrorBody, ErrorCode, Op, WireError, DEFAULT_MAX_BODY, FLAG_RESPONSE};
+use lego_wire::{ErrorBody, ErrorCode, Op, Request, WireError, DEFAULT_MAX_BODY, FLAG_RESPONSE};
 use tracing::{debug, info, warn};
 
 use crate::link::{Link, Listener};
@@ -68,6 +68,19 @@ impl From<WireError> for Reject {
     fn from(e: WireError) -> Self {
         Reject::bad_request(e)
     }
+}
+
+/// Serves one typed request: decodes its body as `R` (a malformed one is
+/// `BadRequest`), runs `f`, and encodes the answer into `reply`. A handler's
+/// dispatch is one line per op: `Op::X => answer(body, reply, |r: XReq| ..)`.
+pub fn answer<R: Request>(
+    body: &[u8],
+    reply: &mut Vec<u8>,
+    f: impl FnOnce(R) -> Result<R::Reply, Reject>,
+) -> Result<(), Reject> {
+    let answer = f(R::decode(body)?)?;
+    *reply = R::encode_reply(answer);
+    Ok(())
 }
 
 /// What a component does with requests.

@@ -61,7 +61,7 @@ fn hammer(addr: &str, secret: &Secret) {
                             assert_eq!(f.body, body.iter().rev().copied().collect::<Vec<_>>());
                         }
                     } else {
-                        let f = c.call(Op::Ping, &[&body]).unwrap();
+                        let f = c.call_raw(Op::Ping, &[&body]).unwrap();
                         assert_eq!(f.body, body.iter().rev().copied().collect::<Vec<_>>());
                     }
                 }
@@ -71,7 +71,7 @@ fn hammer(addr: &str, secret: &Secret) {
     for t in threads {
         t.join().unwrap();
     }
-    let err = client.call(Op::ReadPages, &[b"x"]).unwrap_err();
+    let err = client.call_raw(Op::ReadPages, &[b"x"]).unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::UnknownOp));
 }
 
@@ -146,12 +146,12 @@ fn a_stuck_request_times_out_and_breaks_the_connection_for_everyone() {
         ..Default::default()
     };
     let c = Client::connect(&addr, &Credentials::component(&secret), &opts).unwrap();
-    c.call(Op::Ping, &[]).unwrap();
+    c.call_raw(Op::Ping, &[]).unwrap();
     let t = Instant::now();
     let stuck = c.send(Op::MemStats, &[]).unwrap();
     let waiter = {
         let c = c.clone();
-        std::thread::spawn(move || c.call(Op::Ping, &[]))
+        std::thread::spawn(move || c.call_raw(Op::Ping, &[]))
     };
     let err = c.wait(stuck).unwrap_err();
     assert!(err.to_string().contains("answer within 300 ms"), "{err}");
@@ -163,7 +163,7 @@ fn a_stuck_request_times_out_and_breaks_the_connection_for_everyone() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert!(c.is_broken());
     assert!(
-        c.call(Op::Ping, &[]).is_err(),
+        c.call_raw(Op::Ping, &[]).is_err(),
         "a broken connection fails at once"
     );
 }

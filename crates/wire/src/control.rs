@@ -1,27 +1,22 @@
-//! Control-plane message bodies: JSON documents, since they are small, rare and
-//! read by people too. Each request type names its answer type in a comment.
+//! Control-plane requests of the manager and the memory monitors: JSON
+//! documents, since they are small, rare and read by people too. Each
+//! request is a type of its own bound to its op and reply by
+//! [`json_request!`](crate::json_request) at the end of this file.
 
 use std::collections::BTreeMap;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
-use crate::WireError;
+pub use crate::request::{from_body, to_body, Empty};
+use crate::types::{
+    Asid, Backup, ComponentId, EventKind, Health, Role, VRegionIdx, VRegionState, VnodeId,
+};
+use crate::Op;
 
-/// Encodes a control body.
-pub fn to_body<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("control types always serialize")
-}
-
-/// Decodes a control body; malformed JSON is an error, never a panic.
-pub fn from_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
-    Ok(serde_json::from_slice(body)?)
-}
-
-/// `Register` -> [`RegisterResp`].
+/// `Register`: a component says hello (again, after a restart of either side).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterReq {
-    /// "memory", "processor" or "storage".
-    pub role: String,
+    pub role: Role,
     /// Where the component serves requests.
     pub addr: String,
     /// Capacity in bytes (memory, ExCache or disk, by role).
@@ -29,20 +24,20 @@ pub struct RegisterReq {
     /// Random per start of the daemon: tells a restart from a reconnect.
     pub instance: u64,
     /// The id this daemon had before, when it re-registers.
-    pub previous: Option<u64>,
+    pub previous: Option<ComponentId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResp {
-    pub id: u64,
+    pub id: ComponentId,
     /// How often the manager wants a heartbeat.
     pub heartbeat_ms: u64,
 }
 
-/// `Heartbeat` -> `{}`.
+/// `Heartbeat`: a component is alive and reports its load.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReq {
-    pub id: u64,
+    pub id: ComponentId,
     pub instance: u64,
     /// Bytes in use.
     pub used: u64,
@@ -54,28 +49,17 @@ pub struct HeartbeatReq {
     pub jobs: Vec<u64>,
 }
 
-/// `AssignVRegion` -> [`AssignResp`].
+/// `AssignVRegion` (GMM): where does this vRegion live? Placed on first ask.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignReq {
-    pub asid: u64,
-    /// Virtual address divided by the vRegion size.
-    pub index: u64,
-}
-
-/// log2 of the span of address space one vRegion covers, for a manager
-/// configured with `vregion_bytes` (rounded up to a power of two, at least
-/// 2 MiB): vRegion `index` holds pages `index << (shift - 12)` onwards.
-pub fn vregion_shift(vregion_bytes: u64) -> u32 {
-    vregion_bytes
-        .max(1 << 21)
-        .next_power_of_two()
-        .trailing_zeros()
+    pub asid: Asid,
+    pub index: VRegionIdx,
 }
 
 /// A component and where to reach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub id: u64,
+    pub id: ComponentId,
     pub addr: String,
 }
 
@@ -83,12 +67,12 @@ pub struct Endpoint {
 pub struct AssignResp {
     pub primary: Endpoint,
     /// `None`: the vNode keeps one copy of its memory.
-    pub backup: Option<Endpoint>,
+    pub backup: Option<Backup<Endpoint>>,
     /// True when this call created the assignment.
     pub created: bool,
 }
 
-/// `CreateSpace` -> [`CreateSpaceResp`].
+/// `CreateSpace`: a new address space of a vNode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateSpaceReq {
     pub vnode: String,
@@ -97,38 +81,30 @@ pub struct CreateSpaceReq {
     pub owner: Option<u64>,
 }
 
-/// `ForkSpace` -> [`CreateSpaceResp`]: the child's space, a copy of `asid`.
+/// `ForkSpace`: the child's space, a copy of `asid`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForkSpaceReq {
-    pub asid: u64,
-}
-
-/// `ReleaseOwner` -> [`ReleaseSpaceResp`] (summed over the owner's spaces).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseOwnerReq {
-    pub owner: u64,
-}
-
-/// `PlaceProcess` -> [`Endpoint`] of a processor monitor.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlaceProcessReq {
-    pub vnode: String,
-    /// ExCache bytes the process needs.
-    pub excache: u64,
+    pub asid: Asid,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateSpaceResp {
-    pub asid: u64,
-    pub vnode_id: u32,
+    pub asid: Asid,
+    pub vnode_id: VnodeId,
     /// Size of a vRegion in bytes.
     pub vregion_bytes: u64,
 }
 
-/// `ReleaseSpace` -> [`ReleaseSpaceResp`].
+/// `ReleaseSpace`: an address space is gone; free its pages everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseSpaceReq {
-    pub asid: u64,
+    pub asid: Asid,
+}
+
+/// `ReleaseOwner`: free every address space created for one job (summed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseOwnerReq {
+    pub owner: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,33 +115,64 @@ pub struct ReleaseSpaceResp {
     pub unreachable: Vec<String>,
 }
 
-/// `VnodeCreate` and `VnodeDelete` -> [`VnodeInfo`].
-/// Create (with mount points and quota), show, mount or delete a vNode.
+/// `PlaceProcess` (GPM): which processor monitor runs a new process?
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceProcessReq {
+    pub vnode: String,
+    /// ExCache bytes the process needs.
+    pub excache: u64,
+}
+
+/// `VnodeCreate`: a vNode with its mount points, quota, network and copies.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VnodeReq {
+pub struct VnodeCreateReq {
     pub name: String,
-    /// Create: where its processes see its files (none: `/data`).
+    /// Where its processes see its files (none: `/data`).
     #[serde(default)]
     pub mounts: Vec<String>,
-    /// Create: most bytes of memory its processes may hold together.
+    /// Most bytes of memory its processes may hold together.
     #[serde(default)]
     pub memory_quota: Option<u64>,
-    /// Delete: stop its running processes first instead of refusing.
-    #[serde(default)]
-    pub force: bool,
-    /// Create: its processes share their host's network (no namespace of
-    /// their own holding the vIP).
+    /// Its processes share their host's network (no namespace of their own
+    /// holding the vIP).
     #[serde(default)]
     pub host_network: bool,
-    /// Create: copies of each vRegion of its memory, 1 or 2 (none: 2).
+    /// Copies of each vRegion of its memory, 1 or 2 (none: 2).
     #[serde(default)]
     pub replicas: Option<u8>,
+}
+
+/// `VnodeList`: every vNode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnodeListReq;
+
+/// `VnodeShow`: one vNode in detail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnodeShowReq {
+    pub name: String,
+}
+
+/// `VnodeMount` (GSM): a vNode's details with its storage monitor, placed
+/// now if it had none (for a processor monitor about to mount it). The
+/// answer has no `storage` when the cluster has no storage monitor at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnodeMountReq {
+    pub name: String,
+}
+
+/// `VnodeDelete`: refused while its processes run, unless `force`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnodeDeleteReq {
+    pub name: String,
+    /// Stop its running processes first instead of refusing.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// A vNode as the manager knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VnodeInfo {
-    pub id: u32,
+    pub id: VnodeId,
     pub name: String,
     /// Its virtual IP address, from the manager's range ("" if outside it).
     #[serde(default)]
@@ -194,10 +201,10 @@ pub struct VnodeInfo {
     pub jobs: Vec<u64>,
 }
 
-/// Lease memory to an address space, within its vNode's quota.
+/// `LeaseMemory`: lease memory to an address space, within its vNode's quota.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseReq {
-    pub asid: u64,
+    pub asid: Asid,
     pub bytes: u64,
 }
 
@@ -207,32 +214,57 @@ pub struct LeaseResp {
     pub leased: u64,
 }
 
+/// `ReportMissed` (a process to the manager): the copy of vRegion `index`
+/// of `asid` on memory monitor `id` missed a write, so it holds old pages
+/// and must not be trusted (nor copied from).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissedReq {
+    pub asid: Asid,
+    pub index: VRegionIdx,
+    pub id: ComponentId,
+}
+
+/// `ReportUnreachable` (a process to the manager): a memory monitor did not
+/// answer it. The manager checks for itself before acting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreachableReq {
+    pub id: ComponentId,
+    pub why: String,
+}
+
+/// `ClusterState`: the whole cluster, as `lego status` and `/state` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStateReq;
+
 /// One component as the manager sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentInfo {
-    pub id: u64,
-    pub role: String,
+    pub id: ComponentId,
+    pub role: Role,
     pub addr: String,
-    /// "alive", "dead" or "unknown".
-    pub health: String,
+    pub health: Health,
     pub capacity: u64,
     pub used: u64,
     pub last_heard_ms_ago: u64,
     pub counters: BTreeMap<String, u64>,
 }
 
+impl ComponentInfo {
+    /// Whether it is a live component of this role.
+    pub fn is_alive(&self, role: Role) -> bool {
+        self.role == role && self.health == Health::Alive
+    }
+}
+
 /// One vRegion assignment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VRegionInfo {
-    pub asid: u64,
-    pub index: u64,
-    pub primary: u64,
+    pub asid: Asid,
+    pub index: VRegionIdx,
+    pub primary: ComponentId,
     /// `None`: the address space keeps one copy only.
-    pub backup: Option<u64>,
-    /// "healthy" (every copy on a live monitor), "degraded" (a copy lost,
-    /// being rebuilt) or "lost" (no live copy).
-    #[serde(default)]
-    pub state: String,
+    pub backup: Option<Backup<ComponentId>>,
+    pub state: VRegionState,
 }
 
 /// Something the manager did about a failure, for `lego status`.
@@ -240,46 +272,10 @@ pub struct VRegionInfo {
 pub struct EventInfo {
     /// Milliseconds ago, at the time of the snapshot.
     pub ago_ms: u64,
-    /// "dead", "failover", "re-replicated", "lost", "stale", "jobs-lost", ...
-    pub kind: String,
+    pub kind: EventKind,
     pub text: String,
     /// How long it took, when it is a recovery.
     pub took_ms: Option<u64>,
-}
-
-/// `Replicate` (the manager to a vRegion's surviving copy) -> [`ReplicateResp`]:
-/// copy the pages `first_page..first_page + pages` of `asid` to `target`,
-/// and forward every later write of them that the target did not get.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicateReq {
-    pub asid: u64,
-    pub first_page: u64,
-    pub pages: u64,
-    pub target: Endpoint,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicateResp {
-    /// Pages copied.
-    pub pages: u64,
-}
-
-/// `ReportMissed` (a process to the manager) -> `{}`: the copy of vRegion
-/// `index` of `asid` on memory monitor `id` missed a write, so it holds old
-/// pages and must not be trusted (nor copied from).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MissedReq {
-    pub asid: u64,
-    pub index: u64,
-    pub id: u64,
-}
-
-/// `ReportUnreachable` (a process to the manager) -> `{}`: a memory monitor
-/// did not answer it. The manager checks for itself before acting.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnreachableReq {
-    pub id: u64,
-    pub why: String,
 }
 
 /// The manager itself.
@@ -293,7 +289,7 @@ pub struct ManagerInfo {
     pub vregion_bytes: u64,
 }
 
-/// `ClusterState` -> this, also served as JSON over HTTP.
+/// The answer to [`ClusterStateReq`], also served as JSON over HTTP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub manager: ManagerInfo,
@@ -305,7 +301,34 @@ pub struct ClusterState {
     pub events: Vec<EventInfo>,
 }
 
-/// `MemStats` -> this.
+impl ClusterState {
+    /// The live components of a role.
+    pub fn alive(&self, role: Role) -> impl Iterator<Item = &ComponentInfo> {
+        self.components.iter().filter(move |c| c.is_alive(role))
+    }
+}
+
+/// `Replicate` (the manager to a vRegion's surviving copy): copy the pages
+/// `first_page..first_page + pages` of `asid` to `target`, and forward every
+/// later write of them that the target did not get.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateReq {
+    pub asid: Asid,
+    pub first_page: crate::types::PageNo,
+    pub pages: u64,
+    pub target: Endpoint,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateResp {
+    /// Pages copied.
+    pub pages: u64,
+}
+
+/// `MemStats`: a memory monitor's use and counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemStatsReq;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemStats {
     pub capacity_pages: u64,
@@ -314,52 +337,24 @@ pub struct MemStats {
     pub counters: BTreeMap<String, u64>,
 }
 
-/// `Launch` -> [`LaunchResp`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LaunchReq {
-    pub argv: Vec<String>,
-    /// The environment of the program (the processor adds the runtime's).
-    pub env: Vec<(String, String)>,
-    pub cwd: String,
-    pub vnode: String,
-    /// ExCache quota in bytes; `None` with `excache_percent` None: the default.
-    pub excache: Option<u64>,
-    /// ExCache quota as a percentage of the processor's ExCache.
-    pub excache_percent: Option<u32>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LaunchResp {
-    pub job: u64,
-    pub pid: u32,
-    /// The quota granted, in bytes.
-    pub excache: u64,
-}
-
-/// `Output` -> binary chunks (see [`crate::pages`]-style layout in `io`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputReq {
-    pub job: u64,
-    /// Longest time to wait for something to report.
-    pub max_wait_ms: u64,
-}
-
-/// `Signal` -> `{}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignalReq {
-    pub job: u64,
-    pub signal: i32,
-}
-
-/// One job of a processor monitor, for `Jobs` and `lego status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobInfo {
-    pub job: u64,
-    pub pid: u32,
-    pub vnode: String,
-    pub argv: Vec<String>,
-    pub excache: u64,
-    pub running: bool,
-    /// The runtime's counters (faults, evictions, bytes moved, ...).
-    pub counters: BTreeMap<String, u64>,
+crate::json_request! {
+    RegisterReq => RegisterResp, Op::Register;
+    HeartbeatReq => Empty, Op::Heartbeat;
+    AssignReq => AssignResp, Op::AssignVRegion;
+    CreateSpaceReq => CreateSpaceResp, Op::CreateSpace;
+    ForkSpaceReq => CreateSpaceResp, Op::ForkSpace;
+    ReleaseSpaceReq => ReleaseSpaceResp, Op::ReleaseSpace;
+    ReleaseOwnerReq => ReleaseSpaceResp, Op::ReleaseOwner;
+    PlaceProcessReq => Endpoint, Op::PlaceProcess;
+    VnodeCreateReq => VnodeInfo, Op::VnodeCreate;
+    VnodeListReq => Vec<VnodeInfo>, Op::VnodeList;
+    VnodeShowReq => VnodeInfo, Op::VnodeShow;
+    VnodeMountReq => VnodeInfo, Op::VnodeMount;
+    VnodeDeleteReq => VnodeInfo, Op::VnodeDelete;
+    LeaseReq => LeaseResp, Op::LeaseMemory;
+    MissedReq => Empty, Op::ReportMissed;
+    UnreachableReq => Empty, Op::ReportUnreachable;
+    ClusterStateReq => ClusterState, Op::ClusterState;
+    ReplicateReq => ReplicateResp, Op::Replicate;
+    MemStatsReq => MemStats, Op::MemStats;
 }

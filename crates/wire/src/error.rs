@@ -77,3 +77,15 @@ impl std::fmt::Display for ErrorBody {
         write!(f, "{} ({})", self.message, self.code)
     }
 }
+
+/// An error and its sources on one line: `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -8,10 +8,13 @@
 //!
 //! Bodies of the data path (page reads and writes) have fixed binary layouts with
 //! raw 4 KiB page payloads ([`pages`]); control-plane bodies (registration,
-//! placement, vNodes, cluster state) are JSON ([`control`]); the file
-//! protocol between processor and storage monitors is postcard ([`fs`]). Errors travel as
-//! frames with the error flag and an [`ErrorBody`]. Connections start with a
-//! mutual challenge-response handshake over HMAC-SHA256 ([`auth`]).
+//! placement, vNodes, cluster state) are JSON ([`control`], [`jobs`]); the file
+//! protocol between processor and storage monitors is postcard ([`fs`]). Each
+//! request is a type of its own that names its op code and its reply type
+//! ([`request::Request`]). Address spaces, pages and vRegions are types too
+//! ([`types`]). Errors travel as frames with the error flag and an
+//! [`ErrorBody`]. Connections start with a mutual challenge-response handshake
+//! over HMAC-SHA256 ([`auth`]).
 //!
 //! Every decoder in this crate returns [`WireError`] on malformed input and never
 //! panics; `fuzz/` at the workspace root holds a cargo-fuzz target for them.
@@ -22,13 +25,19 @@ pub mod control;
 pub mod error;
 pub mod frame;
 pub mod fs;
-pub mod io;
+pub mod jobs;
 pub mod ops;
 pub mod pages;
+pub mod request;
+pub mod types;
 
 pub use error::{ErrorBody, WireError};
 pub use frame::{Frame, Header, FLAG_ERROR, FLAG_RESPONSE, HEADER_LEN};
 pub use ops::{ErrorCode, Op};
+pub use request::{Empty, Ping, Request};
+pub use types::{
+    Asid, Backup, ComponentId, Health, PageNo, Role, VRegionIdx, VRegionState, VnodeId,
+};
 
 /// Protocol version spoken by this build. A peer with another version is refused.
 pub const VERSION: u8 = 2;

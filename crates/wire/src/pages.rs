@@ -10,7 +10,8 @@
 //!                4 KiB x count
 //! FreeRange      asid u64 | first page u64 | count u64
 //! FreeSpace      asid u64
-//! Freed          pages u64
+//! CloneSpace     from asid u64 | to asid u64
+//! Freed, Cloned  pages u64
 //! ```
 //!
 //! A page number is a virtual address divided by [`PAGE_SIZE`]. A page that was
@@ -24,7 +25,9 @@
 //! same write to (0: none), so a replica that forwards writes to a new copy
 //! knows which ones that copy already has.
 
-use crate::{WireError, MAX_BATCH_PAGES, PAGE_SIZE};
+use crate::request::Request;
+use crate::types::{Asid, ComponentId, PageNo};
+use crate::{Op, WireError, MAX_BATCH_PAGES, PAGE_SIZE};
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
@@ -46,22 +49,24 @@ fn check_len(what: &'static str, body: &[u8], want: usize) -> Result<(), WireErr
 
 /// Reads the `asid | count | 0` head of ReadPages and the page numbers after
 /// it; checks the count against [`MAX_BATCH_PAGES`].
-fn decode_batch_head(what: &'static str, body: &[u8]) -> Result<(u64, Vec<u64>), WireError> {
+fn decode_batch_head(what: &'static str, body: &[u8]) -> Result<(Asid, Vec<PageNo>), WireError> {
     let count = batch_count(what, body, 16)?;
     if body.len() < 16 + 8 * count {
         return Err(WireError::malformed(what, "page list is cut short"));
     }
-    let pages = (0..count).map(|i| u64_at(body, 16 + 8 * i)).collect();
-    Ok((u64_at(body, 0), pages))
+    let pages = (0..count)
+        .map(|i| PageNo(u64_at(body, 16 + 8 * i)))
+        .collect();
+    Ok((Asid(u64_at(body, 0)), pages))
 }
 
-fn encode_batch_head(asid: u64, pages: &[u64]) -> Vec<u8> {
+fn encode_batch_head(asid: Asid, pages: &[PageNo]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + 8 * pages.len());
-    out.extend_from_slice(&asid.to_le_bytes());
+    out.extend_from_slice(&asid.0.to_le_bytes());
     out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     for p in pages {
-        out.extend_from_slice(&p.to_le_bytes());
+        out.extend_from_slice(&p.0.to_le_bytes());
     }
     out
 }
@@ -69,8 +74,8 @@ fn encode_batch_head(asid: u64, pages: &[u64]) -> Vec<u8> {
 /// Read a batch of pages of one address space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadPages {
-    pub asid: u64,
-    pub pages: Vec<u64>,
+    pub asid: Asid,
+    pub pages: Vec<PageNo>,
 }
 
 impl ReadPages {
@@ -155,12 +160,12 @@ impl<'a> ReadPagesReply<'a> {
 /// Write a batch of pages of one address space; `data` holds 4 KiB per page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WritePages<'a> {
-    pub asid: u64,
+    pub asid: Asid,
     /// Orders this write after every earlier one of the same pages.
     pub version: u64,
     /// The other replica this write was also sent to (0: none).
-    pub peer: u64,
-    pub pages: Vec<u64>,
+    pub peer: ComponentId,
+    pub pages: Vec<PageNo>,
     pub data: &'a [u8],
 }
 
@@ -178,15 +183,15 @@ impl<'a> WritePages<'a> {
 
     /// Everything but the page data, which follows it on the wire (send it
     /// as a second part to avoid copying it).
-    pub fn encode_head(asid: u64, version: u64, peer: u64, pages: &[u64]) -> Vec<u8> {
+    pub fn encode_head(asid: Asid, version: u64, peer: ComponentId, pages: &[PageNo]) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + 8 * pages.len());
-        out.extend_from_slice(&asid.to_le_bytes());
+        out.extend_from_slice(&asid.0.to_le_bytes());
         out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&peer.to_le_bytes());
         for p in pages {
-            out.extend_from_slice(&p.to_le_bytes());
+            out.extend_from_slice(&p.0.to_le_bytes());
         }
         out
     }
@@ -197,10 +202,12 @@ impl<'a> WritePages<'a> {
         let head = 32 + 8 * count;
         check_len(WHAT, body, head + PAGE_SIZE * count)?;
         Ok(WritePages {
-            asid: u64_at(body, 0),
+            asid: Asid(u64_at(body, 0)),
             version: u64_at(body, 16),
             peer: u64_at(body, 24),
-            pages: (0..count).map(|i| u64_at(body, 32 + 8 * i)).collect(),
+            pages: (0..count)
+                .map(|i| PageNo(u64_at(body, 32 + 8 * i)))
+                .collect(),
             data: &body[head..],
         })
     }
@@ -233,21 +240,21 @@ fn batch_count(what: &'static str, body: &[u8], fixed: usize) -> Result<usize, W
 /// only if its version is at least the one held.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CopyPages<'a> {
-    pub asid: u64,
+    pub asid: Asid,
     /// (page number, version), one per 4 KiB of `data`.
-    pub pages: Vec<(u64, u64)>,
+    pub pages: Vec<(PageNo, u64)>,
     pub data: &'a [u8],
 }
 
 impl<'a> CopyPages<'a> {
     /// The encoded head (everything but the page data, which follows it).
-    pub fn encode_head(asid: u64, pages: &[(u64, u64)]) -> Vec<u8> {
+    pub fn encode_head(asid: Asid, pages: &[(PageNo, u64)]) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 16 * pages.len());
-        out.extend_from_slice(&asid.to_le_bytes());
+        out.extend_from_slice(&asid.0.to_le_bytes());
         out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         for (p, v) in pages {
-            out.extend_from_slice(&p.to_le_bytes());
+            out.extend_from_slice(&p.0.to_le_bytes());
             out.extend_from_slice(&v.to_le_bytes());
         }
         out
@@ -266,9 +273,9 @@ impl<'a> CopyPages<'a> {
         let head = 16 + 16 * count;
         check_len(WHAT, body, head.saturating_add(PAGE_SIZE * count))?;
         Ok(CopyPages {
-            asid: u64_at(body, 0),
+            asid: Asid(u64_at(body, 0)),
             pages: (0..count)
-                .map(|i| (u64_at(body, 16 + 16 * i), u64_at(body, 24 + 16 * i)))
+                .map(|i| (PageNo(u64_at(body, 16 + 16 * i)), u64_at(body, 24 + 16 * i)))
                 .collect(),
             data: &body[head..],
         })
@@ -307,16 +314,16 @@ impl WriteReply {
 /// Free `count` pages starting at page `first`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FreeRange {
-    pub asid: u64,
-    pub first: u64,
+    pub asid: Asid,
+    pub first: PageNo,
     pub count: u64,
 }
 
 impl FreeRange {
     pub fn encode(&self) -> [u8; 24] {
         let mut b = [0u8; 24];
-        b[..8].copy_from_slice(&self.asid.to_le_bytes());
-        b[8..16].copy_from_slice(&self.first.to_le_bytes());
+        b[..8].copy_from_slice(&self.asid.0.to_le_bytes());
+        b[8..16].copy_from_slice(&self.first.0.to_le_bytes());
         b[16..].copy_from_slice(&self.count.to_le_bytes());
         b
     }
@@ -324,23 +331,93 @@ impl FreeRange {
     pub fn decode(body: &[u8]) -> Result<Self, WireError> {
         check_len("free_range", body, 24)?;
         let r = FreeRange {
-            asid: u64_at(body, 0),
-            first: u64_at(body, 8),
+            asid: Asid(u64_at(body, 0)),
+            first: PageNo(u64_at(body, 8)),
             count: u64_at(body, 16),
         };
-        if r.first.checked_add(r.count).is_none() {
+        if r.first.0.checked_add(r.count).is_none() {
             return Err(WireError::malformed("free_range", "range wraps around"));
         }
         Ok(r)
     }
 }
 
-/// A single u64: the body of FreeSpace (an asid) and of the Freed answer (a page count).
-pub fn encode_u64(v: u64) -> [u8; 8] {
-    v.to_le_bytes()
-}
-
-pub fn decode_u64(what: &'static str, body: &[u8]) -> Result<u64, WireError> {
+fn check_u64(what: &'static str, body: &[u8]) -> Result<u64, WireError> {
     check_len(what, body, 8)?;
     Ok(u64_at(body, 0))
+}
+
+/// Free every page of one address space (its vRegions on this monitor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreeSpace {
+    pub asid: Asid,
+}
+
+/// Copy every page of address space `from` into `to` (a fork: both hold
+/// the same vRegions on this monitor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloneSpace {
+    pub from: Asid,
+    pub to: Asid,
+}
+
+/// `FreeRange`, `FreeSpace` and `CloneSpace` answer with a page count.
+macro_rules! counted_request {
+    ($req:ty, $op:expr) => {
+        impl Request for $req {
+            const OP: Op = $op;
+            /// Pages freed (or copied).
+            type Reply = u64;
+
+            fn encode(&self) -> Vec<u8> {
+                self.encode_body()
+            }
+            fn decode(body: &[u8]) -> Result<Self, WireError> {
+                Self::decode_body(body)
+            }
+            fn encode_reply(n: u64) -> Vec<u8> {
+                n.to_le_bytes().to_vec()
+            }
+            fn decode_reply(body: &[u8]) -> Result<u64, WireError> {
+                check_u64("page count", body)
+            }
+        }
+    };
+}
+
+counted_request!(FreeRange, Op::FreeRange);
+counted_request!(FreeSpace, Op::FreeSpace);
+counted_request!(CloneSpace, Op::CloneSpace);
+
+impl FreeSpace {
+    fn encode_body(&self) -> Vec<u8> {
+        self.asid.0.to_le_bytes().to_vec()
+    }
+    fn decode_body(body: &[u8]) -> Result<Self, WireError> {
+        Ok(FreeSpace {
+            asid: Asid(check_u64("free_space", body)?),
+        })
+    }
+}
+
+impl CloneSpace {
+    fn encode_body(&self) -> Vec<u8> {
+        [self.from.0.to_le_bytes(), self.to.0.to_le_bytes()].concat()
+    }
+    fn decode_body(body: &[u8]) -> Result<Self, WireError> {
+        check_len("clone_space", body, 16)?;
+        Ok(CloneSpace {
+            from: Asid(u64_at(body, 0)),
+            to: Asid(u64_at(body, 8)),
+        })
+    }
+}
+
+impl FreeRange {
+    fn encode_body(&self) -> Vec<u8> {
+        self.encode().to_vec()
+    }
+    fn decode_body(body: &[u8]) -> Result<Self, WireError> {
+        Self::decode(body)
+    }
 }

@@ -4,8 +4,12 @@ use lego_wire::{
     auth::{decode_challenge, Claim, Hello, Secret},
     control::{from_body, ClusterState, RegisterReq, ReplicateReq, UnreachableReq},
     frame::{read_frame, write_frame, Header, HEADER_LEN},
-    pages::{CopyPages, FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply},
-    ErrorBody, ErrorCode, Op, WireError, PAGE_SIZE,
+    jobs::{OutputReq, StdinReq},
+    pages::{
+        CloneSpace, CopyPages, FreeRange, FreeSpace, ReadPages, ReadPagesReply, WritePages,
+        WriteReply,
+    },
+    Asid, ErrorBody, ErrorCode, Op, PageNo, Request, WireError, PAGE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -39,6 +43,17 @@ proptest! {
         let _ = decode_challenge(&bytes);
         let _ = from_body::<ClusterState>(&bytes);
         let _ = from_body::<RegisterReq>(&bytes);
+        // Requests with bodies of their own, and their replies.
+        for r in [FreeSpace::decode(&bytes).map(|r| r.encode()), CloneSpace::decode(&bytes).map(|r| r.encode())].into_iter().flatten() {
+            prop_assert_eq!(&r[..], &bytes[..]);
+        }
+        let _ = <FreeRange as Request>::decode_reply(&bytes);
+        if let Ok(s) = StdinReq::decode(&bytes) {
+            prop_assert_eq!(s.encode(), bytes.clone());
+        }
+        if let Ok(out) = OutputReq::decode_reply(&bytes) {
+            let _ = out.chunks().unwrap();
+        }
         if let Ok(r) = lego_wire::fs::FsRequest::decode(&bytes) {
             let again = r.encode();
             prop_assert_eq!(lego_wire::fs::FsRequest::decode(&again).unwrap(), r);
@@ -60,19 +75,21 @@ proptest! {
 
     #[test]
     fn pages_round_trip(asid: u64, version: u64, peer: u64, pages in prop::collection::vec(any::<u64>(), 1..20), seed: u8) {
+        let asid = Asid(asid);
+        let pages: Vec<PageNo> = pages.into_iter().map(PageNo).collect();
         let r = ReadPages { asid, pages: pages.clone() };
         prop_assert_eq!(ReadPages::decode(&r.encode()).unwrap(), r);
         let data: Vec<u8> = (0..pages.len() * PAGE_SIZE).map(|i| (i as u8).wrapping_mul(seed)).collect();
         let w = WritePages { asid, version, peer, pages: pages.clone(), data: &data };
         let enc = w.encode();
         prop_assert_eq!(WritePages::decode(&enc).unwrap(), w);
-        let versioned: Vec<(u64, u64)> = pages.iter().map(|&p| (p, p ^ version)).collect();
+        let versioned: Vec<(PageNo, u64)> = pages.iter().map(|&p| (p, p.0 ^ version)).collect();
         let c = CopyPages { asid, pages: versioned, data: &data };
         let cenc = c.encode();
         prop_assert_eq!(CopyPages::decode(&cenc).unwrap(), c);
         let r = WriteReply { stored: pages.len() as u32, allocated: seed as u32, missed: peer };
         prop_assert_eq!(WriteReply::decode(&r.encode()).unwrap(), r);
-        let present: Vec<bool> = pages.iter().map(|p| p % 3 != 0).collect();
+        let present: Vec<bool> = pages.iter().map(|p| p.0 % 3 != 0).collect();
         let mut body = ReadPagesReply::encode_head(&present);
         let n = present.iter().filter(|&&p| p).count();
         body.extend_from_slice(&data[..n * PAGE_SIZE]);
@@ -83,7 +100,7 @@ proptest! {
 
     #[test]
     fn free_range_round_trip(asid: u64, first in 0u64..1 << 40, count in 0u64..1 << 20) {
-        let f = FreeRange { asid, first, count };
+        let f = FreeRange { asid: Asid(asid), first: PageNo(first), count };
         prop_assert_eq!(FreeRange::decode(&f.encode()).unwrap(), f);
     }
 }

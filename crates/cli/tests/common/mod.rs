@@ -1,17 +1,20 @@
-//! Test support: real lego daemons as child processes on loopback, always
-//! cleaned up (killed on drop, and told to exit if the test process dies).
+//! Test support: real lego daemons as child processes on loopback, started
+//! with the same launcher as `lego up` ([`lego_cluster::LocalCluster`]) in a
+//! temporary directory, always cleaned up (stopped on drop, and told to exit
+//! if the test process dies); plus the helpers the tests share.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lego_transport::{Client, ClientOptions, Credentials};
-use lego_wire::auth::Secret;
+use lego_cluster::size::parse_size;
+#[allow(unused_imports)]
+pub use lego_cluster::{Daemon, LocalCluster, Options, ProcessorSpec, Signal};
+use lego_transport::{Client, ClientOptions, Credentials, Redial};
 use lego_wire::control::*;
-use lego_wire::Op;
+use lego_wire::{Asid, Role, VRegionIdx, VnodeId};
 
 pub const LEGO: &str = env!("CARGO_BIN_EXE_lego");
 
@@ -46,7 +49,6 @@ pub fn ensure_runtime() -> PathBuf {
         .clone()
 }
 
-/// Polls `f` every 5 ms until it returns Some or `timeout` passes.
 /// The python interpreter itself (python3 on PATH may be a shell shim).
 pub fn python() -> String {
     let out = Command::new("python3")
@@ -57,6 +59,7 @@ pub fn python() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Polls `f` every 5 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -68,54 +71,6 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
             "timed out after {timeout:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A free TCP port on loopback (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One daemon process.
-pub struct Daemon {
-    pub name: String,
-    pub child: Child,
-    pub addr: String,
-    pub log: PathBuf,
-    /// Killed by the test.
-    pub dead: bool,
-}
-
-impl Daemon {
-    pub fn kill9(&mut self) {
-        self.dead = true;
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends a signal to the daemon (SIGSTOP, SIGCONT, ...).
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} {}", self.name);
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -143,19 +98,35 @@ impl std::ops::DerefMut for KillOnDrop {
     }
 }
 
-/// A cluster of real daemons in a temporary directory.
+fn size(s: &str) -> u64 {
+    parse_size(s).expect("a size")
+}
+
+/// A cluster of real daemons in a temporary directory (removed after the
+/// cluster has stopped); derefs to the [`LocalCluster`].
 pub struct TestCluster {
-    pub dir: tempfile::TempDir,
-    pub secret: Secret,
-    pub manager_addr: String,
-    pub heartbeat_ms: u64,
-    pub manager: Option<Daemon>,
-    pub memories: Vec<Daemon>,
-    pub processor: Option<Daemon>,
-    pub storage: Option<Daemon>,
-    /// Extra flags for the manager (taken at its next start).
-    pub manager_flags: Vec<String>,
-    spawned: usize,
+    cluster: Option<LocalCluster>,
+    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestCluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        self.cluster.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        self.cluster.as_mut().expect("running")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // Stopped before the directory goes.
+        drop(self.cluster.take());
+    }
 }
 
 impl TestCluster {
@@ -167,166 +138,70 @@ impl TestCluster {
     /// [`TestCluster::start`] with extra flags for the manager.
     pub fn start_with(n: usize, capacity: &str, heartbeat_ms: u64, manager_flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let secret = Secret::generate().unwrap();
-        std::fs::write(dir.path().join("secret"), secret.to_hex()).unwrap();
-        let mut c = TestCluster {
-            manager_addr: format!("127.0.0.1:{}", free_port()),
-            dir,
-            secret,
+        let mut c = LocalCluster::new(Options {
+            dir: dir.path().to_path_buf(),
+            exe: PathBuf::from(LEGO),
             heartbeat_ms,
-            manager: None,
-            memories: Vec::new(),
-            processor: None,
-            storage: None,
-            manager_flags: manager_flags.iter().map(|f| f.to_string()).collect(),
-            spawned: 0,
-        };
-        c.start_manager();
+            log: Some("debug".into()),
+        })
+        .unwrap();
+        c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
+        c.start_manager().unwrap();
         for _ in 0..n {
-            c.start_memory(capacity);
+            c.add_memory(size(capacity), None).unwrap();
         }
-        let want = n;
-        c.wait_state("all memory monitors alive", |s| {
-            alive_memory(s).len() == want
-        });
-        c
+        TestCluster {
+            cluster: Some(c),
+            dir,
+        }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn spawn(&mut self, name: &str, args: &[&str]) -> Daemon {
-        self.spawned += 1;
-        let ready = self.path().join(format!("{name}-{}.ready", self.spawned));
-        let log = self.path().join(format!("{name}-{}.log", self.spawned));
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(LEGO)
-            .args(args)
-            .arg("--secret-file")
-            .arg(self.path().join("secret"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--exit-with")
-            .arg(std::process::id().to_string())
-            .env("LEGO_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon {
-            name: name.into(),
-            child,
-            addr: String::new(),
-            log,
-            dead: false,
-        };
-        d.addr = wait_for(Duration::from_secs(10), &format!("{name} ready"), || {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("{name} exited early ({st}):\n{}", d.log_text());
-            }
-            let text = std::fs::read_to_string(&ready).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some(v["addr"].as_str()?.to_string())
-        });
-        d
-    }
-
-    pub fn start_manager(&mut self) {
-        let db = self.path().join("manager.redb");
-        let (addr, hb) = (self.manager_addr.clone(), self.heartbeat_ms.to_string());
-        let mut args = vec![
-            "manager",
-            "--listen",
-            &addr,
-            "--http",
-            "none",
-            "--heartbeat-ms",
-            &hb,
-            "--db",
-            db.to_str().unwrap(),
-        ];
-        let extra = self.manager_flags.clone();
-        args.extend(extra.iter().map(String::as_str));
-        let d = self.spawn("manager", &args);
-        self.manager = Some(d);
-    }
-
+    /// Kills the manager (kill -9).
     pub fn kill_manager(&mut self) {
-        if let Some(mut m) = self.manager.take() {
-            m.kill9();
-        }
+        self.kill9("manager").unwrap();
+    }
+
+    /// Starts the manager again where it was, with `manager_flags`.
+    pub fn restart_manager(&mut self) {
+        self.start_manager().unwrap();
     }
 
     pub fn start_memory(&mut self, capacity: &str) -> String {
-        let mgr = self.manager_addr.clone();
-        let d = self.spawn(
-            "memory",
-            &["memory", "--capacity", capacity, "--manager", &mgr],
-        );
-        let addr = d.addr.clone();
-        self.memories.push(d);
-        addr
+        self.add_memory(size(capacity), None).unwrap()
     }
 
-    /// Starts a storage monitor keeping its files in `PATH/storage` (the same
-    /// directory on every start, as a restarted monitor would), and waits
-    /// until the manager sees it alive; returns its address.
+    /// Starts a storage monitor keeping its files in `PATH/storage` (the
+    /// same directory on every start, as a restarted monitor would), and
+    /// waits until the manager sees it alive; returns its address.
     pub fn start_storage(&mut self) -> String {
-        let (mgr, dir) = (self.manager_addr.clone(), self.path().join("storage"));
-        let d = self.spawn(
-            "storage",
-            &["storage", "--dir", dir.to_str().unwrap(), "--manager", &mgr],
-        );
-        let addr = d.addr.clone();
-        self.storage = Some(d);
-        self.wait_state("the storage monitor alive", |s| {
-            s.components
-                .iter()
-                .any(|c| c.role == "storage" && c.health == "alive" && c.addr == addr)
-        });
-        addr
+        self.add_storage(None).unwrap()
     }
 
     /// Starts a processor monitor with `excache` (builds the runtime first if
     /// needed) and waits until the manager sees it alive; returns its address.
     pub fn start_processor(&mut self, excache: &str) -> String {
-        let runtime = ensure_runtime();
-        let (mgr, jobs) = (self.manager_addr.clone(), self.path().join("jobs"));
-        let d = self.spawn(
-            "processor",
-            &[
-                "processor",
-                "--excache",
-                excache,
-                "--manager",
-                &mgr,
-                "--runtime",
-                runtime.to_str().unwrap(),
-                "--state-dir",
-                jobs.to_str().unwrap(),
-            ],
-        );
-        let addr = d.addr.clone();
-        self.processor = Some(d);
-        self.wait_state("the processor monitor alive", |s| {
-            s.components
-                .iter()
-                .any(|c| c.role == "processor" && c.health == "alive" && c.addr == addr)
-        });
-        addr
+        let runtime = Some(ensure_runtime());
+        self.add_processor(&ProcessorSpec {
+            excache: size(excache),
+            runtime,
+            cpus: None,
+        })
+        .unwrap()
+    }
+
+    fn creds(&self) -> Credentials {
+        Credentials::component(&self.secret)
     }
 
     /// A component connection to the processor monitor.
     pub fn processor_client(&self) -> Client {
         let addr = &self.processor.as_ref().expect("a processor monitor").addr;
-        Client::connect(
-            addr,
-            &Credentials::component(&self.secret),
-            &ClientOptions::default(),
-        )
-        .expect("connect to the processor monitor")
+        Client::connect(addr, &self.creds(), &ClientOptions::default())
+            .expect("connect to the processor monitor")
     }
 
     /// `lego run FLAGS -- CMD...` against this cluster, not yet started.
@@ -343,87 +218,67 @@ impl TestCluster {
         c
     }
 
-    /// Asserts that no memory monitor (of those the test did not kill)
-    /// holds a page.
+    /// Asserts that no running memory monitor holds a page.
     pub fn assert_no_pages(&self, after: &str) {
-        for m in self.memories.iter().filter(|m| !m.dead) {
-            let c = Client::connect(
-                &m.addr,
-                &Credentials::component(&self.secret),
-                &ClientOptions::default(),
-            )
-            .expect("connect to memory monitor");
-            let held = mem_stats(&c).pages_held;
+        for (addr, held) in self.pages_held() {
+            let held = held.expect("ask a memory monitor for its pages");
             assert_eq!(
                 held, 0,
-                "memory monitor {} holds {held} pages after {after}",
-                m.addr
+                "memory monitor {addr} holds {held} pages after {after}"
             );
         }
     }
 
     /// A component connection to the manager.
     pub fn manager_client(&self) -> Client {
-        Client::connect(
-            &self.manager_addr,
-            &Credentials::component(&self.secret),
-            &ClientOptions::default(),
-        )
-        .expect("connect to manager")
+        Client::connect(&self.manager_addr, &self.creds(), &ClientOptions::default())
+            .expect("connect to manager")
     }
 
-    pub fn state(&self) -> ClusterState {
-        self.manager_client()
-            .call_json(Op::ClusterState, &())
-            .expect("cluster state")
+    /// The manager, for typed calls.
+    pub fn mgr(&self) -> Redial {
+        self.target().manager()
     }
 
-    /// Waits until the cluster state satisfies `pred`.
-    pub fn wait_state(&self, what: &str, pred: impl Fn(&ClusterState) -> bool) -> ClusterState {
-        wait_for(Duration::from_secs(15), what, || {
-            let c = Client::connect(
-                &self.manager_addr,
-                &Credentials::component(&self.secret),
-                &ClientOptions::default(),
-            )
-            .ok()?;
-            let s: ClusterState = c.call_json(Op::ClusterState, &()).ok()?;
-            pred(&s).then_some(s)
-        })
+    pub fn cluster_state(&self) -> ClusterState {
+        self.state().expect("cluster state")
+    }
+
+    /// Waits (up to 15 s) until the cluster state satisfies `pred`.
+    pub fn wait_until(&self, what: &str, pred: impl Fn(&ClusterState) -> bool) -> ClusterState {
+        self.wait_state(what, pred)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Creates a vNode and an address space in it; returns (vnode id, asid).
-    pub fn vnode_space(&self, name: &str) -> (u32, u64) {
-        let m = self.manager_client();
-        let v: VnodeInfo = m
-            .call_json(
-                Op::VnodeCreate,
-                &VnodeReq {
-                    name: name.into(),
-                    ..VnodeReq::default()
-                },
-            )
+    pub fn vnode_space(&self, name: &str) -> (VnodeId, Asid) {
+        let m = self.mgr();
+        let v = m
+            .call(&VnodeCreateReq {
+                name: name.into(),
+                ..VnodeCreateReq::default()
+            })
             .unwrap();
-        let s: CreateSpaceResp = m
-            .call_json(
-                Op::CreateSpace,
-                &CreateSpaceReq {
-                    vnode: name.into(),
-                    owner: None,
-                },
-            )
+        let s = m
+            .call(&CreateSpaceReq {
+                vnode: name.into(),
+                owner: None,
+            })
             .unwrap();
         (v.id, s.asid)
     }
 
-    pub fn assign(&self, asid: u64, index: u64) -> AssignResp {
-        self.manager_client()
-            .call_json(Op::AssignVRegion, &AssignReq { asid, index })
+    pub fn assign(&self, asid: Asid, index: u64) -> AssignResp {
+        self.mgr()
+            .call(&AssignReq {
+                asid,
+                index: VRegionIdx(index),
+            })
             .unwrap()
     }
 
     /// A connection to a memory monitor as a process of `vnode`.
-    pub fn vnode_client(&self, addr: &str, vnode: u32) -> Client {
+    pub fn vnode_client(&self, addr: &str, vnode: VnodeId) -> Client {
         Client::connect(
             addr,
             &Credentials::vnode(vnode, self.secret.vnode_key(vnode)),
@@ -445,15 +300,13 @@ impl TestCluster {
     }
 }
 
+/// The live memory monitors.
 pub fn alive_memory(s: &ClusterState) -> Vec<&ComponentInfo> {
-    s.components
-        .iter()
-        .filter(|c| c.role == "memory" && c.health == "alive")
-        .collect()
+    s.alive(Role::Memory).collect()
 }
 
 pub fn mem_stats(c: &Client) -> MemStats {
-    c.call_json(Op::MemStats, &()).unwrap()
+    c.call(&MemStatsReq).unwrap()
 }
 
 /// Deterministic page content for page `p` of a test.

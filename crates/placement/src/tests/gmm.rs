@@ -138,17 +138,17 @@ fn gmm() {
             with_space(vec![
                 join(0, Memory, 1),
                 join(0, Memory, 2),
-                Op::CreateSpace(1, Ok(make_asid(1, 2))),
+                Op::CreateSpace(1, Ok(Asid::new(1, 2))),
                 Op::Assign(key(1, 1, 5), Ok((1, 2, true))),
                 Op::Assign(key(1, 2, 0), Ok((1, 2, true))),
                 Op::Assign(key(1, 1, 0), Ok((1, 2, true))),
                 Op::Assign(key(1, 1, u64::MAX), Ok((1, 2, true))),
                 Op::Release(
-                    make_asid(1, 1),
+                    Asid::new(1, 1),
                     vec![key(1, 1, 0), key(1, 1, 5), key(1, 1, u64::MAX)],
                 ),
                 Op::VRegions(vec![key(1, 2, 0)]),
-                Op::Release(make_asid(1, 1), vec![]),
+                Op::Release(Asid::new(1, 1), vec![]),
             ]),
         ),
         (

@@ -10,10 +10,32 @@ mod recovery;
 mod restore;
 mod vnodes;
 
+use std::collections::BTreeMap;
+
 use crate::*;
 
 pub(crate) const DEAD_AFTER: u64 = 1_000;
 pub(crate) const GIB: u64 = 1 << 30;
+/// How the tables write a bad backup copy (no component has this id).
+pub(crate) const BAD_COPY: ComponentId = u64::MAX;
+
+/// A backup as the tables write it: 0 for none, [`BAD_COPY`] for a bad one.
+fn code(b: Option<Backup<ComponentId>>) -> ComponentId {
+    match b {
+        None => 0,
+        Some(Backup::On(id)) => id,
+        Some(Backup::Bad) => BAD_COPY,
+    }
+}
+
+/// A failed copy as the tables write it.
+fn failed(id: ComponentId) -> Backup<ComponentId> {
+    if id == BAD_COPY {
+        Backup::Bad
+    } else {
+        Backup::On(id)
+    }
+}
 
 /// One step of a script and what it must produce.
 #[derive(Clone, Debug)]
@@ -48,7 +70,6 @@ pub(crate) enum Op {
     Restart {
         now: u64,
     },
-    RaiseIds(ComponentId, VnodeId),
     NextIds(ComponentId, VnodeId),
     CreateVnode(String, Result<VnodeId, PlacementError>),
     DeleteVnode(
@@ -168,14 +189,14 @@ pub(crate) fn vnode(name: &str, expect: Result<VnodeId, PlacementError>) -> Op {
 /// vRegion `index` of address space `seq` of vNode `vnode`.
 pub(crate) fn key(vnode: VnodeId, seq: u32, index: u64) -> VRegionKey {
     VRegionKey {
-        asid: make_asid(vnode, seq),
-        index,
+        asid: Asid::new(vnode, seq),
+        index: VRegionIdx(index),
     }
 }
 
 /// vNode "v" (id 1) with one address space (1.1).
 pub(crate) fn one_space() -> Vec<Op> {
-    vec![vnode("v", Ok(1)), Op::CreateSpace(1, Ok(make_asid(1, 1)))]
+    vec![vnode("v", Ok(1)), Op::CreateSpace(1, Ok(Asid::new(1, 1)))]
 }
 
 pub(crate) fn run(cases: Vec<Case>) {
@@ -183,12 +204,75 @@ pub(crate) fn run(cases: Vec<Case>) {
         let mut p = Placement::new(PlacementConfig {
             dead_after_ms: DEAD_AFTER,
         });
+        let mut store = Store::of(&p);
         for (step, op) in ops.into_iter().enumerate() {
             let at = format!("case {name:?}, step {step}: {op:?}");
             apply(&mut p, op, &at);
             check_invariants(&p, &at);
+            store.save(&mut p);
+            assert_eq!(store, Store::of(&p), "{at}: a change was not marked dirty");
         }
     }
+}
+
+/// What a manager's store would hold if it wrote every dirty record after
+/// each step: it must equal the state's durable part at every step.
+#[derive(Debug, PartialEq, Eq)]
+struct Store {
+    /// (role, address, capacity, instance, a memory monitor declared dead):
+    /// heartbeats' load and times are not durable, and only a memory
+    /// monitor's death outlives a restart.
+    components: BTreeMap<ComponentId, (Role, String, u64, u64, bool)>,
+    vnodes: BTreeMap<VnodeId, Vnode>,
+    vregions: BTreeMap<VRegionKey, VRegionAssignment>,
+    owners: BTreeMap<Asid, u64>,
+    leases: BTreeMap<Asid, u64>,
+    next_ids: (ComponentId, VnodeId),
+}
+
+impl Store {
+    fn of(p: &Placement) -> Store {
+        let r = p.records();
+        Store {
+            components: r.components.iter().map(|c| (c.id, durable(c))).collect(),
+            vnodes: r.vnodes.into_iter().map(|v| (v.id, v)).collect(),
+            vregions: r.vregions.into_iter().collect(),
+            owners: r.owners.into_iter().collect(),
+            leases: r.leases.into_iter().collect(),
+            next_ids: (r.next_component, r.next_vnode),
+        }
+    }
+
+    fn save(&mut self, p: &mut Placement) {
+        for change in p.take_changes() {
+            match change {
+                Stored::Component(c) => put(&mut self.components, c.id, Some(durable(&c))),
+                Stored::Vnode(v) => put(&mut self.vnodes, v.id, Some(v)),
+                Stored::VRegion(k, a) => put(&mut self.vregions, k, Some(a)),
+                Stored::Owner(a, o) => put(&mut self.owners, a, Some(o)),
+                Stored::Lease(a, b) => put(&mut self.leases, a, Some(b)),
+                Stored::NextIds { component, vnode } => self.next_ids = (component, vnode),
+                Stored::Gone(Record::Component(id)) => put(&mut self.components, id, None),
+                Stored::Gone(Record::Vnode(id)) => put(&mut self.vnodes, id, None),
+                Stored::Gone(Record::VRegion(k)) => put(&mut self.vregions, k, None),
+                Stored::Gone(Record::Owner(a)) => put(&mut self.owners, a, None),
+                Stored::Gone(Record::Lease(a)) => put(&mut self.leases, a, None),
+                Stored::Gone(Record::NextIds) => panic!("the id counters never go"),
+            }
+        }
+    }
+}
+
+fn durable(c: &Component) -> (Role, String, u64, u64, bool) {
+    let dead = c.health == Health::Dead && c.role == Role::Memory;
+    (c.role, c.addr.clone(), c.capacity, c.instance, dead)
+}
+
+fn put<K: Ord, V>(m: &mut BTreeMap<K, V>, k: K, v: Option<V>) {
+    match v {
+        Some(v) => m.insert(k, v),
+        None => m.remove(&k),
+    };
 }
 
 fn apply(p: &mut Placement, op: Op, at: &str) {
@@ -228,15 +312,8 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
         Op::LastHeard(id, ms) => assert_eq!(component(p, id, at).last_heard_ms, ms, "{at}"),
         Op::Used(id, used) => assert_eq!(component(p, id, at).used, used, "{at}"),
         Op::Restart { now } => {
-            *p = Placement::restore(
-                p.config().clone(),
-                now,
-                p.components().cloned().collect(),
-                p.vnodes().cloned().collect(),
-                p.vregions().map(|(k, a)| (*k, *a)).collect(),
-            );
+            *p = Placement::restore(p.config().clone(), now, p.records());
         }
-        Op::RaiseIds(component, vnode) => p.raise_next_ids(component, vnode),
         Op::NextIds(component, vnode) => {
             let got = (p.next_component_id(), p.next_vnode_id());
             assert_eq!(got, (component, vnode), "{at}");
@@ -260,30 +337,30 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
             assert_eq!(p.vnode_by_name(name), None, "{at}");
         }
         Op::CreateSpace(vnode, expect) => {
-            let got = p.create_space(vnode);
+            let got = p.create_space(vnode, None);
             assert_eq!(
                 got.as_ref().map(|(asid, _)| *asid),
                 expect.as_ref().copied(),
                 "{at}"
             );
             if let Ok((asid, record)) = got {
-                assert_eq!(asid_vnode(asid), vnode, "{at}");
-                assert_eq!(record.next_space, asid_seq(asid) + 1, "{at}");
+                assert_eq!(asid.vnode(), vnode, "{at}");
+                assert_eq!(record.next_space, asid.seq() + 1, "{at}");
                 assert_eq!(p.vnode(vnode), Some(&record), "{at}");
             }
         }
         Op::Assign(key, expect) => {
             let got = p
                 .assign_vregion(key)
-                .map(|(a, new)| (a.primary, a.backup.unwrap_or(0), new));
+                .map(|(a, new)| (a.primary, code(a.backup), new));
             assert_eq!(got, expect, "{at}");
         }
-        Op::Replace(key, failed, expect) => {
+        Op::Replace(key, gone, expect) => {
             // Plan, then commit at once (as if the copy were instant).
             let got = p
-                .plan_recovery(key, failed)
+                .plan_recovery(key, failed(gone))
                 .and_then(|r| p.commit_recovery(&r))
-                .map(|a| (a.primary, a.backup.unwrap_or(0)));
+                .map(|a| (a.primary, code(a.backup)));
             assert_eq!(got, expect, "{at}");
         }
         Op::VRegionsOn(id, expect) => {
@@ -299,20 +376,18 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
             let got: Vec<_> = p
                 .recoveries(&busy.into_iter().collect())
                 .into_iter()
-                .map(|r| (r.key, r.survivor, r.failed, r.target))
+                .map(|r| (r.key, r.survivor, code(Some(r.failed)), r.target))
                 .collect();
             assert_eq!(got, expect, "{at}");
         }
-        Op::Commit((key, survivor, failed, target), expect) => {
+        Op::Commit((key, survivor, gone, target), expect) => {
             let r = Recovery {
                 key,
                 survivor,
-                failed,
+                failed: failed(gone),
                 target,
             };
-            let got = p
-                .commit_recovery(&r)
-                .map(|a| (a.primary, a.backup.unwrap_or(0)));
+            let got = p.commit_recovery(&r).map(|a| (a.primary, code(a.backup)));
             assert_eq!(got, expect, "{at}");
         }
         Op::DeclareDead(now, id, expect) => {
@@ -321,7 +396,7 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
         Op::MarkBad(key, id, expect) => {
             let got = p
                 .mark_bad_copy(key, id)
-                .map(|a| (a.primary, a.backup.unwrap_or(0)));
+                .map(|a| (a.primary, code(a.backup)));
             assert_eq!(got, expect, "{at}");
         }
         Op::SetReplicas(vnode, n, expect) => {
@@ -342,7 +417,11 @@ fn component<'a>(p: &'a Placement, id: ComponentId, at: &str) -> &'a Component {
 /// What must hold after every step of every case.
 fn check_invariants(p: &Placement, at: &str) {
     for (key, assignment) in p.vregions() {
-        assert_ne!(Some(assignment.primary), assignment.backup, "{at}: {key}");
+        assert_ne!(
+            Some(Backup::On(assignment.primary)),
+            assignment.backup,
+            "{at}: {key}"
+        );
         assert_eq!(p.vregion(*key), Some(*assignment), "{at}");
     }
     let ids: Vec<ComponentId> = p.components().map(|c| c.id).collect();

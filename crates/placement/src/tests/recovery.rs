@@ -112,7 +112,7 @@ fn recovery() {
                 Op::Recoveries(vec![], vec![]),
                 join(20, Memory, 3),
                 Op::Recoveries(vec![], vec![(k, 1, 2, 3)]),
-                Op::Release(make_asid(1, 1), vec![k]),
+                Op::Release(Asid::new(1, 1), vec![k]),
                 Op::Commit((k, 1, 2, 3), Err(RecoveryOutdated { key: k })),
                 Op::State(k, None),
             ]),

@@ -17,10 +17,11 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo, Request, TimeOrNow};
+use lego_transport::lock;
 use lego_transport::{Client, ClientOptions, Credentials};
 use lego_wire::fs::{Attr, FsCall, FsReply, FsRequest, Kind, SetTime, Time};
 use lego_wire::Op;
@@ -92,10 +93,6 @@ pub struct VnodeFs {
     /// The mount namespace of the job's processes (`mnt:[N]`): requests
     /// from any other process are refused.
     mnt_ns: Option<std::ffi::OsString>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn system_time(t: Time) -> SystemTime {
@@ -234,7 +231,7 @@ impl VnodeFs {
         }
         .encode();
         let client = self.connect()?;
-        let frame = client.call(Op::Fs, &[&body]).map_err(|e| {
+        let frame = client.call_raw(Op::Fs, &[&body]).map_err(|e| {
             tracing::warn!(vnode = %self.name, "file request failed: {e}");
             Errno::EIO
         })?;

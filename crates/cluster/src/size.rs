@@ -77,7 +77,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Formats bytes for people: `1.5 GiB` (one definition, shared with the processor monitor).
-pub use lego_processor::human;
+pub use lego_wire::types::human;
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,13 @@
-//! The report of `lego bench excache`: parsing what the workload and the
-//! runtime printed, and the side-by-side table of times and slowdowns.
+//! The report of `lego bench excache`: what a run came to (parsing what the
+//! workload and the runtime printed), and the side-by-side table of times
+//! and slowdowns.
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use lego_cluster::size::human;
 
-use crate::size::human;
+use super::Config;
+use crate::child::Finished;
 
 /// What the workload printed.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,7 +31,7 @@ impl Phases {
 
 /// Parses the workload's output: `phase NAME SECONDS CHECKSUM` lines and
 /// `checksum HEX`; the checksums of every phase are folded into the final one.
-pub fn parse_workload(out: &str) -> Result<Phases> {
+pub fn parse_workload(out: &str) -> Result<Phases, String> {
     let mut times = BTreeMap::new();
     let mut checksum = None;
     for l in out.lines() {
@@ -38,27 +40,27 @@ pub fn parse_workload(out: &str) -> Result<Phases> {
             ["phase", name, secs, _sum] => {
                 let s: f64 = secs
                     .parse()
-                    .with_context(|| format!("bad time in workload line {l:?}"))?;
+                    .map_err(|_| format!("bad time in workload line {l:?}"))?;
                 times.insert(name.to_string(), s);
             }
             ["checksum", hex] if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 checksum = Some(hex.to_string());
             }
-            _ => bail!("unexpected line from the workload: {l:?}"),
+            _ => return Err(format!("unexpected line from the workload: {l:?}")),
         }
     }
     let get = |n: &str| {
         times
             .get(n)
             .copied()
-            .with_context(|| format!("the workload printed no '{n}' phase"))
+            .ok_or_else(|| format!("the workload printed no '{n}' phase"))
     };
     Ok(Phases {
         fill: get("fill")?,
         seq_fwd: get("seq_fwd")?,
         seq_bwd: get("seq_bwd")?,
         random: get("random")?,
-        checksum: checksum.context("the workload printed no checksum")?,
+        checksum: checksum.ok_or("the workload printed no checksum")?,
     })
 }
 
@@ -101,15 +103,52 @@ pub enum Outcome {
     NotSelected,
 }
 
-/// One row of the table.
+/// One row of the table: a configuration (`None`: the local reference).
 #[derive(Clone, Debug)]
 pub struct Row {
-    pub name: String,
+    pub config: Option<Config>,
     /// The ExCache quota or cgroup limit.
     pub limit: Option<u64>,
     pub outcome: Outcome,
     /// One line of counters for the notes under the table.
     pub note: Option<String>,
+    /// What the lego runtime counted (lego rows).
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl Row {
+    pub fn new(config: Option<Config>, limit: Option<u64>, outcome: Outcome) -> Row {
+        Row {
+            config,
+            limit,
+            outcome,
+            note: None,
+            counters: BTreeMap::new(),
+        }
+    }
+
+    /// Its name in the table.
+    pub fn name(&self) -> &'static str {
+        self.config.map_or(LOCAL, Config::label)
+    }
+
+    /// What it measured, if it ran.
+    pub fn phases(&self) -> Option<&Phases> {
+        match &self.outcome {
+            Outcome::Ran(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// The reference row's name.
+pub const LOCAL: &str = "local, no limit";
+
+/// The phases of a configuration's row (`None`: the local reference), if it ran.
+pub fn phases_of(rows: &[Row], config: Option<Config>) -> Option<&Phases> {
+    rows.iter()
+        .find(|r| r.config == config)
+        .and_then(Row::phases)
 }
 
 pub fn cell(t: f64, reference: f64, is_ref: bool) -> String {
@@ -149,7 +188,7 @@ pub fn render_table(rows: &[Row], reads: u64) -> String {
                 let _ = writeln!(
                     s,
                     "{:<34} {:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>9.2}  {:>14}  {}",
-                    r.name,
+                    r.name(),
                     limit,
                     cell(p.fill, rf.fill, is_ref),
                     cell(p.seq_fwd, rf.seq_fwd, is_ref),
@@ -161,16 +200,21 @@ pub fn render_table(rows: &[Row], reads: u64) -> String {
                 );
             }
             (Outcome::Ran(_), None) => {
-                let _ = writeln!(s, "{:<34} {:>9}  (no reference)", r.name, limit);
+                let _ = writeln!(s, "{:<34} {:>9}  (no reference)", r.name(), limit);
             }
             (Outcome::Skipped(why), _) => {
-                let _ = writeln!(s, "{:<34} {:>9}  skipped: {why}", r.name, limit);
+                let _ = writeln!(s, "{:<34} {:>9}  skipped: {why}", r.name(), limit);
             }
             (Outcome::Failed(why), _) => {
-                let _ = writeln!(s, "{:<34} {:>9}  FAILED: {why}", r.name, limit);
+                let _ = writeln!(s, "{:<34} {:>9}  FAILED: {why}", r.name(), limit);
             }
             (Outcome::NotSelected, _) => {
-                let _ = writeln!(s, "{:<34} {:>9}  not run (not in --configs)", r.name, limit);
+                let _ = writeln!(
+                    s,
+                    "{:<34} {:>9}  not run (not in --configs)",
+                    r.name(),
+                    limit
+                );
             }
         }
     }
@@ -185,6 +229,36 @@ pub fn commas(n: u64) -> String {
         .map(|g| std::str::from_utf8(g).unwrap_or("?"))
         .collect();
     groups.join(",")
+}
+
+/// The workload's phases, or why there are none.
+pub fn outcome_of(f: &Finished) -> Outcome {
+    if !f.status.success() {
+        let last = f
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.starts_with("  "))
+            .unwrap_or("");
+        let how = match (
+            f.status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&f.status),
+        ) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(9)) => "killed by SIGKILL".into(),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            _ => f.status.to_string(),
+        };
+        return Outcome::Failed(if last.is_empty() {
+            how
+        } else {
+            format!("{how}: {last}")
+        });
+    }
+    match parse_workload(&f.stdout) {
+        Ok(p) => Outcome::Ran(p),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -229,33 +303,18 @@ mod tests {
         let local = parse_workload(OUT).unwrap();
         let mut slow = local.clone();
         slow.random *= 10.0;
+        let slow_random = slow.random;
         let mut wrong = local.clone();
         wrong.checksum = "0000000000000000".into();
         let rows = vec![
-            Row {
-                name: "local, no limit".into(),
-                limit: None,
-                outcome: Outcome::Ran(local),
-                note: None,
-            },
-            Row {
-                name: "lego, ExCache 25%".into(),
-                limit: Some(1 << 29),
-                outcome: Outcome::Ran(slow),
-                note: None,
-            },
-            Row {
-                name: "bad".into(),
-                limit: None,
-                outcome: Outcome::Ran(wrong),
-                note: None,
-            },
-            Row {
-                name: "zram".into(),
-                limit: Some(1 << 29),
-                outcome: Outcome::Skipped("no zram".into()),
-                note: None,
-            },
+            Row::new(None, None, Outcome::Ran(local)),
+            Row::new(Some(Config::Lego25), Some(1 << 29), Outcome::Ran(slow)),
+            Row::new(Some(Config::SwapFile), None, Outcome::Ran(wrong)),
+            Row::new(
+                Some(Config::Zram),
+                Some(1 << 29),
+                Outcome::Skipped("no zram".into()),
+            ),
         ];
         let t = render_table(&rows, 2_000_000);
         let lines: Vec<&str> = t.lines().collect();
@@ -268,6 +327,12 @@ mod tests {
         assert!(lines[2].contains("512.0 MiB"), "{t}");
         assert!(lines[3].contains("DIFFERENT"), "{t}");
         assert!(lines[4].contains("skipped: no zram"), "{t}");
+        assert!(lines[4].starts_with("cgroup 25%, swap on zram"), "{t}");
+        assert_eq!(
+            phases_of(&rows, Some(Config::Lego25)).unwrap().random,
+            slow_random
+        );
+        assert!(phases_of(&rows, Some(Config::Zram)).is_none());
     }
 
     #[test]

@@ -18,13 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use clap::Args;
-use lego_wire::control::{ClusterState, VnodeReq};
-use lego_wire::Op;
+use lego_cluster::size::{parse_duration, parse_size};
+use lego_cluster::{LocalCluster, Options, ProcessorSpec, Spec, Target};
+use lego_transport::{lock, Redial};
+use lego_wire::control::{ClusterState, ClusterStateReq, VnodeCreateReq};
+use lego_wire::{ComponentId, Role, VRegionState};
 
-use crate::size::{parse_duration, parse_size};
-use crate::up::{LocalCluster, ProcessorSpec, Spec};
+use crate::progress::Progress;
+use crate::{fail, CallContext, IoContext, Result};
 use inject::{inject, report};
 use workload::Verdict;
 
@@ -88,9 +90,29 @@ struct Tally {
     file_failed: AtomicU64,
 }
 
+/// What a failure killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Victim {
+    Memory,
+    Manager,
+    Storage,
+}
+
+impl Victim {
+    const ALL: [Victim; 3] = [Victim::Memory, Victim::Manager, Victim::Storage];
+
+    fn label(self) -> &'static str {
+        match self {
+            Victim::Memory => "memory monitor",
+            Victim::Manager => "manager",
+            Victim::Storage => "storage monitor",
+        }
+    }
+}
+
 /// One injected failure and its recovery.
 struct Injected {
-    kind: &'static str,
+    victim: Victim,
     recovered_ms: Option<u64>,
 }
 
@@ -99,7 +121,11 @@ struct Chaos {
     start: Instant,
     dir: PathBuf,
     cluster: Mutex<LocalCluster>,
-    target: crate::cluster::Target,
+    target: Target,
+    manager: Redial,
+    /// Capacity of each memory monitor, for those that join.
+    capacity: u64,
+    progress: Progress,
     expected: workload::Expected,
     tally: Tally,
     stop: AtomicBool,
@@ -112,12 +138,14 @@ struct Chaos {
 
 impl Chaos {
     fn say(&self, text: &str) {
-        println!("[{:>7.1}s] {text}", self.start.elapsed().as_secs_f64());
+        let at = self.start.elapsed();
+        self.progress.at(at);
+        self.progress
+            .println(format!("[{:>7.1}s] {text}", at.as_secs_f64()));
     }
 
     fn state(&self) -> Option<ClusterState> {
-        let c = self.target.connect_quick().ok()?;
-        c.call_json(Op::ClusterState, &()).ok()
+        self.manager.call(&ClusterStateReq).ok()
     }
 
     /// Waits until `f` holds of the cluster state; returns how long it took.
@@ -142,41 +170,33 @@ fn secs(ms: u64) -> String {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn alive(s: &ClusterState, role: &str) -> usize {
-    s.components
-        .iter()
-        .filter(|c| c.role == role && c.health == "alive")
-        .count()
+fn alive(s: &ClusterState, role: Role) -> usize {
+    s.alive(role).count()
 }
 
 /// Every vRegion has all its copies on memory monitors the manager has
 /// heard from (alive, not merely not yet declared dead), none on `dead`.
-fn healthy(s: &ClusterState, dead: Option<u64>) -> bool {
-    let live = |id: u64| {
-        Some(id) != dead
-            && s.components
-                .iter()
-                .any(|c| c.id == id && c.role == "memory" && c.health == "alive")
-    };
-    s.vregions
-        .iter()
-        .all(|r| r.state == "healthy" && live(r.primary) && r.backup.is_none_or(live))
+fn healthy(s: &ClusterState, dead: Option<ComponentId>) -> bool {
+    let live = |id: &ComponentId| Some(*id) != dead && s.alive(Role::Memory).any(|c| c.id == *id);
+    s.vregions.iter().all(|r| {
+        r.state == VRegionState::Healthy
+            && live(&r.primary)
+            && r.backup.is_none_or(|b| b.on().is_some_and(live))
+    })
 }
 
 fn complete(s: &ClusterState, memory: usize) -> bool {
-    alive(s, "memory") >= memory && alive(s, "processor") >= 1 && alive(s, "storage") >= 1
+    alive(s, Role::Memory) >= memory
+        && alive(s, Role::Processor) >= 1
+        && alive(s, Role::Storage) >= 1
 }
 
 pub fn run(a: ChaosArgs) -> Result<i32> {
     if a.memory_monitors < 3 {
-        bail!("lego chaos needs at least 3 memory monitors (--memory-monitors), so that one can die while every vRegion keeps two copies on the others");
+        fail!("lego chaos needs at least 3 memory monitors (--memory-monitors), so that one can die while every vRegion keeps two copies on the others");
     }
     if a.workers == 0 || a.size < (8 << 20) {
-        bail!("lego chaos needs at least 1 worker and --size of at least 8MiB");
+        fail!("lego chaos needs at least 1 worker and --size of at least 8MiB");
     }
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -201,46 +221,48 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
     );
     println!(
         "{}",
-        crate::bench::environment(&crate::bench::placement::Placement::Shared)
+        crate::environment(&crate::placement::Placement::Shared)
     );
     let scratch = dir.join("expected");
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    std::fs::create_dir_all(&scratch).io(|| format!("cannot create {}", scratch.display()))?;
     let expected = workload::learn(mib, &scratch)?;
     let excache = (a.workers as u64 * a.size / 4 + (256 << 20)).max(1 << 30);
-    let cluster = LocalCluster::start_with(
-        &Spec {
-            dir: dir.clone(),
-            memory_monitors: a.memory_monitors,
-            capacity: (a.workers as u64 * a.size * 2).max(2 << 30),
-            heartbeat_ms: a.heartbeat_ms,
-            memory_cpus: None,
-            storage: true,
-            manager_args: vec!["--vregion-size".into(), "16MiB".into()],
-        },
-        Some(&ProcessorSpec {
-            excache,
-            runtime: a.runtime.clone(),
-            cpus: None,
-        }),
-    )?;
+    let spec = Spec {
+        memory_monitors: a.memory_monitors,
+        capacity: (a.workers as u64 * a.size * 2).max(2 << 30),
+        memory_cpus: None,
+        storage: true,
+        manager_args: vec!["--vregion-size".into(), "16MiB".into()],
+    };
+    let processor = ProcessorSpec {
+        excache,
+        runtime: a.runtime.clone(),
+        cpus: None,
+    };
+    let opts = Options {
+        dir: dir.clone(),
+        exe: std::env::current_exe().io(|| "cannot find the lego executable".into())?,
+        heartbeat_ms: a.heartbeat_ms,
+        log: None,
+    };
+    let cluster = LocalCluster::start(opts, &spec, Some(&processor))?;
     let target = cluster.target();
-    target
-        .connect()?
-        .call_json::<_, serde_json::Value>(
-            Op::VnodeCreate,
-            &VnodeReq {
-                name: "chaos".into(),
-                replicas: Some(2),
-                ..VnodeReq::default()
-            },
-        )
-        .context("cannot create the vnode chaos")?;
+    let manager = target.manager();
+    manager
+        .call(&VnodeCreateReq {
+            name: "chaos".into(),
+            replicas: Some(2),
+            ..VnodeCreateReq::default()
+        })
+        .call_for(|| "cannot create the vnode chaos".into())?;
     let chaos = Arc::new(Chaos {
         start: Instant::now(),
         dir: dir.clone(),
         cluster: Mutex::new(cluster),
         target,
+        manager,
+        capacity: spec.capacity,
+        progress: Progress::timed("chaos", a.duration),
         expected,
         tally: Tally::default(),
         stop: AtomicBool::new(false),
@@ -260,11 +282,13 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
     // Ctrl-C or SIGTERM ends the injections early; the report still comes.
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, interrupted.clone())?;
+        signal_hook::flag::register(sig, interrupted.clone())
+            .io(|| "cannot handle signals".into())?;
     }
     let injected = inject(&chaos, &a, seed, &interrupted);
     chaos.stop.store(true, Ordering::Relaxed);
     chaos.say("no more failures; waiting for the programs to finish");
+    chaos.progress.finish();
     for w in workers {
         let _ = w.join();
     }
@@ -375,22 +399,28 @@ fn tally_file(c: &Chaos, what: &str, v: &Verdict) -> bool {
 fn kill_storage(c: &Chaos, synced: &str) -> Option<u64> {
     let t = Instant::now();
     if let Err(e) = lock(&c.cluster).kill9("storage") {
-        c.say(&format!("cannot kill the storage monitor: {e:#}"));
+        c.say(&format!("cannot kill the storage monitor: {e}"));
         return None;
     }
     std::thread::sleep(Duration::from_millis(300));
-    let restarted = lock(&c.cluster).restart("storage");
+    let restarted = {
+        let mut cl = lock(&c.cluster);
+        cl.restart("storage").map(|()| {
+            cl.storage
+                .as_ref()
+                .map(|d| d.addr.clone())
+                .unwrap_or_default()
+        })
+    };
     let addr = match restarted {
-        Ok(r) => r["addr"].as_str().unwrap_or_default().to_string(),
+        Ok(addr) => addr,
         Err(e) => {
-            c.say(&format!("cannot restart the storage monitor: {e:#}"));
+            c.say(&format!("cannot restart the storage monitor: {e}"));
             return None;
         }
     };
     let back = c.wait(Duration::from_secs(30), |s| {
-        s.components
-            .iter()
-            .any(|x| x.role == "storage" && x.health == "alive" && x.addr == addr)
+        s.alive(Role::Storage).any(|x| x.addr == addr)
     });
     let ms = back.map(|_| t.elapsed().as_millis() as u64);
     c.say(&format!(

@@ -3,11 +3,12 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lego_transport::{Client, ClientOptions, Credentials};
-use lego_wire::control::MemStats;
-use lego_wire::Op;
+use lego_transport::{lock, ClientOptions, Credentials, Redial};
+use lego_wire::control::MemStatsReq;
+use lego_wire::Role;
 
-use super::{alive, complete, healthy, lock, secs, Chaos, ChaosArgs, Injected, Rng};
+use super::{alive, complete, healthy, secs, Chaos, ChaosArgs, Injected, Rng, Victim};
+use crate::Result;
 
 /// Injects failures until the duration is over; returns what it did.
 pub(super) fn inject(
@@ -19,7 +20,6 @@ pub(super) fn inject(
     let mut rng = Rng(seed);
     let mut done = Vec::new();
     let end = c.start + a.duration;
-    let mut next_memory = a.memory_monitors + 1;
     let every = a.every.as_millis().max(100) as u64;
     while Instant::now() < end {
         let pause = Instant::now() + Duration::from_millis(every / 2 + rng.below(every));
@@ -39,13 +39,13 @@ pub(super) fn inject(
         let n = done.len() + 1;
         let unrecovered = done
             .iter()
-            .any(|i: &Injected| i.kind == "memory monitor" && i.recovered_ms.is_none());
+            .any(|i: &Injected| i.victim == Victim::Memory && i.recovered_ms.is_none());
         let i = match rng.below(8) {
             // After a memory failure that did not recover, another could
             // take the last copy of something: no more of those.
             0..=3 if unrecovered => None,
-            0..=2 => kill_memory(c, a, &mut rng, n, &mut next_memory, false),
-            3 => kill_memory(c, a, &mut rng, n, &mut next_memory, true),
+            0..=2 => kill_memory(c, a, &mut rng, n, false),
+            3 => kill_memory(c, a, &mut rng, n, true),
             4 | 5 => kill_manager(c, a.memory_monitors, &mut rng, n).map(|i| vec![i]),
             _ => request_storage_kill(c, n).map(|i| vec![i]),
         };
@@ -59,12 +59,11 @@ fn kill_memory(
     a: &ChaosArgs,
     rng: &mut Rng,
     n: usize,
-    next_name: &mut usize,
     and_manager: bool,
 ) -> Option<Vec<Injected>> {
     // Never both copies of a vRegion: only from a whole, healthy cluster.
     let ready = c.wait(Duration::from_secs(30), |s| {
-        alive(s, "memory") >= a.memory_monitors && healthy(s, None)
+        alive(s, Role::Memory) >= a.memory_monitors && healthy(s, None)
     });
     if ready.is_none() {
         c.say(&format!(
@@ -73,24 +72,22 @@ fn kill_memory(
         return None;
     }
     let s = c.state()?;
-    let live: Vec<_> = s
-        .components
-        .iter()
-        .filter(|x| x.role == "memory" && x.health == "alive")
-        .collect();
+    let live: Vec<_> = s.alive(Role::Memory).collect();
     let victim = live[rng.below(live.len() as u64) as usize];
     let copies = s
         .vregions
         .iter()
-        .filter(|r| r.primary == victim.id || r.backup == Some(victim.id))
+        .filter(|r| {
+            r.primary == victim.id || r.backup.and_then(|b| b.on().copied()) == Some(victim.id)
+        })
         .count();
-    let name = {
-        let cl = lock(&c.cluster);
-        cl.memory_name(&victim.addr)
-    }?;
+    let name = lock(&c.cluster)
+        .memory_at(&victim.addr)
+        .map(|d| d.name.clone())
+        .ok()?;
     let t = Instant::now();
     if let Err(e) = lock(&c.cluster).kill9(&name) {
-        c.say(&format!("#{n} cannot kill {name}: {e:#}"));
+        c.say(&format!("#{n} cannot kill {name}: {e}"));
         return None;
     }
     let dead = Some(victim.id);
@@ -103,16 +100,14 @@ fn kill_memory(
     let back = c.wait(Duration::from_secs(60), |s| healthy(s, dead));
     let rec = back.map(|_| t.elapsed().as_millis() as u64);
     // A new, empty memory monitor takes its place.
-    let new = format!("memory-{next_name}");
-    *next_name += 1;
-    let joined = lock(&c.cluster).add_memory(&new);
+    let t_join = Instant::now();
+    let joined = lock(&c.cluster).add_memory(c.capacity, None);
     let joined = joined.ok().and_then(|addr| {
         c.wait(Duration::from_secs(30), |s| {
-            s.components
-                .iter()
-                .any(|x| x.addr == addr && x.health == "alive")
+            s.alive(Role::Memory).any(|x| x.addr == addr)
         })
     });
+    let joined = joined.map(|_| t_join.elapsed());
     c.say(&format!(
         "#{n} kill -9 memory monitor {} ({}), {copies} vRegion copies on it: every vRegion has two live copies again after {}; a new memory monitor joined {}",
         victim.id,
@@ -121,7 +116,7 @@ fn kill_memory(
         joined.map_or("NEVER".into(), |d| format!("{} later", secs(d.as_millis() as u64)))
     ));
     also.push(Injected {
-        kind: "memory monitor",
+        victim: Victim::Memory,
         recovered_ms: rec,
     });
     Some(also)
@@ -132,13 +127,13 @@ fn kill_memory(
 fn kill_manager(c: &Chaos, memory: usize, rng: &mut Rng, n: usize) -> Option<Injected> {
     let t = Instant::now();
     if let Err(e) = lock(&c.cluster).kill9("manager") {
-        c.say(&format!("#{n} cannot kill the manager: {e:#}"));
+        c.say(&format!("#{n} cannot kill the manager: {e}"));
         return None;
     }
     let down = Duration::from_millis(500 + rng.below(2500));
     std::thread::sleep(down);
     if let Err(e) = lock(&c.cluster).restart("manager") {
-        c.say(&format!("#{n} cannot restart the manager: {e:#}"));
+        c.say(&format!("#{n} cannot restart the manager: {e}"));
         return None;
     }
     let back = c.wait(Duration::from_secs(60), |s| complete(s, memory));
@@ -149,7 +144,7 @@ fn kill_manager(c: &Chaos, memory: usize, rng: &mut Rng, n: usize) -> Option<Inj
         rec.map_or("NEVER (60 s)".into(), secs)
     ));
     Some(Injected {
-        kind: "manager",
+        victim: Victim::Manager,
         recovered_ms: rec,
     })
 }
@@ -172,7 +167,7 @@ fn request_storage_kill(c: &Chaos, n: usize) -> Option<Injected> {
     let rec = lock(&c.storage_recovered_ms).take()?;
     c.say(&format!("#{n} (storage monitor, above)"));
     Some(Injected {
-        kind: "storage monitor",
+        victim: Victim::Storage,
         recovered_ms: rec,
     })
 }
@@ -193,19 +188,13 @@ fn summary(ms: &[u64]) -> String {
 /// Waits for the cluster to settle, counts leaked pages, prints the
 /// report; returns the exit code (0: no wrong output, no failed program,
 /// no leaked page, every failure recovered).
-pub(super) fn report(c: &Chaos, a: &ChaosArgs, injected: &[Injected]) -> anyhow::Result<i32> {
+pub(super) fn report(c: &Chaos, a: &ChaosArgs, injected: &[Injected]) -> Result<i32> {
     let settled = c.wait(Duration::from_secs(60), |s| {
         complete(s, a.memory_monitors) && healthy(s, None) && s.vregions.is_empty()
     });
     let addrs: Vec<String> = c
         .state()
-        .map(|s| {
-            s.components
-                .iter()
-                .filter(|x| x.role == "memory" && x.health == "alive")
-                .map(|x| x.addr.clone())
-                .collect()
-        })
+        .map(|s| s.alive(Role::Memory).map(|x| x.addr.clone()).collect())
         .unwrap_or_default();
     let opts = ClientOptions {
         request_timeout: Duration::from_secs(3),
@@ -213,9 +202,13 @@ pub(super) fn report(c: &Chaos, a: &ChaosArgs, injected: &[Injected]) -> anyhow:
     };
     let mut leaked = 0u64;
     for addr in &addrs {
-        let held = Client::connect(addr, &Credentials::component(&c.target.secret), &opts)
-            .and_then(|m| m.call_json::<_, MemStats>(Op::MemStats, &()))
-            .map(|m| m.pages_held);
+        let held = Redial::new(
+            addr.clone(),
+            Credentials::component(&c.target.secret),
+            opts.clone(),
+        )
+        .call(&MemStatsReq)
+        .map(|m| m.pages_held);
         match held {
             Ok(n) => leaked += n,
             Err(e) => println!("cannot ask memory monitor {addr} for its pages: {e}"),
@@ -233,8 +226,9 @@ pub(super) fn report(c: &Chaos, a: &ChaosArgs, injected: &[Injected]) -> anyhow:
     );
     println!("failures injected: {}", injected.len());
     let mut unrecovered = 0;
-    for kind in ["memory monitor", "manager", "storage monitor"] {
-        let of: Vec<&Injected> = injected.iter().filter(|i| i.kind == kind).collect();
+    for victim in Victim::ALL {
+        let kind = victim.label();
+        let of: Vec<&Injected> = injected.iter().filter(|i| i.victim == victim).collect();
         let ms: Vec<u64> = of.iter().filter_map(|i| i.recovered_ms).collect();
         unrecovered += of.len() - ms.len();
         println!(

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use crate::{fail, IoContext, Result};
 
 /// The workload's source, written next to its binary in the bench's directory.
 const WORKLOAD_C: &str = include_str!("workload.c");
@@ -18,15 +18,15 @@ const FSBENCH_C: &str = include_str!("fsbench.c");
 fn compile(dir: &Path, name: &str, source: &str) -> Result<PathBuf> {
     let src = dir.join(format!("{name}.c"));
     let bin = dir.join(name);
-    std::fs::write(&src, source)?;
+    std::fs::write(&src, source).io(|| format!("cannot write {}", src.display()))?;
     let out = Command::new("gcc")
         .args(["-O2", "-o"])
         .arg(&bin)
         .arg(&src)
         .output()
-        .context("cannot run gcc (the bench compiles its C programs with gcc -O2)")?;
+        .io(|| "cannot run gcc (the bench compiles its C programs with gcc -O2)".into())?;
     if !out.status.success() {
-        bail!(
+        fail!(
             "gcc could not compile {name}.c: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -59,7 +59,7 @@ impl Floor {
 
 /// Compiles and runs the floor probe; an error says why there is no figure.
 pub fn measure_floor(dir: &Path) -> Result<Floor, String> {
-    let bin = compile(dir, "floor", FLOOR_C).map_err(|e| format!("{e:#}"))?;
+    let bin = compile(dir, "floor", FLOOR_C).map_err(|e| e.to_string())?;
     let out = Command::new(&bin)
         .output()
         .map_err(|e| format!("cannot run the floor probe: {e}"))?;

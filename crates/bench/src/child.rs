@@ -6,9 +6,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-
-use super::report::{parse_workload, Outcome};
+use crate::{fail, BenchError, IoContext, Result};
 
 /// A finished child process.
 pub struct Finished {
@@ -34,7 +32,7 @@ pub fn run_child(mut cmd: Command, stop: &AtomicBool, timeout: Duration) -> Resu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+        .io(|| format!("cannot start {:?}", cmd.get_program()))?;
     let reader = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -60,7 +58,10 @@ pub fn run_child(mut cmd: Command, stop: &AtomicBool, timeout: Duration) -> Resu
     let mut term_at: Option<Instant> = None;
     let mut kill_at: Option<Instant> = None;
     let status = loop {
-        if let Some(st) = child.try_wait()? {
+        if let Some(st) = child
+            .try_wait()
+            .io(|| "cannot wait for a child process".into())?
+        {
             break st;
         }
         if why.is_none() {
@@ -80,13 +81,12 @@ pub fn run_child(mut cmd: Command, stop: &AtomicBool, timeout: Duration) -> Resu
         }
         if kill_at.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
             // Its pipes stay open: the readers are abandoned with it.
-            return Err(Stuck(format!(
+            return Err(BenchError::Stuck(format!(
                 "{}; process {} did not die within 30 s of SIGKILL (stuck in the kernel: {})",
                 why.unwrap_or_default(),
                 child.id(),
                 proc_state(child.id())
-            ))
-            .into());
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -96,7 +96,7 @@ pub fn run_child(mut cmd: Command, stop: &AtomicBool, timeout: Duration) -> Resu
         err.join().unwrap_or_default(),
     );
     if let Some(w) = why {
-        bail!("{w}");
+        fail!("{w}");
     }
     Ok(Finished {
         status,
@@ -107,17 +107,6 @@ pub fn run_child(mut cmd: Command, stop: &AtomicBool, timeout: Duration) -> Resu
 }
 
 /// A child that survived SIGKILL: the bench cannot go on safely.
-#[derive(Debug)]
-pub struct Stuck(String);
-
-impl std::fmt::Display for Stuck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Stuck {}
-
 /// A process's state and kernel wait channel, from /proc.
 pub fn proc_state(pid: u32) -> String {
     let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -129,34 +118,4 @@ pub fn proc_state(pid: u32) -> String {
         .unwrap_or_else(|| "?".into());
     let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
     format!("state {state}, waiting in {wchan}")
-}
-
-/// The workload's phases, or why there are none.
-pub fn outcome_of(f: &Finished) -> Outcome {
-    if !f.status.success() {
-        let last = f
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty() && !l.starts_with("  "))
-            .unwrap_or("");
-        let how = match (
-            f.status.code(),
-            std::os::unix::process::ExitStatusExt::signal(&f.status),
-        ) {
-            (Some(c), _) => format!("exit status {c}"),
-            (None, Some(9)) => "killed by SIGKILL".into(),
-            (None, Some(s)) => format!("killed by signal {s}"),
-            _ => f.status.to_string(),
-        };
-        return Outcome::Failed(if last.is_empty() {
-            how
-        } else {
-            format!("{how}: {last}")
-        });
-    }
-    match parse_workload(&f.stdout) {
-        Ok(p) => Outcome::Ran(p),
-        Err(e) => Outcome::Failed(format!("{e:#}")),
-    }
 }

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::{fail, IoContext, Result};
 
-use crate::run::EXIT_LEGO_FAILED;
+use lego_cluster::EXIT_LEGO_FAILED;
 
 /// Distinct seeds of each program (their outputs are learned up front).
 pub const SEEDS: u64 = 4;
@@ -103,7 +103,7 @@ pub fn learn(mib: u64, scratch: &Path) -> Result<Expected> {
                 .collect::<Vec<_>>(),
         )?;
         if w != r {
-            bail!("the file programs disagree without lego: the machine's python3 or sha256sum is broken");
+            fail!("the file programs disagree without lego: the machine's python3 or sha256sum is broken");
         }
         e.file.push(w);
     }
@@ -114,9 +114,9 @@ fn local(cmd: &[&str]) -> Result<Vec<u8>> {
     let out = Command::new(cmd[0])
         .args(&cmd[1..])
         .output()
-        .with_context(|| format!("cannot run {}", cmd[0]))?;
+        .io(|| format!("cannot run {}", cmd[0]))?;
     if !out.status.success() {
-        bail!(
+        fail!(
             "{} failed without lego ({}): {}",
             cmd[0],
             out.status,

@@ -10,14 +10,15 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use crate::{fail, IoContext, Result};
 use clap::Args;
 
-use super::child::run_child;
-use super::cprog::compile_fsbench;
-use super::placement::{Placement, PlacementArg};
-use crate::size::{human, parse_size};
-use crate::up::{LocalCluster, ProcessorSpec, Spec};
+use crate::child::run_child;
+use crate::cprog::compile_fsbench;
+use crate::placement::{Placement, PlacementArg};
+use crate::progress::Progress;
+use lego_cluster::size::{human, parse_size};
+use lego_cluster::{LocalCluster, Options, ProcessorSpec, Spec};
 
 #[derive(Args, Debug)]
 pub struct StorageBenchArgs {
@@ -47,11 +48,13 @@ fn parse(out: &str) -> Result<Result1> {
     let mut m = BTreeMap::new();
     for l in out.lines() {
         if let ["phase", name, secs, units] = l.split_whitespace().collect::<Vec<_>>()[..] {
-            m.insert(name.to_string(), (secs.parse()?, units.parse()?));
+            if let (Ok(secs), Ok(units)) = (secs.parse(), units.parse()) {
+                m.insert(name.to_string(), (secs, units));
+            }
         }
     }
     if m.len() != PHASES.len() {
-        bail!("fsbench printed {out:?}");
+        fail!("fsbench printed {out:?}");
     }
     Ok(m)
 }
@@ -95,6 +98,7 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
     let dir = tempfile_dir()?;
     let bin = compile_fsbench(&dir.0)?;
     let stop = AtomicBool::new(false);
+    let progress = Progress::steps("bench");
     let args = [mb.to_string(), a.files.to_string()];
     let local_dir = dir.0.join("local");
     std::fs::create_dir_all(&local_dir)?;
@@ -103,44 +107,50 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
         local_dir.display(),
         fs_of(&local_dir)
     );
-    eprintln!("bench: local disk");
+    progress.step("the program on the local disk");
     let mut cmd = Command::new(&bin);
     cmd.arg(&local_dir).args(&args);
     let f = run_child(cmd, &stop, Duration::from_secs(900))?;
     if !f.status.success() {
-        bail!("fsbench failed on the local disk: {}", f.stderr.trim());
+        fail!("fsbench failed on the local disk: {}", f.stderr.trim());
     }
     let local = parse(&f.stdout)?;
 
-    eprintln!("bench: starting the embedded cluster with a storage monitor");
-    let cluster = LocalCluster::start_with(
-        &Spec {
+    progress.step("starting the embedded cluster with a storage monitor");
+    let spec = Spec {
+        memory_monitors: 2,
+        capacity: 256 << 20,
+        memory_cpus: placement.memory_cpus(),
+        storage: true,
+        manager_args: Vec::new(),
+    };
+    let processor = ProcessorSpec {
+        excache: 256 << 20,
+        runtime: None,
+        cpus: placement.app_cpus(),
+    };
+    let cluster = LocalCluster::start(
+        Options {
             dir: dir.0.join("cluster"),
-            memory_monitors: 2,
-            capacity: 256 << 20,
+            exe: std::env::current_exe().io(|| "cannot find the lego executable".into())?,
             heartbeat_ms: 1000,
-            memory_cpus: placement.memory_cpus(),
-            storage: true,
-            manager_args: Vec::new(),
+            log: None,
         },
-        Some(&ProcessorSpec {
-            excache: 256 << 20,
-            runtime: None,
-            cpus: placement.app_cpus(),
-        }),
+        &spec,
+        Some(&processor),
     )?;
     let sdir = dir.0.join("cluster").join("storage");
     println!(
         "lego: vNode mount /data (FUSE in the processor monitor, TCP loopback) -> storage monitor {} keeping files in {} ({})",
-        cluster.storage.clone().unwrap_or_default(),
+        cluster.storage.as_ref().map_or("?", |d| d.addr.as_str()),
         sdir.display(),
         fs_of(&sdir)
     );
-    eprintln!("bench: through the vnode mount");
-    let mut cmd = Command::new(std::env::current_exe()?);
+    progress.step("the same program through the vnode mount");
+    let mut cmd = Command::new(&cluster.opts.exe);
     cmd.arg("run")
         .arg("--dir")
-        .arg(&cluster.dir)
+        .arg(&cluster.opts.dir)
         .args(["--vnode", "bench-storage", "--excache", "64MiB", "--"])
         .arg(&bin)
         .arg("/data")
@@ -148,13 +158,14 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
         .env_remove("LEGO_LOG");
     let f = run_child(cmd, &stop, Duration::from_secs(900))?;
     if !f.status.success() {
-        bail!(
+        fail!(
             "fsbench failed through the vnode mount: {}",
             f.stderr.trim()
         );
     }
     let lego = parse(&f.stdout)?;
     drop(cluster);
+    progress.finish();
 
     println!();
     print!("{:<28}", "configuration");
@@ -200,6 +211,6 @@ impl Drop for TempDir {
 fn tempfile_dir() -> Result<TempDir> {
     let d = std::env::temp_dir().join(format!("lego-bench-storage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    std::fs::create_dir_all(&d).io(|| format!("cannot create {}", d.display()))?;
     Ok(TempDir(d))
 }

@@ -8,11 +8,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
-use anyhow::Result;
+use crate::Result;
 use lego_wire::PAGE_SIZE;
 
 use super::stats::Samples;
-use crate::cpus::{pin_current_thread, CpuList};
+use lego_cluster::cpus::{pin_current_thread, CpuList};
 
 /// Round-trip latencies in microseconds.
 pub struct Rtt {

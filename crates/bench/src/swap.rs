@@ -17,9 +17,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::{fail, IoContext, Result};
 
-use crate::size::human;
+use lego_cluster::size::human;
 
 /// Priority of our swap: the highest, so pre-existing swap stays unused.
 const SWAP_PRIORITY: &str = "32767";
@@ -78,9 +78,9 @@ pub fn cmd(prog: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(prog)
         .args(args)
         .output()
-        .with_context(|| format!("cannot run {prog}"))?;
+        .io(|| format!("cannot run {prog}"))?;
     if !out.status.success() {
-        bail!(
+        fail!(
             "`{prog} {}` failed ({}): {}",
             args.join(" "),
             out.status,
@@ -98,17 +98,17 @@ fn cmd_patiently(prog: &str, args: &[&str], limit: Duration) -> Result<()> {
         .args(args)
         .stdout(std::process::Stdio::null())
         .spawn()
-        .with_context(|| format!("cannot run {prog}"))?;
+        .io(|| format!("cannot run {prog}"))?;
     let t0 = Instant::now();
     loop {
         if let Some(st) = child.try_wait()? {
             if st.success() {
                 return Ok(());
             }
-            bail!("`{prog} {}` failed ({st})", args.join(" "));
+            fail!("`{prog} {}` failed ({st})", args.join(" "));
         }
         if t0.elapsed() > limit {
-            bail!(
+            fail!(
                 "`{prog} {}` has not finished after {} s; left running as pid {}",
                 args.join(" "),
                 limit.as_secs(),
@@ -291,8 +291,7 @@ impl MemCgroup {
     /// memory+swap limit unlimited and swappiness 100.
     pub fn create(parent: &Path, name: &str, limit: u64) -> Result<MemCgroup> {
         let path = parent.join(name);
-        std::fs::create_dir(&path)
-            .with_context(|| format!("cannot create the cgroup {}", path.display()))?;
+        std::fs::create_dir(&path).io(|| format!("cannot create the cgroup {}", path.display()))?;
         let mut undo = Undo::default();
         let p = path.clone();
         undo.push(
@@ -304,12 +303,12 @@ impl MemCgroup {
                 for pid in procs.split_whitespace() {
                     let _ = Command::new("kill").args(["-KILL", pid]).status();
                 }
-                std::fs::remove_dir(&p).with_context(|| format!("rmdir {}", p.display()))
+                std::fs::remove_dir(&p).io(|| format!("rmdir {}", p.display()))
             },
         );
         let write = |file: &str, v: &str| -> Result<()> {
             std::fs::write(path.join(file), v)
-                .with_context(|| format!("cannot write {v} to {}", path.join(file).display()))
+                .io(|| format!("cannot write {v} to {}", path.join(file).display()))
         };
         // memsw must stay >= the limit: unlimited first, then the limit.
         if path.join("memory.memsw.limit_in_bytes").exists() {
@@ -479,11 +478,11 @@ pub fn setup(kind: SwapKind, size: u64, dir: &Path, stop: &AtomicBool) -> Result
         }
         SwapKind::Zram => {
             std::fs::write(format!("{ZRAM}/disksize"), size.to_string())
-                .with_context(|| format!("cannot set {ZRAM}/disksize"))?;
+                .io(|| format!("cannot set {ZRAM}/disksize"))?;
             undo.push(
                 "the zram device /dev/zram0",
                 format!("echo 1 > {ZRAM}/reset"),
-                || std::fs::write(format!("{ZRAM}/reset"), "1").context("reset zram0"),
+                || std::fs::write(format!("{ZRAM}/reset"), "1").io(|| "reset zram0".into()),
             );
             swapon(&mut undo, "/dev/zram0")?;
             let alg = std::fs::read_to_string(format!("{ZRAM}/comp_algorithm"))
@@ -500,7 +499,7 @@ pub fn setup(kind: SwapKind, size: u64, dir: &Path, stop: &AtomicBool) -> Result
             undo.push(
                 format!("the directory {}", mnt.display()),
                 format!("rmdir {}", mnt.display()),
-                move || std::fs::remove_dir(&m).context("rmdir"),
+                move || std::fs::remove_dir(&m).io(|| "rmdir".into()),
             );
             let mnt_s = mnt.to_string_lossy().into_owned();
             // A tmpfs page swapped out onto the loop device over that same
@@ -539,7 +538,7 @@ pub fn setup(kind: SwapKind, size: u64, dir: &Path, stop: &AtomicBool) -> Result
                 .trim()
                 .to_string();
             if dev.is_empty() {
-                bail!("losetup --find --show printed no device");
+                fail!("losetup --find --show printed no device");
             }
             let d = dev.clone();
             undo.push(
@@ -575,20 +574,20 @@ fn write_zeros(path: &Path, size: u64, stop: &AtomicBool) -> Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+        .io(|| format!("cannot create {}", path.display()))?;
     let chunk = vec![0u8; 8 << 20];
     let mut left = size;
     while left > 0 {
         if stop.load(Ordering::Relaxed) {
-            bail!("interrupted");
+            fail!("interrupted");
         }
         let n = left.min(chunk.len() as u64) as usize;
         f.write_all(&chunk[..n])
-            .with_context(|| format!("cannot write {}", path.display()))?;
+            .io(|| format!("cannot write {}", path.display()))?;
         left -= n as u64;
     }
     f.sync_all()
-        .with_context(|| format!("cannot sync {}", path.display()))?;
+        .io(|| format!("cannot sync {}", path.display()))?;
     Ok(())
 }
 
@@ -624,7 +623,7 @@ mod tests {
         u.push("flaky", "", move || {
             t.set(t.get() + 1);
             if t.get() < 3 {
-                bail!("busy")
+                fail!("busy")
             }
             Ok(())
         });

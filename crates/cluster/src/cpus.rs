@@ -2,9 +2,10 @@
 //! CPUs the way a pComponent does, and a memory monitor can be kept off them,
 //! which is how one machine stands in for several in `lego bench`.
 
-use anyhow::{bail, Context, Result};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
+
+use crate::ClusterError;
 
 /// A set of CPUs, ascending, from a list such as `0,2-3`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,18 +76,29 @@ pub fn format_cpus(cpus: &[usize]) -> String {
 
 /// Confines the calling thread, and every thread and process it starts from
 /// now on, to `cpus`.
-pub fn pin_current_thread(cpus: &[usize]) -> Result<()> {
+pub fn pin_current_thread(cpus: &[usize]) -> Result<(), ClusterError> {
+    let refused = |source| ClusterError::Pin {
+        cpus: format_cpus(cpus),
+        source,
+    };
     let mut set = CpuSet::new();
     for &c in cpus {
-        set.set(c).with_context(|| format!("CPU {c}"))?;
+        set.set(c).map_err(refused)?;
     }
-    if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
-        bail!(
-            "cannot run on CPUs {}: {e} (does this machine have them, and may this process use them?)",
-            format_cpus(cpus)
-        );
-    }
-    Ok(())
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(refused)
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    nix::sched::sched_getaffinity(Pid::from_raw(0))
+        .map(|set| {
+            (0..CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .collect::<Vec<_>>()
+        })
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| vec![0])
 }
 
 #[cfg(test)]

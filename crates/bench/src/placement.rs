@@ -5,10 +5,10 @@
 //! trip) get the others, as if they were other hosts. With `shared` the
 //! scheduler places every thread.
 
-use anyhow::Result;
+use crate::{fail, Result};
 use clap::ValueEnum;
 
-use crate::cpus::{pin_current_thread, CpuList};
+use lego_cluster::cpus::{allowed_cpus, pin_current_thread, CpuList};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PlacementArg {
@@ -35,7 +35,7 @@ impl Placement {
         };
         match arg {
             Some(PlacementArg::Shared) => Ok(Placement::Shared),
-            Some(PlacementArg::Split) if cpus.len() < 2 => anyhow::bail!(
+            Some(PlacementArg::Split) if cpus.len() < 2 => fail!(
                 "--placement split needs two CPUs; this process may use only CPU {}",
                 cpus[0]
             ),
@@ -49,7 +49,7 @@ impl Placement {
     /// it starts afterwards, to the programs' CPUs.
     pub fn pin_bench(&self) -> Result<()> {
         match self {
-            Placement::Split { app, .. } => pin_current_thread(&app.0),
+            Placement::Split { app, .. } => Ok(pin_current_thread(&app.0)?),
             Placement::Shared => Ok(()),
         }
     }
@@ -84,16 +84,4 @@ impl Placement {
             ),
         }
     }
-}
-
-fn allowed_cpus() -> Vec<usize> {
-    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-        .map(|set| {
-            (0..nix::sched::CpuSet::count())
-                .filter(|&c| set.is_set(c).unwrap_or(false))
-                .collect::<Vec<_>>()
-        })
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| vec![0])
 }

@@ -1,0 +1,377 @@
+//! `lego bench excache`: one workload (sequential passes and random 8-byte
+//! reads over a large array of pseudo-random data) run, in one invocation,
+//!
+//! - locally, with no lego and no limit (the reference);
+//! - under `lego run --excache` at 100%, 50% and 25% of its working set, on
+//!   a temporary embedded cluster started once for the whole bench, and at
+//!   25% again in a vNode that keeps one copy of its memory (the cost of
+//!   replication) ([`lego`]);
+//! - in a cgroup v1 memory cgroup limited to 25% of the working set, with
+//!   swap on a file on disk, on zram, and on a loop device over a tmpfs file
+//!   (one at a time) ([`squeeze`]);
+//!
+//! then printed side by side as one table of phase times and slowdowns, with
+//! the runtime's remote-fault p50 beside a bare TCP round trip measured in
+//! the same run, and the targets as MET/MISSED lines ([`summary`]). Every
+//! configuration's checksum must equal the local run's.
+//!
+//! The workload is C (`workload.c`), compiled here with `gcc -O2`, so it is
+//! an unmodified program in every configuration.
+
+mod lego;
+pub mod report;
+mod squeeze;
+mod summary;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use lego_cluster::size::{human, parse_size};
+
+use crate::child::run_child;
+use crate::cprog::{compile_workload, measure_floor};
+use crate::placement::{Placement, PlacementArg};
+use crate::progress::Progress;
+use crate::swap::{self, SwapKind};
+use crate::{fail, BenchError, IoContext, Result};
+use report::{commas, outcome_of, Outcome, Phases, Row};
+
+/// Room for the program's memory besides the array (stdio buffers, libc):
+/// the working set is the array plus this.
+const SLACK: u64 = 4 << 20;
+
+const PAGE: u64 = 4096;
+
+/// Configurations besides the local reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Config {
+    /// lego, ExCache = 100% of the working set
+    Lego100,
+    /// lego, ExCache = 50%
+    Lego50,
+    /// lego, ExCache = 25%
+    Lego25,
+    /// lego, ExCache = 25%, one copy of each vRegion (no replication)
+    Lego25Single,
+    /// cgroup limit 25%, swap file on disk
+    SwapFile,
+    /// cgroup limit 25%, swap on zram
+    Zram,
+    /// cgroup limit 25%, swap on a loop device over a tmpfs file
+    Loop,
+}
+
+impl Config {
+    /// Every configuration, in the order of the table.
+    pub const ALL: [Config; 7] = [
+        Config::Lego100,
+        Config::Lego50,
+        Config::Lego25,
+        Config::Lego25Single,
+        Config::SwapFile,
+        Config::Zram,
+        Config::Loop,
+    ];
+
+    /// Its row's name in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::Lego100 => "lego, ExCache 100%",
+            Config::Lego50 => "lego, ExCache 50%",
+            Config::Lego25 => "lego, ExCache 25%",
+            Config::Lego25Single => "lego, ExCache 25%, 1 copy",
+            Config::SwapFile => "cgroup 25%, swap file on disk",
+            Config::Zram => "cgroup 25%, swap on zram",
+            Config::Loop => "cgroup 25%, swap on loop/tmpfs",
+        }
+    }
+
+    /// Its ExCache quota or cgroup limit, in percent of the working set.
+    pub fn percent(self) -> u64 {
+        match self {
+            Config::Lego100 => 100,
+            Config::Lego50 => 50,
+            _ => 25,
+        }
+    }
+
+    /// The kind of swap of a cgroup row.
+    pub fn swap(self) -> Option<SwapKind> {
+        match self {
+            Config::SwapFile => Some(SwapKind::File),
+            Config::Zram => Some(SwapKind::Zram),
+            Config::Loop => Some(SwapKind::LoopTmpfs),
+            _ => None,
+        }
+    }
+
+    /// The vNode a lego row runs in.
+    pub fn vnode(self) -> Option<&'static str> {
+        match self {
+            Config::Lego100 | Config::Lego50 | Config::Lego25 => Some("bench-excache"),
+            Config::Lego25Single => Some(lego::ONE_COPY_VNODE),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExcacheBenchArgs {
+    /// Size of the workload's array [default: 2GiB; 256MiB with --quick]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub size: Option<u64>,
+    /// A quick run (about 2 minutes): 256 MiB and 200,000 random reads,
+    /// unless --size or --random-reads say otherwise
+    #[arg(long)]
+    pub quick: bool,
+    /// Forward sequential passes over the array
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub forward_passes: u32,
+    /// Backward sequential passes over the array
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub backward_passes: u32,
+    /// Random 8-byte reads [default: 2,000,000; 200,000 with --quick]
+    #[arg(long, value_name = "N")]
+    pub random_reads: Option<u64>,
+    /// Configurations to run besides the local one (comma-separated)
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Config::ALL, value_name = "LIST")]
+    pub configs: Vec<Config>,
+    /// Directory for the swap file; must be on a disk [default: the temporary directory]
+    #[arg(long, value_name = "DIR")]
+    pub swap_dir: Option<PathBuf>,
+    /// Longest time one configuration may run, in seconds
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    pub timeout: u64,
+    /// Round trips of the bare TCP measurement
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub rtt_ops: usize,
+    /// Where threads run [default: split when there are two CPUs or more]
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub placement: Option<PlacementArg>,
+}
+
+/// What every configuration shares.
+struct Bench {
+    /// The array's size, the working set, and the random reads.
+    size: u64,
+    ws: u64,
+    reads: u64,
+    workload: PathBuf,
+    args: Vec<String>,
+    dir: TempDir,
+    placement: Placement,
+    stop: Arc<AtomicBool>,
+    timeout: Duration,
+    progress: Progress,
+}
+
+impl Bench {
+    /// The ExCache quota or cgroup limit of a configuration, in bytes.
+    fn quota(&self, c: Config) -> u64 {
+        (self.ws * c.percent() / 100).div_ceil(PAGE) * PAGE
+    }
+
+    fn check_stop(&self) -> Result<()> {
+        match self.stop.load(Ordering::Relaxed) {
+            true => Err(BenchError::Interrupted),
+            false => Ok(()),
+        }
+    }
+
+    /// A row for a configuration that was not asked for.
+    fn not_run(&self, c: Config) -> Row {
+        Row::new(Some(c), Some(self.quota(c)), Outcome::NotSelected)
+    }
+}
+
+pub fn run(a: ExcacheBenchArgs) -> Result<()> {
+    let b = setup(&a)?;
+    let swaps_before = swap::active_swaps();
+    header(&a, &b, &swaps_before);
+    b.progress.step(format!(
+        "bare 4 KiB TCP round trip, {} times blocking and {} times polling",
+        a.rtt_ops, a.rtt_ops
+    ));
+    let rtt = crate::rtt::bare_tcp(a.rtt_ops, b.placement.memory_cpus(), false)?;
+    let rtt_polled = crate::rtt::bare_tcp(a.rtt_ops, b.placement.memory_cpus(), true)?;
+    b.progress
+        .step("the kernel's userfaultfd floor (install, read and drop 4 KiB pages, no network)");
+    let floor = measure_floor(&b.dir.0);
+
+    let mut rows = vec![local_row(&b)?];
+    let selected = |c: Config| a.configs.contains(&c);
+    rows.extend(lego::rows(&b, &selected)?);
+    b.check_stop()?;
+    rows.extend(squeeze::rows(&b, &a, &selected)?);
+    b.check_stop()?;
+    b.progress.finish();
+
+    let report = summary::Summary {
+        rows: &rows,
+        reads: b.reads,
+        rtt: &rtt,
+        rtt_polled: &rtt_polled,
+        floor: &floor,
+    };
+    report.print();
+    let wrong = report.check_checksums();
+    summary::print_cleanup(&swaps_before, report.used_zram());
+    if !wrong.is_empty() {
+        fail!("checksums differ: lego or swap returned wrong data");
+    }
+    Ok(())
+}
+
+/// Sizes, signals, placement, the bench's directory and its workload.
+fn setup(a: &ExcacheBenchArgs) -> Result<Bench> {
+    let size = a
+        .size
+        .unwrap_or(if a.quick { 256 << 20 } else { 2 << 30 })
+        .div_ceil(PAGE)
+        * PAGE;
+    if size < 16 * PAGE {
+        return Err(BenchError::Setup("--size must be at least 64 KiB".into()));
+    }
+    let reads = a
+        .random_reads
+        .unwrap_or(if a.quick { 200_000 } else { 2_000_000 });
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone()).io(|| "cannot handle signals".into())?;
+    }
+    let placement = Placement::choose(a.placement)?;
+    placement.pin_bench()?;
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("lego-bench-excache-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).io(|| format!("cannot create {}", dir.0.display()))?;
+    let workload = compile_workload(&dir.0)?;
+    let args = [
+        size,
+        u64::from(a.forward_passes),
+        u64::from(a.backward_passes),
+        reads,
+    ]
+    .iter()
+    .map(u64::to_string)
+    .collect();
+    Ok(Bench {
+        size,
+        ws: size + SLACK,
+        reads,
+        workload,
+        args,
+        dir,
+        placement,
+        stop,
+        timeout: Duration::from_secs(a.timeout),
+        progress: Progress::steps("bench"),
+    })
+}
+
+/// What the report says before the table: the machine and the workload.
+fn header(a: &ExcacheBenchArgs, b: &Bench, swaps_before: &[String]) {
+    println!("lego bench excache\n{}", crate::environment(&b.placement));
+    println!(
+        "transparent huge pages: {}; load average at the start: {} (other work on the machine adds noise)",
+        thp(),
+        loadavg()
+    );
+    println!(
+        "swap before the bench: {}",
+        if swaps_before.is_empty() {
+            "none".to_string()
+        } else {
+            format!(
+                "{} (left alone; the bench's swap gets priority {} so it is used first)",
+                swaps_before.join(", "),
+                "32767"
+            )
+        }
+    );
+    println!(
+        "workload: C, gcc -O2, 1 thread: malloc {} of pseudo-random data (xorshift, incompressible); \
+         {} forward + {} backward sequential passes summing 8-byte words; {} random 8-byte reads",
+        human(b.size),
+        a.forward_passes,
+        a.backward_passes,
+        commas(b.reads)
+    );
+    println!(
+        "working set W = the array + {} for the rest of the program = {}; \
+         ExCache quotas and the cgroup limit are percentages of W\n",
+        human(SLACK),
+        human(b.ws)
+    );
+}
+
+/// The reference: the workload with no lego and no limit, twice, keeping
+/// the faster (on a VM the first touches of guest memory the host has not
+/// backed yet can be slow, and that is not the workload).
+fn local_row(b: &Bench) -> Result<Row> {
+    let mut best: Option<(Phases, f64)> = None;
+    for i in 1..=2 {
+        b.progress
+            .step(format!("local: no lego, no limit (run {i} of 2)"));
+        let mut local = Command::new(&b.workload);
+        local.args(&b.args).current_dir(&b.dir.0);
+        let f = run_child(local, &b.stop, b.timeout)?;
+        let p = match outcome_of(&f) {
+            Outcome::Ran(p) => p,
+            Outcome::Failed(why) => {
+                fail!("the workload failed on its own, with no lego and no limit: {why}")
+            }
+            _ => unreachable!("outcome_of returns Ran or Failed"),
+        };
+        match &best {
+            Some((b, _)) if b.checksum != p.checksum => fail!(
+                "the workload is not deterministic: checksums {} and {} with no lego",
+                b.checksum,
+                p.checksum
+            ),
+            Some((b, _)) if b.total() <= p.total() => {}
+            _ => best = Some((p, f.wall.as_secs_f64())),
+        }
+    }
+    let (phases, wall) = best.expect("two local runs");
+    let mut row = Row::new(None, None, Outcome::Ran(phases));
+    row.note = Some(format!("the faster of 2 runs; wall {wall:.1} s"));
+    Ok(row)
+}
+
+/// The bench's own directory; removed when dropped.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn thp() -> String {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .find(|w| w.starts_with('['))
+                .map(|w| w.trim_matches(['[', ']']).to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}

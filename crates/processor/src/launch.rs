@@ -1,0 +1,403 @@
+//! A job's life in the processor monitor: its ExCache quota, its start
+//! (the runtime's environment, its vNode's mounts and network, the spawn,
+//! the readers of its output, the waiter), its end, and freeing the memory
+//! of its processes that exit while it runs on.
+//!
+//! A job's end (see [`wait_job`]): reap the main process, SIGKILL the rest
+//! of its process group, drain its pipes, free its address spaces everywhere
+//! (`ReleaseOwner` at the manager), return its quota, then publish its exit
+//! code.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lego_transport::{lock, PeerInfo};
+use lego_wire::control::VnodeInfo;
+use lego_wire::jobs::{LaunchReq, LaunchResp, Stream};
+use lego_wire::{Asid, PAGE_SIZE};
+use tracing::{info, warn};
+
+use crate::job::{read_counters, Job};
+use crate::mounts::MountPlan;
+use crate::shared::{ServiceConfig, Shared};
+use crate::spawn::{hex, program_env, spawn, EnterVia, RuntimeEnv};
+use crate::{chain, human, ProcessorError};
+
+/// Default quota: this fraction of the ExCache.
+const DEFAULT_QUOTA_DIVISOR: u64 = 4;
+/// How long a job's vNode mounts may take to come up.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Shared {
+    /// The quota a launch asks for, in whole pages.
+    fn quota(&self, req: &LaunchReq) -> Result<u64, ProcessorError> {
+        let cap = self.cfg.excache;
+        let page = PAGE_SIZE as u64;
+        let bytes = match (req.excache, req.excache_percent) {
+            (Some(_), Some(_)) => {
+                return Err(ProcessorError::BadQuota(
+                    "give either bytes or a percentage, not both".into(),
+                ))
+            }
+            (Some(0), None) => return Err(ProcessorError::BadQuota("0 bytes".into())),
+            (Some(b), None) => b.div_ceil(page).saturating_mul(page),
+            (None, Some(p)) if p == 0 || p > 100 => {
+                return Err(ProcessorError::BadQuota(format!(
+                    "{p}% is not between 1% and 100%"
+                )))
+            }
+            (None, Some(p)) => (cap / 100 * p as u64 / page * page).max(page),
+            (None, None) => (cap / DEFAULT_QUOTA_DIVISOR / page * page).max(page),
+        };
+        Ok(bytes)
+    }
+
+    fn reserve(&self, bytes: u64) -> Result<(), ProcessorError> {
+        let cap = self.cfg.excache;
+        let mut g = lock(&self.granted);
+        let free = cap.saturating_sub(*g);
+        if bytes > free {
+            return Err(ProcessorError::ExCacheExhausted {
+                requested: bytes,
+                free,
+                capacity: cap,
+            });
+        }
+        *g += bytes;
+        Ok(())
+    }
+
+    /// Starts a job: its quota out of the ExCache, then the program.
+    pub(crate) fn launch(
+        self: &Arc<Self>,
+        peer: &PeerInfo,
+        req: LaunchReq,
+    ) -> Result<LaunchResp, ProcessorError> {
+        let cfg = &self.cfg;
+        if req.argv.is_empty() {
+            return Err(ProcessorError::NoCommand);
+        }
+        if !cfg.runtime.is_file() {
+            return Err(ProcessorError::RuntimeMissing {
+                path: cfg.runtime.clone(),
+            });
+        }
+        let quota = self.quota(&req)?;
+        let vnode = self.manager.vnode_mount(&req.vnode)?;
+        self.reserve(quota)?;
+        self.start(peer, req, vnode, quota).inspect_err(|_| {
+            *lock(&self.granted) -= quota;
+        })
+    }
+
+    /// A fresh random job id (never 0, never one in use).
+    fn new_job_id(&self) -> Result<u64, ProcessorError> {
+        loop {
+            let rnd = lego_wire::auth::random_bytes().map_err(|e| {
+                ProcessorError::Thread(std::io::Error::other(format!("no randomness: {e}")))
+            })?;
+            let id = u64::from_le_bytes(rnd[..8].try_into().expect("8 bytes"));
+            if id != 0 && !lock(&self.jobs).contains_key(&id) {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// What the vNode's processes get mounted, when its files are placed.
+    fn mount_plan(self: &Arc<Self>, v: &VnodeInfo) -> Option<MountPlan> {
+        let cfg = &self.cfg;
+        let storage = v.storage.as_ref()?;
+        let vip = (!v.host_network && !v.vip.is_empty() && cfg.own_networks).then(|| v.vip.clone());
+        let (shared, name) = (self.clone(), v.name.clone());
+        let resolve: crate::vfs::Resolver = Arc::new(move || {
+            let v = shared.manager.vnode_mount(&name).ok()?;
+            Some(v.storage?.addr)
+        });
+        Some(MountPlan {
+            vnode_id: v.id,
+            vnode: v.name.clone(),
+            mounts: v.mounts.clone(),
+            storage: storage.addr.clone(),
+            key: cfg.secret.vnode_key(v.id),
+            resolve: Some(resolve),
+            vip,
+        })
+    }
+
+    /// What the runtime inside the job's processes is told.
+    fn runtime_env(&self, id: u64, v: &VnodeInfo, quota: u64, netns: bool) -> RuntimeEnv {
+        let cfg = &self.cfg;
+        RuntimeEnv {
+            runtime: cfg.runtime.clone(),
+            manager: cfg.manager.clone(),
+            vnode: v.name.clone(),
+            vnode_id: v.id,
+            key_hex: hex(&cfg.secret.vnode_key(v.id)),
+            excache: quota,
+            job: id,
+            stats: stats_path(cfg, id),
+            spaces: spaces_dir(cfg, id),
+            memory_quota: v.memory_quota,
+            host_netns: netns.then(|| format!("/proc/{}/ns/net", std::process::id())),
+        }
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        peer: &PeerInfo,
+        req: LaunchReq,
+        vnode: VnodeInfo,
+        quota: u64,
+    ) -> Result<LaunchResp, ProcessorError> {
+        let cfg = &self.cfg;
+        let id = self.new_job_id()?;
+        std::fs::create_dir_all(spaces_dir(cfg, id)).map_err(ProcessorError::Thread)?;
+        let plan = self.mount_plan(&vnode);
+        let netns = plan.as_ref().is_some_and(|p| p.vip.is_some());
+        let env = program_env(&req.env, &self.runtime_env(id, &vnode, quota, netns));
+        let mut child = match &plan {
+            None => spawn(&req.argv, &env, &req.cwd, None)?,
+            Some(plan) => self.spawn_in_vnode(id, &req, &env, plan)?,
+        };
+        let pid = child.id();
+        let job = Arc::new(Job::new(
+            id,
+            pid,
+            req.vnode.clone(),
+            req.argv.clone(),
+            quota,
+            peer.conn,
+            stats_path(cfg, id),
+            child.stdin.take(),
+        ));
+        if let Err(e) = self.watch(&job, child) {
+            // Without readers or a waiter nobody would clean up: refuse the job.
+            let _ = job.signal(rustix::process::Signal::KILL.as_raw());
+            lock(&self.jobs).remove(&id);
+            return Err(ProcessorError::Thread(e));
+        }
+        self.counters.started.fetch_add(1, Ordering::Relaxed);
+        info!(
+            job = format_args!("{id:x}"),
+            pid,
+            vnode = %req.vnode,
+            excache = %human(quota),
+            argv = ?req.argv,
+            "job started"
+        );
+        Ok(LaunchResp {
+            job: id,
+            pid,
+            excache: quota,
+        })
+    }
+
+    /// Reads the job's output and waits for its end, each on a thread.
+    fn watch(self: &Arc<Self>, job: &Arc<Job>, mut child: Child) -> std::io::Result<()> {
+        let readers = (|| {
+            if let Some(p) = child.stdout.take() {
+                job.start_reader(Stream::Stdout, p)?;
+            }
+            if let Some(p) = child.stderr.take() {
+                job.start_reader(Stream::Stderr, p)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = readers {
+            let _ = job.signal(rustix::process::Signal::KILL.as_raw());
+            let _ = child.wait();
+            return Err(e);
+        }
+        lock(&self.jobs).insert(job.id, job.clone());
+        let (shared, j) = (self.clone(), job.clone());
+        std::thread::Builder::new()
+            .name(format!("job-{:x}-wait", job.id & 0xffff))
+            .spawn(move || wait_job(&shared, &j, child))
+            .map(|_| ())
+    }
+
+    /// Starts a job through the helper that mounts its vNode's files, and
+    /// serves those mounts before the program runs.
+    fn spawn_in_vnode(
+        &self,
+        id: u64,
+        req: &LaunchReq,
+        env: &[(String, String)],
+        plan: &MountPlan,
+    ) -> Result<Child, ProcessorError> {
+        let cfg = &self.cfg;
+        let socket = cfg.state_dir.join(format!("job-{id:016x}.fuse"));
+        let _ = std::fs::remove_file(&socket);
+        let listener =
+            std::os::unix::net::UnixListener::bind(&socket).map_err(ProcessorError::Thread)?;
+        let via = EnterVia {
+            exe: cfg.enter_exe.clone(),
+            socket: socket.clone(),
+            vnode: plan.vnode.clone(),
+            mounts: plan.mounts.clone(),
+            vip: plan.vip.clone(),
+        };
+        let spawned = spawn(&req.argv, env, &req.cwd, Some(&via));
+        let served = spawned.and_then(|mut child| {
+            match crate::mounts::serve(&listener, plan, Instant::now() + MOUNT_TIMEOUT) {
+                Ok(()) => Ok(child),
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    warn!(vnode = %plan.vnode, "cannot mount the vnode's files: {why}");
+                    Err(ProcessorError::NoFiles {
+                        vnode: plan.vnode.clone(),
+                        why,
+                    })
+                }
+            }
+        });
+        let _ = std::fs::remove_file(&socket);
+        served
+    }
+}
+/// The end of a job; runs on the job's own thread, which owns the child.
+pub(crate) fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
+    let status = loop {
+        match child.wait() {
+            Ok(s) => break Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                warn!(
+                    job = format_args!("{:x}", job.id),
+                    "cannot wait for the job: {e}"
+                );
+                break None;
+            }
+        }
+    };
+    if job.reaped() {
+        info!(
+            job = format_args!("{:x}", job.id),
+            "killed what the job left running in its process group"
+        );
+    }
+    if !job.wait_group_gone(Duration::from_secs(2)) {
+        warn!(
+            job = format_args!("{:x}", job.id),
+            "processes of the job's group still exist 2 s after SIGKILL"
+        );
+    }
+    job.close_stdin();
+    job.wait_pipes();
+    let (code, how) = match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => (c, format!("status {c}")),
+            (None, Some(sig)) => (128 + sig, format!("signal {sig}")),
+            _ => (125, format!("{s}")),
+        },
+        None => (125, "an unknown status".to_string()),
+    };
+    match status.map(|s| (s.code(), s.signal())) {
+        Some((Some(0), _)) => {}
+        Some((None, Some(_))) => {
+            shared.counters.killed.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let counters = read_counters(&job.stats_path);
+    let _ = std::fs::remove_dir_all(spaces_dir(&shared.cfg, job.id));
+    let _ = std::fs::remove_file(&job.stats_path);
+    let freed = match shared.manager.release_owner(job.id) {
+        Ok(r) => {
+            if !r.unreachable.is_empty() {
+                warn!(
+                    job = format_args!("{:x}", job.id),
+                    unreachable = ?r.unreachable,
+                    "some memory monitors could not be told to free the job's pages"
+                );
+            }
+            format!("{} pages freed", r.freed_pages)
+        }
+        Err(e) => {
+            warn!(
+                job = format_args!("{:x}", job.id),
+                "the job's memory could not be freed: {}",
+                chain(&e)
+            );
+            "its memory NOT freed".to_string()
+        }
+    };
+    *lock(&shared.granted) -= job.excache;
+    info!(
+        job = format_args!("{:x}", job.id),
+        "job {:x} ({}) exited with {how}; {freed}",
+        job.id,
+        job.argv.join(" ")
+    );
+    job.log_quota_refusals(&counters);
+    job.finish(code, counters);
+}
+
+/// Where the runtime of job `id` writes its counters.
+fn stats_path(cfg: &ServiceConfig, id: u64) -> PathBuf {
+    cfg.state_dir.join(format!("job-{id:016x}.json"))
+}
+
+/// Where the processes of job `id` record their address spaces.
+fn spaces_dir(cfg: &ServiceConfig, id: u64) -> PathBuf {
+    cfg.state_dir.join(format!("spaces-{id:016x}"))
+}
+
+/// Releases the address spaces of a running job's processes that are gone
+/// (each process records `<pid>` -> its asid in the job's spaces directory).
+pub(crate) fn reap_spaces(shared: &Shared) {
+    let running: Vec<Arc<Job>> = lock(&shared.jobs)
+        .values()
+        .filter(|j| j.running())
+        .cloned()
+        .collect();
+    for job in running {
+        let Ok(entries) = std::fs::read_dir(spaces_dir(&shared.cfg, job.id)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let asid = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                .map(Asid);
+            if let Some(asid) = asid {
+                match shared.manager.release_space(asid) {
+                    Ok(r) => {
+                        shared
+                            .counters
+                            .spaces_reaped
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            job = format_args!("{:x}", job.id),
+                            pid,
+                            freed = r.freed_pages,
+                            "an exited process's memory was freed"
+                        );
+                    }
+                    Err(e) => {
+                        warn!(
+                            pid,
+                            "cannot free an exited process's memory yet: {}",
+                            chain(&e)
+                        );
+                        continue;
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

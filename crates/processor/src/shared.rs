@@ -1,0 +1,51 @@
+//! What the processor monitor's request handler and each job's threads
+//! share: its configuration, its jobs, the ExCache granted, its counters.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use lego_wire::auth::Secret;
+
+use crate::job::Job;
+use crate::manager::ManagerLink;
+
+/// What the service needs to know.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// ExCache bytes this monitor divides among its jobs.
+    pub excache: u64,
+    /// Absolute path of `liblego_rt.so`.
+    pub runtime: PathBuf,
+    /// The manager's address (also given to the runtime).
+    pub manager: String,
+    pub secret: Secret,
+    /// Where the runtime of each job writes its counters.
+    pub state_dir: PathBuf,
+    /// The `lego` executable with the vNode helper ([`crate::enter`]).
+    pub enter_exe: PathBuf,
+    /// Whether jobs may get a network namespace of their vNode's own (root
+    /// and iproute2's `ip` are there).
+    pub own_networks: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) started: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) killed: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) not_entitled: AtomicU64,
+    pub(crate) spaces_reaped: AtomicU64,
+}
+
+/// What the handler and each job's threads share.
+pub(crate) struct Shared {
+    pub(crate) cfg: ServiceConfig,
+    pub(crate) manager: ManagerLink,
+    pub(crate) jobs: Mutex<BTreeMap<u64, Arc<Job>>>,
+    /// Sum of the quotas of jobs not yet cleaned up.
+    pub(crate) granted: Mutex<u64>,
+    pub(crate) counters: Counters,
+}
