@@ -159,6 +159,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
         .call(&CreateSpaceReq {
             vnode: name.clone(),
             owner: None,
+            proof: None,
         })
         .call_for(asked("create an address space"))?
         .asid;
@@ -184,7 +185,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
     let rows = fill_and_measure(&a, &placement, &client, asid)?;
     report(&rows);
     let rel = mgr
-        .call(&ReleaseSpaceReq { asid })
+        .call(&ReleaseSpaceReq { asid, job: None })
         .call_for(asked("release the address space"))?;
     mgr.call(&VnodeDeleteReq { name, force: false })
         .call_for(asked("delete the bench's vnode"))?;

@@ -121,6 +121,18 @@ pub struct ProcessorArgs {
     /// [default: a fresh directory under $TMPDIR]; removed at exit
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Run programs without confinement: as this monitor's own user, in the
+    /// host's PID namespace and file system. Only for a monitor that is not
+    /// root (confinement needs root); a program can then read what this
+    /// user can read
+    #[arg(long)]
+    pub unconfined: bool,
+    /// A host path confined programs never see, even when it is under the
+    /// working directory they are shown (repeatable; `lego up` passes its
+    /// directory). The state directory and the secret's file are always
+    /// hidden
+    #[arg(long, value_name = "PATH")]
+    pub hide: Vec<PathBuf>,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -216,6 +228,13 @@ pub fn processor(a: ProcessorArgs) -> Result<()> {
             .unwrap_or_else(lego_processor::default_runtime_path),
         state_dir: a.state_dir.clone(),
         enter_exe: std::env::current_exe().context("cannot find the lego executable")?,
+        confine: !a.unconfined,
+        hide: a
+            .hide
+            .iter()
+            .chain(&a.daemon.secret.secret_file)
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect(),
     })
     .map_err(|e| anyhow::anyhow!(lego_processor::chain(&e)))
     .context("the processor monitor cannot start")?;

@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// evictions, bytes moved, ...) to stderr
     #[arg(long)]
     pub stats: bool,
+    /// Do not share this working directory with the program: it starts in
+    /// its vNode's /data (or /). By default the directory is visible to the
+    /// program read-only, at the same path
+    #[arg(long)]
+    pub isolated: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// The program and its arguments
@@ -412,6 +417,7 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
             Some(Quota::Percent(p)) => Some(p),
             _ => None,
         },
+        isolated: a.isolated,
     };
     let launched = main.call(&req).map_err(|e| Failure {
         code: match e.remote_code() {

@@ -139,7 +139,7 @@ fn sort_mb() -> usize {
 #[test]
 fn sort_of_a_file_larger_than_the_64_mib_excache() {
     let c = cluster("3GiB", "1GiB");
-    let file = random_lines(c.path(), sort_mb());
+    let file = random_lines(c.work(), sort_mb());
     let f = file.to_str().unwrap();
     let cmd = ["sort", "-S", "1G", f];
     let mut local = Command::new("sort");
@@ -163,7 +163,7 @@ fn sort_of_a_file_larger_than_the_64_mib_excache() {
 #[test]
 fn threads_fork_realloc_and_munmap_in_a_c_program() {
     let c = cluster("1GiB", "256MiB");
-    let exe = c.path().join("memtest");
+    let exe = c.work().join("memtest");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/memtest.c");
     let cc = Command::new("gcc")
         .args(["-O1", "-pthread", "-o"])

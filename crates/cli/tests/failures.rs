@@ -133,6 +133,7 @@ fn manager_restart_keeps_vnodes_and_assignments() {
         .call(&CreateSpaceReq {
             vnode: "beta".into(),
             owner: None,
+            proof: None,
         })
         .unwrap();
     for (asid, n) in [(a1, 3), (b1, 2), (b2.asid, 1)] {

@@ -112,7 +112,10 @@ fn ten_thousand_pages_round_trip_and_free() {
     };
     assert_eq!(mem.call(&half).unwrap(), PAGES / 2);
     assert_eq!(mem_stats(&mem).pages_held, PAGES / 2);
-    let rel = cluster.mgr().call(&ReleaseSpaceReq { asid }).unwrap();
+    let rel = cluster
+        .mgr()
+        .call(&ReleaseSpaceReq { asid, job: None })
+        .unwrap();
     assert_eq!(rel.freed_pages, PAGES / 2);
     assert!(rel.unreachable.is_empty(), "{:?}", rel.unreachable);
     assert_eq!(mem_stats(&mem).pages_held, 0);

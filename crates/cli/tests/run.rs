@@ -86,7 +86,7 @@ fn wait_job(c: &TestCluster, argv: &[&str]) -> JobInfo {
 #[test]
 fn output_and_exit_codes_are_those_of_the_program() {
     let c = cluster();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     let made = Command::new("sh")
         .args(["-c", "head -c 3000000 /dev/urandom > data.bin"])
         .current_dir(dir.path())
@@ -156,7 +156,15 @@ fn output_and_exit_codes_are_those_of_the_program() {
         .spawn()
         .unwrap();
     let job = wait_job(&c, &["sleep", "30"]);
-    let environ = text(&std::fs::read(format!("/proc/{}/environ", job.pid)).unwrap());
+    // The job's process is its helper; the program runs two levels down
+    // (under the init of its PID namespace).
+    let program = wait_for(Duration::from_secs(5), "the program under its init", || {
+        let leaf = leaf_process(job.pid);
+        std::fs::read(format!("/proc/{leaf}/cmdline"))
+            .is_ok_and(|c| c.starts_with(b"sleep\0"))
+            .then_some(leaf)
+    });
+    let environ = text(&std::fs::read(format!("/proc/{program}/environ")).unwrap());
     let var = |k: &str| {
         environ
             .split('\0')
@@ -183,7 +191,13 @@ fn output_and_exit_codes_are_those_of_the_program() {
     assert_eq!(var("LEGO_RT_KEY"), key, "the vnode's key");
     assert_ne!(var("LEGO_RT_KEY"), c.secret.to_hex(), "never the secret");
     assert_eq!(var("LEGO_RT_JOB"), job.job.to_string());
-    assert!(var("LEGO_RT_STATS").ends_with(".json"));
+    assert_eq!(
+        var("LEGO_RT_JOB_PROOF"),
+        c.secret.job_proof_hex(job.job, vid),
+        "the proof of its job"
+    );
+    assert!(var("LEGO_RT_BROKER").parse::<i32>().is_ok());
+    assert!(var("LEGO_RT_UFFD_DEV").parse::<i32>().is_ok());
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
     wait_for(Duration::from_secs(5), "the job's end", || {
@@ -191,8 +205,8 @@ fn output_and_exit_codes_are_those_of_the_program() {
     });
     c.assert_no_pages("sleep");
 
-    // --stats: the counters the runtime left in $LEGO_RT_STATS, as a table
-    // on stderr (a real runtime overwrites these with its own at exit).
+    // --stats: the counters the runtime sent through its broker, as a
+    // table on stderr.
     let o = run_in(
         &c,
         dir.path(),
@@ -200,10 +214,7 @@ fn output_and_exit_codes_are_those_of_the_program() {
         &[
             "sh",
             "-c",
-            // The runtime may take LEGO_RT_STATS out of the environment.
-            r#"f=$(tr '\0' '\n' < /proc/$$/environ | sed -n 's/^LEGO_RT_STATS=//p')
-               printf '{"faults_test": 5, "resident_pages": 2}' > "$f.tmp" && mv "$f.tmp" "$f"
-               echo ran"#,
+            "head -c 20000000 /dev/zero | wc -c >/dev/null; echo ran",
         ],
     );
     assert_eq!(text(&o.stdout), "ran\n");
@@ -214,13 +225,13 @@ fn output_and_exit_codes_are_those_of_the_program() {
         head.starts_with("lego: job ") && head.ends_with(", ExCache 64.0 MiB:"),
         "{err}"
     );
+    let mut names = Vec::new();
     for l in lines {
         let mut f = l.split_whitespace();
-        assert!(
-            f.next().is_some() && f.next().unwrap().parse::<u64>().is_ok(),
-            "{err}"
-        );
+        names.push(f.next().unwrap_or_default().to_string());
+        assert!(f.next().is_some_and(|v| v.parse::<u64>().is_ok()), "{err}");
     }
+    assert!(names.iter().any(|n| n == "faults_zero_filled"), "{err}");
 }
 
 #[test]
@@ -312,7 +323,7 @@ fn killing_lego_run_kills_the_program() {
 #[test]
 fn errors_are_one_clear_line() {
     let c = cluster();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     let one_line = |o: &Output| {
         let e = text(&o.stderr);
         assert_eq!(e.lines().count(), 1, "{e}");
@@ -354,6 +365,7 @@ fn errors_are_one_clear_line() {
             vnode: vnode.into(),
             excache,
             excache_percent: None,
+            isolated: false,
         })
         .unwrap_err()
     };

@@ -166,9 +166,11 @@ fn make_tree(root: &Path, mb: u64) {
         }
     }
     std::os::unix::fs::symlink("big0.dat", root.join("link")).unwrap();
+    // Not the default mode, to see it carried along; readable by others (a
+    // confined program reads the host tree as any other user would).
     std::fs::set_permissions(
         root.join("d00"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+        std::os::unix::fs::PermissionsExt::from_mode(0o705),
     )
     .unwrap();
 }
@@ -183,8 +185,9 @@ fn a_tree_copied_with_cp_and_tar_reads_back_identical() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let c = cluster();
-    let src = tempfile::tempdir().unwrap();
-    let tree = src.path().join("src");
+    // In lego run's working directory: the one host directory a confined
+    // program is shown.
+    let tree = c.work().join("src");
     make_tree(&tree, mb);
     let direct = Command::new("sh")
         .args(["-c", SUMS, "sh"])
@@ -214,7 +217,7 @@ fn a_tree_copied_with_cp_and_tar_reads_back_identical() {
 
     let tar = Command::new("tar")
         .arg("-C")
-        .arg(src.path())
+        .arg(c.work())
         .args(["-cf", "-", "src"])
         .output()
         .unwrap();
@@ -246,7 +249,7 @@ fn a_tree_copied_with_cp_and_tar_reads_back_identical() {
         ],
         None,
     ));
-    assert_eq!(meta, "big0.dat\nbig0.dat\n750\n750\n");
+    assert_eq!(meta, "big0.dat\nbig0.dat\n705\n705\n");
     eprintln!("{mb} MiB tree: cp -a {cp_s:.1} s, tar -x {tar_s:.1} s through the vnode mount");
 }
 
@@ -388,16 +391,19 @@ fn a_busy_vnode_is_deleted_only_by_force_and_its_quota_holds() {
         (!show.contains("none running")).then_some(())
     });
     // Another vNode's process cannot reach q's files through q's processes
-    // (/proc/PID/root): q's mount serves only q's own processes.
+    // (/proc/PID/root): it does not see them (a PID namespace of its own),
+    // and even a host process is refused by q's mount, which serves only
+    // q's own processes.
     let jobs = c
         .processor_client()
         .call(&lego_wire::jobs::JobsReq)
         .unwrap();
-    let pid = jobs
+    let helper = jobs
         .iter()
         .find(|j| j.vnode == "q" && j.running)
         .unwrap()
         .pid;
+    let pid = leaf_process(helper);
     let peek = run(
         &c,
         "other",
@@ -406,9 +412,15 @@ fn a_busy_vnode_is_deleted_only_by_force_and_its_quota_holds() {
     );
     assert!(!peek.status.success());
     assert!(
-        String::from_utf8_lossy(&peek.stderr).contains("Permission denied"),
+        String::from_utf8_lossy(&peek.stderr).contains("No such file or directory"),
         "{}",
         String::from_utf8_lossy(&peek.stderr)
+    );
+    let host_peek = std::fs::read(format!("/proc/{pid}/root/data/f"));
+    assert_eq!(
+        host_peek.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::PermissionDenied),
+        "a host process outside the vnode"
     );
     assert!(c
         .processor

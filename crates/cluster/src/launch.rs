@@ -307,6 +307,11 @@ impl LocalCluster {
         if let Some(rt) = &p.runtime {
             args.extend(["--runtime".into(), rt.into()]);
         }
+        args.extend(["--hide".into(), self.opts.dir.clone().into()]);
+        if !nix::unistd::geteuid().is_root() {
+            // Confinement needs root; said in the processor monitor's log.
+            args.push("--unconfined".into());
+        }
         cpus_arg(&mut args, p.cpus.as_ref());
         let (d, _) = self.spawn("processor", args)?;
         let addr = d.addr.clone();

@@ -119,6 +119,7 @@ pub fn metrics(svc: &ManagerService) -> String {
             "lego_manager_rereplications_failed_total",
             &c.rereplications_failed,
         ),
+        ("lego_manager_refused_total", &c.refused),
     ] {
         f.add(name, String::new(), v.load(Ordering::Relaxed));
     }

@@ -38,6 +38,8 @@ pub struct ManagerCounters {
     pub vregions_lost: AtomicU64,
     pub rereplications: AtomicU64,
     pub rereplications_failed: AtomicU64,
+    /// Requests refused because the caller was not entitled to them.
+    pub refused: AtomicU64,
 }
 
 /// Fixed facts about this manager.
@@ -62,6 +64,8 @@ pub struct ManagerService {
     reports: Mutex<HashMap<ComponentId, BTreeMap<String, u64>>>,
     /// Where the RPC and HTTP endpoints listen, once bound.
     pub addrs: OnceLock<(String, Option<String>)>,
+    /// The cluster secret: checks the job proofs of vNodes' processes.
+    pub(crate) secret: Secret,
 }
 
 impl ManagerService {
@@ -79,6 +83,7 @@ impl ManagerService {
             counters: ManagerCounters::default(),
             reports: Mutex::new(HashMap::new()),
             addrs: OnceLock::new(),
+            secret: secret.clone(),
         }
     }
 

@@ -46,6 +46,7 @@ impl ManagerService {
             .read(|st| st.vnode_by_name(&req.vnode).map(|v| v.id))
             .ok_or_else(|| crate::state::reject(PlacementError::UnknownVnode(req.vnode.clone())))?;
         Self::require_vnode(peer, vid)?;
+        self.require_job_proof(peer, vid, &req)?;
         let (asid, _) = self.change(|st, _| st.create_space(vid, req.owner))?;
         self.counters.spaces_created.fetch_add(1, Ordering::Relaxed);
         Ok(CreateSpaceResp {
@@ -53,6 +54,31 @@ impl ManagerService {
             vnode_id: asid.vnode(),
             vregion_bytes: self.cfg.vregion_bytes,
         })
+    }
+
+    /// A vNode's process may name a job as its space's owner only with the
+    /// proof its processor monitor gave that job: otherwise it could make
+    /// its spaces count as another vNode's job (whose deletion would then
+    /// kill the other's program) or release another job's spaces with it.
+    fn require_job_proof(
+        &self,
+        peer: &PeerInfo,
+        vid: lego_wire::VnodeId,
+        req: &CreateSpaceReq,
+    ) -> Result<(), Reject> {
+        let (Some(job), lego_wire::auth::Claim::Vnode(_)) = (req.owner, peer.claim) else {
+            return Ok(());
+        };
+        match &req.proof {
+            Some(p) if self.secret.check_job_proof(job, vid, p) => Ok(()),
+            _ => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Err(Reject::new(
+                    ErrorCode::NotEntitled,
+                    format!("job {job:#x} is not proven to run in vnode {vid}"),
+                ))
+            }
+        }
     }
 
     pub(crate) fn release_space(

@@ -38,6 +38,12 @@ pub struct ProcessorConfig {
     /// The `lego` executable whose helper subcommand gives a job its vNode's
     /// mounts ([`crate::enter`]).
     pub enter_exe: PathBuf,
+    /// Confine every job ([`lego_jail`]); needs root. `false` runs programs
+    /// as this monitor's user in its PID namespace and file system.
+    pub confine: bool,
+    /// Host paths jobs never see, even under a shared working directory
+    /// (the cluster's directories, the secret's file).
+    pub hide: Vec<PathBuf>,
 }
 
 /// Whether jobs can have network namespaces of their own: `ip` (iproute2)
@@ -97,6 +103,14 @@ pub fn check_runtime(path: &Path) -> Result<PathBuf, ProcessorError> {
 /// Starts serving and registering; returns once the listener is bound.
 pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
     let runtime = check_runtime(&cfg.runtime)?;
+    if cfg.confine && !rustix::process::geteuid().is_root() {
+        return Err(ProcessorError::CannotConfine);
+    }
+    if !cfg.confine {
+        tracing::warn!(
+            "jobs run unconfined: each program runs as this monitor's user and can read what it can read"
+        );
+    }
     let state_dir = cfg.state_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("lego-processor-{}", std::process::id()))
     });
@@ -116,6 +130,8 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         state_dir: state_dir.clone(),
         enter_exe: cfg.enter_exe.clone(),
         own_networks: own_networks(),
+        confine: cfg.confine,
+        hide: cfg.hide.clone(),
     }));
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(

@@ -1,31 +1,34 @@
-//! Entering a vNode: the first moments of each of its processes.
+//! Entering a vNode: the first moments of each job, in the helper `lego
+//! __vnode-enter` (this module's [`main`]), which the processor monitor
+//! starts in place of the program:
 //!
-//! The processor monitor starts a job of a vNode that has files through a
-//! small helper, `lego __vnode-enter` (this module's [`main`]), which runs
-//! in the new process before the program does:
+//! 1. Connect back to the monitor over the job's Unix socket.
+//! 2. Confined (the monitor runs as root, the default): a mount namespace
+//!    of the job's own and its root ([`lego_jail::Root`]); for each mount
+//!    point of the vNode, open `/dev/fuse`, mount a FUSE file system there
+//!    and pass the descriptor to the monitor (SCM_RIGHTS), which serves it
+//!    ([`crate::vfs`]); a network namespace holding only the vNode's vIP on
+//!    its loopback (unless the vNode shares the host's network); and
+//!    `/dev/userfaultfd`, opened now and left open for the runtime, which
+//!    cannot open it as the vNode's unprivileged identity.
+//! 3. The broker channel: a socket pair, one end to the monitor, the other
+//!    left open for the runtime. Everything the runtime needs from outside
+//!    goes through it ([`crate::broker`]): connections to the manager and
+//!    memory monitors, which the monitor makes from the host's network and
+//!    passes in, its address space, its counters. The job has no way into
+//!    the host's network namespace.
+//! 4. Wait for the monitor's word that every mount is served.
+//! 5. Confined: enter the jail (PID, IPC, UTS and user namespaces, the
+//!    vNode's unprivileged identity, `no_new_privs`, its root) and exec the
+//!    program there, found through the `PATH` of its environment inside the
+//!    jail. Unconfined: exec it here.
 //!
-//! 1. `unshare(CLONE_NEWNS)` and make every mount private: from here on the
-//!    process has a mount namespace of its own, which only it and its
-//!    descendants see;
-//! 2. for each mount point of the vNode, open `/dev/fuse`, mount a FUSE file
-//!    system there (creating the directory if the host lacks it), and pass
-//!    the `/dev/fuse` descriptor to the processor monitor over a Unix socket
-//!    (SCM_RIGHTS), which serves it ([`crate::vfs`]);
-//! 3. for a vNode with a network of its own, `unshare(CLONE_NEWNET)`: the
-//!    process's network is its loopback, up, holding the vNode's vIP (the
-//!    runtime makes its own connections from the monitor's namespace, see
-//!    `lego-rt`'s `netns`);
-//! 4. wait for the monitor's word that every mount is served, go to the
-//!    job's working directory, and `exec` the program with its environment
-//!    (the runtime's `LD_PRELOAD` restored: the helper itself runs without).
-//!
-//! Another vNode's mounts live in other namespaces, so no path of this
-//! one's processes leads to them. A failure says what could not be mounted
-//! and exits 125; an unrunnable program exits 126 or 127, as a shell does.
+//! A failure says what could not be done and exits 125; an unrunnable
+//! program exits 126 or 127, as a shell does.
 
 use std::ffi::OsString;
 use std::io::{IoSlice, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -39,8 +42,26 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 pub const SUBCOMMAND: &str = "__vnode-enter";
 /// Where the helper keeps the runtime's preload until it execs the program.
 pub const PRELOAD_VAR: &str = "LEGO_ENTER_LD_PRELOAD";
+/// The index byte that marks the broker's end among the descriptors the
+/// helper sends (mount points are 0..).
+pub const BROKER_INDEX: u8 = 0xfe;
 /// How long the helper waits for the monitor to serve its mounts.
 const ACK_WAIT: Duration = Duration::from_secs(20);
+
+/// How a confined job's root is made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confine {
+    /// An empty directory for the job's root.
+    pub root: PathBuf,
+    /// The vNode's host identity.
+    pub uid: u32,
+    /// Show the working directory to the job.
+    pub share_cwd: bool,
+    /// Host files the job sees read-only (the runtime, the program).
+    pub files: Vec<PathBuf>,
+    /// Host paths the job never sees (the cluster's directories).
+    pub hide: Vec<PathBuf>,
+}
 
 /// What the helper is told, as command-line arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +72,9 @@ pub struct Enter {
     /// Run in a network namespace of its own holding this address.
     pub vip: Option<String>,
     pub cwd: PathBuf,
-    /// The resolved program, then its argv (argv[0] as given).
-    pub program: PathBuf,
+    /// `None`: run the program unconfined (the monitor is not root).
+    pub confine: Option<Confine>,
+    /// The program's argv (argv[0] as given).
     pub argv: Vec<String>,
 }
 
@@ -67,12 +89,24 @@ impl Enter {
         if let Some(v) = &self.vip {
             a.extend(["--vip".into(), v.into()]);
         }
-        a.extend([
-            "--cwd".into(),
-            self.cwd.clone().into(),
-            "--".into(),
-            self.program.clone().into(),
-        ]);
+        if let Some(c) = &self.confine {
+            a.extend([
+                "--root".into(),
+                c.root.clone().into(),
+                "--uid".into(),
+                c.uid.to_string().into(),
+            ]);
+            if c.share_cwd {
+                a.push("--share-cwd".into());
+            }
+            for f in &c.files {
+                a.extend(["--file".into(), f.clone().into()]);
+            }
+            for h in &c.hide {
+                a.extend(["--hide".into(), h.clone().into()]);
+            }
+        }
+        a.extend(["--cwd".into(), self.cwd.clone().into(), "--".into()]);
         a.extend(self.argv.iter().map(OsString::from));
         a
     }
@@ -81,7 +115,8 @@ impl Enter {
     pub fn from_args(args: &[OsString]) -> Result<Enter, String> {
         let mut it = args.iter();
         let (mut socket, mut vnode, mut mounts, mut cwd) = (None, None, Vec::new(), None);
-        let mut vip = None;
+        let (mut vip, mut root, mut uid, mut share_cwd) = (None, None, None, false);
+        let (mut files, mut hide) = (Vec::new(), Vec::new());
         loop {
             let flag = it.next().ok_or("missing -- before the program")?;
             let mut value = || {
@@ -95,22 +130,44 @@ impl Enter {
                 Some("--mount") => mounts.push(value()?.to_string_lossy().into_owned()),
                 Some("--vip") => vip = Some(value()?.to_string_lossy().into_owned()),
                 Some("--cwd") => cwd = Some(PathBuf::from(value()?)),
+                Some("--root") => root = Some(PathBuf::from(value()?)),
+                Some("--uid") => {
+                    let v = value()?;
+                    uid = Some(
+                        v.to_str()
+                            .and_then(|s| s.parse().ok())
+                            .ok_or_else(|| format!("bad --uid {v:?}"))?,
+                    )
+                }
+                Some("--share-cwd") => share_cwd = true,
+                Some("--file") => files.push(PathBuf::from(value()?)),
+                Some("--hide") => hide.push(PathBuf::from(value()?)),
                 Some("--") => break,
                 _ => return Err(format!("unknown argument {flag:?}")),
             }
         }
-        let program = PathBuf::from(it.next().ok_or("no program")?);
         let argv: Vec<String> = it.map(|a| a.to_string_lossy().into_owned()).collect();
         if argv.is_empty() {
-            return Err("no argv[0]".into());
+            return Err("no program".into());
         }
+        let confine = match (root, uid) {
+            (Some(root), Some(uid)) => Some(Confine {
+                root,
+                uid,
+                share_cwd,
+                files,
+                hide,
+            }),
+            (None, None) => None,
+            _ => return Err("--root and --uid go together".into()),
+        };
         Ok(Enter {
             socket: socket.ok_or("no --socket")?,
             vnode: vnode.ok_or("no --vnode")?,
             mounts,
             vip,
             cwd: cwd.ok_or("no --cwd")?,
-            program,
+            confine,
             argv,
         })
     }
@@ -121,38 +178,112 @@ fn die(status: i32, msg: &str) -> ! {
     std::process::exit(status)
 }
 
-/// The helper: sets up the namespace and mounts, then becomes the program.
+/// The helper: sets up the job, then becomes (or starts) the program.
 pub fn main(args: &[OsString]) -> ! {
     let e = Enter::from_args(args).unwrap_or_else(|why| die(125, &format!("{SUBCOMMAND}: {why}")));
-    if let Err(why) = set_up(&e) {
-        die(
-            125,
-            &format!(
-                "cannot give the process the files of vnode {}: {why}",
-                e.vnode
-            ),
-        );
-    }
-    if let Err(err) = std::env::set_current_dir(&e.cwd) {
-        die(125, &format!("cannot enter {}: {err}", e.cwd.display()));
-    }
-    let mut cmd = std::process::Command::new(&e.program);
-    cmd.arg0(&e.argv[0])
-        .args(&e.argv[1..])
-        .env_remove(PRELOAD_VAR);
-    if let Some(p) = std::env::var_os(PRELOAD_VAR) {
-        cmd.env("LD_PRELOAD", p);
-    }
-    let err = cmd.exec();
-    let status = if err.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
+    let what = format!("cannot start a job of vnode {}", e.vnode);
+    let (root, kept) = set_up(&e).unwrap_or_else(|why| die(125, &format!("{what}: {why}")));
+    let program = move || -> (i32, String) {
+        let mut cmd = std::process::Command::new(&e.argv[0]);
+        cmd.args(&e.argv[1..]).env_remove(PRELOAD_VAR);
+        if let Some(p) = std::env::var_os(PRELOAD_VAR) {
+            cmd.env("LD_PRELOAD", p);
+        }
+        for (k, v) in &kept.env {
+            cmd.env(k, v);
+        }
+        let err = cmd.exec();
+        let status = if err.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        (status, format!("{}: {err}", e.argv[0]))
     };
-    die(status, &format!("{}: {err}", e.argv[0]))
+    match root {
+        Some(root) => root.enter(Box::new(program)),
+        None => {
+            // Unconfined: the program dies with the processor monitor, as
+            // it would with its CPU.
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            if let Err(err) = std::env::set_current_dir(&e.cwd) {
+                die(125, &format!("cannot enter {}: {err}", e.cwd.display()));
+            }
+            let (status, why) = program();
+            die(status, &why)
+        }
+    }
 }
 
-fn set_up(e: &Enter) -> Result<(), String> {
+/// What the program keeps from the helper: descriptors (not close-on-exec)
+/// and the variables naming them.
+struct Kept {
+    _fds: Vec<OwnedFd>,
+    env: Vec<(String, String)>,
+}
+
+fn set_up(e: &Enter) -> Result<(Option<lego_jail::Root>, Kept), String> {
+    lego_jail::cloexec_from_3()
+        .map_err(|err| format!("cannot keep inherited descriptors from the program: {err}"))?;
+    let mut sock = UnixStream::connect(&e.socket).map_err(|err| {
+        format!(
+            "cannot reach the processor monitor at {}: {err}",
+            e.socket.display()
+        )
+    })?;
+    let root = match &e.confine {
+        Some(c) => Some(confine(e, c, &sock)?),
+        None => None,
+    };
+    let mut kept = Kept {
+        _fds: Vec::new(),
+        env: Vec::new(),
+    };
+    // The broker: one end to the monitor, the other to the runtime.
+    let (ours, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|err| format!("cannot make the broker's socket pair: {err}"))?;
+    send_fd(&sock, BROKER_INDEX, &ours)
+        .map_err(|err| format!("cannot hand the broker to the processor monitor: {err}"))?;
+    drop(ours);
+    kept.env
+        .push(("LEGO_RT_BROKER".into(), inherit(&theirs)?.to_string()));
+    kept._fds.push(theirs);
+    if root.is_some() {
+        // The runtime cannot open it as the vNode's identity: open it now.
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/userfaultfd")
+            .map_err(|err| format!("cannot open /dev/userfaultfd for the runtime: {err}"))?;
+        let dev = OwnedFd::from(dev);
+        kept.env
+            .push(("LEGO_RT_UFFD_DEV".into(), inherit(&dev)?.to_string()));
+        kept._fds.push(dev);
+    }
+    sock.set_read_timeout(Some(ACK_WAIT))
+        .map_err(|err| err.to_string())?;
+    let mut ack = [0u8; 1];
+    match sock.read_exact(&mut ack) {
+        Ok(()) if ack[0] == b'+' => Ok((root, kept)),
+        Ok(()) => Err("the processor monitor could not serve the mounts".into()),
+        Err(err) => Err(format!("no word from the processor monitor: {err}")),
+    }
+}
+
+/// Clears close-on-exec: the program keeps the descriptor; returns its number.
+fn inherit(fd: &OwnedFd) -> Result<i32, String> {
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+        .map_err(|err| format!("cannot pass a descriptor to the program: {err}"))?;
+    Ok(fd.as_raw_fd())
+}
+
+/// The job's mount namespace and root, its vNode's mounts, its network.
+fn confine(e: &Enter, c: &Confine, sock: &UnixStream) -> Result<lego_jail::Root, String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|err| {
         format!("no mount namespace of its own (unshare needs CAP_SYS_ADMIN): {err}")
     })?;
@@ -164,15 +295,17 @@ fn set_up(e: &Enter) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|err| format!("cannot make the mounts private: {err}"))?;
-    let mut sock = UnixStream::connect(&e.socket).map_err(|err| {
-        format!(
-            "cannot reach the processor monitor at {}: {err}",
-            e.socket.display()
-        )
-    })?;
+    let root = lego_jail::Root::build(lego_jail::Spec {
+        root: c.root.clone(),
+        uid_base: c.uid,
+        cwd: e.cwd.clone(),
+        share_cwd: c.share_cwd,
+        files: c.files.clone(),
+        mounts: e.mounts.clone(),
+        hide: c.hide.clone(),
+    })
+    .map_err(|err| lego_wire::error::chain(&err))?;
     for (i, m) in e.mounts.iter().enumerate() {
-        std::fs::create_dir_all(m)
-            .map_err(|err| format!("cannot create the mount point {m}: {err}"))?;
         let fuse = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -180,35 +313,28 @@ fn set_up(e: &Enter) -> Result<(), String> {
             .map_err(|err| format!("cannot open /dev/fuse (is FUSE available?): {err}"))?;
         let opts = format!(
             "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
-            std::os::fd::AsRawFd::as_raw_fd(&fuse)
+            fuse.as_raw_fd()
         );
         let source = format!("lego:{}", e.vnode);
         mount(
             Some(source.as_str()),
-            m.as_str(),
+            &root.path(m),
             Some("fuse.lego"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some(opts.as_str()),
         )
         .map_err(|err| format!("cannot mount FUSE at {m}: {err}"))?;
-        send_fd(&sock, i as u8, &fuse)
+        send_fd(sock, i as u8, &fuse)
             .map_err(|err| format!("cannot hand {m} to the processor monitor: {err}"))?;
     }
     if let Some(vip) = &e.vip {
         own_network(vip)?;
     }
-    sock.set_read_timeout(Some(ACK_WAIT))
-        .map_err(|err| err.to_string())?;
-    let mut ack = [0u8; 1];
-    match sock.read_exact(&mut ack) {
-        Ok(()) if ack[0] == b'+' => Ok(()),
-        Ok(()) => Err("the processor monitor could not serve the mounts".into()),
-        Err(err) => Err(format!("no word from the processor monitor: {err}")),
-    }
+    Ok(root)
 }
 
-/// A network namespace of the process's own: only its loopback, up, with
-/// the vIP on it.
+/// A network namespace of the job's own: only its loopback, up, with the
+/// vIP on it.
 fn own_network(vip: &str) -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWNET)
         .map_err(|err| format!("no network namespace of its own: {err}"))?;
@@ -231,7 +357,7 @@ fn own_network(vip: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends one byte (the mount's index) and a descriptor.
+/// Sends one byte (the mount's index, or [`BROKER_INDEX`]) and a descriptor.
 fn send_fd(sock: &UnixStream, index: u8, fd: &impl AsFd) -> std::io::Result<()> {
     let fds = [fd.as_fd()];
     let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -249,20 +375,34 @@ fn send_fd(sock: &UnixStream, index: u8, fd: &impl AsFd) -> std::io::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use super::Enter;
+    use super::{Confine, Enter};
 
     #[test]
     fn arguments_round_trip() {
-        let e = Enter {
+        let mut e = Enter {
             socket: "/run/x.sock".into(),
             vnode: "a".into(),
             mounts: vec!["/data".into(), "/srv/x".into()],
             vip: Some("10.77.0.3".into()),
             cwd: "/tmp".into(),
-            program: "/usr/bin/sqlite3".into(),
+            confine: Some(Confine {
+                root: "/run/lego/job.root".into(),
+                uid: 1 << 30,
+                share_cwd: true,
+                files: vec!["/opt/liblego_rt.so".into()],
+                hide: vec!["/var/lib/lego".into()],
+            }),
             argv: vec!["sqlite3".into(), "--".into(), "/data/t.db".into()],
         };
         assert_eq!(Enter::from_args(&e.to_args()).unwrap(), e);
+        e.confine = None;
+        e.vip = None;
+        assert_eq!(Enter::from_args(&e.to_args()).unwrap(), e);
         assert!(Enter::from_args(&["--socket".into()]).is_err());
+        let half = [
+            "--socket", "s", "--vnode", "a", "--cwd", "/", "--root", "/r", "--", "x",
+        ];
+        let half: Vec<std::ffi::OsString> = half.iter().map(|s| s.into()).collect();
+        assert!(Enter::from_args(&half).is_err());
     }
 }

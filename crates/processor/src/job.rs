@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::ChildStdin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant};
 use lego_transport::lock;
 use lego_wire::jobs::JobInfo;
 use lego_wire::jobs::{push_chunk, Stream};
+use lego_wire::Asid;
 use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 
 use crate::ProcessorError;
@@ -47,9 +47,11 @@ pub struct Job {
     pub excache: u64,
     /// The connection that launched it: when it goes away, the job is killed.
     pub launcher: u64,
-    /// Where the runtime writes its counters.
-    pub stats_path: PathBuf,
     state: Mutex<JobState>,
+    /// Each process's address space, by pid, as its runtime said.
+    spaces: Mutex<BTreeMap<u32, Asid>>,
+    /// The broker's thread, joined at the end.
+    broker: Mutex<Option<std::thread::JoinHandle<()>>>,
     cond: Condvar,
     stdin: Mutex<Option<ChildStdin>>,
     /// Memory-quota refusals already logged.
@@ -72,22 +74,8 @@ struct JobState {
     /// Nobody will read the output: readers drop it instead of waiting.
     discard: bool,
     pipes_abandoned: bool,
-    /// The runtime's last counters, kept after the job ends.
+    /// The runtime's last counters (from the broker), kept after the job ends.
     counters: BTreeMap<String, u64>,
-}
-
-/// Reads the runtime's counters file (a JSON object of numbers); a missing or
-/// half-written file reads as no counters.
-pub fn read_counters(path: &std::path::Path) -> BTreeMap<String, u64> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&b).ok())
-        .map(|m| {
-            m.into_iter()
-                .filter_map(|(k, v)| v.as_u64().map(|v| (k, v)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Job {
@@ -99,7 +87,6 @@ impl Job {
         argv: Vec<String>,
         excache: u64,
         launcher: u64,
-        stats_path: PathBuf,
         stdin: Option<ChildStdin>,
     ) -> Self {
         Job {
@@ -109,8 +96,9 @@ impl Job {
             argv,
             excache,
             launcher,
-            stats_path,
             state: Mutex::new(JobState::default()),
+            spaces: Mutex::new(BTreeMap::new()),
+            broker: Mutex::new(None),
             cond: Condvar::new(),
             stdin: Mutex::new(stdin),
             quota_logged: std::sync::atomic::AtomicU64::new(0),
@@ -295,13 +283,56 @@ impl Job {
         }
     }
 
-    /// Publishes the exit code and final counters: the job is over.
-    pub fn finish(&self, code: i32, counters: BTreeMap<String, u64>) {
+    /// Publishes the exit code: the job is over.
+    pub fn finish(&self, code: i32) {
         let mut st = lock(&self.state);
         st.exit = Some(code);
-        st.counters = counters;
         st.finished_at = Some(Instant::now());
         self.cond.notify_all();
+    }
+
+    /// The runtime's latest counters.
+    pub fn set_counters(&self, counters: BTreeMap<String, u64>) {
+        lock(&self.state).counters = counters;
+    }
+
+    /// Records a process's address space; returns the one it had before
+    /// (its image before an exec), if any.
+    pub fn note_space(&self, pid: u32, asid: Asid) -> Option<Asid> {
+        lock(&self.spaces)
+            .insert(pid, asid)
+            .filter(|&old| old != asid)
+    }
+
+    /// The address spaces of processes that are gone, forgotten now.
+    pub fn take_spaces_of_gone(&self) -> Vec<Asid> {
+        let mut spaces = lock(&self.spaces);
+        let gone: Vec<u32> = spaces
+            .keys()
+            .copied()
+            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        gone.iter().filter_map(|pid| spaces.remove(pid)).collect()
+    }
+
+    /// Keeps the broker's thread, to wait for it at the end.
+    pub fn set_broker(&self, h: std::thread::JoinHandle<()>) {
+        *lock(&self.broker) = Some(h);
+    }
+
+    /// Waits (up to `timeout`) for the broker to have heard the last word
+    /// of every process of the job.
+    pub fn wait_broker(&self, timeout: Duration) {
+        let Some(h) = lock(&self.broker).take() else {
+            return;
+        };
+        let deadline = Instant::now() + timeout;
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        }
     }
 
     /// The launching connection is gone: nobody reads the output any more.
@@ -357,15 +388,10 @@ impl Job {
         }
     }
 
-    /// The runtime's counters: live from its file while running, the final
-    /// ones afterwards.
+    /// The runtime's counters: the latest while running, the final ones
+    /// afterwards.
     pub fn counters(&self) -> BTreeMap<String, u64> {
-        let st = lock(&self.state);
-        if st.exit.is_some() {
-            return st.counters.clone();
-        }
-        drop(st);
-        read_counters(&self.stats_path)
+        lock(&self.state).counters.clone()
     }
 
     pub fn info(&self) -> JobInfo {
@@ -387,16 +413,7 @@ mod tests {
     use lego_wire::jobs::decode_chunks;
 
     fn job() -> Arc<Job> {
-        Arc::new(Job::new(
-            1,
-            0,
-            "v".into(),
-            vec!["x".into()],
-            0,
-            1,
-            "/nonexistent".into(),
-            None,
-        ))
+        Arc::new(Job::new(1, 0, "v".into(), vec!["x".into()], 0, 1, None))
     }
 
     #[test]
@@ -425,7 +442,7 @@ mod tests {
         let mut body = Vec::new();
         j.poll_output(Duration::from_millis(10), &mut body);
         assert!(body.is_empty());
-        j.finish(3, BTreeMap::new());
+        j.finish(3);
         j.poll_output(Duration::from_secs(1), &mut body);
         let c = decode_chunks(&body).unwrap();
         assert_eq!(c[0].kind, Stream::Exit);

@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 use lego_transport::{lock, PeerInfo};
 use lego_wire::control::VnodeInfo;
 use lego_wire::jobs::{LaunchReq, LaunchResp, Stream};
-use lego_wire::{Asid, PAGE_SIZE};
+use lego_wire::types::identity;
+use lego_wire::PAGE_SIZE;
 use tracing::{info, warn};
 
-use crate::job::{read_counters, Job};
+use crate::enter::Confine;
+use crate::job::Job;
 use crate::mounts::MountPlan;
 use crate::shared::{ServiceConfig, Shared};
-use crate::spawn::{hex, program_env, spawn, EnterVia, RuntimeEnv};
+use crate::spawn::{program_env, spawn, EnterVia, RuntimeEnv};
 use crate::{chain, human, ProcessorError};
 
 /// Default quota: this fraction of the ExCache.
@@ -107,42 +109,43 @@ impl Shared {
         }
     }
 
-    /// What the vNode's processes get mounted, when its files are placed.
-    fn mount_plan(self: &Arc<Self>, v: &VnodeInfo) -> Option<MountPlan> {
+    /// What the job's helper sets up: the vNode's mounts (when it is
+    /// confined and its files are placed) and its network.
+    fn mount_plan(self: &Arc<Self>, v: &VnodeInfo) -> MountPlan {
         let cfg = &self.cfg;
-        let storage = v.storage.as_ref()?;
-        let vip = (!v.host_network && !v.vip.is_empty() && cfg.own_networks).then(|| v.vip.clone());
+        let storage = v.storage.as_ref().filter(|_| cfg.confine);
+        let vip = (cfg.confine && !v.host_network && !v.vip.is_empty() && cfg.own_networks)
+            .then(|| v.vip.clone());
         let (shared, name) = (self.clone(), v.name.clone());
         let resolve: crate::vfs::Resolver = Arc::new(move || {
             let v = shared.manager.vnode_mount(&name).ok()?;
             Some(v.storage?.addr)
         });
-        Some(MountPlan {
+        MountPlan {
             vnode_id: v.id,
             vnode: v.name.clone(),
-            mounts: v.mounts.clone(),
-            storage: storage.addr.clone(),
+            mounts: storage.map(|_| v.mounts.clone()).unwrap_or_default(),
+            storage: storage.map(|s| s.addr.clone()).unwrap_or_default(),
+            owner: identity(v.id).filter(|_| cfg.confine),
             key: cfg.secret.vnode_key(v.id),
             resolve: Some(resolve),
             vip,
-        })
+        }
     }
 
     /// What the runtime inside the job's processes is told.
-    fn runtime_env(&self, id: u64, v: &VnodeInfo, quota: u64, netns: bool) -> RuntimeEnv {
+    fn runtime_env(&self, id: u64, v: &VnodeInfo, quota: u64) -> RuntimeEnv {
         let cfg = &self.cfg;
         RuntimeEnv {
             runtime: cfg.runtime.clone(),
             manager: cfg.manager.clone(),
             vnode: v.name.clone(),
             vnode_id: v.id,
-            key_hex: hex(&cfg.secret.vnode_key(v.id)),
+            key_hex: lego_wire::auth::hex(&cfg.secret.vnode_key(v.id)),
             excache: quota,
             job: id,
-            stats: stats_path(cfg, id),
-            spaces: spaces_dir(cfg, id),
+            job_proof: cfg.secret.job_proof_hex(id, v.id),
             memory_quota: v.memory_quota,
-            host_netns: netns.then(|| format!("/proc/{}/ns/net", std::process::id())),
         }
     }
 
@@ -153,16 +156,10 @@ impl Shared {
         vnode: VnodeInfo,
         quota: u64,
     ) -> Result<LaunchResp, ProcessorError> {
-        let cfg = &self.cfg;
         let id = self.new_job_id()?;
-        std::fs::create_dir_all(spaces_dir(cfg, id)).map_err(ProcessorError::Thread)?;
         let plan = self.mount_plan(&vnode);
-        let netns = plan.as_ref().is_some_and(|p| p.vip.is_some());
-        let env = program_env(&req.env, &self.runtime_env(id, &vnode, quota, netns));
-        let mut child = match &plan {
-            None => spawn(&req.argv, &env, &req.cwd, None)?,
-            Some(plan) => self.spawn_in_vnode(id, &req, &env, plan)?,
-        };
+        let env = program_env(&req.env, &self.runtime_env(id, &vnode, quota));
+        let (mut child, broker) = self.spawn_in_vnode(id, &req, &env, &plan)?;
         let pid = child.id();
         let job = Arc::new(Job::new(
             id,
@@ -171,10 +168,12 @@ impl Shared {
             req.argv.clone(),
             quota,
             peer.conn,
-            stats_path(cfg, id),
             child.stdin.take(),
         ));
-        if let Err(e) = self.watch(&job, child) {
+        let watched = crate::broker::start(self.clone(), job.clone(), broker)
+            .map(|h| job.set_broker(h))
+            .and_then(|()| self.watch(&job, child));
+        if let Err(e) = watched {
             // Without readers or a waiter nobody would clean up: refuse the job.
             let _ = job.signal(rustix::process::Signal::KILL.as_raw());
             lock(&self.jobs).remove(&id);
@@ -186,6 +185,7 @@ impl Shared {
             pid,
             vnode = %req.vnode,
             excache = %human(quota),
+            confined = self.cfg.confine,
             argv = ?req.argv,
             "job started"
         );
@@ -220,35 +220,45 @@ impl Shared {
             .map(|_| ())
     }
 
-    /// Starts a job through the helper that mounts its vNode's files, and
-    /// serves those mounts before the program runs.
+    /// Starts a job through its helper ([`crate::enter`]), serves its
+    /// mounts, and takes its broker's end, before the program runs.
     fn spawn_in_vnode(
         &self,
         id: u64,
         req: &LaunchReq,
         env: &[(String, String)],
         plan: &MountPlan,
-    ) -> Result<Child, ProcessorError> {
+    ) -> Result<(Child, std::os::fd::OwnedFd), ProcessorError> {
         let cfg = &self.cfg;
-        let socket = cfg.state_dir.join(format!("job-{id:016x}.fuse"));
+        let socket = cfg.state_dir.join(format!("job-{id:016x}.sock"));
         let _ = std::fs::remove_file(&socket);
         let listener =
             std::os::unix::net::UnixListener::bind(&socket).map_err(ProcessorError::Thread)?;
+        let confine = plan.owner.map(|uid| Confine {
+            root: root_dir(cfg, id),
+            uid,
+            share_cwd: !req.isolated,
+            files: vec![cfg.runtime.clone()],
+            hide: std::iter::once(cfg.state_dir.clone())
+                .chain(cfg.hide.iter().cloned())
+                .collect(),
+        });
         let via = EnterVia {
             exe: cfg.enter_exe.clone(),
             socket: socket.clone(),
             vnode: plan.vnode.clone(),
             mounts: plan.mounts.clone(),
             vip: plan.vip.clone(),
+            confine,
         };
-        let spawned = spawn(&req.argv, env, &req.cwd, Some(&via));
+        let spawned = spawn(&req.argv, env, &req.cwd, &via);
         let served = spawned.and_then(|mut child| {
             match crate::mounts::serve(&listener, plan, Instant::now() + MOUNT_TIMEOUT) {
-                Ok(()) => Ok(child),
+                Ok(broker) => Ok((child, broker)),
                 Err(why) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    warn!(vnode = %plan.vnode, "cannot mount the vnode's files: {why}");
+                    warn!(vnode = %plan.vnode, "cannot start the job in its vnode: {why}");
                     Err(ProcessorError::NoFiles {
                         vnode: plan.vnode.clone(),
                         why,
@@ -260,6 +270,7 @@ impl Shared {
         served
     }
 }
+
 /// The end of a job; runs on the job's own thread, which owns the child.
 pub(crate) fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
     let status = loop {
@@ -306,9 +317,10 @@ pub(crate) fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
             shared.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let counters = read_counters(&job.stats_path);
-    let _ = std::fs::remove_dir_all(spaces_dir(&shared.cfg, job.id));
-    let _ = std::fs::remove_file(&job.stats_path);
+    // The runtime's last words (its final counters) before its end.
+    job.wait_broker(Duration::from_secs(2));
+    let counters = job.counters();
+    let _ = std::fs::remove_dir(root_dir(&shared.cfg, job.id));
     let freed = match shared.manager.release_owner(job.id) {
         Ok(r) => {
             if !r.unreachable.is_empty() {
@@ -337,21 +349,17 @@ pub(crate) fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
         job.argv.join(" ")
     );
     job.log_quota_refusals(&counters);
-    job.finish(code, counters);
+    job.finish(code);
 }
 
-/// Where the runtime of job `id` writes its counters.
-fn stats_path(cfg: &ServiceConfig, id: u64) -> PathBuf {
-    cfg.state_dir.join(format!("job-{id:016x}.json"))
+/// Where job `id`'s root is built (empty on the host: the root is a tmpfs
+/// in the job's own mount namespace).
+fn root_dir(cfg: &ServiceConfig, id: u64) -> PathBuf {
+    cfg.state_dir.join(format!("job-{id:016x}.root"))
 }
 
-/// Where the processes of job `id` record their address spaces.
-fn spaces_dir(cfg: &ServiceConfig, id: u64) -> PathBuf {
-    cfg.state_dir.join(format!("spaces-{id:016x}"))
-}
-
-/// Releases the address spaces of a running job's processes that are gone
-/// (each process records `<pid>` -> its asid in the job's spaces directory).
+/// Frees the address spaces of a running job's processes that are gone
+/// (each process's runtime tells its space through the broker).
 pub(crate) fn reap_spaces(shared: &Shared) {
     let running: Vec<Arc<Job>> = lock(&shared.jobs)
         .values()
@@ -359,45 +367,12 @@ pub(crate) fn reap_spaces(shared: &Shared) {
         .cloned()
         .collect();
     for job in running {
-        let Ok(entries) = std::fs::read_dir(spaces_dir(&shared.cfg, job.id)) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
-            let asid = std::fs::read_to_string(e.path())
-                .ok()
-                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
-                .map(Asid);
-            if let Some(asid) = asid {
-                match shared.manager.release_space(asid) {
-                    Ok(r) => {
-                        shared
-                            .counters
-                            .spaces_reaped
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(
-                            job = format_args!("{:x}", job.id),
-                            pid,
-                            freed = r.freed_pages,
-                            "an exited process's memory was freed"
-                        );
-                    }
-                    Err(e) => {
-                        warn!(
-                            pid,
-                            "cannot free an exited process's memory yet: {}",
-                            chain(&e)
-                        );
-                        continue;
-                    }
-                }
-            }
-            let _ = std::fs::remove_file(e.path());
+        for asid in job.take_spaces_of_gone() {
+            crate::broker::release(shared, &job, asid);
+            shared
+                .counters
+                .spaces_reaped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -20,6 +20,7 @@
 //! - [`daemon`]: `lego processor`: the server, the agent, shutdown.
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod daemon;
 pub mod enter;
 pub mod job;
@@ -51,6 +52,11 @@ pub enum ProcessorError {
         path.display()
     )]
     RuntimeMissing { path: PathBuf },
+    #[error(
+        "confining jobs needs root (user, PID and mount namespaces, an identity per vNode): \
+         run the processor monitor as root, or pass --unconfined to run programs as this user"
+    )]
+    CannotConfine,
     #[error("cannot create the job directory {}", path.display())]
     StateDir {
         path: PathBuf,
@@ -116,6 +122,7 @@ impl ProcessorError {
             E::ExCacheExhausted { .. }
             | E::Manager { .. }
             | E::RuntimeMissing { .. }
+            | E::CannotConfine
             | E::NoFiles { .. } => ErrorCode::Unavailable,
             E::BadQuota(_) | E::NoCommand | E::BadCwd { .. } | E::BadSignal(_) => {
                 ErrorCode::BadRequest

@@ -11,9 +11,10 @@ use std::time::Duration;
 use lego_transport::{ClientOptions, Credentials, Patience, Redial, TransportError};
 use lego_wire::auth::Secret;
 use lego_wire::control::{
-    ReleaseOwnerReq, ReleaseSpaceReq, ReleaseSpaceResp, VnodeInfo, VnodeListReq, VnodeMountReq,
+    ClusterStateReq, ReleaseOwnerReq, ReleaseSpaceReq, ReleaseSpaceResp, VnodeInfo, VnodeListReq,
+    VnodeMountReq,
 };
-use lego_wire::{Asid, ErrorCode, VnodeId};
+use lego_wire::{Asid, ErrorCode, Health, Role, VnodeId};
 use tracing::warn;
 
 use crate::ProcessorError;
@@ -84,11 +85,31 @@ impl ManagerLink {
         }
     }
 
-    /// Frees one address space (a process of a job that has exited).
-    pub fn release_space(&self, asid: Asid) -> Result<ReleaseSpaceResp, ProcessorError> {
+    /// Frees one address space of job `job` (a process of it exited or
+    /// exec'd); refused by the manager unless the space is the job's.
+    pub fn release_job_space(
+        &self,
+        job: u64,
+        asid: Asid,
+    ) -> Result<ReleaseSpaceResp, ProcessorError> {
         self.link
-            .call(&ReleaseSpaceReq { asid })
+            .call(&ReleaseSpaceReq {
+                asid,
+                job: Some(job),
+            })
             .map_err(|e| self.err(e))
+    }
+
+    /// Where the memory monitors the manager knows serve (alive or not yet
+    /// heard from since a restart).
+    pub fn memory_monitors(&self) -> Result<Vec<String>, ProcessorError> {
+        let st = self.link.call(&ClusterStateReq).map_err(|e| self.err(e))?;
+        Ok(st
+            .components
+            .into_iter()
+            .filter(|c| c.role == Role::Memory && c.health != Health::Dead)
+            .map(|c| c.addr)
+            .collect())
     }
 
     /// Frees every address space of job `owner` on every memory monitor,

@@ -1,10 +1,10 @@
-//! Serving the mounts of a job's vNode: the monitor's half of
-//! [`crate::enter`]. For each mount point the helper mounted, it receives
-//! the `/dev/fuse` descriptor, makes sure the mount's subtree exists on the
-//! storage monitor, starts a FUSE session ([`crate::vfs::VnodeFs`]) on a
-//! thread of its own, and finally tells the helper to go on. A session ends
-//! when the kernel drops its connection, which happens when the last process
-//! of the job's mount namespace is gone.
+//! The monitor's half of [`crate::enter`]: for each mount point the helper
+//! mounted, it receives the `/dev/fuse` descriptor, makes sure the mount's
+//! subtree exists on the storage monitor, and starts a FUSE session
+//! ([`crate::vfs::VnodeFs`]) on a thread of its own; then it receives the
+//! broker's end ([`crate::broker`]), and tells the helper to go on. A
+//! session ends when the kernel drops its connection, which happens when the
+//! last process of the job's mount namespace is gone.
 
 use std::io::{IoSliceMut, Write};
 use std::os::fd::OwnedFd;
@@ -19,7 +19,8 @@ use crate::vfs::VnodeFs;
 /// writes behind of one file, and several programs, go on at once.
 const FUSE_THREADS: usize = 4;
 
-/// Where a job's vNode files come from.
+/// Where a job's vNode files come from (no mounts: it has none, or it runs
+/// unconfined).
 #[derive(Clone)]
 pub struct MountPlan {
     pub vnode_id: u32,
@@ -27,6 +28,8 @@ pub struct MountPlan {
     pub mounts: Vec<String>,
     /// The storage monitor holding the vNode's files.
     pub storage: String,
+    /// The owner the job's files show: the vNode's identity when confined.
+    pub owner: Option<u32>,
     /// The vNode's key (for the storage monitor).
     pub key: [u8; 32],
     /// Where the storage monitor is now, should it move.
@@ -83,17 +86,26 @@ fn accept(listener: &UnixListener, deadline: Instant) -> Result<UnixStream, Stri
 }
 
 /// Serves every mount of `plan` that the helper connecting to `listener`
-/// mounts, then tells it to go on. On failure the helper is told so (it
-/// exits with an error) and the reason is returned.
-pub fn serve(listener: &UnixListener, plan: &MountPlan, deadline: Instant) -> Result<(), String> {
+/// mounts, takes the broker's end, then tells the helper to go on. On
+/// failure the helper is told so (it exits with an error) and the reason is
+/// returned.
+pub fn serve(
+    listener: &UnixListener,
+    plan: &MountPlan,
+    deadline: Instant,
+) -> Result<OwnedFd, String> {
     let mut conn = accept(listener, deadline)?;
-    // The helper has its mount namespace by now: the job's processes are
-    // the ones in it.
-    let mnt_ns = rustix::net::sockopt::socket_peercred(&conn)
-        .ok()
-        .and_then(|c| std::fs::read_link(format!("/proc/{}/ns/mnt", c.pid.as_raw_nonzero())).ok())
-        .map(|p| p.into_os_string())
-        .ok_or("cannot tell the helper's mount namespace")?;
+    let helper = rustix::net::sockopt::socket_peercred(&conn)
+        .map_err(|e| format!("cannot tell who the helper is: {e}"))?
+        .pid;
+    // Read once the helper sent its first FUSE descriptor: it has its own
+    // mount namespace by then (not yet when it connected), and the job's
+    // processes are the ones in it.
+    let mnt_ns = || {
+        std::fs::read_link(format!("/proc/{}/ns/mnt", helper.as_raw_nonzero()))
+            .map(|p| p.into_os_string())
+            .map_err(|e| format!("cannot tell the helper's mount namespace: {e}"))
+    };
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
@@ -103,19 +115,14 @@ pub fn serve(listener: &UnixListener, plan: &MountPlan, deadline: Instant) -> Re
         for _ in 0..plan.mounts.len() {
             let (index, fd) =
                 recv_fd(&conn).map_err(|e| format!("no descriptor from the helper: {e}"))?;
+            if index == crate::enter::BROKER_INDEX {
+                return Err("the helper sent the broker before its mounts".to_string());
+            }
             let mount = plan
                 .mounts
                 .get(index as usize)
                 .ok_or_else(|| format!("the helper named mount {index}"))?;
-            let fs = VnodeFs::new(
-                plan.vnode_id,
-                &plan.vnode,
-                mount,
-                plan.storage.clone(),
-                plan.key,
-                plan.resolve.clone(),
-                Some(mnt_ns.clone()),
-            );
+            let fs = VnodeFs::new(plan, mount, Some(mnt_ns()?));
             fs.ensure_root().map_err(|e| {
                 format!(
                     "cannot prepare {mount} on the storage monitor {}: {e:?}",
@@ -136,7 +143,10 @@ pub fn serve(listener: &UnixListener, plan: &MountPlan, deadline: Instant) -> Re
                 })
                 .map_err(|e| format!("cannot start a FUSE thread: {e}"))?;
         }
-        Ok(())
+        match recv_fd(&conn).map_err(|e| format!("no broker from the helper: {e}"))? {
+            (crate::enter::BROKER_INDEX, fd) => Ok(fd),
+            (other, _) => Err(format!("the helper sent descriptor {other} for the broker")),
+        }
     })();
     let _ = conn.write_all(if served.is_ok() { b"+" } else { b"-" });
     served

@@ -55,6 +55,7 @@ impl ProcessorService {
                 manager,
                 jobs: Mutex::new(BTreeMap::new()),
                 granted: Mutex::new(0),
+                dialable: Mutex::new((None, Vec::new())),
                 counters: Counters::default(),
             }),
             server: OnceLock::new(),
@@ -114,6 +115,7 @@ impl ProcessorService {
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(500));
                 reap_spaces(&shared);
+                shared.refresh_dialable(Duration::from_secs(2));
                 let jobs: Vec<Arc<Job>> = lock(&shared.jobs).values().cloned().collect();
                 for j in jobs.iter().filter(|j| j.running()) {
                     j.log_quota_refusals(&j.counters());

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use lego_wire::auth::Secret;
 
@@ -28,6 +29,11 @@ pub struct ServiceConfig {
     /// Whether jobs may get a network namespace of their vNode's own (root
     /// and iproute2's `ip` are there).
     pub own_networks: bool,
+    /// Whether jobs are confined ([`lego_jail`]): the monitor runs as root.
+    pub confine: bool,
+    /// Host paths confined jobs never see, even under a shared working
+    /// directory (besides `state_dir`).
+    pub hide: Vec<PathBuf>,
 }
 
 #[derive(Default)]
@@ -48,4 +54,6 @@ pub(crate) struct Shared {
     /// Sum of the quotas of jobs not yet cleaned up.
     pub(crate) granted: Mutex<u64>,
     pub(crate) counters: Counters,
+    /// Memory monitors jobs may be connected to, and when they were asked.
+    pub(crate) dialable: Mutex<(Option<Instant>, Vec<String>)>,
 }

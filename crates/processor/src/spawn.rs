@@ -6,8 +6,9 @@
 //! runtime needs: `LD_PRELOAD` (the runtime first, before any preload the
 //! user had), and `LEGO_RT_MANAGER`, `LEGO_RT_VNODE`, `LEGO_RT_VNODE_ID`,
 //! `LEGO_RT_KEY` (the vNode's key, never the cluster secret), `LEGO_RT_EXCACHE`
-//! (the quota in bytes), `LEGO_RT_JOB` (the owner tag of its address spaces)
-//! and `LEGO_RT_STATS` (where the runtime writes its counters).
+//! (the quota in bytes) and `LEGO_RT_JOB` (the owner tag of its address
+//! spaces); the helper adds `LEGO_RT_BROKER` and `LEGO_RT_UFFD_DEV` (see
+//! [`crate::enter`]).
 //!
 //! `argv[0]` is resolved the way a shell does: a name with a slash is a path
 //! (relative to the job's working directory), anything else is looked up in
@@ -42,14 +43,11 @@ pub struct RuntimeEnv {
     pub key_hex: String,
     pub excache: u64,
     pub job: u64,
-    pub stats: PathBuf,
-    /// Where each process of the job records its address space (per pid).
-    pub spaces: PathBuf,
+    /// [`lego_wire::auth::Secret::job_proof`] of the job, in hex: lets its
+    /// processes name the job as the owner of their address spaces.
+    pub job_proof: String,
     /// The vNode's memory quota, when it has one.
     pub memory_quota: Option<u64>,
-    /// The processor monitor's network namespace, when the program runs in
-    /// its vNode's own (the runtime connects from there).
-    pub host_netns: Option<String>,
 }
 
 /// The program's environment: the given one with the runtime's added.
@@ -79,17 +77,12 @@ pub fn program_env(given: &[(String, String)], rt: &RuntimeEnv) -> Vec<(String, 
         ("LEGO_RT_KEY", rt.key_hex.clone()),
         ("LEGO_RT_EXCACHE", rt.excache.to_string()),
         ("LEGO_RT_JOB", rt.job.to_string()),
-        ("LEGO_RT_STATS", rt.stats.to_string_lossy().into_owned()),
-        ("LEGO_RT_SPACES", rt.spaces.to_string_lossy().into_owned()),
-        ("LEGO_RT_PARENT_PID", std::process::id().to_string()),
+        ("LEGO_RT_JOB_PROOF", rt.job_proof.clone()),
     ] {
         env.push((k.to_string(), v));
     }
     if let Some(q) = rt.memory_quota {
         env.push(("LEGO_RT_QUOTA".into(), q.to_string()));
-    }
-    if let Some(ns) = &rt.host_netns {
-        env.push(("LEGO_RT_HOST_NETNS".into(), ns.clone()));
     }
     env
 }
@@ -141,15 +134,19 @@ pub struct EnterVia {
     pub mounts: Vec<String>,
     /// A network namespace of its own holding this vIP.
     pub vip: Option<String>,
+    /// `None`: unconfined.
+    pub confine: Option<crate::enter::Confine>,
 }
 
-/// Starts the program in its own process group with piped stdio; with
-/// `enter`, through the helper that gives it the vNode's mounts first.
+/// Starts the job through the helper ([`crate::enter`]) in its own
+/// process group with piped stdio. The program is looked up here too, so
+/// that a missing one is reported at once; `confine` adds a program named
+/// by path to the files the job sees.
 pub fn spawn(
     argv: &[String],
     env: &[(String, String)],
     cwd: &str,
-    enter: Option<&EnterVia>,
+    via: &EnterVia,
 ) -> Result<Child, ProcessorError> {
     let argv0 = argv.first().ok_or(ProcessorError::NoCommand)?;
     let cwd_path = Path::new(cwd);
@@ -169,41 +166,45 @@ pub fn spawn(
         }
     }
     let program = resolve(argv0, env, cwd_path)?;
-    let mut cmd = match enter {
-        None => {
-            let mut c = Command::new(&program);
-            c.arg0(argv0)
-                .args(&argv[1..])
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)));
-            c
-        }
-        Some(via) => {
-            let e = crate::enter::Enter {
-                socket: via.socket.clone(),
-                vnode: via.vnode.clone(),
-                mounts: via.mounts.clone(),
-                vip: via.vip.clone(),
-                cwd: cwd_path.to_path_buf(),
-                program: program.clone(),
-                argv: argv.to_vec(),
-            };
-            let mut c = Command::new(&via.exe);
-            c.arg(crate::enter::SUBCOMMAND)
-                .args(e.to_args())
-                .env_clear();
-            // The helper runs without the runtime; it restores the preload
-            // just before it becomes the program.
-            for (k, v) in env {
-                if k == "LD_PRELOAD" {
-                    c.env(crate::enter::PRELOAD_VAR, v);
-                } else {
-                    c.env(k, v);
-                }
-            }
-            c
-        }
+    let unrunnable = match std::fs::metadata(&program) {
+        Err(source) => Some(source),
+        Ok(_) if !is_executable(&program) => Some(std::io::Error::from(rustix::io::Errno::ACCESS)),
+        Ok(_) => None,
     };
+    if let Some(source) = unrunnable {
+        return Err(ProcessorError::Spawn {
+            program: argv0.clone(),
+            source,
+        });
+    }
+    let mut confine = via.confine.clone();
+    if let Some(c) = confine.as_mut() {
+        if argv0.contains('/') {
+            c.files.push(program.clone());
+        }
+    }
+    let e = crate::enter::Enter {
+        socket: via.socket.clone(),
+        vnode: via.vnode.clone(),
+        mounts: via.mounts.clone(),
+        vip: via.vip.clone(),
+        cwd: cwd_path.to_path_buf(),
+        confine,
+        argv: argv.to_vec(),
+    };
+    let mut cmd = Command::new(&via.exe);
+    cmd.arg(crate::enter::SUBCOMMAND)
+        .args(e.to_args())
+        .env_clear();
+    // The helper runs without the runtime; it restores the preload just
+    // before it becomes the program.
+    for (k, v) in env {
+        if k == "LD_PRELOAD" {
+            cmd.env(crate::enter::PRELOAD_VAR, v);
+        } else {
+            cmd.env(k, v);
+        }
+    }
     cmd.current_dir(cwd_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -217,10 +218,6 @@ pub fn spawn(
 }
 
 /// 64 hex digits of a key.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,10 +231,8 @@ mod tests {
             key_hex: "ab".repeat(32),
             excache: 1 << 20,
             job: 42,
-            stats: "/tmp/j.json".into(),
-            spaces: "/tmp/spaces".into(),
+            job_proof: "cd".repeat(32),
             memory_quota: None,
-            host_netns: None,
         }
     }
 
@@ -252,7 +247,7 @@ mod tests {
             ("LD_PRELOAD", "/x/a.so /opt/lego/liblego_rt.so:/x/b.so"),
             ("LEGO_SECRET", "00"),
             ("LEGO_RT_JOB", "7"),
-            ("LEGO_RT_SPACES", "1,2"),
+            ("LEGO_RT_BROKER", "9"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -267,9 +262,9 @@ mod tests {
         assert_eq!(get(&env, "LEGO_RT_JOB"), Some("42"));
         assert_eq!(env.iter().filter(|(k, _)| k == "LEGO_RT_JOB").count(), 1);
         assert_eq!(
-            get(&env, "LEGO_RT_SPACES"),
-            Some("/tmp/spaces"),
-            "ours, not the outer job's"
+            get(&env, "LEGO_RT_BROKER"),
+            None,
+            "not the outer job's (the helper gives its own)"
         );
         assert_eq!(get(&env, "LEGO_RT_VNODE_ID"), Some("3"));
         assert_eq!(get(&env, "LEGO_RT_EXCACHE"), Some("1048576"));
@@ -308,17 +303,25 @@ mod tests {
     fn spawn_errors_say_what_a_shell_would() {
         let d = tempfile::tempdir().unwrap();
         let argv = |s: &str| vec![s.to_string()];
-        let e = spawn(&argv("./missing"), &[], d.path().to_str().unwrap(), None).unwrap_err();
+        let via = EnterVia {
+            exe: "/nonexistent/lego".into(),
+            socket: d.path().join("s"),
+            vnode: "v".into(),
+            mounts: Vec::new(),
+            vip: None,
+            confine: None,
+        };
+        let e = spawn(&argv("./missing"), &[], d.path().to_str().unwrap(), &via).unwrap_err();
         assert_eq!(e.code(), lego_wire::ErrorCode::NotFound);
         assert!(
             crate::chain(&e).contains("No such file or directory"),
             "{}",
             crate::chain(&e)
         );
-        let e = spawn(&argv("true"), &[], "/nonexistent/dir", None).unwrap_err();
+        let e = spawn(&argv("true"), &[], "/nonexistent/dir", &via).unwrap_err();
         assert!(crate::chain(&e).contains("/nonexistent/dir"), "{e}");
         assert!(matches!(
-            spawn(&[], &[], "/", None).unwrap_err(),
+            spawn(&[], &[], "/", &via).unwrap_err(),
             ProcessorError::NoCommand
         ));
     }

@@ -15,10 +15,11 @@
 //!
 //! Configuration comes from the environment (`LEGO_RT_MANAGER`,
 //! `LEGO_RT_VNODE`, `LEGO_RT_VNODE_ID`, `LEGO_RT_KEY`, `LEGO_RT_EXCACHE`,
-//! `LEGO_RT_JOB`, `LEGO_RT_STATS`, `LEGO_RT_SPACES`, `LEGO_RT_QUOTA`: the
-//! vNode has a memory quota, see [`quota`]; `LEGO_RT_HOST_NETNS`: the
-//! program runs in its vNode's network namespace, see [`netns`]). Without
-//! `LEGO_RT_MANAGER` the library only serves memory locally.
+//! `LEGO_RT_JOB`, `LEGO_RT_JOB_PROOF`, `LEGO_RT_QUOTA`: the
+//! vNode has a memory quota, see [`quota`]; `LEGO_RT_BROKER`: the way out of
+//! the job's jail, see [`broker`]; `LEGO_RT_UFFD_DEV`: an open
+//! `/dev/userfaultfd`, see [`sys`]). Without `LEGO_RT_MANAGER` the library
+//! only serves memory locally.
 //!
 //! Exit statuses: 117 when memory is lost (no replica of a vRegion can be
 //! reached, or fork cannot copy memory), 118 when the runtime cannot start
@@ -29,9 +30,9 @@
 #![cfg_attr(test, allow(dead_code))]
 
 pub mod arena;
+pub mod broker;
 pub mod heap;
 pub mod lock;
-pub mod netns;
 pub mod pager;
 pub mod process;
 pub mod quota;
@@ -58,7 +59,6 @@ pub const EXIT_CANNOT_START: i32 = 118;
 /// since a program may provide its own `getenv` over data in pageable memory
 /// (bash does), and the fault handler or a forked child would fault on it.
 static SPIN_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60);
-pub static SPACES_DIR: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 /// Whether the fault handler busy-waits for the next fault too (set at start).
 static SPIN_FAULTS: AtomicBool = AtomicBool::new(true);
@@ -94,19 +94,19 @@ fn allowed_cpus() -> usize {
 
 /// Set in forked children.
 pub static CHILD: AtomicBool = AtomicBool::new(false);
-static STATS_PATH: crate::lock::Lock<Option<String>> = crate::lock::Lock::new(None);
+/// Whether this process reports the job's counters (the job's first).
+static STATS: AtomicBool = AtomicBool::new(false);
 static STATS_ASID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 extern "C" fn stats_main(_: usize) {
+    // At once, then every half second: a program that ends with _exit
+    // (dash does) never runs the final report of `fini`.
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(500));
         if CHILD.load(Ordering::Relaxed) {
             return;
         }
-        let path = STATS_PATH.lock().clone();
-        if let Some(path) = path {
-            stats::write(&path, STATS_ASID.load(Ordering::Relaxed));
-        }
+        broker::report_counters(&stats::to_json(STATS_ASID.load(Ordering::Relaxed)));
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
@@ -150,8 +150,9 @@ fn config() -> Result<Option<Config>, String> {
         SPIN_US.store(us, Ordering::Relaxed);
     }
     SPIN_FAULTS.store(allowed_cpus() > 1, Ordering::Relaxed);
-    let _ = SPACES_DIR.set(std::env::var("LEGO_RT_SPACES").ok());
-    netns::init(std::env::var("LEGO_RT_HOST_NETNS").ok());
+    let fd_var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<i32>().ok());
+    broker::init(fd_var("LEGO_RT_BROKER"));
+    sys::init_uffd_dev(fd_var("LEGO_RT_UFFD_DEV"));
     let get = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
     let key = lego_wire::auth::Secret::from_hex(&get("LEGO_RT_KEY")?)
         .map_err(|e| format!("LEGO_RT_KEY: {e}"))?;
@@ -172,8 +173,8 @@ fn config() -> Result<Option<Config>, String> {
         job: std::env::var("LEGO_RT_JOB")
             .ok()
             .and_then(|v| v.parse().ok()),
+        job_proof: std::env::var("LEGO_RT_JOB_PROOF").ok(),
         quota: std::env::var_os("LEGO_RT_QUOTA").is_some(),
-        stats: std::env::var("LEGO_RT_STATS").ok(),
     }))
 }
 
@@ -236,20 +237,6 @@ fn start() {
         Ok(None) => return,
         Err(e) => fatal_start(&e),
     };
-    // The job's first process dies with its processor monitor, as a process
-    // dies with its CPU (the manager then frees the job's memory).
-    let parent = std::env::var("LEGO_RT_PARENT_PID")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok());
-    // SAFETY: getppid and prctl(PR_SET_PDEATHSIG) only read and set process attributes.
-    unsafe {
-        if parent == Some(libc::getppid()) {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent.unwrap_or(0) {
-                libc::_exit(EXIT_MEMORY_LOST);
-            }
-        }
-    }
     // Only the job's first process (across its execs) reports counters: the
     // first runtime records its pid for the processes that follow.
     let me = std::process::id().to_string();
@@ -257,42 +244,35 @@ fn start() {
         std::env::set_var("LEGO_RT_STATS_PID", &me);
         me.clone()
     });
-    let cfg = Config {
-        stats: cfg.stats.filter(|_| stats_pid == me),
-        ..cfg
-    };
+    STATS.store(stats_pid == me && broker::present(), Ordering::Relaxed);
     let (base, len) = arena::arena();
     let uffd = sys::Uffd::open().unwrap_or_else(|e| {
         fatal_start(&format!(
             "userfaultfd is not available ({e}); lego needs /dev/userfaultfd or the userfaultfd system call"
         ))
     });
-    let remote = netns::host_net(|| Remote::connect(&cfg))
-        .unwrap_or_else(|e| fatal_start(&e))
-        .unwrap_or_else(|e| {
-            fatal_start(&format!(
-                "cannot reach the lego manager at {}: {e}",
-                cfg.manager
-            ))
-        });
+    let remote = Remote::connect(&cfg).unwrap_or_else(|e| {
+        fatal_start(&format!(
+            "cannot reach the lego manager at {}: {e}",
+            cfg.manager
+        ))
+    });
     let asid = remote.asid;
     if cfg.quota {
         if let Err(e) = quota::init(remote.manager_link(), asid) {
             fatal_start(&e);
         }
     }
-    if let Some(prev) = process::record_space(asid) {
-        // The image we replaced with exec had this space.
-        remote.release(prev);
-    }
+    // The processor monitor frees it when this process is gone (and the
+    // space of the image this one replaced with exec, if any).
+    broker::report_space(asid.0);
     let p = pager::Pager::new(uffd, base, len, cfg.excache, remote)
         .unwrap_or_else(|e| fatal_start(&format!("{e}")));
     let events = p.uffd.events();
     *pager::PAGER.lock() = Some(p);
     // The handler runs before the arena is registered: any fault after
-    // registration, from any thread, is served. It lives in the host's
-    // network namespace (see `netns`).
-    netns::host_net(|| start_handler(events)).unwrap_or_else(|e| fatal_start(&e));
+    // registration, from any thread, is served.
+    start_handler(events);
     {
         let mut guard = pager::PAGER.lock();
         let p = guard.as_mut().expect("just set");
@@ -304,8 +284,7 @@ fn start() {
         p.adopt(base, arena::top());
     }
     process::install();
-    if let Some(path) = cfg.stats {
-        *STATS_PATH.lock() = Some(path);
+    if STATS.load(Ordering::Relaxed) {
         STATS_ASID.store(asid.0, Ordering::Relaxed);
         spawn_runtime_thread(c"lego-stats", stats_main, 0);
     }
@@ -316,12 +295,12 @@ extern "C" fn fini() {
         return;
     }
     section::enter_runtime_thread();
-    if let Some(path) = STATS_PATH.lock().clone() {
+    if STATS.load(Ordering::Relaxed) {
         let asid = pager::PAGER
             .try_lock()
             .and_then(|p| p.as_ref().map(|p| p.remote.asid.0))
             .unwrap_or(0);
-        stats::write(&path, asid);
+        broker::report_counters(&stats::to_json(asid));
     }
 }
 

@@ -12,8 +12,9 @@
 //! never run on zeros.
 //!
 //! exec: the new image loads the runtime again (LD_PRELOAD is inherited) and
-//! creates its own address space. It releases the previous image's space,
-//! found in the per-process record `$LEGO_RT_SPACES/<pid>`.
+//! creates its own address space. Each process tells the processor monitor
+//! its space through the broker; the monitor frees the previous image's
+//! space (same pid) and the space of every process that is gone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -109,16 +110,12 @@ fn child_locked() {
                 "the forked child cannot take over its memory: {e}"
             ));
         }
-        let reset = crate::netns::host_net(|| p.remote.reset_after_fork(asid)).and_then(|r| r);
-        if let Err(e) = reset {
+        if let Err(e) = p.remote.reset_after_fork(asid) {
             crate::fatal_lost_msg(&format!("the forked child cannot reach the manager: {e}"));
         }
         crate::quota::after_fork(asid);
-        record_space(asid);
-        let events = p.uffd.events();
-        if let Err(e) = crate::netns::host_net(|| crate::start_handler(events)) {
-            crate::fatal_lost_msg(&format!("the forked child cannot start its pager: {e}"));
-        }
+        crate::broker::report_space(asid.0);
+        crate::start_handler(p.uffd.events());
     }
 }
 
@@ -126,17 +123,4 @@ fn child_locked() {
 pub fn install() {
     // SAFETY: registers plain extern "C" functions that live forever.
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-}
-
-/// Records `asid` as this process's address space in `$LEGO_RT_SPACES/<pid>`
-/// and returns the previous record for this pid (an exec'd image's), if any.
-pub fn record_space(asid: Asid) -> Option<Asid> {
-    let dir = crate::SPACES_DIR.get()?.as_ref()?;
-    let path = format!("{dir}/{}", std::process::id());
-    let prev = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
-        .map(Asid);
-    let _ = std::fs::write(&path, format!("{:x}", asid.0));
-    prev.filter(|&p| p != asid)
 }

@@ -46,16 +46,20 @@ fn data_alignment(request_len: usize) -> usize {
     (PAGE_SIZE - head % PAGE_SIZE) % PAGE_SIZE
 }
 
-/// Connects to a component from the host's network namespace, whichever
-/// thread asks (an application thread of a vNode with a network namespace
-/// of its own cannot reach the cluster from there; see `netns`).
+/// Connects to a component: through the broker when the program runs in
+/// its vNode's jail (it has no route to the cluster of its own), else
+/// directly.
 fn dial(addr: &str, creds: &Credentials, opts: &ClientOptions) -> Result<Client, TransportError> {
-    crate::netns::host_net(|| Client::connect(addr, creds, opts)).unwrap_or_else(|why| {
-        Err(TransportError::Connect {
-            addr: addr.to_string(),
-            source: std::io::Error::other(why),
-        })
-    })
+    if !crate::broker::present() {
+        return Client::connect(addr, creds, opts);
+    }
+    let connect_err = |source| TransportError::Connect {
+        addr: addr.to_string(),
+        source,
+    };
+    let fd = crate::broker::connect(addr, opts.connect_timeout).map_err(connect_err)?;
+    let link = lego_transport::link::adopt(fd).map_err(connect_err)?;
+    Client::over(link, addr, creds, opts)
 }
 
 /// A page read sent to a vRegion's primary, not yet answered.
@@ -105,7 +109,8 @@ pub struct Config {
     pub key: [u8; 32],
     pub excache: usize,
     pub job: Option<u64>,
-    pub stats: Option<String>,
+    /// The job's proof (hex), given by the processor monitor.
+    pub job_proof: Option<String>,
     /// The vNode has a memory quota: lease memory before giving it out.
     pub quota: bool,
 }
@@ -161,6 +166,7 @@ impl Remote {
         let req = CreateSpaceReq {
             vnode: cfg.vnode.clone(),
             owner: cfg.job,
+            proof: cfg.job_proof.clone(),
         };
         let space: CreateSpaceResp = manager
             .call_patiently(&req, &MANAGER_PATIENCE)
@@ -516,7 +522,7 @@ impl Remote {
 
     /// Releases an address space (ours, or a previous image's after exec).
     pub fn release(&self, asid: Asid) -> Option<ReleaseSpaceResp> {
-        self.manager.call(&ReleaseSpaceReq { asid }).ok()
+        self.manager.call(&ReleaseSpaceReq { asid, job: None }).ok()
     }
 
     /// Asks the manager for a forked child's address space (a copy of

@@ -1,6 +1,7 @@
 //! The runtime's counters: what a user asks about (faults, hits, evictions,
-//! bytes moved), written as JSON to `$LEGO_RT_STATS` every half second and at
-//! exit, where the processor monitor and `lego run --stats` read them.
+//! bytes moved), sent as JSON to the processor monitor through the broker
+//! every half second and at exit (`lego run --stats` and `lego status` show
+//! them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -117,14 +118,6 @@ pub fn to_json(asid: u64) -> String {
         fault_p50_us()
     ));
     s
-}
-
-/// Writes the counters atomically to `path`.
-pub fn write(path: &str, asid: u64) {
-    let tmp = format!("{path}.tmp{}", std::process::id());
-    if std::fs::write(&tmp, to_json(asid)).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
 }
 
 #[cfg(test)]

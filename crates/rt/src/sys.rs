@@ -219,14 +219,36 @@ fn ioctl<T>(fd: RawFd, req: u64, arg: &mut T) -> io::Result<()> {
     }
 }
 
+/// An open `/dev/userfaultfd` the helper left to a confined job (-1: none).
+static UFFD_DEV: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Remembers the inherited `/dev/userfaultfd` (`LEGO_RT_UFFD_DEV`): in its
+/// jail the program can neither open the device nor make the system call
+/// for kernel-mode faults, but the ioctl on an open device works.
+pub fn init_uffd_dev(fd: Option<i32>) {
+    UFFD_DEV.store(fd.unwrap_or(-1), std::sync::atomic::Ordering::Relaxed);
+}
+
+const USERFAULTFD_IOC_NEW: u64 = 0xAA00;
+
 impl Uffd {
-    /// Opens a userfaultfd with write-protect faults enabled. Tries the
-    /// system call first (user-mode-only faults unless we are privileged),
-    /// then /dev/userfaultfd.
+    /// Opens a userfaultfd with write-protect faults enabled: from the
+    /// inherited device if there is one, else the system call
+    /// (user-mode-only faults unless we are privileged), then
+    /// /dev/userfaultfd.
     pub fn open() -> io::Result<Uffd> {
         let flags = libc::O_CLOEXEC;
-        // SAFETY: a plain system call returning a new descriptor or an error.
-        let mut fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as i32;
+        let inherited = UFFD_DEV.load(std::sync::atomic::Ordering::Relaxed);
+        let mut fd = -1;
+        if inherited >= 0 {
+            // SAFETY: the documented ioctl on /dev/userfaultfd; on a
+            // descriptor that is something else the kernel refuses it.
+            fd = unsafe { libc::ioctl(inherited, USERFAULTFD_IOC_NEW as _, flags) };
+        }
+        if fd < 0 {
+            // SAFETY: a plain system call returning a new descriptor or an error.
+            fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as i32;
+        }
         if fd < 0 {
             // Without the privilege for kernel-mode faults, /dev/userfaultfd
             // may still give them. A user-mode-only descriptor is not enough:
@@ -237,7 +259,6 @@ impl Uffd {
             if dev < 0 {
                 return Err(io::Error::last_os_error());
             }
-            const USERFAULTFD_IOC_NEW: u64 = 0xAA00;
             // SAFETY: the documented ioctl on /dev/userfaultfd; returns a descriptor.
             fd = unsafe { libc::ioctl(dev, USERFAULTFD_IOC_NEW as _, flags) };
             // SAFETY: closing the device descriptor we opened.

@@ -105,6 +105,16 @@ impl Client {
         opts: &ClientOptions,
     ) -> Result<Client, TransportError> {
         let link = connect(addr, opts.connect_timeout)?;
+        Client::over(link, addr, creds, opts)
+    }
+
+    /// Authenticates with `creds` over a link already connected to `addr`.
+    pub fn over(
+        link: Box<dyn crate::Link>,
+        addr: &str,
+        creds: &Credentials,
+        opts: &ClientOptions,
+    ) -> Result<Client, TransportError> {
         let peer = addr.to_string();
         let hs_err = |source| TransportError::Handshake {
             peer: peer.clone(),

@@ -223,6 +223,21 @@ pub fn connect(addr: &str, timeout: Duration) -> Result<Box<dyn Link>, Transport
         })
 }
 
+/// A link over a socket connected elsewhere (by a broker that passed the
+/// descriptor): TCP or Unix, whichever it is.
+pub fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<Box<dyn Link>> {
+    let sock = socket2::Socket::from(fd);
+    if sock.local_addr()?.domain() == socket2::Domain::UNIX {
+        let s = UnixStream::from(std::os::fd::OwnedFd::from(sock));
+        size_buffers(socket2::SockRef::from(&s));
+        Ok(Box::new(UnixLink(s)))
+    } else {
+        let s = TcpStream::from(std::os::fd::OwnedFd::from(sock));
+        tune_tcp(&s)?;
+        Ok(Box::new(TcpLink(s)))
+    }
+}
+
 /// Listens on `addr` over the transport it names.
 pub fn listen(addr: &str) -> Result<Box<dyn Listener>, TransportError> {
     let (t, a) = transport_for(addr);

@@ -61,12 +61,49 @@ impl Secret {
     }
 
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&self.0)
     }
 
     /// The key a vNode's processes authenticate with.
     pub fn vnode_key(&self, vnode: u32) -> [u8; KEY_LEN] {
         mac(&self.0, &[b"lego-vnode-key-v1", &vnode.to_le_bytes()])
+    }
+
+    /// What proves that job `job` runs in vNode `vnode`: given by the
+    /// processor monitor that started it to its runtime, checked by the
+    /// manager when a process names the job as the owner of a new address
+    /// space (so no vNode can make its spaces count as another's job).
+    pub fn job_proof(&self, job: u64, vnode: u32) -> [u8; KEY_LEN] {
+        mac(
+            &self.0,
+            &[
+                b"lego-job-proof-v1",
+                &job.to_le_bytes(),
+                &vnode.to_le_bytes(),
+            ],
+        )
+    }
+
+    /// [`Self::job_proof`] as 64 hex digits (how the runtime is given it).
+    pub fn job_proof_hex(&self, job: u64, vnode: u32) -> String {
+        hex(&self.job_proof(job, vnode))
+    }
+
+    /// Whether `proof` (hex) is the proof of `job` in `vnode`; compared in
+    /// constant time.
+    pub fn check_job_proof(&self, job: u64, vnode: u32, proof: &str) -> bool {
+        let Ok(tag) = Secret::from_hex(proof) else {
+            return false;
+        };
+        verify(
+            &self.0,
+            &[
+                b"lego-job-proof-v1",
+                &job.to_le_bytes(),
+                &vnode.to_le_bytes(),
+            ],
+            &tag.0,
+        )
     }
 
     /// The key that proves `claim`.
@@ -125,6 +162,11 @@ pub fn random_bytes() -> Result<[u8; KEY_LEN], WireError> {
     getrandom::getrandom(&mut b)
         .map_err(|e| WireError::Io(std::io::Error::other(e.to_string())))?;
     Ok(b)
+}
+
+/// Lowercase hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {

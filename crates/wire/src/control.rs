@@ -79,6 +79,11 @@ pub struct CreateSpaceReq {
     /// The job the space belongs to: `ReleaseOwner` frees all of a job's spaces.
     #[serde(default)]
     pub owner: Option<u64>,
+    /// [`Secret::job_proof`](crate::auth::Secret::job_proof) of `owner` and
+    /// the vNode, 64 hex digits: required when a vNode's process names an
+    /// owner.
+    #[serde(default)]
+    pub proof: Option<String>,
 }
 
 /// `ForkSpace`: the child's space, a copy of `asid`.
@@ -99,6 +104,10 @@ pub struct CreateSpaceResp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseSpaceReq {
     pub asid: Asid,
+    /// Only if it belongs to this job (refused otherwise): what a
+    /// processor monitor asks on a job's word.
+    #[serde(default)]
+    pub job: Option<u64>,
 }
 
 /// `ReleaseOwner`: free every address space created for one job (summed).

@@ -30,6 +30,10 @@ pub struct LaunchReq {
     pub excache: Option<u64>,
     /// ExCache quota as a percentage of the processor's ExCache.
     pub excache_percent: Option<u32>,
+    /// Do not share `cwd` with the program (read-only) and start it in its
+    /// vNode's `/data` (or `/`) instead.
+    #[serde(default)]
+    pub isolated: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

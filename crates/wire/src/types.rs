@@ -262,6 +262,21 @@ impl<T: fmt::Display> fmt::Display for Backup<T> {
     }
 }
 
+/// The first host uid of vNode identities: each vNode owns
+/// [`IDS_PER_VNODE`] uids and gids from `IDENTITY_BASE + vid * IDS_PER_VNODE`.
+pub const IDENTITY_BASE: u32 = 0x4000_0000;
+/// How many uids (and gids) a vNode's identity range holds.
+pub const IDS_PER_VNODE: u32 = 65536;
+
+/// vNode `vid`'s host identity: the uid and gid that is root inside its
+/// jails and owns its files on every host (`None` past the last vNode whose
+/// range fits below `(uid_t)-1`).
+pub fn identity(vid: VnodeId) -> Option<u32> {
+    let base = vid.checked_mul(IDS_PER_VNODE)?.checked_add(IDENTITY_BASE)?;
+    base.checked_add(IDS_PER_VNODE)?;
+    Some(base)
+}
+
 /// Bytes for people: `1.5 GiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -281,6 +296,16 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identities_do_not_overlap() {
+        assert_eq!(identity(0), Some(IDENTITY_BASE));
+        assert_eq!(identity(2).unwrap() - identity(1).unwrap(), IDS_PER_VNODE);
+        assert!(identity(u32::MAX).is_none());
+        let last = (u32::MAX - IDENTITY_BASE) / IDS_PER_VNODE - 1;
+        assert!(identity(last).unwrap().checked_add(IDS_PER_VNODE).is_some());
+        assert!(identity(last + 1).is_none());
+    }
 
     #[test]
     fn asids_split_into_vnode_and_seq() {

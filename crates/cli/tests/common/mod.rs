@@ -50,13 +50,42 @@ pub fn ensure_runtime() -> PathBuf {
 }
 
 /// The python interpreter itself (python3 on PATH may be a shell shim).
+/// The deepest first descendant of `pid` (a job's program, under its
+/// helper and the init of its PID namespace).
+pub fn leaf_process(pid: u32) -> u32 {
+    let mut p = pid;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        match children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
+            Some(c) => p = c,
+            None => return p,
+        }
+    }
+}
+
+/// A temporary directory any user may read (a confined program reads its
+/// working directory with the rights of any local user).
+pub fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// The system's python3: a confined program sees the host's /usr, not a
+/// python installed under a user's home (pyenv, conda).
 pub fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "python3 is needed for these tests");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let py = "/usr/bin/python3";
+    assert!(
+        Path::new(py).exists(),
+        "{py} is needed for these tests (apt-get install python3; .ci/run does)"
+    );
+    py.to_string()
 }
 
 /// Polls `f` every 5 ms until it returns Some or `timeout` passes.
@@ -107,6 +136,9 @@ fn size(s: &str) -> u64 {
 pub struct TestCluster {
     cluster: Option<LocalCluster>,
     dir: tempfile::TempDir,
+    /// The working directory of `lego run` (shown to confined programs
+    /// read-only; readable by any user, unlike the cluster's directory).
+    work: tempfile::TempDir,
 }
 
 impl std::ops::Deref for TestCluster {
@@ -153,11 +185,19 @@ impl TestCluster {
         TestCluster {
             cluster: Some(c),
             dir,
+            work: shared_dir(),
         }
     }
 
+    /// The cluster's directory (hidden from confined programs).
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The working directory of [`TestCluster::run_command`]: files a
+    /// program reads go here.
+    pub fn work(&self) -> &Path {
+        self.work.path()
     }
 
     /// Kills the manager (kill -9).
@@ -207,7 +247,8 @@ impl TestCluster {
     /// `lego run FLAGS -- CMD...` against this cluster, not yet started.
     pub fn run_command(&self, flags: &[&str], cmd: &[&str]) -> Command {
         let mut c = Command::new(LEGO);
-        c.arg("run")
+        c.current_dir(self.work())
+            .arg("run")
             .arg("--manager")
             .arg(&self.manager_addr)
             .arg("--secret-file")
@@ -263,6 +304,7 @@ impl TestCluster {
             .call(&CreateSpaceReq {
                 vnode: name.into(),
                 owner: None,
+                proof: None,
             })
             .unwrap();
         (v.id, s.asid)

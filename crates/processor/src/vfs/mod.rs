@@ -93,6 +93,8 @@ pub struct VnodeFs {
     /// The mount namespace of the job's processes (`mnt:[N]`): requests
     /// from any other process are refused.
     mnt_ns: Option<std::ffi::OsString>,
+    /// Every file shows this owner (the vNode's identity, root in its jails).
+    owner: Option<u32>,
 }
 
 fn system_time(t: Time) -> SystemTime {
@@ -139,27 +141,24 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 impl VnodeFs {
-    /// The file system of mount point `mount` (absolute) of vNode `vnode`,
-    /// whose files are on the storage monitor at `storage`.
+    /// The file system of mount point `mount` (absolute) of the vNode of
+    /// `plan`, serving only processes in mount namespace `mnt_ns`.
     pub fn new(
-        vnode: u32,
-        name: &str,
+        plan: &crate::mounts::MountPlan,
         mount: &str,
-        storage: String,
-        key: [u8; 32],
-        resolve: Option<Resolver>,
         mnt_ns: Option<std::ffi::OsString>,
     ) -> VnodeFs {
         VnodeFs {
-            vnode,
-            name: name.to_string(),
+            vnode: plan.vnode_id,
+            name: plan.vnode.clone(),
             prefix: mount.trim_start_matches('/').as_bytes().to_vec(),
-            storage: Mutex::new(storage),
-            resolve,
-            creds: Credentials::vnode(vnode, key),
+            storage: Mutex::new(plan.storage.clone()),
+            resolve: plan.resolve.clone(),
+            creds: Credentials::vnode(plan.vnode_id, plan.key),
             client: Mutex::new(None),
             paths: Mutex::new(Paths::default()),
             mnt_ns,
+            owner: plan.owner,
         }
     }
 
@@ -285,8 +284,8 @@ impl VnodeFs {
             kind: file_type(a.kind),
             perm: a.perm,
             nlink: a.nlink,
-            uid: a.uid,
-            gid: a.gid,
+            uid: self.owner.unwrap_or(a.uid),
+            gid: self.owner.unwrap_or(a.gid),
             rdev: a.rdev,
             blksize: a.blksize.max(512),
             flags: 0,
