@@ -15,7 +15,21 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
     const HB: u64 = 200;
     let mut cluster = TestCluster::start(3, "64MiB", HB);
     let (vnode, asid) = cluster.vnode_space("k");
-    let victim_addr = cluster.memories[0].addr.clone();
+    // The victim holds the first vRegion (a vNode writes only where the
+    // manager placed its vRegions).
+    let placed = cluster
+        .mgr()
+        .call(&AssignReq {
+            asid,
+            index: VRegionIdx(0),
+        })
+        .unwrap();
+    let victim_addr = placed.primary.addr.clone();
+    let victim = cluster
+        .memories
+        .iter()
+        .position(|m| m.addr == victim_addr)
+        .unwrap();
     let victim_id = cluster
         .cluster_state()
         .components
@@ -39,7 +53,7 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
     .unwrap();
 
     let killed = Instant::now();
-    cluster.memories[0].kill9();
+    cluster.memories[victim].kill9();
     let st = wait_for(Duration::from_secs(5), "victim marked dead", || {
         let s = cluster.cluster_state();
         let c = s.components.iter().find(|c| c.id == victim_id)?;
@@ -60,7 +74,7 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
 
     // New vRegions go only to the two live monitors.
     let m = cluster.mgr();
-    for index in (0..12).map(VRegionIdx) {
+    for index in (1..13).map(VRegionIdx) {
         let a = m.call(&AssignReq { asid, index }).unwrap();
         assert!(a.created);
         let backup = a.backup.expect("two copies");
@@ -108,7 +122,7 @@ fn killed_memory_monitor_is_declared_dead_and_avoided() {
     assert!(err.to_string().contains("cannot connect"), "{err}");
 
     // With one more death only one monitor is left: placement says why it cannot place.
-    cluster.memories[1].kill9();
+    cluster.memories[(victim + 1) % 3].kill9();
     cluster.wait_until("second death", |s| alive_memory(s).len() == 1);
     let err = m
         .call(&AssignReq {

@@ -1,5 +1,5 @@
-//! What the manager asks of other components: memory monitors free and
-//! clone address spaces and rebuild copies, processor monitors stop jobs,
+//! What the manager asks of other components: memory monitors take grants,
+//! free and clone address spaces and whole vNodes, and rebuild copies, processor monitors stop jobs,
 //! storage monitors remove a deleted vNode's files, and any component can
 //! be probed. One connection per component, made again when it broke.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lego_transport::{ClientOptions, Credentials, Pool, Redial, TransportError};
 use lego_wire::auth::Secret;
-use lego_wire::control::{ReplicateReq, ReplicateResp};
+use lego_wire::control::{FreeVnodeReq, GrantReq, ReplicateReq, ReplicateResp};
 use lego_wire::fs::{FsCall, FsRequest};
 use lego_wire::jobs::SignalReq;
 use lego_wire::pages::{CloneSpace, FreeSpace};
@@ -38,6 +38,16 @@ impl Peers {
         spaces.iter().try_fold(0, |n, &asid| {
             Ok(n + self.pool.call(addr, &FreeSpace { asid })?)
         })
+    }
+
+    /// Tells a memory monitor the vRegions placed on it.
+    pub fn grant(&self, addr: &str, req: &GrantReq) -> Result<(), TransportError> {
+        self.pool.call(addr, req).map(drop)
+    }
+
+    /// Frees every page of a deleted vNode on one memory monitor.
+    pub fn free_vnode(&self, addr: &str, vnode: VnodeId) -> Result<u64, TransportError> {
+        self.pool.call(addr, &FreeVnodeReq { vnode })
     }
 
     /// Copies address space `from` into `to` on one memory monitor (a fork).

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lego_placement::{Event, Health, Recovery, Role, VRegionKey};
-use lego_transport::{PeerInfo, Reject};
+use lego_transport::{lock, PeerInfo, Reject};
 use lego_wire::control::{MissedReq, ReplicateReq, UnreachableReq};
 use lego_wire::types::{vregion_shift, EventKind};
 use lego_wire::{ComponentId, Empty};
@@ -23,6 +23,8 @@ use tracing::{error, info, warn};
 
 use crate::service::ManagerService;
 
+/// How often a memory monitor is probed on processes' word.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// vRegions copied at once.
 const PARALLEL_COPIES: usize = 4;
 /// A copy that failed is not retried for this long.
@@ -178,6 +180,7 @@ impl ManagerService {
             target,
         };
         info!(key = %r.key, survivor = r.survivor, target = r.target, "re-replicating");
+        self.grant(r.key, [r.target]);
         let committed = self
             .peers
             .replicate(&survivor.addr, &req)
@@ -255,10 +258,26 @@ impl ManagerService {
         let Some(addr) = addr else {
             return Ok(Empty {});
         };
+        // Any process may say so, as often as it likes: the manager looks
+        // at most once a second per monitor (a dead one is declared on the
+        // first look; the rest are answered from it).
+        {
+            let mut probed = lock(&self.probed);
+            let now = Instant::now();
+            if probed
+                .get(&req.id)
+                .is_some_and(|t| now.duration_since(*t) < PROBE_EVERY)
+            {
+                return Ok(Empty {});
+            }
+            probed.insert(req.id, now);
+            probed.retain(|_, t| now.duration_since(*t) < PROBE_EVERY);
+        }
         let Err(e) = self.peers.probe(&addr) else {
             return Ok(Empty {}); // it answers us: the process's trouble is its own
         };
-        warn!(id = req.id, %addr, why = %req.why, "a process could not reach a memory monitor and neither can the manager: declaring it dead: {e}");
+        let why: String = req.why.chars().take(200).collect();
+        warn!(id = req.id, %addr, %why, "a process could not reach a memory monitor and neither can the manager: declaring it dead: {e}");
         self.change(|st, now| {
             st.declare_dead(now, req.id);
             Ok(())

@@ -66,6 +66,8 @@ pub struct ManagerService {
     pub addrs: OnceLock<(String, Option<String>)>,
     /// The cluster secret: checks the job proofs of vNodes' processes.
     pub(crate) secret: Secret,
+    /// When each memory monitor was last probed on a process's report.
+    pub(crate) probed: Mutex<HashMap<ComponentId, std::time::Instant>>,
 }
 
 impl ManagerService {
@@ -84,6 +86,7 @@ impl ManagerService {
             reports: Mutex::new(HashMap::new()),
             addrs: OnceLock::new(),
             secret: secret.clone(),
+            probed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -230,6 +233,7 @@ impl Handler for ManagerService {
             Op::Register
                 | Op::Heartbeat
                 | Op::ReleaseOwner
+                | Op::ReleaseSpace
                 | Op::PlaceProcess
                 | Op::VnodeCreate
                 | Op::VnodeMount
@@ -246,7 +250,7 @@ impl Handler for ManagerService {
             Op::AssignVRegion => answer(b, reply, |r| self.assign(peer, r)),
             Op::CreateSpace => answer(b, reply, |r| self.create_space(peer, r)),
             Op::ForkSpace => answer(b, reply, |r| self.fork_space(peer, r)),
-            Op::ReleaseSpace => answer(b, reply, |r| self.release_space(peer, r)),
+            Op::ReleaseSpace => answer(b, reply, |r| self.release_space(r)),
             Op::ReleaseOwner => answer(b, reply, |r| self.release_owner(r)),
             Op::LeaseMemory => answer(b, reply, |r| self.lease(peer, r)),
             Op::PlaceProcess => answer(b, reply, |r| self.place_process(r)),

@@ -23,6 +23,8 @@ impl ManagerService {
             index: req.index,
         };
         let (a, created) = self.change(|st, _| st.assign_vregion(key))?;
+        // Before the answer: the process writes there next.
+        self.grant(key, a.copies());
         if created {
             self.counters
                 .vregions_assigned
@@ -81,16 +83,27 @@ impl ManagerService {
         }
     }
 
-    pub(crate) fn release_space(
-        &self,
-        peer: &PeerInfo,
-        req: ReleaseSpaceReq,
-    ) -> Result<ReleaseSpaceResp, Reject> {
-        Self::require_vnode(peer, req.asid.vnode())?;
+    /// Components only (a processor monitor frees the space of a job's
+    /// process that is gone). With `job`, the space must be that job's: the
+    /// monitor asks on the word of the job's processes, which may lie.
+    pub(crate) fn release_space(&self, req: ReleaseSpaceReq) -> Result<ReleaseSpaceResp, Reject> {
+        if let Some(job) = req.job {
+            let owner = self.state.read(|st| st.owner(req.asid));
+            if owner != Some(job) || job == lego_placement::NO_JOB {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Reject::new(
+                    ErrorCode::NotEntitled,
+                    format!("address space {} is not job {job:#x}'s", req.asid),
+                ));
+            }
+        }
         self.release(&[req.asid])
     }
 
     pub(crate) fn release_owner(&self, req: ReleaseOwnerReq) -> Result<ReleaseSpaceResp, Reject> {
+        if req.owner == lego_placement::NO_JOB {
+            return Err(Reject::bad_request("job 0 is no job"));
+        }
         let spaces = self.state.read(|st| st.spaces_of(req.owner));
         let resp = self.release(&spaces)?;
         info!(
@@ -112,6 +125,32 @@ impl ManagerService {
                 }
             })?;
         Ok(LeaseResp { leased })
+    }
+
+    /// Tells memory monitors `on` that vRegion `key` is placed on them (a
+    /// vNode's writes to a monitor are refused elsewhere). A monitor that
+    /// cannot be told refuses the process's writes, which then go to the
+    /// other copy, as with any failed copy.
+    pub(crate) fn grant(&self, key: VRegionKey, on: impl IntoIterator<Item = ComponentId>) {
+        let (req, addrs) = self.state.read(|st| {
+            let quota = st
+                .vnode(key.asid.vnode())
+                .and_then(|v| v.memory_quota)
+                .map(|q| q.div_ceil(lego_wire::PAGE_SIZE as u64));
+            let req = GrantReq {
+                asid: key.asid,
+                indices: vec![key.index],
+                vregion_bytes: self.cfg.vregion_bytes,
+                vnode_quota_pages: quota,
+            };
+            (req, live_addrs(st, on.into_iter()))
+        });
+        for (id, addr) in addrs {
+            let Some(addr) = addr else { continue };
+            if let Err(e) = self.peers.grant(&addr, &req) {
+                warn!(%key, id, "cannot tell a memory monitor of a vregion placed on it: {e}");
+            }
+        }
     }
 
     /// Releases address spaces: drops their records durably, then frees

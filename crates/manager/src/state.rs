@@ -31,7 +31,10 @@ pub fn reject(e: PlacementError) -> Reject {
         | P::NoStorage(_)
         | P::StorageDown { .. } => ErrorCode::Unavailable,
         P::QuotaExceeded { .. } => ErrorCode::OutOfMemory,
-        P::UnknownComponent(_) | P::UnknownVnode(_) | P::UnknownVnodeId(_) => ErrorCode::NotFound,
+        P::UnknownComponent(_) | P::UnknownVnode(_) | P::UnknownVnodeId(_) | P::UnknownSpace(_) => {
+            ErrorCode::NotFound
+        }
+        P::TooManySpaces { .. } | P::TooManyVRegions { .. } => ErrorCode::Conflict,
         P::VnodeExists(_) | P::StaleInstance { .. } | P::ComponentDead(_) => ErrorCode::Conflict,
         _ => ErrorCode::BadRequest,
     };

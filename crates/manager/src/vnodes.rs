@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use lego_placement::{Health, Placement, PlacementError, Vnode};
+use lego_placement::{Health, Placement, PlacementError, Role, Vnode};
 use lego_transport::{PeerInfo, Reject};
 use lego_wire::auth::Claim;
 use lego_wire::control::*;
-use lego_wire::{ErrorCode, VnodeId};
+use lego_wire::{ComponentId, ErrorCode, VnodeId};
 use tracing::{info, warn};
 
 use crate::service::ManagerService;
@@ -130,7 +130,8 @@ impl ManagerService {
             self.stop_jobs(&req.name, id, &jobs)?;
         }
         let (v, removed) = self.change(|st, _| st.delete_vnode(&req.name))?;
-        let (freed, _) = self.free_on_monitors(&removed);
+        let (mut freed, _) = self.free_on_monitors(&removed);
+        freed += self.free_vnode_everywhere(v.id);
         let files = self.destroy_files(&v);
         info!(id = v.id, name = %v.name, vregions = removed.len(), freed, files = %files, "vnode deleted");
         Ok(VnodeInfo {
@@ -140,6 +141,26 @@ impl ManagerService {
             jobs,
             ..VnodeInfo::default()
         })
+    }
+
+    /// Frees whatever any live memory monitor still holds of a deleted vNode
+    /// (pages of spaces the manager never heard of included); returns the
+    /// pages freed.
+    fn free_vnode_everywhere(&self, vnode: VnodeId) -> u64 {
+        let monitors: Vec<(ComponentId, String)> = self.state.read(|st| {
+            st.components()
+                .filter(|c| c.role == Role::Memory && c.health != Health::Dead)
+                .map(|c| (c.id, c.addr.clone()))
+                .collect()
+        });
+        let mut freed = 0;
+        for (id, addr) in monitors {
+            match self.peers.free_vnode(&addr, vnode) {
+                Ok(n) => freed += n,
+                Err(e) => warn!(id, %addr, vnode, "cannot free a deleted vnode's pages: {e}"),
+            }
+        }
+        freed
     }
 
     /// Kills the jobs at their processor monitors and waits until none reports them.

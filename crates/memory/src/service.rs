@@ -3,8 +3,10 @@
 //! Entitlement: a connection that authenticated as a component (a daemon or
 //! the CLI, holding the cluster secret) may touch any address space; one that
 //! authenticated as a vNode may touch only address spaces of that vNode (the
-//! vNode id is the high 32 bits of the address-space id). Anything else is
-//! refused with `NotEntitled` and counted.
+//! vNode id is the high 32 bits of the address-space id), and may write
+//! only pages of vRegions the manager placed here for that address space
+//! ([`crate::grants`]), up to its vNode's quota of pages here. Anything else
+//! is refused (`NotEntitled`, `OutOfMemory`) and counted.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,12 +14,13 @@ use std::sync::Arc;
 
 use lego_transport::{answer, Credentials, Handler, PeerInfo, Reject, ServerCounters};
 use lego_wire::auth::Claim;
-use lego_wire::control::{MemStats, MemStatsReq, ReplicateReq};
+use lego_wire::control::{FreeVnodeReq, GrantReq, MemStats, MemStatsReq, ReplicateReq};
 use lego_wire::pages::{
     CloneSpace, CopyPages, FreeRange, FreeSpace, ReadPages, ReadPagesReply, WritePages, WriteReply,
 };
 use lego_wire::{Asid, ErrorCode, Op, Ping, PAGE_SIZE};
 
+use crate::grants::Grants;
 use crate::mirror::Mirrors;
 use crate::store::{PageStore, StoreError};
 
@@ -29,6 +32,8 @@ pub struct MemoryService {
     pub server: std::sync::OnceLock<Arc<ServerCounters>>,
     /// Copies of vRegions being (or recently) rebuilt from here.
     pub mirrors: Mirrors,
+    /// The vRegions the manager placed here, and vNodes' quotas.
+    pub grants: Grants,
     /// How this monitor speaks to other memory monitors.
     creds: Credentials,
 }
@@ -37,6 +42,10 @@ fn store_error(asid: Asid, e: StoreError) -> Reject {
     match e {
         StoreError::OutOfMemory { .. } => {
             tracing::warn!(%asid, "{e}");
+            Reject::new(ErrorCode::OutOfMemory, e.to_string())
+        }
+        StoreError::VnodeQuota { .. } => {
+            tracing::debug!(%asid, "{e}");
             Reject::new(ErrorCode::OutOfMemory, e.to_string())
         }
         StoreError::BadLength { .. } => Reject::bad_request(e),
@@ -50,6 +59,7 @@ impl MemoryService {
             not_entitled: AtomicU64::new(0),
             server: std::sync::OnceLock::new(),
             mirrors: Mirrors::default(),
+            grants: Grants::default(),
             creds,
         }
     }
@@ -83,6 +93,29 @@ impl MemoryService {
         }
     }
 
+    /// A vNode's write must fall in vRegions granted for its address space
+    /// (a component's is not bound); returns the vNode's quota here.
+    fn check_write(
+        &self,
+        peer: &PeerInfo,
+        asid: Asid,
+        pages: &[lego_wire::PageNo],
+    ) -> Result<Option<u64>, Reject> {
+        self.check(peer, asid)?;
+        if peer.claim == Claim::Component {
+            return Ok(None);
+        }
+        if let Some(p) = self.grants.ungranted(asid, pages) {
+            self.not_entitled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(conn = peer.conn, %asid, page = %p, "refused a write outside the vRegions placed here");
+            return Err(Reject::new(
+                ErrorCode::NotEntitled,
+                format!("{p} of address space {asid} is in no vRegion the manager placed on this memory monitor"),
+            ));
+        }
+        Ok(self.grants.quota(asid.vnode()))
+    }
+
     /// All counters, by Prometheus-style name.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let s = &self.store;
@@ -98,6 +131,7 @@ impl MemoryService {
             ("bytes_in_total", g(&c.bytes_in)),
             ("bytes_out_total", g(&c.bytes_out)),
             ("oom_refusals_total", g(&c.oom_refusals)),
+            ("vnode_quota_refusals_total", g(&c.quota_refusals)),
             ("not_entitled_total", g(&self.not_entitled)),
             ("older_writes_ignored_total", g(&c.older_ignored)),
             ("pages_forwarded_total", g(&self.mirrors.forwarded_pages)),
@@ -138,10 +172,10 @@ impl Handler for MemoryService {
             }
             Op::WritePages => {
                 let req = WritePages::decode(body)?;
-                self.check(peer, req.asid)?;
+                let quota = self.check_write(peer, req.asid, &req.pages)?;
                 let allocated = self
                     .store
-                    .write(req.asid, &req.pages, req.data, req.version)
+                    .write(req.asid, &req.pages, req.data, req.version, quota)
                     .map_err(|e| store_error(req.asid, e))?;
                 let missed = self.mirrors.forward_write(
                     req.asid,
@@ -188,17 +222,37 @@ impl Handler for MemoryService {
                 self.check(peer, asid)?;
                 let n = self.store.free_space(asid);
                 self.mirrors.forget_space(asid);
+                self.grants.forget_space(asid);
                 tracing::debug!(%asid, pages = n, "freed address space");
                 Ok(n)
             }),
-            Op::CloneSpace => answer(body, reply, |CloneSpace { from, to }| {
-                self.check(peer, from)?;
-                self.check(peer, to)?;
-                self.store.clone_space(from, to).map_err(|e| {
-                    tracing::warn!("{e}");
-                    Reject::new(ErrorCode::OutOfMemory, e.to_string())
+            Op::CloneSpace => {
+                self.require_component(peer, op)?;
+                answer(body, reply, |CloneSpace { from, to }| {
+                    let n = self.store.clone_space(from, to).map_err(|e| {
+                        tracing::warn!("{e}");
+                        Reject::new(ErrorCode::OutOfMemory, e.to_string())
+                    })?;
+                    self.grants.clone_space(from, to);
+                    Ok(n)
                 })
-            }),
+            }
+            Op::GrantVRegions => {
+                self.require_component(peer, op)?;
+                answer(body, reply, |req: GrantReq| {
+                    self.grants.grant(&req).map_err(Reject::bad_request)?;
+                    Ok(lego_wire::Empty {})
+                })
+            }
+            Op::FreeVnode => {
+                self.require_component(peer, op)?;
+                answer(body, reply, |FreeVnodeReq { vnode }| {
+                    let n = self.store.free_vnode(vnode);
+                    self.grants.forget_vnode(vnode);
+                    tracing::info!(vnode, pages = n, "freed a deleted vnode's pages");
+                    Ok(n)
+                })
+            }
             Op::MemStats => answer(body, reply, |_: MemStatsReq| {
                 Ok(MemStats {
                     capacity_pages: self.store.capacity_pages(),

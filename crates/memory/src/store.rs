@@ -6,8 +6,9 @@
 //! older than the held version is ignored (see `lego_wire::pages`). The
 //! total number of pages is bounded by the capacity: a write that would pass it
 //! is refused whole with [`StoreError::OutOfMemory`], leaving the store as it
-//! was. The map is split into shards by address space and page so that
-//! connections rarely contend.
+//! was. Pages are also counted by vNode, and a write may be bounded by its
+//! vNode's quota ([`StoreError::VnodeQuota`]). The map is split into shards
+//! by address space and page so that connections rarely contend.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,7 @@ use std::sync::Mutex;
 
 use lego_transport::lock;
 
-use lego_wire::{Asid, PageNo, PAGE_SIZE};
+use lego_wire::{Asid, PageNo, VnodeId, PAGE_SIZE};
 
 const SHARDS: usize = 16;
 
@@ -36,6 +37,13 @@ pub enum StoreError {
     },
     #[error("page data is {got} bytes for {pages} pages")]
     BadLength { got: usize, pages: usize },
+    #[error("vnode {vnode} is at its quota on this memory monitor: {quota} pages, {held} held, {wanted} more needed")]
+    VnodeQuota {
+        vnode: VnodeId,
+        quota: u64,
+        held: u64,
+        wanted: u64,
+    },
 }
 
 /// Counters of the store.
@@ -48,6 +56,8 @@ pub struct StoreCounters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub oom_refusals: AtomicU64,
+    /// Writes refused because their vNode was at its quota here.
+    pub quota_refusals: AtomicU64,
     /// Page writes ignored because a newer version was held.
     pub older_ignored: AtomicU64,
 }
@@ -60,6 +70,10 @@ pub struct PageStore {
     /// Address spaces freed whole: they are gone for good (ids are never
     /// reused), so a late copy from another monitor must not bring pages back.
     released: Mutex<std::collections::HashSet<Asid>>,
+    /// vNodes deleted: their pages never come back either.
+    released_vnodes: Mutex<std::collections::HashSet<VnodeId>>,
+    /// Pages held of each vNode.
+    by_vnode: Mutex<HashMap<VnodeId, u64>>,
     pub counters: StoreCounters,
 }
 
@@ -76,6 +90,8 @@ impl PageStore {
             held: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             released: Mutex::new(std::collections::HashSet::new()),
+            released_vnodes: Mutex::new(std::collections::HashSet::new()),
+            by_vnode: Mutex::new(HashMap::new()),
             counters: StoreCounters::default(),
         }
     }
@@ -86,6 +102,21 @@ impl PageStore {
 
     pub fn pages_held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// Pages held of `vnode`.
+    pub fn vnode_pages(&self, vnode: VnodeId) -> u64 {
+        lock(&self.by_vnode).get(&vnode).copied().unwrap_or(0)
+    }
+
+    /// Adds `n` (or takes `-n`) to the pages held of `vnode`.
+    fn count_vnode(&self, vnode: VnodeId, delta: i64) {
+        let mut m = lock(&self.by_vnode);
+        let held = m.entry(vnode).or_insert(0);
+        *held = held.saturating_add_signed(delta);
+        if *held == 0 {
+            m.remove(&vnode);
+        }
     }
 
     /// Number of distinct address spaces with at least one page.
@@ -133,17 +164,19 @@ impl PageStore {
     }
 
     /// Stores the pages (4 KiB of `data` each) as written at `version`. All
-    /// or nothing: refused whole when the new pages do not fit. A page held
-    /// at a newer version keeps it. Returns the number newly allocated.
+    /// or nothing: refused whole when the new pages do not fit, in the
+    /// capacity or in `quota` (pages of the vNode, when bounded). A page
+    /// held at a newer version keeps it. Returns the number newly allocated.
     pub fn write(
         &self,
         asid: Asid,
         pages: &[PageNo],
         data: &[u8],
         version: u64,
+        quota: Option<u64>,
     ) -> Result<u64, StoreError> {
         let versioned: Vec<(PageNo, u64)> = pages.iter().map(|&p| (p, version)).collect();
-        self.put(asid, &versioned, data)
+        self.put(asid, &versioned, data, quota)
     }
 
     /// Stores pages copied from another memory monitor, each at its own
@@ -158,13 +191,19 @@ impl PageStore {
         // Held across the insert, so a FreeSpace either comes after (and
         // frees these pages) or before (and they are dropped here).
         let released = lock(&self.released);
-        if released.contains(&asid) {
+        if released.contains(&asid) || lock(&self.released_vnodes).contains(&asid.vnode()) {
             return Ok(0);
         }
-        self.put(asid, pages, data)
+        self.put(asid, pages, data, None)
     }
 
-    fn put(&self, asid: Asid, pages: &[(PageNo, u64)], data: &[u8]) -> Result<u64, StoreError> {
+    fn put(
+        &self,
+        asid: Asid,
+        pages: &[(PageNo, u64)],
+        data: &[u8],
+        quota: Option<u64>,
+    ) -> Result<u64, StoreError> {
         if data.len() != pages.len() * PAGE_SIZE {
             return Err(StoreError::BadLength {
                 got: data.len(),
@@ -180,6 +219,18 @@ impl PageStore {
                     && !pages[..i].iter().any(|(q, _)| q == p)
             })
             .count() as u64;
+        if let Some(quota) = quota {
+            let held = self.vnode_pages(asid.vnode());
+            if held + new > quota {
+                self.counters.quota_refusals.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::VnodeQuota {
+                    vnode: asid.vnode(),
+                    quota,
+                    held,
+                    wanted: new,
+                });
+            }
+        }
         self.reserve(new)?;
         let (mut allocated, mut ignored) = (0u64, 0u64);
         for (i, &(p, version)) in pages.iter().enumerate() {
@@ -210,6 +261,7 @@ impl PageStore {
         } else if allocated > new {
             self.held.fetch_add(allocated - new, Ordering::Relaxed);
         }
+        self.count_vnode(asid.vnode(), allocated as i64);
         let c = &self.counters;
         c.pages_written
             .fetch_add(pages.len() as u64, Ordering::Relaxed);
@@ -243,6 +295,7 @@ impl PageStore {
             n += s.len() as u64;
             s.clear();
         }
+        lock(&self.by_vnode).clear();
         self.release(n);
         n
     }
@@ -298,6 +351,7 @@ impl PageStore {
             }
         }
         self.held.fetch_sub(replaced, Ordering::Relaxed);
+        self.count_vnode(to.vnode(), (new - replaced) as i64);
         self.counters
             .pages_allocated
             .fetch_add(new - replaced, Ordering::Relaxed);
@@ -325,6 +379,7 @@ impl PageStore {
                 freed += (before - s.len()) as u64;
             }
         }
+        self.count_vnode(asid.vnode(), -(freed as i64));
         self.release(freed);
         freed
     }
@@ -341,6 +396,24 @@ impl PageStore {
             s.retain(|&(a, _), _| a != asid);
             freed += (before - s.len()) as u64;
         }
+        self.count_vnode(asid.vnode(), -(freed as i64));
+        self.release(freed);
+        freed
+    }
+
+    /// Frees every page of every address space of `vnode`, for good
+    /// (the vNode was deleted); returns how many there were.
+    pub fn free_vnode(&self, vnode: VnodeId) -> u64 {
+        let _released = lock(&self.released);
+        lock(&self.released_vnodes).insert(vnode);
+        let mut freed = 0;
+        for s in &self.shards {
+            let mut s = lock(s);
+            let before = s.len();
+            s.retain(|&(a, _), _| a.vnode() != vnode);
+            freed += (before - s.len()) as u64;
+        }
+        lock(&self.by_vnode).remove(&vnode);
         self.release(freed);
         freed
     }
@@ -371,11 +444,17 @@ mod tests {
     fn write_read_free_accounting() {
         let s = PageStore::new(4 * PAGE_SIZE as u64);
         assert_eq!(
-            s.write(Asid(1), &pn(&[10, 11]), &[page(1), page(2)].concat(), 0),
+            s.write(
+                Asid(1),
+                &pn(&[10, 11]),
+                &[page(1), page(2)].concat(),
+                0,
+                None
+            ),
             Ok(2)
         );
         assert_eq!(
-            s.write(Asid(1), &pn(&[11]), &page(3), 0),
+            s.write(Asid(1), &pn(&[11]), &page(3), 0, None),
             Ok(0),
             "overwrite allocates nothing"
         );
@@ -394,13 +473,14 @@ mod tests {
     #[test]
     fn capacity_is_all_or_nothing() {
         let s = PageStore::new(3 * PAGE_SIZE as u64);
-        s.write(Asid(7), &pn(&[1, 2]), &[page(1), page(2)].concat(), 0)
+        s.write(Asid(7), &pn(&[1, 2]), &[page(1), page(2)].concat(), 0, None)
             .unwrap();
         let err = s.write(
             Asid(7),
             &pn(&[2, 3, 4]),
             &[page(9), page(9), page(9)].concat(),
             0,
+            None,
         );
         assert_eq!(
             err,
@@ -413,7 +493,7 @@ mod tests {
         let mut out = Vec::new();
         s.read(Asid(7), &pn(&[2]), &mut out);
         assert_eq!(out, page(2), "a refused batch changes nothing");
-        assert_eq!(s.write(Asid(7), &pn(&[3]), &page(3), 0), Ok(1));
+        assert_eq!(s.write(Asid(7), &pn(&[3]), &page(3), 0, None), Ok(1));
         assert_eq!(s.pages_held(), 3);
     }
 
@@ -421,7 +501,7 @@ mod tests {
     fn duplicate_pages_in_one_batch_count_once() {
         let s = PageStore::new(PAGE_SIZE as u64);
         assert_eq!(
-            s.write(Asid(1), &pn(&[5, 5]), &[page(1), page(2)].concat(), 0),
+            s.write(Asid(1), &pn(&[5, 5]), &[page(1), page(2)].concat(), 0, None),
             Ok(1)
         );
         assert_eq!(s.pages_held(), 1);
@@ -430,10 +510,10 @@ mod tests {
     #[test]
     fn clone_copies_and_diverges() {
         let s = PageStore::new(5 * PAGE_SIZE as u64);
-        s.write(Asid(1), &pn(&[1, 2]), &[page(1), page(2)].concat(), 0)
+        s.write(Asid(1), &pn(&[1, 2]), &[page(1), page(2)].concat(), 0, None)
             .unwrap();
         assert_eq!(s.clone_space(Asid(1), Asid(9)), Ok(2));
-        s.write(Asid(9), &pn(&[1]), &page(7), 0).unwrap();
+        s.write(Asid(9), &pn(&[1]), &page(7), 0, None).unwrap();
         let mut out = Vec::new();
         s.read(Asid(1), &pn(&[1]), &mut out);
         s.read(Asid(9), &pn(&[1, 2]), &mut out);
@@ -449,7 +529,7 @@ mod tests {
     #[test]
     fn older_versions_never_replace_newer_ones() {
         let s = PageStore::new(8 * PAGE_SIZE as u64);
-        s.write(Asid(1), &pn(&[1, 2]), &[page(5), page(5)].concat(), 5)
+        s.write(Asid(1), &pn(&[1, 2]), &[page(5), page(5)].concat(), 5, None)
             .unwrap();
         // A stale copy of page 1 and a new page 3 cross a newer write.
         s.copy_in(
@@ -458,7 +538,7 @@ mod tests {
             &[page(4), page(4)].concat(),
         )
         .unwrap();
-        s.write(Asid(1), &pn(&[2]), &page(6), 6).unwrap();
+        s.write(Asid(1), &pn(&[2]), &page(6), 6, None).unwrap();
         s.copy_in(Asid(1), &pv(&[(2, 5)]), &page(5)).unwrap();
         let mut out = Vec::new();
         let v = s.read_versions(Asid(1), &pn(&[1, 2, 3]), &mut out);
@@ -470,7 +550,7 @@ mod tests {
         assert_eq!(s.free_space(Asid(1)), 3);
         assert_eq!(s.copy_in(Asid(1), &pv(&[(1, 9)]), &page(9)), Ok(0));
         assert_eq!(s.pages_held(), 0);
-        s.write(Asid(2), &pn(&[1]), &page(1), 0).unwrap();
+        s.write(Asid(2), &pn(&[1]), &page(1), 0, None).unwrap();
         assert_eq!(s.wipe(), 1);
         assert_eq!(s.pages_held(), 0);
     }
@@ -478,8 +558,8 @@ mod tests {
     #[test]
     fn spaces_are_separate() {
         let s = PageStore::new(16 * PAGE_SIZE as u64);
-        s.write(Asid(1), &pn(&[1]), &page(1), 0).unwrap();
-        s.write(Asid(2), &pn(&[1]), &page(2), 0).unwrap();
+        s.write(Asid(1), &pn(&[1]), &page(1), 0, None).unwrap();
+        s.write(Asid(2), &pn(&[1]), &page(2), 0, None).unwrap();
         assert_eq!(s.address_spaces(), 2);
         assert_eq!(s.free_space(Asid(1)), 1);
         let mut out = Vec::new();
@@ -490,5 +570,38 @@ mod tests {
             1,
             "huge range walks what is held"
         );
+    }
+
+    #[test]
+    fn pages_are_counted_by_vnode_and_bounded_by_its_quota() {
+        let s = PageStore::new(64 * PAGE_SIZE as u64);
+        let (a, b) = (Asid::new(1, 1), Asid::new(2, 1));
+        let data = |n: usize| vec![7u8; n * PAGE_SIZE];
+        assert_eq!(s.write(a, &pn(&[1, 2, 3]), &data(3), 0, Some(4)), Ok(3));
+        assert_eq!(s.vnode_pages(1), 3);
+        assert_eq!(
+            s.write(a, &pn(&[4, 5]), &data(2), 0, Some(4)),
+            Err(StoreError::VnodeQuota {
+                vnode: 1,
+                quota: 4,
+                held: 3,
+                wanted: 2
+            }),
+            "refused whole"
+        );
+        assert_eq!(s.write(a, &pn(&[1, 4]), &data(2), 0, Some(4)), Ok(1));
+        assert_eq!(s.write(b, &pn(&[1, 2]), &data(2), 0, None), Ok(2));
+        assert_eq!(s.clone_space(a, Asid::new(1, 2)), Ok(4));
+        assert_eq!(s.vnode_pages(1), 8);
+        assert_eq!(s.free_range(a, PageNo(1), 1), 1);
+        assert_eq!(s.vnode_pages(1), 7);
+        assert_eq!(s.free_vnode(1), 7);
+        assert_eq!(
+            (s.vnode_pages(1), s.vnode_pages(2), s.pages_held()),
+            (0, 2, 2)
+        );
+        // A late copy into a deleted vNode brings nothing back.
+        assert_eq!(s.copy_in(a, &pv(&[(9, 1)]), &data(1)), Ok(0));
+        assert_eq!(s.pages_held(), 2);
     }
 }

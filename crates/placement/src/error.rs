@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::{ComponentId, VRegionKey, VnodeId};
+use crate::{Asid, ComponentId, VRegionKey, VnodeId};
 
 /// Why a placement request was refused. Refusals never change the state.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -52,6 +52,12 @@ pub enum PlacementError {
     VnodeIdsExhausted,
     #[error("address space ids of vnode {0} exhausted")]
     SpacesExhausted(VnodeId),
+    #[error("unknown address space {0}: never created, or released")]
+    UnknownSpace(Asid),
+    #[error("vnode {vnode} has {max} live address spaces, the most it may have")]
+    TooManySpaces { vnode: VnodeId, max: usize },
+    #[error("address space {asid} has {max} vregions, the most it may have")]
+    TooManyVRegions { asid: Asid, max: usize },
     #[error("invalid mount point {mount:?}: {reason}")]
     InvalidMount { mount: String, reason: &'static str },
     #[error("a memory quota must be more than 0 bytes")]

@@ -25,6 +25,17 @@ impl Placement {
         if !self.vnodes.contains_key(&vnode) {
             return Err(PlacementError::UnknownVnodeId(vnode));
         }
+        if !self.space_live(key.asid) {
+            return Err(PlacementError::UnknownSpace(key.asid));
+        }
+        if self.vregions.range(VRegionKey::range_of(key.asid)).count()
+            >= crate::MAX_VREGIONS_PER_SPACE
+        {
+            return Err(PlacementError::TooManyVRegions {
+                asid: key.asid,
+                max: crate::MAX_VREGIONS_PER_SPACE,
+            });
+        }
         let needed = self.vnodes[&vnode].replicas.clamp(1, 2) as usize;
         let ranked = self.ranked_memory_monitors(&[]);
         if ranked.len() < needed {

@@ -34,6 +34,16 @@ pub use types::{
 };
 pub use vnodes::{validate_mounts, validate_vnode_name, MAX_MOUNTS, MAX_VNODE_NAME};
 
+/// The owner of an address space that belongs to no job (job ids are
+/// never 0).
+pub const NO_JOB: u64 = 0;
+/// Live address spaces a vNode may have at once: each is a durable record,
+/// and a program must not grow the manager's state without bound.
+pub const MAX_SPACES_PER_VNODE: usize = 4096;
+/// vRegions one address space may have (the runtime's 64 GiB arena in
+/// 32 MiB vRegions, the smallest size, is 2048).
+pub const MAX_VREGIONS_PER_SPACE: usize = 4096;
+
 /// The whole placement state. All collections are ordered, so every
 /// iteration, and so every decision, is deterministic.
 #[derive(Clone, Debug)]
@@ -45,7 +55,8 @@ pub struct Placement {
     vregions: BTreeMap<VRegionKey, VRegionAssignment>,
     /// Bytes of memory leased to each address space (see `gsm`).
     leases: BTreeMap<Asid, u64>,
-    /// The job (owner) each address space belongs to, when it has one.
+    /// Every live address space, with the job it belongs to ([`NO_JOB`]:
+    /// none). Only live spaces get vRegions.
     owners: BTreeMap<Asid, u64>,
     /// The jobs each processor monitor said it runs, in its last heartbeat
     /// (not durable: heartbeats tell it again after a restart).
@@ -108,6 +119,17 @@ impl Placement {
         }
         state.leases.extend(records.leases);
         state.owners.extend(records.owners);
+        // Records of a manager from before spaces without a job were
+        // recorded: a space with vRegions or a lease is live.
+        let implied: Vec<Asid> = state
+            .vregions
+            .keys()
+            .map(|k| k.asid)
+            .chain(state.leases.keys().copied())
+            .collect();
+        for a in implied {
+            state.owners.entry(a).or_insert(NO_JOB);
+        }
         state.next_component = state.next_component.max(records.next_component);
         state.next_vnode = state.next_vnode.max(records.next_vnode);
         state
@@ -185,7 +207,12 @@ impl Placement {
 
     /// The job an address space belongs to.
     pub fn owner(&self, asid: Asid) -> Option<u64> {
-        self.owners.get(&asid).copied()
+        self.owners.get(&asid).copied().filter(|&o| o != NO_JOB)
+    }
+
+    /// Whether the address space was created and not released.
+    pub fn space_live(&self, asid: Asid) -> bool {
+        self.owners.contains_key(&asid)
     }
 
     /// The address spaces of a job.
@@ -210,6 +237,7 @@ impl Placement {
     pub fn owned_spaces_of_vnode(&self, vnode: VnodeId) -> Vec<Asid> {
         self.owners
             .range(Asid::range_of(vnode))
+            .filter(|(_, &o)| o != NO_JOB)
             .map(|(&a, _)| a)
             .collect()
     }
@@ -245,7 +273,7 @@ impl Placement {
             .owners
             .range(Asid::range_of(vnode))
             .map(|(_, &o)| o)
-            .filter(|o| self.jobs.values().any(|js| js.contains(o)))
+            .filter(|&o| o != NO_JOB && self.jobs.values().any(|js| js.contains(&o)))
             .collect();
         jobs.sort_unstable();
         jobs.dedup();

@@ -204,6 +204,15 @@ impl Placement {
         vnode: VnodeId,
         owner: Option<u64>,
     ) -> Result<(Asid, Vnode), PlacementError> {
+        if !self.vnodes.contains_key(&vnode) {
+            return Err(PlacementError::UnknownVnodeId(vnode));
+        }
+        if self.owners.range(Asid::range_of(vnode)).count() >= crate::MAX_SPACES_PER_VNODE {
+            return Err(PlacementError::TooManySpaces {
+                vnode,
+                max: crate::MAX_SPACES_PER_VNODE,
+            });
+        }
         let record = self
             .vnodes
             .get_mut(&vnode)
@@ -214,10 +223,8 @@ impl Placement {
             .ok_or(PlacementError::SpacesExhausted(vnode))?;
         let (asid, record) = (Asid::new(vnode, seq), record.clone());
         self.touch(Record::Vnode(vnode));
-        if let Some(o) = owner {
-            self.owners.insert(asid, o);
-            self.touch(Record::Owner(asid));
-        }
+        self.owners.insert(asid, owner.unwrap_or(crate::NO_JOB));
+        self.touch(Record::Owner(asid));
         Ok((asid, record))
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use lego_transport::{Client, ClientOptions, Credentials, Patience, Pool, Redial, TransportError};
 use lego_wire::control::{
     AssignReq, AssignResp, CreateSpaceReq, CreateSpaceResp, Endpoint, ForkSpaceReq, MissedReq,
-    ReleaseSpaceReq, ReleaseSpaceResp, UnreachableReq,
+    UnreachableReq,
 };
 use lego_wire::pages::{FreeRange, ReadPages, ReadPagesReply, WritePages, WriteReply};
 use lego_wire::types::vregion_shift;
@@ -518,11 +518,6 @@ impl Remote {
         for addr in addrs {
             let _ = self.monitors.call(&addr, &req);
         }
-    }
-
-    /// Releases an address space (ours, or a previous image's after exec).
-    pub fn release(&self, asid: Asid) -> Option<ReleaseSpaceResp> {
-        self.manager.call(&ReleaseSpaceReq { asid, job: None }).ok()
     }
 
     /// Asks the manager for a forked child's address space (a copy of

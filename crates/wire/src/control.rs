@@ -334,6 +334,25 @@ pub struct ReplicateResp {
     pub pages: u64,
 }
 
+/// `GrantVRegions` (manager to memory monitor): vRegions `indices` of
+/// `asid` are placed on this monitor; the vNode's processes may write there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantReq {
+    pub asid: Asid,
+    pub indices: Vec<crate::types::VRegionIdx>,
+    /// The cluster's vRegion size (a power of two).
+    pub vregion_bytes: u64,
+    /// Pages of the vNode this monitor may hold (its memory quota), if it
+    /// has one.
+    pub vnode_quota_pages: Option<u64>,
+}
+
+/// `FreeVnode` (manager to memory monitor): vNode `vnode` is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreeVnodeReq {
+    pub vnode: crate::VnodeId,
+}
+
 /// `MemStats`: a memory monitor's use and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemStatsReq;
@@ -366,4 +385,6 @@ crate::json_request! {
     ClusterStateReq => ClusterState, Op::ClusterState;
     ReplicateReq => ReplicateResp, Op::Replicate;
     MemStatsReq => MemStats, Op::MemStats;
+    GrantReq => Empty, Op::GrantVRegions;
+    FreeVnodeReq => u64, Op::FreeVnode;
 }

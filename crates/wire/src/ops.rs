@@ -62,6 +62,12 @@ u16_enum! {
         /// Memory monitor, between monitors: pages with their versions
         /// (a vRegion's copy being rebuilt, or a write forwarded to it).
         CopyPages = 0x0106, "copy_pages";
+        /// Memory monitor, from the manager: vRegions of an address space
+        /// placed on it; a vNode's writes go only to granted vRegions.
+        GrantVRegions = 0x0108, "grant_vregions";
+        /// Memory monitor, from the manager: a vNode was deleted; free every
+        /// page and grant of it.
+        FreeVnode = 0x0109, "free_vnode";
         /// Memory monitor, from the manager: rebuild the copy of a vRegion
         /// on another memory monitor, forwarding later writes to it.
         Replicate = 0x0107, "replicate";

@@ -204,3 +204,63 @@ fn gmm() {
         ),
     ]);
 }
+
+#[test]
+fn vregions_only_for_live_spaces() {
+    use PlacementError::*;
+    run(vec![(
+        "a space never created, or released, gets no vRegion",
+        with_space(vec![
+            join(0, Memory, 1),
+            join(0, Memory, 2),
+            Op::Assign(key(1, 2, 0), Err(UnknownSpace(Asid::new(1, 2)))),
+            Op::Assign(key(1, 1, 0), Ok((1, 2, true))),
+            Op::Release(Asid::new(1, 1), vec![key(1, 1, 0)]),
+            Op::Assign(key(1, 1, 1), Err(UnknownSpace(Asid::new(1, 1)))),
+        ]),
+    )]);
+}
+
+#[test]
+fn live_spaces_and_their_vregions_are_bounded() {
+    let mut p = Placement::new(PlacementConfig {
+        dead_after_ms: DEAD_AFTER,
+    });
+    for id in [1, 2] {
+        p.register(0, Memory, format!("m{id}"), 4 * GIB, id, None)
+            .unwrap();
+    }
+    p.create_vnode("v").unwrap();
+    let (asid, _) = p.create_space(1, None).unwrap();
+    for i in 0..crate::MAX_VREGIONS_PER_SPACE as u64 {
+        p.assign_vregion(VRegionKey {
+            asid,
+            index: VRegionIdx(i),
+        })
+        .unwrap();
+    }
+    let over = VRegionKey {
+        asid,
+        index: VRegionIdx(1 << 40),
+    };
+    assert_eq!(
+        p.assign_vregion(over),
+        Err(PlacementError::TooManyVRegions {
+            asid,
+            max: crate::MAX_VREGIONS_PER_SPACE
+        })
+    );
+    for _ in 1..crate::MAX_SPACES_PER_VNODE {
+        p.create_space(1, Some(7)).unwrap();
+    }
+    assert_eq!(
+        p.create_space(1, Some(7)),
+        Err(PlacementError::TooManySpaces {
+            vnode: 1,
+            max: crate::MAX_SPACES_PER_VNODE
+        })
+    );
+    // A released space makes room again.
+    p.release_space(asid);
+    assert!(p.create_space(1, None).is_ok());
+}
