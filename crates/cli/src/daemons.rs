@@ -97,6 +97,15 @@ pub struct StorageArgs {
     /// Address to serve files on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub listen: String,
+    /// Bytes of files each vNode may keep here (data, and 4 KiB per file
+    /// or directory); past it, writes fail with EDQUOT [default: no limit
+    /// but the disk]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub vnode_disk_quota: Option<u64>,
+    /// Files each vNode may have open here at once; past it, opens fail
+    /// with EMFILE
+    #[arg(long, default_value_t = lego_storage::limits::DEFAULT_MAX_OPEN, value_name = "N")]
+    pub vnode_open_files: usize,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -208,6 +217,10 @@ pub fn storage(a: StorageArgs) -> Result<()> {
         listen: a.listen.clone(),
         manager: a.manager.clone(),
         secret,
+        limits: lego_storage::Limits {
+            disk_quota: a.vnode_disk_quota,
+            max_open: a.vnode_open_files.max(1),
+        },
     })
     .context("the storage monitor cannot start")?;
     ready(&a.daemon, &s.addr, None)?;

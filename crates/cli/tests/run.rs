@@ -105,6 +105,15 @@ fn output_and_exit_codes_are_those_of_the_program() {
         &["sh", "-c", "echo before; exit 3"],
         &["sh", "-c", "echo dying; kill -9 $$"],
         &["pwd"],
+        // bash with pipes, command substitution, arithmetic, forks and execs.
+        &[
+            "bash",
+            "-c",
+            "set -o pipefail; n=$(seq 1 5000 | sort -rn | head -1); \
+             echo \"max $n sum $(( $(seq 1 100 | paste -sd+) ))\"; \
+             for f in $(ls | sort); do wc -c < \"$f\"; done | sort -n | tail -1; \
+             (echo sub; exit 7); echo \"status $?\"",
+        ],
     ];
     for cmd in cases {
         let via = run_in(&c, dir.path(), &[], cmd);

@@ -149,6 +149,8 @@ pub struct LocalCluster {
     pub processor: Option<Daemon>,
     /// Flags for the manager, taken at its next start.
     pub manager_flags: Vec<String>,
+    /// Extra flags of the storage monitor (`--vnode-disk-quota`, ...).
+    pub storage_flags: Vec<String>,
     memory_started: usize,
 }
 
@@ -181,6 +183,7 @@ impl LocalCluster {
             storage: None,
             processor: None,
             manager_flags: Vec::new(),
+            storage_flags: Vec::new(),
             memory_started: 0,
         })
     }
@@ -286,6 +289,7 @@ impl LocalCluster {
     pub fn add_storage(&mut self, cpus: Option<&CpuList>) -> Result<String, ClusterError> {
         let mut args = self.role_args("storage");
         args.extend(["--dir".into(), self.opts.dir.join("storage").into()]);
+        args.extend(self.storage_flags.iter().map(OsString::from));
         cpus_arg(&mut args, cpus);
         let (d, _) = self.spawn("storage", args)?;
         let addr = d.addr.clone();

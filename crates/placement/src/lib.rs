@@ -39,7 +39,7 @@ pub use vnodes::{validate_mounts, validate_vnode_name, MAX_MOUNTS, MAX_VNODE_NAM
 pub const NO_JOB: u64 = 0;
 /// Live address spaces a vNode may have at once: each is a durable record,
 /// and a program must not grow the manager's state without bound.
-pub const MAX_SPACES_PER_VNODE: usize = 4096;
+pub const MAX_SPACES_PER_VNODE: usize = 1024;
 /// vRegions one address space may have (the runtime's 64 GiB arena in
 /// 32 MiB vRegions, the smallest size, is 2048).
 pub const MAX_VREGIONS_PER_SPACE: usize = 4096;

@@ -19,6 +19,8 @@ pub struct StorageConfig {
     pub listen: String,
     pub manager: String,
     pub secret: Secret,
+    /// Per-vNode disk quota and open-file limit.
+    pub limits: crate::Limits,
 }
 
 /// A running storage monitor.
@@ -42,10 +44,11 @@ pub enum StorageError {
 
 /// Starts serving and registering; returns once the listener is bound.
 pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
-    let store = FileStore::open(cfg.dir.clone()).map_err(|source| StorageError::Dir {
-        dir: cfg.dir.clone(),
-        source,
-    })?;
+    let store =
+        FileStore::open(cfg.dir.clone(), cfg.limits).map_err(|source| StorageError::Dir {
+            dir: cfg.dir.clone(),
+            source,
+        })?;
     let service = Arc::new(StorageService::new(Arc::new(store)));
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(

@@ -14,6 +14,10 @@
 //! Nothing acknowledged lives only in this process, so killing it loses no
 //! written data; what was fsynced survives a crash of the machine too.
 //!
+//! Limits ([`crate::limits`]): files belong to the vNode's identity, never
+//! setuid or setgid; each vNode's disk use and open handles are bounded.
+//! The store's directory and each vNode's tree are `0700`.
+//!
 //! Handles carry the store's random epoch in their high 32 bits: a handle
 //! from before a restart is refused as stale (ESTALE), never confused with
 //! a new one.
@@ -30,6 +34,8 @@ use lego_transport::lock;
 use lego_wire::fs::{check_path, Attr, DirEntry, Kind, SetTime, StatFs, Time, MAX_LISTING};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
+
+use crate::limits::{self, Limits, Usage, INODE_BYTES};
 
 /// A failed file operation: the errno for the client and what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +104,8 @@ pub struct FileStore {
     epoch: u64,
     next: AtomicU64,
     handles: Mutex<HashMap<u64, Handle>>,
+    limits: Limits,
+    usage: Usage,
     pub counters: StoreCounters,
 }
 
@@ -176,9 +184,13 @@ fn open_flags(flags: i32) -> OFlags {
 }
 
 impl FileStore {
-    /// A store under `dir` (created if missing).
-    pub fn open(dir: PathBuf) -> std::io::Result<FileStore> {
+    /// A store under `dir` (created if missing; made `0700`).
+    pub fn open(dir: PathBuf, limits: Limits) -> std::io::Result<FileStore> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir.join("vnodes"))?;
+        for d in [dir.clone(), dir.join("vnodes")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        }
         let seed =
             lego_wire::auth::random_bytes().map_err(|e| std::io::Error::other(e.to_string()))?;
         let seed = u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]);
@@ -187,8 +199,55 @@ impl FileStore {
             epoch: u64::from(seed | 1) << 32,
             next: AtomicU64::new(1),
             handles: Mutex::new(HashMap::new()),
+            limits,
+            usage: Usage::default(),
             counters: StoreCounters::default(),
         })
+    }
+
+    fn vnode_dir(&self, vnode: u32) -> PathBuf {
+        self.dir.join("vnodes").join(vnode.to_string())
+    }
+
+    /// Takes `grow` bytes of the vNode's quota, or refuses (EDQUOT).
+    fn take(&self, vnode: u32, grow: u64) -> FsResult<()> {
+        if grow == 0 {
+            return Ok(());
+        }
+        self.usage
+            .take(vnode, &self.vnode_dir(vnode), grow, self.limits.disk_quota)
+    }
+
+    /// What removing the entry `name` of `dir` gives back: its data and
+    /// inode when this is its last link.
+    fn held_by(&self, dir: &OwnedFd, name: &[u8]) -> u64 {
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFDIR => INODE_BYTES,
+            Ok(st) if st.st_nlink <= 1 => {
+                let data = if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFREG {
+                    st.st_size as u64
+                } else {
+                    0
+                };
+                data + INODE_BYTES
+            }
+            _ => 0,
+        }
+    }
+
+    /// Gives a new entry to the vNode's identity.
+    fn own(&self, vnode: u32, dir: &OwnedFd, name: &[u8], path: &[u8]) -> FsResult<()> {
+        let Some(id) = limits::owner_of(vnode) else {
+            return Ok(());
+        };
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(id)),
+            Some(rustix::fs::Gid::from_raw(id)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .ctx("chown", path)
     }
 
     /// The directory of the store (for its size).
@@ -198,9 +257,19 @@ impl FileStore {
 
     /// The root directory of a vNode's tree, created on first use.
     fn root(&self, vnode: u32) -> FsResult<OwnedFd> {
-        let p = self.dir.join("vnodes").join(vnode.to_string());
-        match std::fs::create_dir(&p) {
-            Ok(()) => {}
+        use std::os::unix::fs::DirBuilderExt;
+        let p = self.vnode_dir(vnode);
+        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => {
+                if let Some(id) = limits::owner_of(vnode) {
+                    std::os::unix::fs::chown(&p, Some(id), Some(id)).map_err(|e| {
+                        fail(
+                            Errno::IO,
+                            format!("cannot give {} to vnode {vnode}: {e}", p.display()),
+                        )
+                    })?;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 return Err(fail(
@@ -278,6 +347,10 @@ impl FileStore {
             .st_mode
             & libc_mode::S_IFMT
             == libc_mode::S_IFLNK;
+        if let Some(m) = mode {
+            limits::check_chmod(m)?;
+        }
+        limits::check_chown(vnode, uid, gid)?;
         if let Some(m) = mode.filter(|_| !is_link) {
             // Through a confined open, never by name: the name could be
             // swapped for a symlink between the check and the change.
@@ -306,7 +379,10 @@ impl FileStore {
                 OFlags::WRONLY | OFlags::NOFOLLOW,
                 Mode::empty(),
             )?;
+            let old = rustix::fs::fstat(&fd).ctx("stat", path)?.st_size as u64;
+            self.take(vnode, len.saturating_sub(old))?;
             rustix::fs::ftruncate(&fd, len).ctx("truncate", path)?;
+            self.usage.give(vnode, old.saturating_sub(len));
         }
         if atime.is_some() || mtime.is_some() {
             let ts = Timestamps {
@@ -319,7 +395,8 @@ impl FileStore {
         self.stat(vnode, path)
     }
 
-    fn new_handle(&self, vnode: u32, conn: u64, fd: OwnedFd) -> u64 {
+    fn new_handle(&self, vnode: u32, conn: u64, fd: OwnedFd) -> FsResult<u64> {
+        self.usage.open(vnode, self.limits.max_open)?;
         let h = self.epoch | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
         lock(&self.handles).insert(
             h,
@@ -329,14 +406,19 @@ impl FileStore {
                 file: Arc::new(File::from(fd)),
             },
         );
-        h
+        Ok(h)
     }
 
     /// Closes every handle a connection opened (it is gone).
     pub fn drop_conn(&self, conn: u64) -> usize {
         let mut handles = lock(&self.handles);
         let before = handles.len();
-        handles.retain(|_, h| h.conn != conn);
+        handles.retain(|_, h| {
+            if h.conn == conn {
+                self.usage.closed(h.vnode, 1);
+            }
+            h.conn != conn
+        });
         before - handles.len()
     }
 
@@ -373,13 +455,24 @@ impl FileStore {
     ) -> FsResult<(u64, Attr)> {
         let f = OFlags::from_bits_retain(flags as u32);
         let oflags = open_flags(flags) | OFlags::CREATE | (f & (OFlags::EXCL | OFlags::TRUNC));
-        self.open_handle(
+        let (dir, name) = self.parent(vnode, path)?;
+        let existed = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+        if !existed {
+            self.take(vnode, INODE_BYTES)?;
+        }
+        let opened = self.open_handle(
             vnode,
             conn,
             path,
             oflags,
-            Mode::from_bits_truncate(mode & 0o7777),
-        )
+            Mode::from_bits_truncate(limits::creation_mode(mode)),
+        );
+        match &opened {
+            Ok(_) if !existed => self.own(vnode, &dir, name, path)?,
+            Err(_) if !existed => self.usage.give(vnode, INODE_BYTES),
+            _ => {}
+        }
+        opened
     }
 
     pub fn open_file(
@@ -403,9 +496,19 @@ impl FileStore {
         oflags: OFlags,
         mode: Mode,
     ) -> FsResult<(u64, Attr)> {
+        if oflags.contains(OFlags::TRUNC) {
+            // What the truncation gives back (a missing file: nothing).
+            if let Ok(fd) = self.open_in(vnode, path, OFlags::PATH, Mode::empty()) {
+                if let Ok(st) = rustix::fs::fstat(&fd) {
+                    if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFREG {
+                        self.usage.give(vnode, st.st_size as u64);
+                    }
+                }
+            }
+        }
         let fd = self.open_in(vnode, path, oflags, mode)?;
         let attr = attr_of(&rustix::fs::fstat(&fd).ctx("stat", path)?);
-        Ok((self.new_handle(vnode, conn, fd), attr))
+        Ok((self.new_handle(vnode, conn, fd)?, attr))
     }
 
     /// Reads at most `len` bytes at `offset` into `out` (cleared first).
@@ -438,6 +541,9 @@ impl FileStore {
 
     pub fn write(&self, vnode: u32, handle: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let file = self.file(vnode, handle)?;
+        let size = file.metadata().ctx("stat", b"(open file)")?.len();
+        let end = offset.saturating_add(data.len() as u64);
+        self.take(vnode, end.saturating_sub(size))?;
         file.write_all_at(data, offset)
             .ctx("write", b"(open file)")?;
         self.counters
@@ -448,7 +554,9 @@ impl FileStore {
 
     pub fn release(&self, vnode: u32, handle: u64) -> FsResult<()> {
         self.file(vnode, handle)?;
-        lock(&self.handles).remove(&handle);
+        if lock(&self.handles).remove(&handle).is_some() {
+            self.usage.closed(vnode, 1);
+        }
         Ok(())
     }
 
@@ -478,8 +586,15 @@ impl FileStore {
 
     pub fn mkdir(&self, vnode: u32, path: &[u8], mode: u32) -> FsResult<Attr> {
         let (dir, name) = self.parent(vnode, path)?;
-        rustix::fs::mkdirat(&dir, name, Mode::from_bits_truncate(mode & 0o7777))
-            .ctx("mkdir", path)?;
+        self.take(vnode, INODE_BYTES)?;
+        rustix::fs::mkdirat(
+            &dir,
+            name,
+            Mode::from_bits_truncate(limits::creation_mode(mode)),
+        )
+        .ctx("mkdir", path)
+        .inspect_err(|_| self.usage.give(vnode, INODE_BYTES))?;
+        self.own(vnode, &dir, name, path)?;
         self.stat(vnode, path)
     }
 
@@ -490,7 +605,11 @@ impl FileStore {
         } else {
             AtFlags::empty()
         };
-        rustix::fs::unlinkat(&dir, name, flags).ctx(if dir_too { "rmdir" } else { "unlink" }, path)
+        let held = self.held_by(&dir, name);
+        rustix::fs::unlinkat(&dir, name, flags)
+            .ctx(if dir_too { "rmdir" } else { "unlink" }, path)?;
+        self.usage.give(vnode, held);
+        Ok(())
     }
 
     pub fn rename(&self, vnode: u32, from: &[u8], to: &[u8], flags: u32) -> FsResult<()> {
@@ -498,7 +617,15 @@ impl FileStore {
         let (tdir, tname) = self.parent(vnode, to)?;
         let flags = RenameFlags::from_bits(flags)
             .ok_or_else(|| fail(Errno::INVAL, format!("unknown rename flags {flags:#x}")))?;
-        rustix::fs::renameat_with(&fdir, fname, &tdir, tname, flags).ctx("rename", from)
+        // A replaced target is removed (unless the two are swapped).
+        let replaced = if flags.contains(RenameFlags::EXCHANGE) {
+            0
+        } else {
+            self.held_by(&tdir, tname)
+        };
+        rustix::fs::renameat_with(&fdir, fname, &tdir, tname, flags).ctx("rename", from)?;
+        self.usage.give(vnode, replaced);
+        Ok(())
     }
 
     pub fn symlink(&self, vnode: u32, path: &[u8], target: &[u8]) -> FsResult<Attr> {
@@ -509,7 +636,11 @@ impl FileStore {
             ));
         }
         let (dir, name) = self.parent(vnode, path)?;
-        rustix::fs::symlinkat(target, &dir, name).ctx("symlink", path)?;
+        self.take(vnode, INODE_BYTES)?;
+        rustix::fs::symlinkat(target, &dir, name)
+            .ctx("symlink", path)
+            .inspect_err(|_| self.usage.give(vnode, INODE_BYTES))?;
+        self.own(vnode, &dir, name, path)?;
         self.stat(vnode, path)
     }
 
@@ -595,7 +726,8 @@ impl FileStore {
     /// Removes every file of a vNode and closes its handles.
     pub fn destroy(&self, vnode: u32) -> FsResult<()> {
         lock(&self.handles).retain(|_, h| h.vnode != vnode);
-        let p = self.dir.join("vnodes").join(vnode.to_string());
+        self.usage.forget(vnode);
+        let p = self.vnode_dir(vnode);
         match std::fs::remove_dir_all(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

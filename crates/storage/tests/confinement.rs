@@ -6,7 +6,7 @@ use rustix::io::Errno;
 
 fn store() -> (tempfile::TempDir, FileStore) {
     let d = tempfile::tempdir().unwrap();
-    let s = FileStore::open(d.path().join("store")).unwrap();
+    let s = FileStore::open(d.path().join("store"), Default::default()).unwrap();
     (d, s)
 }
 
@@ -23,7 +23,7 @@ fn files_round_trip_and_survive_reopening_the_store() {
     s.release(1, h).unwrap();
     // A new store over the same directory (a restarted monitor): same data,
     // and the old handle is stale, not someone else's file.
-    let s2 = FileStore::open(d.path().join("store")).unwrap();
+    let s2 = FileStore::open(d.path().join("store"), Default::default()).unwrap();
     let (h2, attr) = s2.open_file(1, 0, b"dir/f", 0).unwrap();
     assert_eq!(attr.size, 11);
     s2.read(1, h2, 0, 100, &mut out).unwrap();
