@@ -52,11 +52,19 @@ enum Cmd {
     Up(up::UpArgs),
     /// Show the cluster: components, health, capacity and use, vNodes, vRegions
     Status(status::StatusArgs),
+    /// Print the token the manager's HTTP /state asks for (curl -H "Authorization: Bearer $(lego http-token)" http://ADDR/state)
+    HttpToken(HttpTokenArgs),
     /// Run checksum-verified programs on a local cluster while killing and restarting its daemons at random
     Chaos(chaos::ChaosArgs),
     /// Measure lego against the machine's own floors, side by side
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct HttpTokenArgs {
+    #[command(flatten)]
+    cluster: lego_cluster::ClusterArgs,
 }
 
 fn init_logging(default: &str) {
@@ -97,6 +105,9 @@ fn main() {
         Cmd::Vnode(a) => vnode::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Status(a) => status::run(a),
+        Cmd::HttpToken(a) => a.cluster.resolve().map_err(anyhow::Error::from).map(|t| {
+            println!("{}", t.secret.http_token_hex());
+        }),
         Cmd::Bench(b) => lego_bench::run(b).map_err(anyhow::Error::from),
         Cmd::Chaos(a) => match chaos::run(a) {
             Ok(0) => Ok(()),

@@ -167,7 +167,10 @@ pub fn render(st: &ClusterState) -> String {
         human(m.vregion_bytes)
     );
     if let Some(h) = &m.http {
-        let _ = writeln!(o, "          http://{h}/state  http://{h}/metrics");
+        let _ = writeln!(
+            o,
+            "          http://{h}/metrics  http://{h}/state (token: lego http-token)"
+        );
     }
     let alive = st
         .components

@@ -92,7 +92,8 @@ pub fn run(a: UpArgs) -> Result<()> {
     println!("lego cluster up in {}", dir.display());
     println!("  manager          {}", cluster.manager_addr);
     if let Some(h) = &cluster.http {
-        println!("  state, metrics   http://{h}/state  http://{h}/metrics");
+        println!("  metrics          http://{h}/metrics");
+        println!("  state            http://{h}/state (Authorization: Bearer $(lego http-token --dir {}))", dir.display());
     }
     for (i, m) in cluster.memories.iter().enumerate() {
         println!(

@@ -85,7 +85,7 @@ fn up_status_vnode_and_clean_stop() {
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cluster_json).unwrap()).unwrap();
     let http = file["http"].as_str().unwrap().to_string();
-    let metrics = http_get(&http, "/metrics");
+    let metrics = http_get(&http, "/metrics", None);
     assert!(
         metrics.contains("# TYPE lego_component_up gauge"),
         "{metrics}"
@@ -98,7 +98,20 @@ fn up_status_vnode_and_clean_stop() {
         4
     );
     assert!(metrics.contains("lego_memory_pages_held{"), "{metrics}");
-    assert!(http_get(&http, "/state").contains("\"components\""));
+    // The state only with the cluster's token; metrics name no job.
+    assert!(http_get(&http, "/state", None).starts_with("HTTP/1.1 401"));
+    assert!(http_get(&http, "/state", Some("00")).starts_with("HTTP/1.1 401"));
+    let token = stdout(&lego(dir.path(), &["http-token"]));
+    assert!(http_get(&http, "/state", Some(token.trim())).contains("\"components\""));
+    assert!(http_get(&http, "/nope", None).starts_with("HTTP/1.1 404"));
+    // A client that never finishes its request is cut off.
+    let mut slow = std::net::TcpStream::connect(&http).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /metrics HTTP/1.1\r\n").unwrap();
+    let t = std::time::Instant::now();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut slow, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(8));
 
     // A second `lego up` on the same directory is refused.
     let o = lego(dir.path(), &["up"]);
@@ -148,10 +161,11 @@ fn up_status_vnode_and_clean_stop() {
     );
 }
 
-fn http_get(addr: &str, path: &str) -> String {
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out

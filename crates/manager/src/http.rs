@@ -1,53 +1,62 @@
-//! The manager's HTTP endpoint: `/state` (or `/`) serves the cluster state as
-//! JSON, `/metrics` serves Prometheus text: the manager's own counters, each
-//! component's health, capacity and use, and every counter the components
-//! report in their heartbeats (labelled with the component's id and role).
+//! The manager's HTTP endpoint, a small server of its own (std only):
+//! `/metrics` serves Prometheus text ([`crate::metrics`]) to anyone;
+//! `/state` (or `/`) serves the whole cluster state as JSON only with
+//! `Authorization: Bearer TOKEN`, TOKEN being the cluster's HTTP token
+//! ([`lego_wire::auth::Secret::http_token_hex`], printed by
+//! `lego http-token`).
+//!
+//! Bounds: at most [`MAX_CLIENTS`] requests are served at once (more get
+//! 503 at once), a request must arrive whole within [`REQUEST_DEADLINE`]
+//! and fit in [`MAX_HEAD`] bytes, an answer is written within the same
+//! time, and every connection serves one request.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use lego_wire::{Health, VRegionState};
-use tracing::warn;
+use tracing::debug;
 
 use crate::service::ManagerService;
 use crate::ManagerError;
 
+/// Requests served at once.
+pub const MAX_CLIENTS: usize = 16;
+/// Time for a whole request to arrive (and for the answer to leave).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Bytes of a request's line and headers.
+pub const MAX_HEAD: usize = 8 << 10;
+
 /// Binds `addr` and serves in a background thread; returns the bound address.
 pub fn serve(addr: &str, svc: Arc<ManagerService>) -> Result<String, ManagerError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| ManagerError::Http {
+    let err = |e: std::io::Error| ManagerError::Http {
         addr: addr.to_string(),
         reason: e.to_string(),
-    })?;
-    let bound = match server.server_addr() {
-        tiny_http::ListenAddr::IP(a) => a.to_string(),
-        other => other.to_string(),
     };
+    let listener = TcpListener::bind(addr).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?.to_string();
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("manager-http".into())
         .spawn(move || {
-            for req in server.incoming_requests() {
-                let (status, ctype, body) = match req.url() {
-                    "/" | "/state" => (
-                        200,
-                        "application/json",
-                        serde_json::to_string_pretty(&svc.cluster_state()).unwrap_or_default(),
-                    ),
-                    "/metrics" => (200, "text/plain; version=0.0.4", metrics(&svc)),
-                    _ => (
-                        404,
-                        "text/plain",
-                        "not found: try /state or /metrics\n".into(),
-                    ),
-                };
-                let header =
-                    tiny_http::Header::from_bytes("Content-Type", ctype).expect("valid header");
-                let resp = tiny_http::Response::from_string(body)
-                    .with_status_code(status)
-                    .with_header(header);
-                if let Err(e) = req.respond(resp) {
-                    warn!("http answer failed: {e}");
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    let _ = respond(&mut stream, 503, "text/plain", "busy: try again\n", false);
+                    continue;
+                }
+                let (svc, active) = (svc.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("manager-http-req".into())
+                    .spawn(move || {
+                        handle(stream, &svc);
+                        active.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    debug!("http: no thread for a request; dropped");
                 }
             }
         })
@@ -55,113 +64,133 @@ pub fn serve(addr: &str, svc: Arc<ManagerService>) -> Result<String, ManagerErro
     Ok(bound)
 }
 
-/// One metric family: its type and samples of (labels, value).
-type Family = (&'static str, Vec<(String, u64)>);
-
-/// Metric families by name.
-#[derive(Default)]
-struct Families(BTreeMap<String, Family>);
-
-impl Families {
-    fn add(&mut self, name: &str, labels: String, value: u64) {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        self.0
-            .entry(name.to_string())
-            .or_insert_with(|| (kind, Vec::new()))
-            .1
-            .push((labels, value));
-    }
-
-    fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, (kind, samples)) in &self.0 {
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
+/// The request's line and headers, read whole by the deadline.
+fn read_head(stream: &mut TcpStream) -> Result<String, (u16, &'static str)> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HEAD {
+            return Err((431, "request head too large\n"));
         }
-        out
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err((408, "request timed out\n"));
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err((400, "request cut short\n")),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(_) => return Err((408, "request timed out\n")),
+        }
     }
+    String::from_utf8(head).map_err(|_| (400, "request is not UTF-8\n"))
 }
 
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// The bearer token of a request's head, if it has one.
+fn bearer(head: &str) -> Option<&str> {
+    head.lines().skip(1).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        let value = value.trim();
+        (name.trim().eq_ignore_ascii_case("authorization"))
+            .then(|| value.strip_prefix("Bearer ").map(str::trim))
+            .flatten()
+    })
 }
 
-/// Renders all metrics as Prometheus text.
-pub fn metrics(svc: &ManagerService) -> String {
-    let st = svc.cluster_state();
-    let mut f = Families::default();
-    let c = &svc.counters;
-    for (name, v) in [
-        ("lego_manager_registrations_total", &c.registrations),
-        ("lego_manager_heartbeats_total", &c.heartbeats),
-        ("lego_manager_component_deaths_total", &c.deaths),
-        ("lego_manager_vregions_assigned_total", &c.vregions_assigned),
-        ("lego_manager_spaces_created_total", &c.spaces_created),
-        ("lego_manager_spaces_released_total", &c.spaces_released),
-        ("lego_manager_failovers_total", &c.failovers),
-        ("lego_manager_vregions_lost_total", &c.vregions_lost),
-        ("lego_manager_rereplications_total", &c.rereplications),
-        (
-            "lego_manager_rereplications_failed_total",
-            &c.rereplications_failed,
+fn handle(mut stream: TcpStream, svc: &ManagerService) {
+    let head = match read_head(&mut stream) {
+        Ok(h) => h,
+        Err((status, why)) => {
+            let _ = respond(&mut stream, status, "text/plain", why, false);
+            return;
+        }
+    };
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        let _ = respond(&mut stream, 405, "text/plain", "only GET and HEAD\n", false);
+        return;
+    }
+    let (status, ctype, body) = match path {
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4",
+            crate::metrics::metrics(svc),
         ),
-        ("lego_manager_refused_total", &c.refused),
-    ] {
-        f.add(name, String::new(), v.load(Ordering::Relaxed));
+        "/" | "/state" => match bearer(&head) {
+            Some(t) if svc.secret.check_http_token(t) => (
+                200,
+                "application/json",
+                serde_json::to_string_pretty(&svc.cluster_state()).unwrap_or_default(),
+            ),
+            _ => {
+                svc.counters.refused.fetch_add(1, Ordering::Relaxed);
+                (
+                    401,
+                    "text/plain",
+                    "the cluster state needs `Authorization: Bearer TOKEN`; `lego http-token` prints TOKEN\n"
+                        .to_string(),
+                )
+            }
+        },
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /metrics, or /state with the cluster's token\n".into(),
+        ),
+    };
+    if let Err(e) = respond(&mut stream, status, ctype, &body, head_only) {
+        debug!("http answer failed: {e}");
     }
-    f.add("lego_manager_vnodes", String::new(), st.vnodes.len() as u64);
-    for &state in VRegionState::ALL {
-        let n = st.vregions.iter().filter(|v| v.state == state).count();
-        f.add(
-            "lego_manager_vregions_by_state",
-            format!("state=\"{state}\""),
-            n as u64,
-        );
-    }
-    f.add(
-        "lego_manager_vregions",
-        String::new(),
-        st.vregions.len() as u64,
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
     );
-    for comp in &st.components {
-        let labels = format!(
-            "{{id=\"{}\",role=\"{}\",addr=\"{}\"}}",
-            comp.id,
-            comp.role,
-            comp.addr.replace(['"', '\\'], "_")
-        );
-        f.add(
-            "lego_component_up",
-            labels.clone(),
-            (comp.health == Health::Alive) as u64,
-        );
-        f.add(
-            "lego_component_capacity_bytes",
-            labels.clone(),
-            comp.capacity,
-        );
-        f.add("lego_component_used_bytes", labels.clone(), comp.used);
-        for (k, v) in &comp.counters {
-            f.add(
-                &format!("lego_{}_{}", comp.role, sanitize(k)),
-                labels.clone(),
-                *v,
-            );
-        }
+    if status == 401 {
+        out.push_str("WWW-Authenticate: Bearer realm=\"lego\"\r\n");
     }
-    f.render()
+    out.push_str("\r\n");
+    if !head_only {
+        out.push_str(body);
+    }
+    stream.write_all(out.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_token_is_found_in_any_case() {
+        let head = "GET /state HTTP/1.1\r\nHost: x\r\nauthorization:  Bearer abc \r\n\r\n";
+        assert_eq!(bearer(head), Some("abc"));
+        assert_eq!(
+            bearer("GET / HTTP/1.1\r\nAuthorization: Basic x\r\n\r\n"),
+            None
+        );
+        assert_eq!(bearer("GET / HTTP/1.1\r\n\r\n"), None);
+    }
 }

@@ -13,13 +13,15 @@
 //!   memory monitors; its [`journal`] is what `lego status` shows.
 //! - [`peers`]: what the manager asks of other components.
 //! - [`vip`]: vNodes' virtual IP addresses.
-//! - [`http`]: the HTTP endpoint: `/state` (JSON) and `/metrics` (Prometheus).
+//! - [`http`]: the HTTP endpoint: `/state` (JSON, with the cluster's token)
+//!   and `/metrics` ([`metrics`], Prometheus text).
 //! - [`daemon`]: `lego manager`: wires them together with the failure detector.
 #![forbid(unsafe_code)]
 
 pub mod daemon;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod peers;
 pub mod recovery;
 pub mod service;

@@ -56,6 +56,10 @@ pub struct ClientOptions {
     pub max_body: u32,
     /// Busy-wait this long for an answer before sleeping (0: never spin).
     pub spin: Duration,
+    /// [`Redial`](crate::Redial) and [`Pool`](crate::Pool) make a
+    /// connection unused this long anew before using it (servers drop idle
+    /// ones; see [`crate::server::ServerConfig::idle_vnode`]).
+    pub max_idle: Duration,
 }
 
 impl Default for ClientOptions {
@@ -65,14 +69,30 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             max_body: DEFAULT_MAX_BODY,
             spin: Duration::ZERO,
+            max_idle: MAX_IDLE,
         }
     }
 }
 
 type Answer = Result<Frame, String>;
 
+/// The default [`ClientOptions::max_idle`]: less than any server's idle
+/// timeout.
+pub const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// Milliseconds on a clock of this process.
+fn now_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 struct Inner {
     peer: String,
+    /// When a request was last sent ([`now_ms`]).
+    last_used: AtomicU64,
+    max_idle_ms: u64,
     max_body: u32,
     timeout_ms: u64,
     spin: Duration,
@@ -163,6 +183,8 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 peer,
+                last_used: AtomicU64::new(now_ms()),
+                max_idle_ms: opts.max_idle.as_millis() as u64,
                 max_body: opts.max_body,
                 spin: opts.spin,
                 timeout_ms: opts.request_timeout.as_millis() as u64,
@@ -215,6 +237,7 @@ impl Client {
             });
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.last_used.store(now_ms(), Ordering::Relaxed);
         let mut w = lock(&self.inner.writer);
         let res = write_frame(&mut *w, op, 0, id, parts).and_then(|()| {
             if flush {
@@ -385,6 +408,13 @@ impl Client {
     /// True once the connection has failed; every later call fails at once.
     pub fn is_broken(&self) -> bool {
         lock(&self.inner.table).broken.is_some()
+    }
+
+    /// Whether the connection is worth using: not broken, and not idle for
+    /// so long that the server may be closing it ([`ClientOptions::max_idle`]).
+    pub fn is_fresh(&self) -> bool {
+        let idle = now_ms().saturating_sub(self.inner.last_used.load(Ordering::Relaxed));
+        !self.is_broken() && idle < self.inner.max_idle_ms
     }
 
     fn broken(&self, reason: String) -> TransportError {

@@ -8,15 +8,17 @@
 //! - [`client`]: an authenticated connection on which many threads may have
 //!   requests in flight at once (pipelining by request id, no extra thread on
 //!   the reply path: whichever waiter holds the read half reads for everyone).
-//! - [`server`]: the accept loop, the handshake and one thread per connection
-//!   that hands each request to a [`server::Handler`] and survives bad peers;
-//!   [`server::answer`] serves one typed request.
+//! - [`server`]: the accept loop with its connection limits, and one thread
+//!   per connection (`conn`: the handshake, deadlines, requests handed to a
+//!   [`server::Handler`]) that survives bad peers; [`server::answer`] serves
+//!   one typed request.
 //! - [`redial`]: connections made again when they broke, and [`Patience`]:
 //!   how long a call waits for a peer that cannot be reached.
 //! - [`sync`]: the one lock helper.
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod conn;
 pub mod error;
 pub mod link;
 pub mod redial;

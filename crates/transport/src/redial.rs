@@ -138,7 +138,7 @@ impl Redial {
     /// The connection, made now if there is none or it broke.
     pub fn client(&self) -> Result<Client, TransportError> {
         let mut conn = lock(&self.conn);
-        if let Some(c) = conn.as_ref().filter(|c| !c.is_broken()) {
+        if let Some(c) = conn.as_ref().filter(|c| c.is_fresh()) {
             return Ok(c.clone());
         }
         let c = (self.dial)(&self.addr, &self.creds, &self.opts)?;
@@ -207,7 +207,7 @@ impl Pool {
 
     /// The connection to `addr`, made now if there is none or it broke.
     pub fn client(&self, addr: &str) -> Result<Client, TransportError> {
-        if let Some(c) = lock(&self.conns).get(addr).filter(|c| !c.is_broken()) {
+        if let Some(c) = lock(&self.conns).get(addr).filter(|c| c.is_fresh()) {
             return Ok(c.clone());
         }
         let c = (self.dial)(addr, &self.creds, &self.opts)?;

@@ -1,26 +1,26 @@
-//! The server side: accept, authenticate, and serve each connection on its own
-//! thread, surviving whatever a peer sends.
+//! The server side: accept, and serve each connection on its own thread
+//! ([`crate::conn`]), surviving whatever peers send and however many come.
 //!
-//! Per connection: send a challenge, check the hello (wrong key: an
-//! `AuthFailed` error frame and close), then read requests one after another
-//! and write each answer, flushing when no further request is already buffered
-//! (so pipelined requests are answered in few writes). A frame that cannot be
-//! decoded gets a `BadFrame`/`TooLarge` error frame and the connection is
-//! closed; a well-framed request with a bad body gets an error answer and the
-//! connection goes on. A peer that stalls inside a frame is dropped after the
-//! frame timeout.
+//! Limits: at most [`ServerConfig::max_connections`] connections at once, and
+//! [`ServerConfig::max_per_peer`] from one address; a connection past either
+//! gets an error frame in place of the challenge and is closed. Each
+//! connection has a deadline for its whole handshake, for each whole frame
+//! once started, and for the wait between requests (idle). Refusals and
+//! failed handshakes are counted; their log lines are rate-limited.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use lego_wire::auth::{random_bytes, Claim, Hello, Secret};
-use lego_wire::frame::{read_body, read_header, write_error, write_frame};
-use lego_wire::{ErrorBody, ErrorCode, Op, Request, WireError, DEFAULT_MAX_BODY, FLAG_RESPONSE};
-use tracing::{debug, info, warn};
+use lego_wire::auth::{Claim, Secret};
+use lego_wire::frame::write_error;
+use lego_wire::{ErrorBody, ErrorCode, Op, Request, WireError, DEFAULT_MAX_BODY};
+use tracing::warn;
 
-use crate::link::{Link, Listener};
+use crate::link::Listener;
+use crate::sync::lock;
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Debug)]
@@ -105,8 +105,20 @@ pub struct ServerConfig {
     pub name: String,
     pub secret: Secret,
     pub max_body: u32,
-    /// How long a peer may take to complete the handshake, or a frame once started.
+    /// How long a peer may take for the whole handshake.
+    pub handshake_timeout: Duration,
+    /// How long a peer may take for a whole frame, once its first byte came.
     pub frame_timeout: Duration,
+    /// How long a vNode's process may leave its connection idle between
+    /// requests (clients make a connection anew after
+    /// [`crate::client::MAX_IDLE`]).
+    pub idle_vnode: Duration,
+    /// The same for a component's connection.
+    pub idle_component: Duration,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one address (IP, or all Unix peers).
+    pub max_per_peer: usize,
     /// After answering, busy-wait this long for the peer's next request
     /// before sleeping (0: never): a request that comes within it is served
     /// without the cost of waking a sleeping thread.
@@ -119,7 +131,12 @@ impl ServerConfig {
             name: name.into(),
             secret,
             max_body: DEFAULT_MAX_BODY,
+            handshake_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
+            idle_vnode: Duration::from_secs(120),
+            idle_component: Duration::from_secs(600),
+            max_connections: 4096,
+            max_per_peer: 1024,
             spin: Duration::ZERO,
         }
     }
@@ -134,6 +151,10 @@ pub struct ServerCounters {
     pub bad_frames: AtomicU64,
     pub requests: AtomicU64,
     pub refused: AtomicU64,
+    /// Connections closed at once: too many open, in all or from one peer.
+    pub over_limit: AtomicU64,
+    /// Connections closed for a deadline: a slow handshake or frame, or idle.
+    pub timed_out: AtomicU64,
 }
 
 impl ServerCounters {
@@ -147,6 +168,8 @@ impl ServerCounters {
             ("bad_frames_total", g(&self.bad_frames)),
             ("requests_total", g(&self.requests)),
             ("requests_refused_total", g(&self.refused)),
+            ("connections_over_limit_total", g(&self.over_limit)),
+            ("connections_timed_out_total", g(&self.timed_out)),
         ]
     }
 }
@@ -176,12 +199,76 @@ pub fn spawn_server(
     })
 }
 
+/// At most a few lines of one kind per window, then one line saying how
+/// many were left out: a peer cannot flood the log.
+pub(crate) struct LogLimit {
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+/// Lines of one kind per window.
+const LINES_PER_WINDOW: u32 = 5;
+const WINDOW: Duration = Duration::from_secs(10);
+
+impl LogLimit {
+    pub(crate) fn new() -> Self {
+        LogLimit {
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// Whether to log this one; `Some(n)`: yes, and `n` were left out
+    /// since the last line.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let mut s = lock(&self.state);
+        if s.0.elapsed() >= WINDOW {
+            *s = (Instant::now(), 0, s.2);
+        }
+        if s.1 < LINES_PER_WINDOW {
+            s.1 += 1;
+            Some(std::mem::take(&mut s.2))
+        } else {
+            s.2 += 1;
+            None
+        }
+    }
+}
+
+/// What the connections of a server share.
+pub(crate) struct Shared {
+    pub(crate) cfg: ServerConfig,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) counters: Arc<ServerCounters>,
+    /// Open connections by peer address.
+    per_peer: Mutex<HashMap<String, usize>>,
+    pub(crate) log_handshake: LogLimit,
+    pub(crate) log_frames: LogLimit,
+    log_limits: LogLimit,
+}
+
+/// The address a peer's connections are counted under: its IP (all Unix
+/// peers are one).
+fn peer_key(addr: &str) -> String {
+    match addr.rsplit_once(':') {
+        Some((ip, port)) if port.parse::<u16>().is_ok() => ip.to_string(),
+        _ => addr.to_string(),
+    }
+}
+
 fn accept_loop(
     listener: Box<dyn Listener>,
     cfg: Arc<ServerConfig>,
     handler: Arc<dyn Handler>,
     counters: Arc<ServerCounters>,
 ) {
+    let shared = Arc::new(Shared {
+        cfg: (*cfg).clone(),
+        handler,
+        counters,
+        per_peer: Mutex::new(HashMap::new()),
+        log_handshake: LogLimit::new(),
+        log_frames: LogLimit::new(),
+        log_limits: LogLimit::new(),
+    });
     let mut next_conn = 0u64;
     loop {
         let link = match listener.accept() {
@@ -194,180 +281,90 @@ fn accept_loop(
         };
         next_conn += 1;
         let conn = next_conn;
-        let (cfg, handler, counters) = (cfg.clone(), handler.clone(), counters.clone());
+        let addr = link.peer();
+        let key = peer_key(&addr);
+        let over = {
+            let mut per_peer = lock(&shared.per_peer);
+            let open = shared.counters.open_connections.load(Ordering::Relaxed) as usize;
+            let mine = per_peer.get(&key).copied().unwrap_or(0);
+            if open >= cfg.max_connections {
+                Some(format!(
+                    "{open} connections open, the most this server takes"
+                ))
+            } else if mine >= cfg.max_per_peer {
+                Some(format!(
+                    "{mine} connections open from {key}, the most one peer may have"
+                ))
+            } else {
+                *per_peer.entry(key.clone()).or_insert(0) += 1;
+                shared
+                    .counters
+                    .open_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        if let Some(why) = over {
+            shared.counters.over_limit.fetch_add(1, Ordering::Relaxed);
+            if let Some(left_out) = shared.log_limits.allow() {
+                warn!(%addr, left_out, "connection refused: {why}");
+            }
+            refuse(link, &why);
+            continue;
+        }
+        let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("{}-conn{conn}", cfg.name))
             .spawn(move || {
-                counters.connections.fetch_add(1, Ordering::Relaxed);
-                counters.open_connections.fetch_add(1, Ordering::Relaxed);
-                serve_connection(conn, link, &cfg, &*handler, &counters);
-                counters.open_connections.fetch_sub(1, Ordering::Relaxed);
+                s.counters.connections.fetch_add(1, Ordering::Relaxed);
+                crate::conn::serve(conn, link, &s);
+                s.counters.open_connections.fetch_sub(1, Ordering::Relaxed);
+                let mut per_peer = lock(&s.per_peer);
+                if let Some(n) = per_peer.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_peer.remove(&key);
+                    }
+                }
             });
         if let Err(e) = spawned {
+            shared
+                .counters
+                .open_connections
+                .fetch_sub(1, Ordering::Relaxed);
+            if let Some(n) = lock(&shared.per_peer).get_mut(&peer_key(&addr)) {
+                *n = n.saturating_sub(1);
+            }
             warn!(error = %e, "cannot start a connection thread; connection dropped");
         }
     }
 }
 
-fn serve_connection(
-    conn: u64,
-    link: Box<dyn Link>,
-    cfg: &ServerConfig,
-    handler: &dyn Handler,
-    counters: &ServerCounters,
-) {
-    let addr = link.peer();
-    let (r, w) = match link.split() {
-        Ok(halves) => halves,
-        Err(e) => {
-            warn!(%addr, error = %e, "cannot split connection");
-            return;
-        }
-    };
-    let mut reader = BufReader::with_capacity(64 << 10, r);
-    let mut writer = BufWriter::with_capacity(64 << 10, w);
-    let peer = match handshake(conn, &addr, &mut reader, &mut writer, cfg) {
-        Ok(p) => p,
-        Err(why) => {
-            counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-            warn!(conn, %addr, "handshake failed: {why}");
-            return;
-        }
-    };
-    debug!(conn, %addr, claim = %peer.claim, "peer authenticated");
-    let mut reply = Vec::with_capacity(64 << 10);
-    loop {
-        if reader.buffer().is_empty() {
-            reader.get_ref().spin_until_readable(cfg.spin);
-        }
-        // Idle connections may wait forever between requests.
-        let _ = reader.get_ref().set_read_timeout(None);
-        let header = match read_header(&mut reader, cfg.max_body) {
-            Ok(h) => h,
-            Err(WireError::Closed) => {
-                debug!(conn, %addr, "peer closed the connection");
-                break;
-            }
-            Err(e) => {
-                counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                let code = match e {
-                    WireError::TooLarge { .. } => ErrorCode::TooLarge,
-                    _ => ErrorCode::BadFrame,
-                };
-                warn!(conn, %addr, "dropping connection: {e}");
-                let body = ErrorBody::new(code, e.to_string());
-                let _ = write_error(&mut writer, Op::Ping, 0, &body);
-                let _ = writer.flush();
-                break;
-            }
-        };
-        let _ = reader.get_ref().set_read_timeout(Some(cfg.frame_timeout));
-        let body = match read_body(&mut reader, &header) {
-            Ok(b) => b,
-            Err(e) => {
-                counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                warn!(conn, %addr, op = %header.op, "dropping connection in the middle of a frame: {e}");
-                break;
-            }
-        };
-        counters.requests.fetch_add(1, Ordering::Relaxed);
-        reply.clear();
-        let outcome = if header.is_response() {
-            Err(Reject::new(
-                ErrorCode::BadRequest,
-                "a response was sent where a request was expected",
-            ))
-        } else {
-            handler.handle(&peer, header.op, &body, &mut reply)
-        };
-        let written = match outcome {
-            Ok(()) => write_frame(
-                &mut writer,
-                header.op,
-                FLAG_RESPONSE,
-                header.req_id,
-                &[&reply],
-            ),
-            Err(rej) => {
-                counters.refused.fetch_add(1, Ordering::Relaxed);
-                debug!(conn, %addr, op = %header.op, code = %rej.code, "refused: {}", rej.message);
-                write_error(
-                    &mut writer,
-                    header.op,
-                    header.req_id,
-                    &ErrorBody::new(rej.code, rej.message),
-                )
-            }
-        };
-        let flushed = written.and_then(|()| {
-            if reader.buffer().is_empty() {
-                writer.flush()?;
-            }
-            Ok(())
-        });
-        if let Err(e) = flushed {
-            debug!(conn, %addr, "peer went away while being answered: {e}");
-            break;
-        }
+/// Tells a peer over the limit why, in place of the challenge, and closes.
+fn refuse(link: Box<dyn crate::link::Link>, why: &str) {
+    if let Ok((_, w)) = link.split() {
+        let mut w = std::io::BufWriter::new(w);
+        let body = ErrorBody::new(ErrorCode::Unavailable, why.to_string());
+        let _ = write_error(&mut w, Op::Challenge, 0, &body);
+        let _ = w.flush();
     }
-    handler.disconnected(&peer);
 }
 
-fn handshake(
-    conn: u64,
-    addr: &str,
-    reader: &mut BufReader<crate::link::ReadHalf>,
-    writer: &mut BufWriter<crate::link::WriteHalf>,
-    cfg: &ServerConfig,
-) -> Result<PeerInfo, String> {
-    reader
-        .get_ref()
-        .set_read_timeout(Some(cfg.frame_timeout))
-        .map_err(|e| e.to_string())?;
-    let nonce = random_bytes().map_err(|e| e.to_string())?;
-    write_frame(writer, Op::Challenge, 0, 0, &[&nonce]).map_err(|e| e.to_string())?;
-    writer.flush().map_err(|e| e.to_string())?;
-    let refuse = |writer: &mut BufWriter<_>, code, msg: String| {
-        let _ = write_error(writer, Op::Hello, 0, &ErrorBody::new(code, msg.clone()));
-        let _ = writer.flush();
-        msg
-    };
-    let header = match read_header(reader, 4096) {
-        Ok(h) => h,
-        Err(e) => return Err(refuse(writer, ErrorCode::BadFrame, e.to_string())),
-    };
-    let body = read_body(reader, &header).map_err(|e| e.to_string())?;
-    if header.op != Op::Hello {
-        let msg = format!("expected a hello, got {}", header.op);
-        return Err(refuse(writer, ErrorCode::AuthFailed, msg));
+#[cfg(test)]
+mod tests {
+    use super::{peer_key, LogLimit, LINES_PER_WINDOW};
+
+    #[test]
+    fn a_flood_of_log_lines_is_cut_to_a_few_per_window() {
+        let l = LogLimit::new();
+        let logged = (0..1000).filter(|_| l.allow().is_some()).count();
+        assert_eq!(logged, LINES_PER_WINDOW as usize);
     }
-    let hello = match Hello::decode(&body) {
-        Ok(h) => h,
-        Err(e) => return Err(refuse(writer, ErrorCode::AuthFailed, e.to_string())),
-    };
-    if !hello.verify(&cfg.secret, &nonce) {
-        let msg = format!(
-            "wrong key for claim '{}': the peer does not hold this cluster's secret",
-            hello.claim
-        );
-        return Err(refuse(writer, ErrorCode::AuthFailed, msg));
+
+    #[test]
+    fn peers_are_counted_by_address() {
+        assert_eq!(peer_key("10.0.0.1:5000"), "10.0.0.1");
+        assert_eq!(peer_key("[::1]:5000"), "[::1]");
+        assert_eq!(peer_key("unix peer"), "unix peer");
     }
-    let welcome = hello.welcome(&cfg.secret, &nonce);
-    write_frame(
-        writer,
-        Op::Welcome,
-        FLAG_RESPONSE,
-        header.req_id,
-        &[&welcome],
-    )
-    .and_then(|()| Ok(writer.flush()?))
-    .map_err(|e| e.to_string())?;
-    if matches!(hello.claim, Claim::Vnode(_)) {
-        info!(conn, %addr, claim = %hello.claim, "vnode process connected");
-    }
-    Ok(PeerInfo {
-        conn,
-        addr: addr.to_string(),
-        claim: hello.claim,
-    })
 }

@@ -106,6 +106,19 @@ impl Secret {
         )
     }
 
+    /// The bearer token of the manager's HTTP `/state`, 64 hex digits.
+    pub fn http_token_hex(&self) -> String {
+        hex(&mac(&self.0, &[b"lego-http-state-v1"]))
+    }
+
+    /// Whether `token` is [`Self::http_token_hex`]; compared in constant time.
+    pub fn check_http_token(&self, token: &str) -> bool {
+        let Ok(tag) = Secret::from_hex(token) else {
+            return false;
+        };
+        verify(&self.0, &[b"lego-http-state-v1"], &tag.0)
+    }
+
     /// The key that proves `claim`.
     pub fn key_for(&self, claim: Claim) -> [u8; KEY_LEN] {
         match claim {

@@ -183,7 +183,7 @@ impl VnodeFs {
 
     fn connect(&self) -> Result<Client, Errno> {
         let mut c = lock(&self.client);
-        if let Some(c) = c.as_ref().filter(|c| !c.is_broken()) {
+        if let Some(c) = c.as_ref().filter(|c| c.is_fresh()) {
             return Ok(c.clone());
         }
         let opts = ClientOptions {
