@@ -26,6 +26,7 @@ use nix::unistd::{chdir, pipe2, Gid, Pid, Uid};
 
 use crate::sys::{self, set_default, set_ignored};
 use crate::{JailError, Root, IDS_PER_VNODE};
+use lego_wire::error::chain;
 
 /// How the program ended, as the init reports it to the helper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,18 +282,6 @@ fn end_as(ended: Ended) -> ! {
             std::process::exit(128 + s)
         }
     }
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
