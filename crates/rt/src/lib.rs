@@ -5,9 +5,13 @@
 //!   program, and the page-range allocator inside it.
 //! - [`heap`] and [`shim`]: the interposed malloc family, mmap, munmap,
 //!   mremap, madvise, brk and sbrk, all served from the arena.
-//! - [`pager`]: the ExCache proper: userfaultfd faults, zero-fill, fetch with
-//!   prefetch, dirty tracking by write protection, batched FIFO eviction with
-//!   write-back to both replicas.
+//! - [`policy`]: the ExCache's decisions, a pure state machine: page
+//!   states, FIFO replacement, prefetch streams, what to install, protect,
+//!   write back, drop and free.
+//! - [`pager`]: the ExCache's executor: carries out the policy's decisions
+//!   with userfaultfd (zero-fill, fetch with prefetch, dirty tracking by
+//!   write protection) and the memory monitors (batched write-back to both
+//!   replicas).
 //! - [`remote`]: the address space at the manager, vRegion placements, and
 //!   the memory monitors.
 //! - [`process`]: fork and exec. [`stats`]: counters. [`sys`]: raw system calls
@@ -34,6 +38,7 @@ pub mod broker;
 pub mod heap;
 pub mod lock;
 pub mod pager;
+pub mod policy;
 pub mod process;
 pub mod quota;
 pub mod remote;

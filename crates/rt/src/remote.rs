@@ -190,6 +190,11 @@ impl Remote {
         page.vregion(self.vregion_shift)
     }
 
+    /// log2 of the vRegion size in bytes.
+    pub fn vregion_shift(&self) -> u32 {
+        self.vregion_shift
+    }
+
     fn lost(&self, vregion: VRegionIdx, detail: String) -> Lost {
         Lost {
             vregion,
