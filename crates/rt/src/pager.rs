@@ -4,8 +4,8 @@
 //! and read-ahead), evicts in batches (write-protect the victims that may
 //! have been written, copy them, write them to the primary and the backup,
 //! and only then drop them with one MADV_DONTNEED per run), frees the
-//! remote copies of ranges the program gives back, and reports each outcome
-//! to the policy.
+//! remote copies of ranges the program gives back (without waiting for the
+//! answers: see [`Remote::free`]), and reports each outcome to the policy.
 //!
 //! One handler thread owns all of this behind the `PAGER` lock; application
 //! threads take the lock only to zap ranges they free. The handler never

@@ -47,8 +47,11 @@ fn prepare_pager() {
         return;
     };
     p.no_evict = true;
-    // The child must not inherit a read in flight on the parent's connection.
+    // The child must not inherit a read in flight on the parent's
+    // connection, and the memory monitors copy the space only after every
+    // free the parent sent reached them.
     p.cancel_ahead();
+    p.remote.settle_frees(0);
     let asid = p.remote.fork_space();
     match asid {
         Ok(r) => CHILD_ASID.store(r.asid.0, Ordering::Relaxed),

@@ -133,7 +133,14 @@ pub struct Remote {
     /// The version of the last write (see the module doc).
     version: u64,
     monitors: Pool,
+    /// Frees sent and not yet answered, oldest first: the program does not
+    /// wait for them (a later request on the same connection is served
+    /// after them), and their answers are taken in later.
+    pending_frees: std::collections::VecDeque<(Client, u64)>,
 }
+
+/// Frees left unanswered at most; past it the oldest answers are waited for.
+const MAX_PENDING_FREES: usize = 64;
 
 /// How long a process waits for an unreachable manager (or one that
 /// answers `Unavailable`: just restarted, its memory monitors not back yet,
@@ -182,6 +189,7 @@ impl Remote {
             unconfirmed: HashSet::new(),
             version: 0,
             monitors: Pool::new(creds, opts()).with_dial(dial),
+            pending_frees: std::collections::VecDeque::new(),
         })
     }
 
@@ -505,7 +513,9 @@ impl Remote {
         Ok(())
     }
 
-    /// Frees a run of pages on its copies (best effort).
+    /// Frees a run of pages on its copies (best effort), without waiting:
+    /// each copy's connection serves it before anything sent later, so a
+    /// later write of the same pages is never undone by it.
     pub fn free(&mut self, first: PageNo, count: u64) {
         let index = self.vregion_of(first);
         let Some(copies) = self.regions.get(&index) else {
@@ -520,8 +530,26 @@ impl Remote {
             .chain(copies.live_backup())
             .map(|e| e.addr.clone())
             .collect();
+        let body = lego_wire::Request::encode(&req);
         for addr in addrs {
-            let _ = self.monitors.call(&addr, &req);
+            if let Ok(sent) = self
+                .client(&addr)
+                .and_then(|c| c.send(Op::FreeRange, &[&body]).map(|id| (c, id)))
+            {
+                self.pending_frees.push_back(sent);
+            }
+        }
+        self.settle_frees(MAX_PENDING_FREES);
+    }
+
+    /// Takes in the answers of pending frees until at most `keep` are left
+    /// (0: all, before a fork copies the space on the memory monitors).
+    /// A free that failed is let go: its pages go with the address space.
+    pub fn settle_frees(&mut self, keep: usize) {
+        while self.pending_frees.len() > keep {
+            if let Some((c, id)) = self.pending_frees.pop_front() {
+                let _ = c.wait(id);
+            }
         }
     }
 
@@ -541,6 +569,9 @@ impl Remote {
 
     /// After fork, in the child: the parent's connections are not ours.
     pub fn reset_after_fork(&mut self, asid: Asid) -> Result<(), String> {
+        for (c, _) in self.pending_frees.drain(..) {
+            std::mem::forget(c); // the parent's (see `Redial::abandon`)
+        }
         self.monitors.abandon();
         self.manager.abandon();
         // The child's placements are its own (copied from the parent's
