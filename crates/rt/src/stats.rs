@@ -89,6 +89,12 @@ impl Counters {
 
 /// Median remote fault latency in µs, from the histogram (bucket midpoint).
 pub fn fault_p50_us() -> u64 {
+    fault_percentile_us(50)
+}
+
+/// The `pct`-th percentile of remote fault latency in µs, from the
+/// histogram (bucket midpoint).
+pub fn fault_percentile_us(pct: u64) -> u64 {
     let counts: Vec<u64> = FAULT_HIST
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -100,7 +106,7 @@ pub fn fault_p50_us() -> u64 {
     let mut seen = 0;
     for (i, c) in counts.iter().enumerate() {
         seen += c;
-        if seen * 2 >= total {
+        if seen * 100 >= total * pct {
             return bucket_mid(i).round() as u64;
         }
     }
@@ -114,8 +120,9 @@ pub fn to_json(asid: u64) -> String {
         s.push_str(&format!("\"{k}\":{v},"));
     }
     s.push_str(&format!(
-        "\"remote_fault_p50_us\":{},\"asid\":{asid}}}",
-        fault_p50_us()
+        "\"remote_fault_p50_us\":{},\"remote_fault_p99_us\":{},\"asid\":{asid}}}",
+        fault_p50_us(),
+        fault_percentile_us(99)
     ));
     s
 }
@@ -134,5 +141,22 @@ mod tests {
             assert!(err <= 0.2, "{us} µs lands in a bucket with midpoint {mid}");
         }
         assert!(bucket_of(15) < bucket_of(17));
+    }
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        for _ in 0..98 {
+            COUNTERS.record_fault(10_000);
+        }
+        for _ in 0..2 {
+            COUNTERS.record_fault(1_000_000);
+        }
+        let near = |got: u64, want: f64| (got as f64 - want).abs() / want <= 0.2;
+        assert!(near(fault_p50_us(), 10.0), "{}", fault_p50_us());
+        assert!(
+            near(fault_percentile_us(99), 1000.0),
+            "{}",
+            fault_percentile_us(99)
+        );
     }
 }

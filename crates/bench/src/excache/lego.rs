@@ -114,7 +114,7 @@ fn lego_note(c: &BTreeMap<String, u64>) -> String {
     let g = |k: &str| c.get(k).copied().unwrap_or(0);
     format!(
         "faults {} fetched, {} zero-filled; prefetched {} ({} used, {} wasted); evictions {} clean, {} dirty; \
-         {} fetched, {} written back; resident peak {}; remote fault p50 {} µs",
+         {} fetched, {} written back; resident peak {}; remote fault p50 {} µs, p99 {} µs",
         commas(g("faults_fetched")),
         commas(g("faults_zero_filled")),
         commas(g("prefetched_pages")),
@@ -125,7 +125,8 @@ fn lego_note(c: &BTreeMap<String, u64>) -> String {
         human(g("bytes_fetched")),
         human(g("bytes_written_back")),
         human(g("resident_peak_pages") * PAGE),
-        g("remote_fault_p50_us")
+        g("remote_fault_p50_us"),
+        g("remote_fault_p99_us")
     )
 }
 

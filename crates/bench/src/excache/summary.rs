@@ -39,6 +39,7 @@ impl Summary<'_> {
             .find(|r| r.config == Some(Config::Lego25))
             .map(|r| &r.counters);
         let p50 = counters.and_then(|c| c.get("remote_fault_p50_us").copied());
+        let p99 = counters.and_then(|c| c.get("remote_fault_p99_us").copied());
         let mean = counters.and_then(|c| {
             let (ns, n) = (
                 c.get("remote_fault_ns_total")?,
@@ -47,8 +48,9 @@ impl Summary<'_> {
             (*n > 0).then(|| *ns as f64 / *n as f64 / 1000.0)
         });
         println!(
-            "\nremote fault, lego at 25% (runtime's histogram, quarter octaves: p50 is its bucket's midpoint): p50 {} µs, mean {} µs",
+            "\nremote fault, lego at 25% (runtime's histogram, quarter octaves: each percentile is its bucket's midpoint): p50 {} µs, p99 {} µs, mean {} µs",
             p50.map_or("?".into(), |v| v.to_string()),
+            p99.map_or("?".into(), |v| v.to_string()),
             mean.map_or("?".into(), |v| format!("{v:.1}"))
         );
         let ratio = |r: &Rtt| {
