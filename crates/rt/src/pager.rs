@@ -19,7 +19,7 @@ use crate::arena::PAGE;
 use lego_wire::PageNo;
 
 use crate::policy::{runs, Fault, Policy, MAX_ZERO_WINDOW, SMALL_READ};
-use crate::remote::{Lost, PendingRead, Remote};
+use crate::remote::{Lost, PendingRead, PendingWrite, Remote};
 use crate::stats::COUNTERS;
 use crate::sys::{
     private_pages, raw_madvise, Uffd, UffdEvents, UffdMsg, UFFD_EVENT_PAGEFAULT,
@@ -39,6 +39,18 @@ enum AheadRead {
     Ready(usize),
 }
 
+/// Victims being cleaned ahead of need: written back while they stay
+/// resident and write-protected (see [`Pager::make_room`]).
+struct Cleaning {
+    victims: Vec<usize>,
+    /// One write per vRegion, with the data it sent (kept for a retry).
+    writes: Vec<(PendingWrite, Vec<u8>)>,
+    dirty: usize,
+}
+
+/// Pages cleaned ahead of need at a time.
+const CLEAN_AHEAD: usize = 256;
+
 pub struct Pager {
     pub uffd: Uffd,
     base: usize,
@@ -56,6 +68,10 @@ pub struct Pager {
     abuf: Vec<u8>,
     /// Set while a fork is in progress: nothing is evicted (see `process`).
     pub no_evict: bool,
+    /// The victims being cleaned ahead of need, if any.
+    cleaning: Option<Cleaning>,
+    /// Spare buffers for write-backs in flight.
+    spare: Vec<Vec<u8>>,
 }
 
 pub static PAGER: Mutex<Option<Pager>> = Mutex::new(None);
@@ -106,6 +122,8 @@ impl Pager {
             wbuf: Vec::new(),
             abuf: Vec::new(),
             no_evict: false,
+            cleaning: None,
+            spare: Vec::new(),
         })
     }
 
@@ -305,24 +323,92 @@ impl Pager {
         }
     }
 
-    /// Evicts until `incoming` more pages fit in the quota.
+    /// Evicts until `incoming` more pages fit in the quota: first the
+    /// victims cleaned ahead of need (their write-backs were sent at an
+    /// earlier fault and have had the program's time since to complete),
+    /// then synchronously if still short. Then, when fewer than
+    /// [`CLEAN_AHEAD`] slots would be left, the next victims are cleaned
+    /// ahead: written back now, dropped when room is needed.
     fn make_room(&mut self, incoming: usize) -> Result<(), Lost> {
         if self.no_evict {
             return Ok(()); // briefly over quota while a fork is in progress
         }
+        if self.policy.to_evict(incoming).is_some() {
+            self.settle_cleaning()?;
+        }
         while let Some(n) = self.policy.to_evict(incoming) {
             self.evict(n)?;
+        }
+        if self.cleaning.is_none()
+            && self.policy.resident() + incoming + CLEAN_AHEAD > self.policy.quota()
+        {
+            self.start_cleaning(CLEAN_AHEAD)?;
         }
         Ok(())
     }
 
-    fn evict(&mut self, n: usize) -> Result<(), Lost> {
+    /// Writes back the next `n` victims without waiting, leaving them
+    /// resident and write-protected (a write to one makes it dirty again,
+    /// and keeps it).
+    fn start_cleaning(&mut self, n: usize) -> Result<(), Lost> {
         let victims = self.policy.pick_victims(n);
         if victims.is_empty() {
             return Ok(());
         }
-        // Victims that may have been written: stop writers first.
-        let written = self.policy.maybe_written(&victims);
+        let dirty = self.protect_and_classify(&victims);
+        if !dirty.is_empty() {
+            self.settle_ahead();
+        }
+        let mut writes = Vec::new();
+        let mut start = 0;
+        while start < dirty.len() {
+            let end = start + self.same_vregion(&dirty[start..]);
+            let mut data = self.spare.pop().unwrap_or_default();
+            data.clear();
+            for &i in &dirty[start..end] {
+                data.extend_from_slice(self.protected_page(i));
+            }
+            let pages: Vec<PageNo> = dirty[start..end]
+                .iter()
+                .map(|&i| self.policy.page_no(i))
+                .collect();
+            let w = self.remote.start_write(&pages, &data)?;
+            writes.push((w, data));
+            start = end;
+        }
+        self.policy.written_back(&dirty);
+        self.cleaning = Some(Cleaning {
+            victims,
+            writes,
+            dirty: dirty.len(),
+        });
+        Ok(())
+    }
+
+    /// Takes the answers of the cleaning in flight and drops its victims
+    /// that were not written again meanwhile.
+    pub fn settle_cleaning(&mut self) -> Result<(), Lost> {
+        let Some(c) = self.cleaning.take() else {
+            return Ok(());
+        };
+        for (w, data) in c.writes {
+            let r = self.remote.finish_write(w, &data);
+            self.spare.push(data);
+            r?;
+        }
+        let drop = self.policy.settle_victims(&c.victims);
+        for run in runs(&drop) {
+            self.drop_pages(self.addr(run.0), run.1 * PAGE);
+        }
+        let dirty = c.dirty.min(drop.len());
+        self.policy.dropped(&drop, dirty);
+        Ok(())
+    }
+
+    /// Write-protects the victims that may have been written and returns
+    /// those that must be written back.
+    fn protect_and_classify(&mut self, victims: &[usize]) -> Vec<usize> {
+        let written = self.policy.maybe_written(victims);
         for run in runs(&written) {
             let _ = self
                 .uffd
@@ -334,18 +420,32 @@ impl Pager {
                 dirty.push(i);
             }
         }
+        dirty
+    }
+
+    /// How many of `pages` (ascending) from the first are in its vRegion.
+    fn same_vregion(&self, pages: &[usize]) -> usize {
+        let vr = self.policy.vregion_of(pages[0]);
+        pages
+            .iter()
+            .take_while(|&&i| self.policy.vregion_of(i) == vr)
+            .count()
+    }
+
+    fn evict(&mut self, n: usize) -> Result<(), Lost> {
+        let victims = self.policy.pick_victims(n);
+        if victims.is_empty() {
+            return Ok(());
+        }
+        // Victims that may have been written: stop writers first.
+        let dirty = self.protect_and_classify(&victims);
         if !dirty.is_empty() {
             self.settle_ahead();
         }
         let mut start = 0;
         while start < dirty.len() {
             // One write per vRegion.
-            let vr = self.policy.vregion_of(dirty[start]);
-            let end = start
-                + dirty[start..]
-                    .iter()
-                    .take_while(|&&i| self.policy.vregion_of(i) == vr)
-                    .count();
+            let end = start + self.same_vregion(&dirty[start..]);
             let mut data = std::mem::take(&mut self.wbuf);
             data.clear();
             for &i in &dirty[start..end] {

@@ -444,6 +444,27 @@ impl Policy {
         }
     }
 
+    /// Of victims cleaned ahead of need (written back while they stayed
+    /// resident, write-protected), those that may be dropped now. One
+    /// written again meanwhile (a write-protect fault made it DIRTY) stays
+    /// resident, at the FIFO's tail; one zapped meanwhile is gone already.
+    pub fn settle_victims(&mut self, victims: &[usize]) -> Vec<usize> {
+        let mut drop = Vec::with_capacity(victims.len());
+        for &i in victims {
+            let fl = self.f(i);
+            if fl & RES == 0 || fl & VICTIM == 0 {
+                continue;
+            }
+            if fl & DIRTY != 0 {
+                self.set(i, fl & !VICTIM);
+                self.fifo.push_back(i as u32);
+            } else {
+                drop.push(i);
+            }
+        }
+        drop
+    }
+
     /// The victims were dropped from the arena, `dirty` of them written
     /// back first.
     pub fn dropped(&mut self, victims: &[usize], dirty: usize) {

@@ -52,6 +52,9 @@ fn prepare_pager() {
     // free the parent sent reached them.
     p.cancel_ahead();
     p.remote.settle_frees(0);
+    if let Err(lost) = p.settle_cleaning() {
+        crate::fatal_lost(&lost);
+    }
     let asid = p.remote.fork_space();
     match asid {
         Ok(r) => CHILD_ASID.store(r.asid.0, Ordering::Relaxed),

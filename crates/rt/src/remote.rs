@@ -71,6 +71,23 @@ pub struct PendingRead {
     why: Vec<String>,
 }
 
+/// A write sent to a vRegion's copies, not yet answered (see
+/// [`Remote::start_write`]).
+pub struct PendingWrite {
+    index: VRegionIdx,
+    copies: Copies,
+    pages: Vec<PageNo>,
+    version: u64,
+    sent: Vec<SentWrite>,
+}
+
+/// A write sent to one copy.
+struct SentWrite {
+    role: &'static str,
+    ep: Endpoint,
+    sent: Result<(Client, u64), TransportError>,
+}
+
 /// A vRegion's copies as this process last learned them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Copies {
@@ -418,58 +435,105 @@ impl Remote {
     /// Writes pages (one vRegion) to its copies. When no copy took them,
     /// the placement is asked again once (the copies may have moved).
     pub fn write(&mut self, pages: &[PageNo], data: &[u8]) -> Result<(), Lost> {
+        let w = self.start_write(pages, data)?;
+        self.finish_write(w, data)
+    }
+
+    /// Sends a write of pages (one vRegion) to its copies without waiting
+    /// for the answers: [`Remote::finish_write`] takes them, with the same
+    /// `data` (kept by the caller until then, for a second try).
+    pub fn start_write(&mut self, pages: &[PageNo], data: &[u8]) -> Result<PendingWrite, Lost> {
         let index = self.vregion_of(pages[0]);
         self.version += 1;
         let copies = self.region(index, false)?;
-        match self.write_to(index, &copies, pages, data) {
+        let sent = self.send_write(index, &copies, pages, data, self.version);
+        Ok(PendingWrite {
+            index,
+            copies,
+            pages: pages.to_vec(),
+            version: self.version,
+            sent,
+        })
+    }
+
+    /// Takes the answers of a write. When no copy took it, the placement is
+    /// asked again once and the write sent again, at its own version (a
+    /// newer write of the same pages may have gone out meanwhile).
+    pub fn finish_write(&mut self, w: PendingWrite, data: &[u8]) -> Result<(), Lost> {
+        let PendingWrite {
+            index,
+            copies,
+            pages,
+            version,
+            sent,
+        } = w;
+        match self.take_write(index, &copies, sent, data.len()) {
             Ok(()) => Ok(()),
             Err(why) => {
                 let now = self.region(index, true)?;
                 if now == copies {
                     return Err(self.lost(index, why));
                 }
-                self.write_to(index, &now, pages, data)
+                let again = self.send_write(index, &now, &pages, data, version);
+                self.take_write(index, &now, again, data.len())
                     .map_err(|w| self.lost(index, format!("{why}; then {w}")))
             }
         }
     }
 
-    fn write_to(
+    /// Sends one write to the copies that take writes (a bad backup being
+    /// rebuilt, and copies that missed a write, never do).
+    fn send_write(
         &mut self,
         index: VRegionIdx,
         copies: &Copies,
         pages: &[PageNo],
         data: &[u8],
-    ) -> Result<(), String> {
-        // A bad backup (being rebuilt) and copies that missed a write are
-        // never written.
-        let targets: Vec<(&str, &Endpoint)> = [
+        version: u64,
+    ) -> Vec<SentWrite> {
+        let targets: Vec<(&'static str, Endpoint)> = [
             ("primary", Some(&copies.primary)),
             ("backup", copies.live_backup()),
         ]
         .into_iter()
-        .filter_map(|(r, e)| e.map(|e| (r, e)))
+        .filter_map(|(r, e)| e.map(|e| (r, e.clone())))
         .filter(|(_, e)| !self.stale.contains(&(index, e.id)))
         .collect();
         let mut sent = Vec::new();
-        for &(role, ep) in &targets {
+        for (role, ep) in &targets {
             // The other copy this write goes to, so that a copy forwarding
             // writes to a new one knows whether it has this one.
             let peer = targets
                 .iter()
                 .find(|(_, o)| o.id != ep.id)
                 .map_or(0, |(_, o)| o.id);
-            let head = WritePages::encode_head(self.asid, self.version, peer, pages);
+            let head = WritePages::encode_head(self.asid, version, peer, pages);
             let r = self
                 .client(&ep.addr)
                 .and_then(|c| c.send(Op::WritePages, &[&head, data]).map(|id| (c, id)));
-            sent.push((role, ep.clone(), r));
+            sent.push(SentWrite {
+                role,
+                ep: ep.clone(),
+                sent: r,
+            });
         }
+        sent
+    }
+
+    /// Waits for a write's answers; counts, reports copies that missed it.
+    fn take_write(
+        &mut self,
+        index: VRegionIdx,
+        copies: &Copies,
+        sent: Vec<SentWrite>,
+        len: usize,
+    ) -> Result<(), String> {
+        let targets = sent.len();
         let mut stored = 0;
         let mut why = Vec::new();
         let mut missed = Vec::new();
-        for (role, ep, r) in sent {
-            match r.and_then(|(c, id)| c.wait(id)) {
+        for SentWrite { role, ep, sent } in sent {
+            match sent.and_then(|(c, id)| c.wait(id)) {
                 Ok(f) => {
                     stored += 1;
                     // A copy being rebuilt that this one forwarded to, and
@@ -487,7 +551,7 @@ impl Remote {
                 }
             }
         }
-        COUNTERS.add(&COUNTERS.bytes_written_back, (data.len() * stored) as u64);
+        COUNTERS.add(&COUNTERS.bytes_written_back, (len * stored) as u64);
         // A replica that missed this write holds an old copy from now on;
         // the manager is told, so that it rebuilds that copy from the good one.
         for id in missed {
@@ -501,7 +565,7 @@ impl Remote {
             }
         }
         if stored == 0 {
-            if targets.is_empty() {
+            if targets == 0 {
                 why.push("every copy missed an earlier write".to_string());
             }
             return Err(why.join("; "));

@@ -144,7 +144,12 @@ struct World {
     /// What the program last wrote to each page (0: never, or zapped).
     truth: Vec<u64>,
     tick: u64,
+    /// Victims being cleaned ahead of need (written back, still resident).
+    cleaning: Option<Vec<usize>>,
 }
+
+/// Pages the model executor cleans ahead, as the pager does.
+const CLEAN_AHEAD: usize = 64;
 
 fn page_of(v: u64) -> [u8; PAGE] {
     let mut b = [0u8; PAGE];
@@ -165,31 +170,56 @@ impl World {
             remote: vec![None; n],
             truth: vec![0; n],
             tick: 0,
+            cleaning: None,
         }
     }
 
+    /// Protects the victims that may have been written and writes back
+    /// those that must be; returns them.
+    fn clean(&mut self, victims: &[usize]) -> Vec<usize> {
+        for &i in &self.p.maybe_written(victims) {
+            self.writable[i] = false;
+        }
+        let mut dirty = Vec::new();
+        for i in self.p.maybe_written(victims) {
+            let page = page_of(self.local[i].expect("a victim is resident"));
+            if self.p.must_write(i, &page) {
+                dirty.push(i);
+            }
+        }
+        for &i in &dirty {
+            self.remote[i] = self.local[i];
+        }
+        self.p.written_back(&dirty);
+        dirty
+    }
+
+    /// As the pager does: the cleaning in flight first, then synchronous
+    /// eviction, then the next cleaning ahead of need.
     fn make_room(&mut self, incoming: usize) {
+        if self.p.to_evict(incoming).is_some() {
+            if let Some(victims) = self.cleaning.take() {
+                let drop = self.p.settle_victims(&victims);
+                for &i in &drop {
+                    self.local[i] = None;
+                    self.writable[i] = false;
+                }
+                self.p.dropped(&drop, 0);
+            }
+        }
         while let Some(n) = self.p.to_evict(incoming) {
             let victims = self.p.pick_victims(n);
-            for &i in &self.p.maybe_written(&victims) {
-                self.writable[i] = false;
-            }
-            let mut dirty = Vec::new();
-            for i in self.p.maybe_written(&victims) {
-                let page = page_of(self.local[i].expect("a victim is resident"));
-                if self.p.must_write(i, &page) {
-                    dirty.push(i);
-                }
-            }
-            for &i in &dirty {
-                self.remote[i] = self.local[i];
-            }
-            self.p.written_back(&dirty);
+            let dirty = self.clean(&victims);
             for &i in &victims {
                 self.local[i] = None;
                 self.writable[i] = false;
             }
             self.p.dropped(&victims, dirty.len());
+        }
+        if self.cleaning.is_none() && self.p.resident() + incoming + CLEAN_AHEAD > self.p.quota() {
+            let victims = self.p.pick_victims(CLEAN_AHEAD);
+            self.clean(&victims);
+            self.cleaning = Some(victims);
         }
     }
 
@@ -276,7 +306,8 @@ impl World {
         let mut resident = 0;
         for i in 0..self.local.len() {
             let fl = self.p.f(i);
-            assert_eq!(fl & VICTIM, 0, "page {i} left a victim");
+            let cleaning = self.cleaning.as_ref().is_some_and(|v| v.contains(&i));
+            assert!(fl & VICTIM == 0 || cleaning, "page {i} left a victim");
             assert_eq!(
                 fl & RES != 0,
                 self.local[i].is_some(),
