@@ -62,8 +62,6 @@ pub struct Pager {
     buf: Vec<u8>,
     /// The read of a sequential stream's next window, in flight.
     ahead: Option<Ahead>,
-    /// Staging for write-backs.
-    wbuf: Vec<u8>,
     /// The answer of the read-ahead.
     abuf: Vec<u8>,
     /// Set while a fork is in progress: nothing is evicted (see `process`).
@@ -119,7 +117,6 @@ impl Pager {
             zero,
             buf: Vec::new(),
             ahead: None,
-            wbuf: Vec::new(),
             abuf: Vec::new(),
             no_evict: false,
             cleaning: None,
@@ -432,40 +429,12 @@ impl Pager {
             .count()
     }
 
+    /// Evicts `n` victims now: written back (those that must be), waited
+    /// for, dropped.
     fn evict(&mut self, n: usize) -> Result<(), Lost> {
-        let victims = self.policy.pick_victims(n);
-        if victims.is_empty() {
-            return Ok(());
-        }
-        // Victims that may have been written: stop writers first.
-        let dirty = self.protect_and_classify(&victims);
-        if !dirty.is_empty() {
-            self.settle_ahead();
-        }
-        let mut start = 0;
-        while start < dirty.len() {
-            // One write per vRegion.
-            let end = start + self.same_vregion(&dirty[start..]);
-            let mut data = std::mem::take(&mut self.wbuf);
-            data.clear();
-            for &i in &dirty[start..end] {
-                data.extend_from_slice(self.protected_page(i));
-            }
-            let pages: Vec<PageNo> = dirty[start..end]
-                .iter()
-                .map(|&i| self.policy.page_no(i))
-                .collect();
-            let r = self.remote.write(&pages, &data);
-            self.wbuf = data;
-            r?;
-            self.policy.written_back(&dirty[start..end]);
-            start = end;
-        }
-        for run in runs(&victims) {
-            self.drop_pages(self.addr(run.0), run.1 * PAGE);
-        }
-        self.policy.dropped(&victims, dirty.len());
-        Ok(())
+        debug_assert!(self.cleaning.is_none(), "settled before evicting");
+        self.start_cleaning(n)?;
+        self.settle_cleaning()
     }
 
     /// Forgets a range's contents: local pages dropped, remote copies freed.
