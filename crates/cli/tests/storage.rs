@@ -333,6 +333,38 @@ print("no error", flush=True)
 }
 
 #[test]
+fn memory_is_leased_ahead_of_need() {
+    let c = cluster();
+    ok(&c.cli(&["vnode", "create", "lz", "--memory-quota", "1GiB"]));
+    // 120 MiB taken a MiB at a time, with a little work between: the
+    // leaser asks for the next chunk while the program runs on.
+    let py = "import time\nchunks = []\nfor i in range(120):\n    chunks.append(bytearray(1 << 20))\n    time.sleep(0.003)\nprint(len(chunks))\n";
+    let o = c
+        .run_command(&["--vnode", "lz", "--stats"], &["python3", "-c", py])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), "120\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let counter = |name: &str| -> u64 {
+        err.lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in {err}"))
+    };
+    let (ahead, waited) = (counter("leases_ahead"), counter("leases_waited"));
+    eprintln!("leases ahead of need: {ahead}, waited for: {waited}");
+    assert!(
+        ahead >= 20,
+        "{ahead} leases ahead for 120 MiB in 4 MiB chunks"
+    );
+    assert!(waited <= 3, "{waited} allocations waited for a lease");
+    assert_eq!(counter("quota_refusals"), 0);
+}
+
+#[test]
 fn a_busy_vnode_is_deleted_only_by_force_and_its_quota_holds() {
     let c = cluster();
     let o = c.cli(&[

@@ -232,6 +232,16 @@ pub fn start_handler(uffd: sys::UffdEvents) {
     spawn_runtime_thread(c"lego-pager", handler_main, uffd.raw() as usize);
 }
 
+extern "C" fn leaser_main(fd: usize) {
+    quota::leaser_loop(fd as i32)
+}
+
+/// Starts the thread that leases memory ahead of need, woken through the
+/// pipe whose read end is `fd` (see [`quota`]).
+pub fn start_leaser(fd: i32) {
+    spawn_runtime_thread(c"lego-leaser", leaser_main, fd as usize);
+}
+
 extern "C" fn init() {
     section::runtime_section(start);
 }

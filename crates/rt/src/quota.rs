@@ -10,11 +10,18 @@
 //! with ENOMEM. The refusal is counted (`quota_refusals`), and the processor
 //! monitor logs it with the vNode's name.
 //!
+//! Leases are taken ahead of need: when less than [`CHUNK`] of lease is left
+//! after a commit, the leaser thread (`lego-leaser`, woken through a pipe)
+//! asks for the next chunk while the program runs on, so that an allocation
+//! waits for the manager only when it outruns the leaser
+//! (`leases_ahead`, `leases_waited`).
+//!
 //! Leases only grow during a process's life; releasing its address space
 //! (exit, exec) returns them. A forked child starts with a copy of its
-//! parent's lease, made by the manager with the copy of its memory.
+//! parent's lease, made by the manager with the copy of its memory, and a
+//! leaser of its own.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use lego_transport::Redial;
 use lego_wire::control::LeaseReq;
@@ -32,12 +39,56 @@ static LEASED: AtomicU64 = AtomicU64::new(0);
 /// The manager connection (made again when it broke, from the host's
 /// network namespace), and the address space leases are asked for.
 static LEASER: Lock<Option<(Redial, Asid)>> = Lock::new(None);
+/// The pipe that wakes the leaser: (read end, write end), -1 when none.
+static WAKE_R: AtomicI32 = AtomicI32::new(-1);
+static WAKE_W: AtomicI32 = AtomicI32::new(-1);
+/// A lease ahead is asked for and not done yet.
+static AHEAD: AtomicBool = AtomicBool::new(false);
+/// The last lease ahead was refused: none is asked again until a lease
+/// the program waited for succeeds (the quota is full meanwhile).
+static AHEAD_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Starts a leaser thread with a pipe of its own.
+fn start_leaser() {
+    match crate::sys::pipe() {
+        Ok((r, w)) => {
+            WAKE_R.store(r, Ordering::Release);
+            WAKE_W.store(w, Ordering::Release);
+            crate::start_leaser(r);
+        }
+        Err(_) => WAKE_W.store(-1, Ordering::Release), // leases as needed only
+    }
+}
+
+/// The leaser thread: a lease ahead each time it is woken.
+pub fn leaser_loop(fd: i32) {
+    while crate::sys::read_byte(fd) {
+        if lease_inner(CHUNK, true) {
+            COUNTERS.add(&COUNTERS.leases_ahead, 1);
+        } else {
+            AHEAD_REFUSED.store(true, Ordering::Release);
+        }
+        AHEAD.store(false, Ordering::Release);
+    }
+}
+
+/// Wakes the leaser when less than a chunk of lease is left.
+fn maybe_lease_ahead(committed: u64) {
+    let w = WAKE_W.load(Ordering::Acquire);
+    if w < 0 || AHEAD_REFUSED.load(Ordering::Acquire) {
+        return;
+    }
+    if committed + CHUNK > LEASED.load(Ordering::Acquire) && !AHEAD.swap(true, Ordering::AcqRel) {
+        crate::sys::write_fd(w, &[1]);
+    }
+}
 
 /// Turns the quota on for address space `asid` and leases what the program
 /// was given before the runtime started. An error says why not.
 pub fn init(manager: Redial, asid: Asid) -> Result<(), String> {
     *LEASER.lock() = Some((manager, asid));
     ENABLED.store(true, Ordering::Release);
+    start_leaser();
     let early = COMMITTED.load(Ordering::Relaxed);
     if early > 0 && !lease(early) {
         return Err(format!(
@@ -54,14 +105,32 @@ pub fn after_fork(asid: Asid) {
         manager.abandon();
         *a = asid;
     }
+    if ENABLED.load(Ordering::Acquire) {
+        // The parent's leaser is not in this process; its pipe is the
+        // parent's.
+        for end in [&WAKE_R, &WAKE_W] {
+            let fd = end.swap(-1, Ordering::AcqRel);
+            if fd >= 0 {
+                crate::sys::close_fd(fd);
+            }
+        }
+        AHEAD.store(false, Ordering::Release);
+        start_leaser();
+    }
 }
 
-/// Asks the manager for at least `need` more bytes of lease.
+/// Asks the manager for at least `need` more bytes of lease, waiting.
 fn lease(need: u64) -> bool {
-    crate::section::runtime_section(|| lease_inner(need))
+    COUNTERS.add(&COUNTERS.leases_waited, 1);
+    let ok = crate::section::runtime_section(|| lease_inner(need, false));
+    if ok {
+        AHEAD_REFUSED.store(false, Ordering::Release);
+    }
+    ok
 }
 
-fn lease_inner(need: u64) -> bool {
+/// One lease; a refusal of one the program waits for is counted.
+fn lease_inner(need: u64, ahead: bool) -> bool {
     let mut guard = LEASER.lock();
     let Some((manager, asid)) = guard.as_mut() else {
         return false;
@@ -72,6 +141,9 @@ fn lease_inner(need: u64) -> bool {
     };
     // A chunk may not fit the quota where the exact need would.
     let mut answer = manager.call(&req);
+    if ahead && answer.is_err() {
+        return false; // what it may still get is left for a need
+    }
     if answer.is_err() && req.bytes > need {
         answer = manager.call(&LeaseReq {
             asid: *asid,
@@ -84,7 +156,9 @@ fn lease_inner(need: u64) -> bool {
             true
         }
         Err(_) => {
-            COUNTERS.add(&COUNTERS.quota_refusals, 1);
+            if !ahead {
+                COUNTERS.add(&COUNTERS.quota_refusals, 1);
+            }
             false
         }
     }
@@ -104,6 +178,7 @@ pub fn reserve(len: usize) -> bool {
                 .compare_exchange(c, c + len, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
+                maybe_lease_ahead(c + len);
                 return true;
             }
             continue;

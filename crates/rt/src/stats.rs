@@ -44,6 +44,8 @@ counters! {
     forks,
     local_shared_maps,
     quota_refusals,
+    leases_ahead,
+    leases_waited,
 }
 
 /// Sub-buckets per power of two in the fault-latency histogram.

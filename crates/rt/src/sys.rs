@@ -93,6 +93,41 @@ pub fn private_pages(len: usize) -> io::Result<usize> {
     }
 }
 
+/// A pipe, both ends close-on-exec, the write end non-blocking: (read, write).
+pub fn pipe() -> io::Result<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sets a flag on the descriptor just made.
+    unsafe { libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK) };
+    Ok((fds[0], fds[1]))
+}
+
+/// Closes a descriptor this process owns and no one else refers to.
+pub fn close_fd(fd: i32) {
+    // SAFETY: the caller gives up the descriptor; nothing uses it after.
+    unsafe { libc::close(fd) };
+}
+
+/// Reads one byte from a blocking descriptor; false at its end or on error
+/// (other than an interruption).
+pub fn read_byte(fd: i32) -> bool {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into a local.
+        let r = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+        if r == 1 {
+            return true;
+        }
+        if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return false;
+    }
+}
+
 /// Writes all of `buf` to a file descriptor (for messages on stderr that must
 /// not allocate or take locks).
 pub fn write_fd(fd: i32, buf: &[u8]) {
