@@ -21,9 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,19 +186,9 @@ fn connect(shared: &Shared, addr: &str) -> Result<OwnedFd, String> {
     if !shared.may_dial(addr) {
         return Err(format!("{addr} is not a component of this cluster"));
     }
-    if let Some(path) = addr.strip_prefix("unix:") {
-        return UnixStream::connect(path)
-            .map(OwnedFd::from)
-            .map_err(|e| format!("cannot connect to {addr}: {e}"));
-    }
-    let mut last = format!("{addr} resolves to nothing");
-    for sa in addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))? {
-        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(OwnedFd::from(s)),
-            Err(e) => last = format!("cannot connect to {addr}: {e}"),
-        }
-    }
-    Err(last)
+    lego_transport::link::connect(addr, CONNECT_TIMEOUT)
+        .map(|link| link.into_fd())
+        .map_err(|e| lego_wire::error::chain(&e))
 }
 
 fn answer_connect(reply: &OwnedFd, answer: Result<OwnedFd, String>) {

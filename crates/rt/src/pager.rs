@@ -171,7 +171,7 @@ impl Pager {
         let idx = (addr - self.base) / PAGE;
         let wp = msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0;
         let write = msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0;
-        match self.policy.on_fault(idx, wp, write) {
+        match self.policy.on_fault(idx, wp) {
             Fault::Wake => {
                 let _ = self.uffd.wake(addr, PAGE);
                 Ok(())

@@ -180,9 +180,8 @@ impl Policy {
         }
     }
 
-    /// What to do about a fault at `idx` (`wp`: a write-protect fault,
-    /// `write`: a write to a missing page).
-    pub fn on_fault(&mut self, idx: usize, wp: bool, write: bool) -> Fault {
+    /// What to do about a fault at `idx` (`wp`: a write-protect fault).
+    pub fn on_fault(&mut self, idx: usize, wp: bool) -> Fault {
         let fl = self.f(idx);
         if wp {
             if fl & RES == 0 {
@@ -198,7 +197,6 @@ impl Policy {
         if fl & RES != 0 {
             return Fault::Wake;
         }
-        let _ = write;
         if fl & REMOTE != 0 {
             return Fault::Fetch;
         }

@@ -425,20 +425,6 @@ impl Remote {
         }
     }
 
-    /// Reads pages (all in one vRegion) into `out`; returns the offset of the
-    /// page data (see [`Remote::finish_read`]).
-    pub fn read(&mut self, pages: &[PageNo], out: &mut Vec<u8>) -> Result<usize, Lost> {
-        let p = self.start_read(pages)?;
-        self.finish_read(p, out)
-    }
-
-    /// Writes pages (one vRegion) to its copies. When no copy took them,
-    /// the placement is asked again once (the copies may have moved).
-    pub fn write(&mut self, pages: &[PageNo], data: &[u8]) -> Result<(), Lost> {
-        let w = self.start_write(pages, data)?;
-        self.finish_write(w, data)
-    }
-
     /// Sends a write of pages (one vRegion) to its copies without waiting
     /// for the answers: [`Remote::finish_write`] takes them, with the same
     /// `data` (kept by the caller until then, for a second try).

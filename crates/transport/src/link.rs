@@ -76,6 +76,9 @@ pub trait Link: Send {
     fn peer(&self) -> String;
     /// Splits into halves that two threads may use at once.
     fn split(self: Box<Self>) -> io::Result<(ReadHalf, WriteHalf)>;
+    /// The socket itself (to pass it to another process, which takes it
+    /// back with [`adopt`]).
+    fn into_fd(self: Box<Self>) -> std::os::fd::OwnedFd;
 }
 
 /// A bound endpoint that accepts links.
@@ -126,6 +129,9 @@ impl Link for TcpLink {
         let w = self.0.try_clone()?;
         Ok((Box::new(self.0), Box::new(w)))
     }
+    fn into_fd(self: Box<Self>) -> std::os::fd::OwnedFd {
+        self.0.into()
+    }
 }
 
 impl Link for UnixLink {
@@ -135,6 +141,9 @@ impl Link for UnixLink {
     fn split(self: Box<Self>) -> io::Result<(ReadHalf, WriteHalf)> {
         let w = self.0.try_clone()?;
         Ok((Box::new(self.0), Box::new(w)))
+    }
+    fn into_fd(self: Box<Self>) -> std::os::fd::OwnedFd {
+        self.0.into()
     }
 }
 

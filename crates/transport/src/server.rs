@@ -245,6 +245,22 @@ pub(crate) struct Shared {
     log_limits: LogLimit,
 }
 
+impl Shared {
+    /// A connection from `key` is gone: its place is free again.
+    fn leave(&self, key: &str) {
+        self.counters
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
+        let mut per_peer = lock(&self.per_peer);
+        if let Some(n) = per_peer.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_peer.remove(key);
+            }
+        }
+    }
+}
+
 /// The address a peer's connections are counted under: its IP (all Unix
 /// peers are one).
 fn peer_key(addr: &str) -> String {
@@ -312,29 +328,16 @@ fn accept_loop(
             refuse(link, &why);
             continue;
         }
-        let s = shared.clone();
+        let (s, k) = (shared.clone(), key.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("{}-conn{conn}", cfg.name))
             .spawn(move || {
                 s.counters.connections.fetch_add(1, Ordering::Relaxed);
                 crate::conn::serve(conn, link, &s);
-                s.counters.open_connections.fetch_sub(1, Ordering::Relaxed);
-                let mut per_peer = lock(&s.per_peer);
-                if let Some(n) = per_peer.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_peer.remove(&key);
-                    }
-                }
+                s.leave(&k);
             });
         if let Err(e) = spawned {
-            shared
-                .counters
-                .open_connections
-                .fetch_sub(1, Ordering::Relaxed);
-            if let Some(n) = lock(&shared.per_peer).get_mut(&peer_key(&addr)) {
-                *n = n.saturating_sub(1);
-            }
+            shared.leave(&key);
             warn!(error = %e, "cannot start a connection thread; connection dropped");
         }
     }

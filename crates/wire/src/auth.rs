@@ -74,14 +74,7 @@ impl Secret {
     /// manager when a process names the job as the owner of a new address
     /// space (so no vNode can make its spaces count as another's job).
     pub fn job_proof(&self, job: u64, vnode: u32) -> [u8; KEY_LEN] {
-        mac(
-            &self.0,
-            &[
-                b"lego-job-proof-v1",
-                &job.to_le_bytes(),
-                &vnode.to_le_bytes(),
-            ],
-        )
+        mac(&self.0, &[&job_proof_message(job, vnode)])
     }
 
     /// [`Self::job_proof`] as 64 hex digits (how the runtime is given it).
@@ -92,18 +85,7 @@ impl Secret {
     /// Whether `proof` (hex) is the proof of `job` in `vnode`; compared in
     /// constant time.
     pub fn check_job_proof(&self, job: u64, vnode: u32, proof: &str) -> bool {
-        let Ok(tag) = Secret::from_hex(proof) else {
-            return false;
-        };
-        verify(
-            &self.0,
-            &[
-                b"lego-job-proof-v1",
-                &job.to_le_bytes(),
-                &vnode.to_le_bytes(),
-            ],
-            &tag.0,
-        )
+        self.check_hex_tag(&[&job_proof_message(job, vnode)], proof)
     }
 
     /// The bearer token of the manager's HTTP `/state`, 64 hex digits.
@@ -113,10 +95,13 @@ impl Secret {
 
     /// Whether `token` is [`Self::http_token_hex`]; compared in constant time.
     pub fn check_http_token(&self, token: &str) -> bool {
-        let Ok(tag) = Secret::from_hex(token) else {
-            return false;
-        };
-        verify(&self.0, &[b"lego-http-state-v1"], &tag.0)
+        self.check_hex_tag(&[b"lego-http-state-v1"], token)
+    }
+
+    /// Whether `tag` (64 hex digits) is the MAC of `parts` under the
+    /// secret; compared in constant time.
+    fn check_hex_tag(&self, parts: &[&[u8]], tag: &str) -> bool {
+        Secret::from_hex(tag).is_ok_and(|t| verify(&self.0, parts, &t.0))
     }
 
     /// The key that proves `claim`.
@@ -175,6 +160,16 @@ pub fn random_bytes() -> Result<[u8; KEY_LEN], WireError> {
     getrandom::getrandom(&mut b)
         .map_err(|e| WireError::Io(std::io::Error::other(e.to_string())))?;
     Ok(b)
+}
+
+/// What a job's proof is the MAC of: its label, the job, the vNode.
+fn job_proof_message(job: u64, vnode: u32) -> [u8; 29] {
+    const LABEL: &[u8; 17] = b"lego-job-proof-v1";
+    let mut m = [0u8; 29];
+    m[..17].copy_from_slice(LABEL);
+    m[17..25].copy_from_slice(&job.to_le_bytes());
+    m[25..].copy_from_slice(&vnode.to_le_bytes());
+    m
 }
 
 /// Lowercase hex digits of `bytes`.

@@ -20,20 +20,20 @@ fn policy(n: usize, q: usize, vregion_pages: u64) -> Policy {
 fn faults_on_their_own() {
     let mut p = policy(1024, 256, 256);
     // A first touch is a zero fill of one page; a stream of them grows.
-    assert_eq!(p.on_fault(10, false, false), Fault::ZeroFill { n: 1 });
+    assert_eq!(p.on_fault(10, false), Fault::ZeroFill { n: 1 });
     p.zero_filled(10, 1);
-    assert_eq!(p.on_fault(11, false, true), Fault::ZeroFill { n: 9 });
+    assert_eq!(p.on_fault(11, false), Fault::ZeroFill { n: 9 });
     p.zero_filled(11, 9);
-    assert_eq!(p.on_fault(20, false, false), Fault::ZeroFill { n: 17 });
+    assert_eq!(p.on_fault(20, false), Fault::ZeroFill { n: 17 });
     p.zero_filled(20, 17);
     assert_eq!(p.resident(), 27);
     // Touching a resident page again, reading: wake.
-    assert_eq!(p.on_fault(10, false, false), Fault::Wake);
+    assert_eq!(p.on_fault(10, false), Fault::Wake);
     // A write to a protected resident page: dirty, unprotect.
-    assert_eq!(p.on_fault(10, true, true), Fault::Unprotect);
+    assert_eq!(p.on_fault(10, true), Fault::Unprotect);
     assert_eq!(p.f(10) & DIRTY, DIRTY);
     // A write-protect fault on a page evicted meanwhile: wake (retry).
-    assert_eq!(p.on_fault(500, true, true), Fault::Wake);
+    assert_eq!(p.on_fault(500, true), Fault::Wake);
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn a_stream_of_misses_prefetches_more_each_time_within_a_vregion() {
 fn eviction_takes_the_oldest_and_writes_back_only_what_changed() {
     let mut p = policy(1024, 256, 1024);
     for i in 0..256 {
-        assert_eq!(p.on_fault(i * 2, false, false), Fault::ZeroFill { n: 1 });
+        assert_eq!(p.on_fault(i * 2, false), Fault::ZeroFill { n: 1 });
         p.zero_filled(i * 2, 1);
     }
     assert_eq!(p.to_evict(0), None);
@@ -234,7 +234,7 @@ impl World {
                 }
                 return;
             }
-            match self.p.on_fault(i, resident, write.is_some()) {
+            match self.p.on_fault(i, resident) {
                 Fault::Wake => {}
                 Fault::Unprotect => self.writable[i] = true,
                 Fault::ZeroFill { n } => {
