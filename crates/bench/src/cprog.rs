@@ -1,7 +1,7 @@
 //! The C programs of `lego bench`, compiled here with `gcc -O2` so that they
 //! are unmodified programs in every configuration: the excache workload, the
-//! probe of the kernel's userfaultfd floor (`floor.c`), and the file
-//! workload of `lego bench storage` (`fsbench.c`).
+//! probe of the kernel's userfaultfd floor (`floor.c`), the programs of its
+//! program rows (`programs.c`), and the file workload of `lego bench storage` (`fsbench.c`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,13 +14,21 @@ const WORKLOAD_C: &str = include_str!("workload.c");
 const FLOOR_C: &str = include_str!("floor.c");
 /// The file workload of `lego bench storage`.
 const FSBENCH_C: &str = include_str!("fsbench.c");
+/// The C programs of `lego bench excache`'s program rows.
+const PROGRAMS_C: &str = include_str!("programs.c");
 
 fn compile(dir: &Path, name: &str, source: &str) -> Result<PathBuf> {
+    compile_with(dir, name, source, &[])
+}
+
+fn compile_with(dir: &Path, name: &str, source: &str, flags: &[&str]) -> Result<PathBuf> {
     let src = dir.join(format!("{name}.c"));
     let bin = dir.join(name);
     std::fs::write(&src, source).io(|| format!("cannot write {}", src.display()))?;
     let out = Command::new("gcc")
-        .args(["-O2", "-o"])
+        .arg("-O2")
+        .args(flags)
+        .arg("-o")
         .arg(&bin)
         .arg(&src)
         .output()
@@ -36,6 +44,10 @@ fn compile(dir: &Path, name: &str, source: &str) -> Result<PathBuf> {
 
 pub fn compile_workload(dir: &Path) -> Result<PathBuf> {
     compile(dir, "workload", WORKLOAD_C)
+}
+
+pub fn compile_programs(dir: &Path) -> Result<PathBuf> {
+    compile_with(dir, "programs", PROGRAMS_C, &["-pthread"])
 }
 
 pub fn compile_fsbench(dir: &Path) -> Result<PathBuf> {

@@ -1,5 +1,6 @@
-//! The lego rows of `lego bench excache`: the workload under `lego run` at
-//! each ExCache quota, on one embedded cluster started for all of them.
+//! The lego rows of `lego bench excache`: the workload and the programs
+//! under `lego run` at each ExCache quota, on one embedded cluster started
+//! for all of them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,36 +13,22 @@ use lego_wire::control::{ClusterStateReq, VnodeCreateReq};
 use lego_wire::Role;
 
 use super::report::{commas, outcome_of, parse_stats, Outcome, Row};
-use super::{Bench, Config, PAGE};
-use crate::child::run_child;
+use super::{Bench, Config, Job, PAGE};
+use crate::child::{run_child, Finished};
 use crate::{fail, CallContext, Result, TempCluster};
 
 /// The vNode of the one-copy row: each of its vRegions on one memory
 /// monitor only.
 pub const ONE_COPY_VNODE: &str = "bench-excache-1copy";
 
-/// The rows of every lego configuration (skipped if the cluster cannot start).
-pub(super) fn rows(b: &Bench, selected: &dyn Fn(Config) -> bool) -> Result<Vec<Row>> {
-    let configs: Vec<Config> = Config::ALL
-        .into_iter()
-        .filter(|c| c.vnode().is_some())
-        .collect();
-    if !configs.iter().any(|&c| selected(c)) {
-        return Ok(configs.into_iter().map(|c| b.not_run(c)).collect());
-    }
-    let capacity = (b.ws * 5 / 4).div_ceil(1 << 20) << 20;
-    let excache = b.ws.div_ceil(1 << 20) << 20;
+/// The embedded cluster for every lego row and program, with memory
+/// monitors of `capacity` each and an ExCache of `excache`, or why not
+/// (the rows are then skipped). The outer error stops the bench.
+pub(super) fn start(b: &Bench, capacity: u64, excache: u64) -> Result<Result<TempCluster, String>> {
+    b.check_stop()?;
     let cluster = match start_cluster(b, capacity, excache) {
         Ok(c) => c,
-        Err(skip) => {
-            return Ok(configs
-                .into_iter()
-                .map(|c| match selected(c) {
-                    true => Row::new(Some(c), Some(b.quota(c)), Outcome::Skipped(skip.clone())),
-                    false => b.not_run(c),
-                })
-                .collect())
-        }
+        Err(skip) => return Ok(Err(skip)),
     };
     let cpus =
         |d: Option<&lego_cluster::Daemon>| d.map_or("?".into(), |d| crate::cpus_allowed(d.pid()));
@@ -56,58 +43,70 @@ pub(super) fn rows(b: &Bench, selected: &dyn Fn(Config) -> bool) -> Result<Vec<R
         b.progress
             .println(format!("warning: {}", lego_wire::error::chain(&e)));
     }
+    Ok(Ok(cluster))
+}
+
+/// The rows of every lego configuration of the workload.
+pub(super) fn rows(
+    b: &Bench,
+    cluster: &Result<TempCluster, String>,
+    selected: &dyn Fn(Config) -> bool,
+) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for c in configs {
-        rows.push(match selected(c) {
-            true => run_one(b, &cluster, c)?,
-            false => b.not_run(c),
+    for c in Config::ALL.into_iter().filter(|c| c.vnode().is_some()) {
+        rows.push(match (selected(c), cluster) {
+            (false, _) => b.not_run(c),
+            (true, Err(skip)) => {
+                Row::new(Some(c), Some(b.quota(c)), Outcome::Skipped(skip.clone()))
+            }
+            (true, Ok(cluster)) => {
+                let quota = b.quota(c);
+                b.progress.step(format!("{} ({})", c.label(), human(quota)));
+                let vnode = c.vnode().unwrap_or("default");
+                let (f, counters) = run_job(b, cluster, vnode, quota, &b.job)?;
+                let mut row = Row::new(Some(c), Some(quota), outcome_of(&f));
+                row.note = Some(format!(
+                    "{}; wall {:.1} s",
+                    lego_note(&counters),
+                    f.wall.as_secs_f64()
+                ));
+                row.counters = counters;
+                row
+            }
         });
     }
-    println!(
-        "memory monitors after the lego runs: {}",
-        pages_held(&cluster)
-    );
     Ok(rows)
 }
 
-/// One lego configuration.
-fn run_one(b: &Bench, cluster: &TempCluster, c: Config) -> Result<Row> {
-    let quota = b.quota(c);
-    b.progress.step(format!("{} ({})", c.label(), human(quota)));
+/// Runs a job under `lego run --excache QUOTA` in a vNode; returns how it
+/// ended and what the runtime counted.
+pub(super) fn run_job(
+    b: &Bench,
+    cluster: &TempCluster,
+    vnode: &str,
+    quota: u64,
+    job: &Job,
+) -> Result<(Finished, BTreeMap<String, u64>)> {
     let mut cmd = Command::new(&cluster.opts.exe);
     cmd.arg("run")
         .arg("--dir")
         .arg(&cluster.opts.dir)
-        .args([
-            "--vnode",
-            c.vnode().unwrap_or("default"),
-            "--stats",
-            "--excache",
-        ])
+        .args(["--vnode", vnode, "--stats", "--excache"])
         .arg(quota.to_string())
-        .arg("--")
-        .arg(&b.workload)
-        .args(&b.args)
-        .current_dir(&b.dir.0)
-        .env_remove("LEGO_LOG");
+        .arg("--");
+    job.append_to(&mut cmd);
+    cmd.current_dir(&b.dir.0).env_remove("LEGO_LOG");
     if let Err(e) = wait_idle(cluster) {
         b.progress
             .println(format!("warning: {}", lego_wire::error::chain(&e)));
     }
     let f = run_child(cmd, &b.stop, b.timeout)?;
     let counters = parse_stats(&f.stderr);
-    let mut row = Row::new(Some(c), Some(quota), outcome_of(&f));
-    row.note = Some(format!(
-        "{}; wall {:.1} s",
-        lego_note(&counters),
-        f.wall.as_secs_f64()
-    ));
-    row.counters = counters;
-    Ok(row)
+    Ok((f, counters))
 }
 
 /// The counters of a lego run, in one line.
-fn lego_note(c: &BTreeMap<String, u64>) -> String {
+pub(super) fn lego_note(c: &BTreeMap<String, u64>) -> String {
     if c.is_empty() {
         return "the runtime reported no counters".into();
     }
@@ -199,7 +198,7 @@ fn wait_idle(c: &TempCluster) -> Result<()> {
 }
 
 /// Pages the memory monitors still hold (should be none).
-fn pages_held(c: &TempCluster) -> String {
+pub(super) fn pages_held(c: &TempCluster) -> String {
     let held: Vec<String> = c
         .memories
         .iter()

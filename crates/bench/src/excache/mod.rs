@@ -17,8 +17,14 @@
 //!
 //! The workload is C (`workload.c`), compiled here with `gcc -O2`, so it is
 //! an unmodified program in every configuration.
+//!
+//! Then the same for programs of the paper's kind and of the kinds that
+//! hurt most ([`programs`]): a map-reduce word count, a numpy training loop,
+//! a random write-heavy program and 4 threads of random reads, each locally
+//! and under lego and swap (zram, file) at 50% and 25% of its working set.
 
 mod lego;
+pub mod programs;
 pub mod report;
 mod squeeze;
 mod summary;
@@ -152,6 +158,39 @@ pub struct ExcacheBenchArgs {
     /// Where threads run [default: split when there are two CPUs or more]
     #[arg(long, value_enum, value_name = "HOW")]
     pub placement: Option<PlacementArg>,
+    /// Programs to run after the workload (comma-separated)
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = programs::Program::ALL, value_name = "LIST")]
+    pub programs: Vec<programs::Program>,
+    /// Run no programs, only the workload
+    #[arg(long, conflicts_with = "programs")]
+    pub no_programs: bool,
+}
+
+/// A program and its arguments and environment, run the same way in every
+/// configuration.
+pub(crate) struct Job {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Job {
+    /// Appends the program and its arguments to `cmd`, and sets its environment.
+    pub fn append_to(&self, cmd: &mut Command) {
+        cmd.arg(&self.program).args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
 }
 
 /// What every configuration shares.
@@ -160,8 +199,9 @@ struct Bench {
     size: u64,
     ws: u64,
     reads: u64,
-    workload: PathBuf,
-    args: Vec<String>,
+    /// The workload.
+    job: Job,
+    quick: bool,
     dir: TempDir,
     placement: Placement,
     stop: Arc<AtomicBool>,
@@ -203,10 +243,35 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
     let floor = measure_floor(&b.dir.0);
 
     let mut rows = vec![local_row(&b)?];
+    let mut progs = match a.no_programs {
+        true => Vec::new(),
+        false => programs::prepare(&b, &a.programs)?,
+    };
     let selected = |c: Config| a.configs.contains(&c);
-    rows.extend(lego::rows(&b, &selected)?);
+    let biggest = progs.iter().map(|p| p.ws).fold(b.ws, u64::max);
+    let wanted = Config::ALL
+        .into_iter()
+        .any(|c| c.vnode().is_some() && selected(c))
+        || !progs.is_empty();
+    let cluster = match wanted {
+        true => lego::start(
+            &b,
+            (biggest * 5 / 4).div_ceil(1 << 20) << 20,
+            biggest.div_ceil(1 << 20) << 20,
+        )?,
+        false => Err("not selected".into()),
+    };
+    rows.extend(lego::rows(&b, &cluster, &selected)?);
+    programs::run_lego(&b, &cluster, &mut progs)?;
+    if let Ok(c) = &cluster {
+        println!(
+            "memory monitors after the lego runs: {}",
+            lego::pages_held(c)
+        );
+    }
+    drop(cluster);
     b.check_stop()?;
-    rows.extend(squeeze::rows(&b, &a, &selected)?);
+    rows.extend(squeeze::rows(&b, &a, &selected, &mut progs)?);
     b.check_stop()?;
     b.progress.finish();
 
@@ -218,10 +283,21 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
         floor: &floor,
     };
     report.print();
-    let wrong = report.check_checksums();
-    summary::print_cleanup(&swaps_before, report.used_zram());
+    let mut wrong: Vec<String> = report
+        .check_checksums()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    wrong.extend(programs::print(&progs));
+    summary::print_cleanup(
+        &swaps_before,
+        report.used_zram() || programs::used_zram(&progs),
+    );
     if !wrong.is_empty() {
-        fail!("checksums differ: lego or swap returned wrong data");
+        fail!(
+            "lego or swap returned wrong data: {} differ from the local run",
+            wrong.join(", ")
+        );
     }
     Ok(())
 }
@@ -267,8 +343,12 @@ fn setup(a: &ExcacheBenchArgs) -> Result<Bench> {
         size,
         ws: size + SLACK,
         reads,
-        workload,
-        args,
+        job: Job {
+            program: workload,
+            args,
+            env: Vec::new(),
+        },
+        quick: a.quick,
         dir,
         placement,
         stop,
@@ -321,8 +401,8 @@ fn local_row(b: &Bench) -> Result<Row> {
     for i in 1..=2 {
         b.progress
             .step(format!("local: no lego, no limit (run {i} of 2)"));
-        let mut local = Command::new(&b.workload);
-        local.args(&b.args).current_dir(&b.dir.0);
+        let mut local = b.job.command();
+        local.current_dir(&b.dir.0);
         let f = run_child(local, &b.stop, b.timeout)?;
         let p = match outcome_of(&f) {
             Outcome::Ran(p) => p,

@@ -94,10 +94,10 @@ pub fn parse_stats(stderr: &str) -> BTreeMap<String, u64> {
     m
 }
 
-/// How one configuration went.
+/// How one configuration went: what it measured (`T`), or why not.
 #[derive(Clone, Debug)]
-pub enum Outcome {
-    Ran(Phases),
+pub enum Outcome<T = Phases> {
+    Ran(T),
     Skipped(String),
     Failed(String),
     NotSelected,
@@ -233,6 +233,12 @@ pub fn commas(n: u64) -> String {
 
 /// The workload's phases, or why there are none.
 pub fn outcome_of(f: &Finished) -> Outcome {
+    outcome_with(f, parse_workload)
+}
+
+/// What a finished program measured, read from its output by `parse`, or
+/// how it failed (its exit status or signal and its last line of errors).
+pub fn outcome_with<T>(f: &Finished, parse: impl Fn(&str) -> Result<T, String>) -> Outcome<T> {
     if !f.status.success() {
         let last = f
             .stderr
@@ -255,9 +261,9 @@ pub fn outcome_of(f: &Finished) -> Outcome {
             format!("{how}: {last}")
         });
     }
-    match parse_workload(&f.stdout) {
+    match parse(&f.stdout) {
         Ok(p) => Outcome::Ran(p),
-        Err(e) => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Failed(e),
     }
 }
 

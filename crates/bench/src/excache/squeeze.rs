@@ -1,131 +1,215 @@
-//! The swap rows of `lego bench excache`: the workload in a cgroup v1
-//! memory cgroup limited to 25% of its working set, with swap of one kind
-//! set up for it and torn down after (one kind at a time).
+//! The swap rows of `lego bench excache`: a job in a cgroup v1 memory
+//! cgroup limited to a share of its working set, with swap of one kind set
+//! up for it and torn down after (one kind at a time, set up once for every
+//! job that runs on it).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use lego_cluster::size::human;
 
+use super::programs::ProgramRun;
 use super::report::{commas, outcome_of, Outcome, Row};
-use super::{Bench, Config, ExcacheBenchArgs};
-use crate::child::run_child;
-use crate::swap::{self, MemCgroup, SwapKind, Undo};
+use super::{Bench, Config, ExcacheBenchArgs, Job};
+use crate::child::{run_child, Finished};
+use crate::swap::{self, ActiveSwap, MemCgroup, SwapKind, Undo};
 use crate::{BenchError, IoContext, Result};
 
-/// The rows of every swap configuration.
+/// Swap of one kind, in use until dropped, and the memory cgroups' parent.
+pub(super) struct Squeeze {
+    // Order matters for teardown: the swap goes first, then its directory.
+    active: ActiveSwap,
+    _dir: Undo,
+    parent: PathBuf,
+}
+
+/// How one job went in a cgroup: what it printed and a line of the
+/// cgroup's counters; `oom` if the OOM killer struck.
+pub(super) struct Squeezed {
+    pub finished: Finished,
+    pub note: String,
+    pub oom: bool,
+}
+
+/// Why a kind of swap cannot be used: the machine lacks it (the rows are
+/// skipped) or setting it up failed.
+pub(super) enum Unusable {
+    Skipped(String),
+    Failed(String),
+}
+
+impl Unusable {
+    pub fn outcome<T>(&self) -> Outcome<T> {
+        match self {
+            Unusable::Skipped(why) => Outcome::Skipped(why.clone()),
+            Unusable::Failed(why) => Outcome::Failed(why.clone()),
+        }
+    }
+}
+
+/// The rows of every swap configuration of the workload, and the
+/// programs' swap runs: swap of each kind is set up once for both.
 pub(super) fn rows(
     b: &Bench,
     a: &ExcacheBenchArgs,
     selected: &dyn Fn(Config) -> bool,
+    progs: &mut [ProgramRun],
 ) -> Result<Vec<Row>> {
-    let swap_size = b.size + (64 << 20);
-    let swap_dir_base = a.swap_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let common = swap::preflight_common();
+    let base = a.swap_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let biggest = progs.iter().map(|p| p.ws).fold(b.size, u64::max);
+    let size = biggest + (64 << 20);
     let mut rows = Vec::new();
-    for c in Config::ALL {
-        let Some(kind) = c.swap() else { continue };
-        b.check_stop()?;
-        if !selected(c) {
-            rows.push(b.not_run(c));
+    for kind in [SwapKind::File, SwapKind::Zram, SwapKind::LoopTmpfs] {
+        let main = Config::ALL.into_iter().find(|c| c.swap() == Some(kind));
+        let main_wanted = main.is_some_and(selected);
+        let limits: Vec<u64> = progs.iter().flat_map(|p| p.swap_limits(kind)).collect();
+        if !main_wanted && limits.is_empty() {
+            rows.extend(main.map(|c| b.not_run(c)));
             continue;
         }
-        let limit = b.quota(c);
-        let sdir = swap_dir_base.join(format!("lego-bench-excache-{}-swap", std::process::id()));
-        let ran = match &common {
-            Err(why) => Err(Outcome::Skipped(why.clone())),
-            Ok(parent) => match swap::preflight(kind, swap_size, limit, &swap_dir_base) {
-                Err(why) => Err(Outcome::Skipped(why)),
-                Ok(()) => {
-                    b.progress.step(format!("{} ({})", c.label(), human(limit)));
-                    run_squeezed(b, kind, swap_size, limit, parent, &sdir)
-                }
-            },
-        };
-        let mut row = Row::new(Some(c), Some(limit), Outcome::NotSelected);
-        match ran {
-            // Interrupted, or a process that cannot be ended: stop here
-            // (the guards of that configuration have run).
-            Ok(Err(fatal)) => return Err(fatal),
-            Ok(Ok((outcome, note))) => {
-                row.outcome = outcome;
-                row.note = Some(note);
-            }
-            Err(o) => row.outcome = o,
+        let max_limit = main
+            .filter(|_| main_wanted)
+            .map(|c| b.quota(c))
+            .into_iter()
+            .chain(limits)
+            .max()
+            .unwrap_or(0);
+        let squeeze = set_up(b, kind, size, max_limit, &base)?;
+        if let Some(c) = main {
+            rows.push(match main_wanted {
+                true => main_row(b, c, &squeeze)?,
+                false => b.not_run(c),
+            });
         }
-        rows.push(row);
+        super::programs::run_swap(b, kind, &squeeze, progs)?;
     }
     Ok(rows)
 }
 
-/// The workload in a memory cgroup, with swap of one kind set up for it
-/// and torn down after. The outer error is the row's outcome when the
-/// setup failed; the inner one stops the bench.
-fn run_squeezed(
+/// The workload's row for one kind of swap.
+fn main_row(b: &Bench, c: Config, squeeze: &Result<Squeeze, Unusable>) -> Result<Row> {
+    let limit = b.quota(c);
+    let mut row = Row::new(Some(c), Some(limit), Outcome::NotSelected);
+    match squeeze {
+        Err(u) => row.outcome = u.outcome(),
+        Ok(sq) => {
+            b.progress.step(format!("{} ({})", c.label(), human(limit)));
+            match sq.run(b, limit, &b.job)? {
+                Err(why) => row.outcome = Outcome::Failed(why),
+                Ok(s) => {
+                    row.outcome = s.outcome(outcome_of(&s.finished));
+                    row.note = Some(s.note);
+                }
+            }
+        }
+    }
+    Ok(row)
+}
+
+/// Sets up swap of `kind` and `size` for jobs with limits up to
+/// `max_limit`. The outer error stops the bench; the inner one is why this
+/// kind cannot be used (a row's "skipped" or "FAILED").
+pub(super) fn set_up(
     b: &Bench,
     kind: SwapKind,
-    swap_size: u64,
-    limit: u64,
-    parent: &Path,
-    sdir: &Path,
-) -> Result<Result<(Outcome, String)>, Outcome> {
-    // Order matters for teardown: the cgroup goes first, then the swap, then the directory.
+    size: u64,
+    max_limit: u64,
+    base: &Path,
+) -> Result<Result<Squeeze, Unusable>> {
+    b.check_stop()?;
+    let parent = match swap::preflight_common()
+        .and_then(|p| swap::preflight(kind, size, max_limit, base).map(|()| p))
+    {
+        Ok(p) => p,
+        Err(why) => return Ok(Err(Unusable::Skipped(why))),
+    };
+    let sdir = base.join(format!("lego-bench-excache-{}-swap", std::process::id()));
     let mut undo_dir = Undo::default();
-    std::fs::create_dir(sdir)
-        .map_err(|e| Outcome::Failed(format!("cannot create {}: {e}", sdir.display())))?;
-    let d = sdir.to_path_buf();
+    if let Err(e) = std::fs::create_dir(&sdir) {
+        return Ok(Err(Unusable::Failed(format!(
+            "cannot create {}: {e}",
+            sdir.display()
+        ))));
+    }
+    let d = sdir.clone();
     undo_dir.push(
         format!("the directory {}", sdir.display()),
         format!("rmdir {}", sdir.display()),
         move || std::fs::remove_dir(&d).io(|| "rmdir".into()),
     );
-    let failed = |what: String| {
-        move |e: BenchError| Outcome::Failed(format!("{what}{}", lego_wire::error::chain(&e)))
-    };
-    let active = swap::setup(kind, swap_size, sdir, &b.stop)
-        .map_err(failed(format!("cannot set up {}: ", kind.label())))?;
-    let cg = MemCgroup::create(
-        parent,
-        &format!("lego-bench-excache-{}", std::process::id()),
-        limit,
-    )
-    .map_err(failed(String::new()))?;
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("echo $$ > \"$1\" && shift && exec \"$@\"")
-        .arg("sh")
-        .arg(cg.procs_file())
-        .arg(&b.workload)
-        .args(&b.args)
-        .current_dir(&b.dir.0);
-    let f = match run_child(cmd, &b.stop, b.timeout) {
-        Ok(f) => f,
-        Err(e @ BenchError::Stuck(_)) => return Ok(Err(e)),
-        Err(e) if b.stop.load(Ordering::Relaxed) => return Ok(Err(e)),
-        Err(e) => return Err(failed(String::new())(e)),
-    };
-    let st = cg.stat();
-    let ooms = cg.oom_kills();
-    let note = format!(
-        "{}; major faults {}; peak usage {}, with swap {}; OOM kills {}; wall {:.1} s",
-        active.detail,
-        st.get("pgmajfault").map_or("?".into(), |v| commas(*v)),
-        cg.read_u64("memory.max_usage_in_bytes")
-            .map_or("?".into(), human),
-        cg.read_u64("memory.memsw.max_usage_in_bytes")
-            .map_or("?".into(), human),
-        ooms.map_or("?".into(), |v| v.to_string()),
-        f.wall.as_secs_f64()
-    );
-    let mut outcome = outcome_of(&f);
-    if let (Outcome::Failed(why), Some(n)) = (&mut outcome, ooms) {
-        if n > 0 {
-            *why = format!("OOM-killed in the cgroup ({why})");
+    b.progress
+        .step(format!("setting up {} ({})", kind.label(), human(size)));
+    match swap::setup(kind, size, &sdir, &b.stop) {
+        Ok(active) => Ok(Ok(Squeeze {
+            active,
+            _dir: undo_dir,
+            parent,
+        })),
+        Err(e) if b.stop.load(Ordering::Relaxed) => Err(e),
+        Err(e) => Ok(Err(Unusable::Failed(format!(
+            "cannot set up {}: {}",
+            kind.label(),
+            lego_wire::error::chain(&e)
+        )))),
+    }
+}
+
+impl Squeezed {
+    /// A job's outcome, saying so when the OOM killer ended it.
+    pub fn outcome<T>(&self, o: Outcome<T>) -> Outcome<T> {
+        match o {
+            Outcome::Failed(why) if self.oom => {
+                Outcome::Failed(format!("OOM-killed in the cgroup ({why})"))
+            }
+            o => o,
         }
     }
-    drop(cg);
-    drop(active);
-    drop(undo_dir);
-    Ok(Ok((outcome, note)))
+}
+
+impl Squeeze {
+    /// Runs `job` in a fresh memory cgroup limited to `limit`. The outer
+    /// error stops the bench (interrupted, or a process that cannot be
+    /// ended); the inner one is a row's failure.
+    pub fn run(&self, b: &Bench, limit: u64, job: &Job) -> Result<Result<Squeezed, String>> {
+        let cg = match MemCgroup::create(
+            &self.parent,
+            &format!("lego-bench-excache-{}", std::process::id()),
+            limit,
+        ) {
+            Ok(cg) => cg,
+            Err(e) => return Ok(Err(lego_wire::error::chain(&e))),
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg("echo $$ > \"$1\" && shift && exec \"$@\"")
+            .arg("sh")
+            .arg(cg.procs_file());
+        job.append_to(&mut cmd);
+        cmd.current_dir(&b.dir.0);
+        let finished = match run_child(cmd, &b.stop, b.timeout) {
+            Ok(f) => f,
+            Err(e @ BenchError::Stuck(_)) => return Err(e),
+            Err(e) if b.stop.load(Ordering::Relaxed) => return Err(e),
+            Err(e) => return Ok(Err(lego_wire::error::chain(&e))),
+        };
+        let st = cg.stat();
+        let ooms = cg.oom_kills();
+        let note = format!(
+            "{}; major faults {}; peak usage {}, with swap {}; OOM kills {}; wall {:.1} s",
+            self.active.detail,
+            st.get("pgmajfault").map_or("?".into(), |v| commas(*v)),
+            cg.read_u64("memory.max_usage_in_bytes")
+                .map_or("?".into(), human),
+            cg.read_u64("memory.memsw.max_usage_in_bytes")
+                .map_or("?".into(), human),
+            ooms.map_or("?".into(), |v| v.to_string()),
+            finished.wall.as_secs_f64()
+        );
+        Ok(Ok(Squeezed {
+            finished,
+            note,
+            oom: ooms.is_some_and(|n| n > 0),
+        }))
+    }
 }
