@@ -18,7 +18,7 @@ use crate::lock::Lock as Mutex;
 use crate::arena::PAGE;
 use lego_wire::PageNo;
 
-use crate::policy::{runs, Fault, Policy, MAX_ZERO_WINDOW, SMALL_READ};
+use crate::policy::{runs, Fault, Policy, Replacement, MAX_ZERO_WINDOW, SMALL_READ};
 use crate::remote::{Lost, PendingRead, PendingWrite, Remote};
 use crate::stats::COUNTERS;
 use crate::sys::{
@@ -103,12 +103,17 @@ impl Pager {
         }
         // SAFETY: the read-only mapping of zeros just made, never unmapped.
         let zero = unsafe { std::slice::from_raw_parts(zero as *const u8, MAX_ZERO_WINDOW * PAGE) };
-        let policy = Policy::new(
+        let mut policy = Policy::new(
             flags,
             quota_bytes / PAGE,
             PageNo::of_addr(base).0,
             remote.vregion_shift(),
         );
+        // An experiment's knob: LEGO_REPLACEMENT=fifo turns refault
+        // detection off (see crate::policy).
+        if std::env::var_os("LEGO_REPLACEMENT").is_some_and(|v| v == "fifo") {
+            policy.set_replacement(Replacement::Fifo);
+        }
         Ok(Pager {
             uffd,
             base,

@@ -19,7 +19,13 @@
 //! | `VICTIM` | chosen by the eviction in progress (the FIFO may hold an index twice) |
 //!
 //! Replacement is FIFO over resident pages (LegoOS found FIFO beats LRU
-//! here), in batches of at least [`EVICT_BATCH`]. Prefetch follows a
+//! here), in batches of at least [`EVICT_BATCH`], with refault detection
+//! (as Linux's workingset code does) unless [`Replacement::Fifo`] is asked
+//! for: the last `quota` pages evicted are remembered, and a page fetched
+//! on demand while remembered (so its reuse distance is within twice the
+//! ExCache) gets one second chance when it comes up for eviction: it goes
+//! to the back of the FIFO instead. A scan larger than twice the ExCache is
+//! never remembered long enough, so scans stay FIFO. Prefetch follows a
 //! sequential stream of misses in either direction, doubling its window up
 //! to [`MAX_WINDOW`] (and a quarter of the quota); a stream of first touches
 //! gets up to [`MAX_ZERO_WINDOW`] zero pages at once.
@@ -48,6 +54,34 @@ pub const MAX_WINDOW: usize = 256;
 pub const SMALL_READ: usize = 16;
 /// Largest run of zero pages installed ahead of a sequential first-touch stream.
 pub const MAX_ZERO_WINDOW: usize = 64;
+
+/// Which replacement the policy uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replacement {
+    /// FIFO over resident pages.
+    Fifo,
+    /// FIFO, with a second chance for pages refaulted within twice the
+    /// ExCache's reuse distance.
+    Refault,
+}
+
+/// A bit per page.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+    fn put(&mut self, i: usize, v: bool) {
+        match v {
+            true => self.0[i / 64] |= 1 << (i % 64),
+            false => self.0[i / 64] &= !(1 << (i % 64)),
+        }
+    }
+}
 
 /// What to do about a fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +127,12 @@ pub struct Policy {
     zero_window: usize,
     /// Hashes of HASHED pages.
     hashes: HashMap<u32, u64>,
+    replacement: Replacement,
+    /// The last `quota` pages evicted, oldest first, and a bit for each.
+    ghosts: VecDeque<u32>,
+    ghost: Bits,
+    /// Pages refaulted while remembered: spared once by the FIFO.
+    chance: Bits,
 }
 
 impl Policy {
@@ -106,6 +146,7 @@ impl Policy {
     ) -> Policy {
         let quota = quota.max(2 * EVICT_BATCH);
         COUNTERS.set(&COUNTERS.excache_pages, quota as u64);
+        let flags_len = flags.len();
         Policy {
             flags,
             fifo: VecDeque::new(),
@@ -119,7 +160,16 @@ impl Policy {
             last_zero: usize::MAX,
             zero_window: 0,
             hashes: HashMap::new(),
+            replacement: Replacement::Refault,
+            ghosts: VecDeque::new(),
+            ghost: Bits::new(flags_len),
+            chance: Bits::new(flags_len),
         }
+    }
+
+    /// Uses `r` for replacement from now on.
+    pub fn set_replacement(&mut self, r: Replacement) {
+        self.replacement = r;
     }
 
     pub fn npages(&self) -> usize {
@@ -176,6 +226,19 @@ impl Policy {
         for (k, &r) in resident.iter().enumerate() {
             if r {
                 self.note_resident(first + k, DIRTY);
+            }
+        }
+    }
+
+    /// Remembers an evicted page among the last `quota` evicted.
+    fn remember(&mut self, i: usize) {
+        self.ghosts.push_back(i as u32);
+        self.ghost.put(i, true);
+        while self.ghosts.len() > self.quota {
+            // A page evicted twice within the window is forgotten when its
+            // earlier eviction leaves it (rare; it costs a second chance).
+            if let Some(old) = self.ghosts.pop_front() {
+                self.ghost.put(old as usize, false);
             }
         }
     }
@@ -339,6 +402,10 @@ impl Policy {
                 continue;
             }
             let faulting = i == idx;
+            if faulting && self.replacement == Replacement::Refault && self.ghost.get(i) {
+                self.chance.put(i, true);
+                COUNTERS.add(&COUNTERS.refaults, 1);
+            }
             let mut fl = old & (REMOTE | HOT);
             if faulting && write {
                 fl |= DIRTY;
@@ -397,10 +464,18 @@ impl Policy {
             };
             let i = i as usize;
             let fl = self.f(i);
-            if fl & RES != 0 && fl & VICTIM == 0 {
-                self.set(i, fl | VICTIM);
-                victims.push(i);
+            if fl & RES == 0 || fl & VICTIM != 0 {
+                continue;
             }
+            if self.chance.get(i) {
+                // Spared once: it was refaulted soon after its last eviction.
+                self.chance.put(i, false);
+                self.fifo.push_back(i as u32);
+                COUNTERS.add(&COUNTERS.second_chances, 1);
+                continue;
+            }
+            self.set(i, fl | VICTIM);
+            victims.push(i);
         }
         victims.sort_unstable();
         victims
@@ -473,6 +548,9 @@ impl Policy {
             }
             // Zero pages dropped as zeros stay without a remote copy.
             self.set(i, fl & (REMOTE | HOT));
+            if self.replacement == Replacement::Refault && fl & REMOTE != 0 {
+                self.remember(i);
+            }
             if fl & HASHED != 0 {
                 self.hashes.remove(&(i as u32));
             }
@@ -500,6 +578,9 @@ impl Policy {
             if fl & HASHED != 0 {
                 self.hashes.remove(&(i as u32));
             }
+            // A freed page's history is not its next owner's.
+            self.chance.put(i, false);
+            self.ghost.put(i, false);
             if fl & REMOTE != 0 {
                 let p = self.page_no(i);
                 match remote_runs.last_mut() {

@@ -31,6 +31,8 @@ counters! {
     readahead_dropped,
     evictions_clean,
     evictions_dirty,
+    refaults,
+    second_chances,
     bytes_fetched,
     bytes_written_back,
     resident_pages,

@@ -100,6 +100,61 @@ fn eviction_takes_the_oldest_and_writes_back_only_what_changed() {
     assert!(!p.must_write(2, &data[..PAGE]), "unchanged");
 }
 
+/// Fills `p` (quota 256) with pages 0..256 fetched from remote, the oldest first.
+fn fill_fetched(p: &mut Policy, pages: impl Iterator<Item = usize>) {
+    let data = vec![1u8; PAGE];
+    for i in pages {
+        p.flags[i] |= REMOTE;
+        assert_eq!(p.on_fault(i, false), Fault::Fetch);
+        p.install(i, false, &[i], &data, 0);
+    }
+}
+
+/// Evicts the `n` oldest (clean) pages.
+fn evict_oldest(p: &mut Policy, n: usize) -> Vec<usize> {
+    let v = p.pick_victims(n);
+    p.settle_victims(&v);
+    p.dropped(&v, 0);
+    v
+}
+
+#[test]
+fn a_page_refaulted_soon_after_eviction_gets_a_second_chance() {
+    for (replacement, spared) in [(Replacement::Refault, true), (Replacement::Fifo, false)] {
+        let mut p = policy(4096, 256, 4096);
+        p.set_replacement(replacement);
+        fill_fetched(&mut p, 0..256);
+        assert_eq!(evict_oldest(&mut p, 128), (0..128).collect::<Vec<_>>());
+        // Page 5 comes back within the window: a refault.
+        fill_fetched(&mut p, [5].into_iter());
+        // New pages push the FIFO on: 128..256 go, then 5 is next in line.
+        fill_fetched(&mut p, 1000..1127);
+        let v = evict_oldest(&mut p, 129);
+        assert_eq!(v.contains(&5), !spared, "{replacement:?}: {v:?}");
+        if spared {
+            assert!(v.contains(&1000), "the next in line goes instead");
+        }
+    }
+}
+
+#[test]
+fn a_scan_larger_than_twice_the_excache_stays_fifo() {
+    let mut p = policy(8192, 256, 8192);
+    // Three passes over 1024 pages: each page is refetched 1024 evictions
+    // after it left, beyond the 256 remembered.
+    for _ in 0..3 {
+        for i in 0..1024 {
+            if p.to_evict(1).is_some() {
+                evict_oldest(&mut p, EVICT_BATCH);
+            }
+            if p.f(i) & RES == 0 {
+                fill_fetched(&mut p, [i].into_iter());
+            }
+        }
+    }
+    assert_eq!(p.chance.0.iter().map(|w| w.count_ones()).sum::<u32>(), 0);
+}
+
 #[test]
 fn zap_frees_remote_runs_per_vregion_and_forgets_the_pages() {
     let mut p = policy(2048, 256, 512);
@@ -162,9 +217,11 @@ fn page_of(v: u64) -> [u8; PAGE] {
 }
 
 impl World {
-    fn new(n: usize, q: usize) -> World {
+    fn new(n: usize, q: usize, r: Replacement) -> World {
+        let mut p = policy(n, q, 1024);
+        p.set_replacement(r);
         World {
-            p: policy(n, q, 1024),
+            p,
             local: vec![None; n],
             writable: vec![false; n],
             remote: vec![None; n],
@@ -335,8 +392,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn programs_read_what_they_wrote_within_the_quota(ops in proptest::collection::vec(op(2048), 1..120)) {
-        let mut w = World::new(2048, 256);
+    fn programs_read_what_they_wrote_within_the_quota(
+        ops in proptest::collection::vec(op(2048), 1..120),
+        fifo in any::<bool>(),
+    ) {
+        let r = if fifo { Replacement::Fifo } else { Replacement::Refault };
+        let mut w = World::new(2048, 256, r);
         for op in &ops {
             w.run(op);
             w.check();
