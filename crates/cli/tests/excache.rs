@@ -181,10 +181,20 @@ fn threads_fork_realloc_and_munmap_in_a_c_program() {
     assert!(!String::from_utf8_lossy(&local.stdout).contains("MISMATCH"));
     let (out, max_anon) = run_sampled(
         &c,
-        c.run_command(&["--excache", "16MiB"], &[e]),
+        c.run_command(&["--excache", "16MiB", "--stats"], &[e]),
         Duration::from_secs(120),
     );
     assert_same("the C memory test", &out, &local);
+    let stats = String::from_utf8_lossy(&out.stderr);
+    let together: u64 = stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("faults_fetched_together"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        together > 0,
+        "four threads missing at random had misses fetched together:\n{stats}"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     for check in [
         "threads: ok",

@@ -18,7 +18,7 @@ use crate::lock::Lock as Mutex;
 use crate::arena::PAGE;
 use lego_wire::PageNo;
 
-use crate::policy::{runs, Fault, Policy, Replacement, MAX_ZERO_WINDOW, SMALL_READ};
+use crate::policy::{runs, Fault, Policy, Replacement, MAX_ZERO_WINDOW, REMOTE, RES, SMALL_READ};
 use crate::remote::{Lost, PendingRead, PendingWrite, Remote};
 use crate::stats::COUNTERS;
 use crate::sys::{
@@ -164,18 +164,59 @@ impl Pager {
         }
     }
 
-    /// Handles one userfaultfd message.
-    pub fn handle(&mut self, msg: &UffdMsg) -> Result<(), Lost> {
+    /// The page index a message faults on, whether it is a write-protect
+    /// fault and whether the access was a write; `None` for what is not a
+    /// fault in the arena.
+    fn fault_of(&self, msg: &UffdMsg) -> Option<(usize, bool, bool)> {
         if msg.event != UFFD_EVENT_PAGEFAULT {
-            return Ok(());
+            return None;
         }
         let addr = (msg.address as usize) & !(PAGE - 1);
         if addr < self.base || addr >= self.base + self.policy.npages() * PAGE {
+            return None;
+        }
+        Some((
+            (addr - self.base) / PAGE,
+            msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0,
+            msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0,
+        ))
+    }
+
+    /// Handles the messages read at once. Misses of several threads on
+    /// pages with remote copies, outside any stream, are fetched together
+    /// (every read in flight before the first answer is taken: one round
+    /// trip for all, see [`Pager::fetch_together`]); the rest one by one.
+    pub fn handle_batch(&mut self, msgs: &[UffdMsg]) -> Result<(), Lost> {
+        let faults: Vec<(usize, bool, bool)> =
+            msgs.iter().filter_map(|m| self.fault_of(m)).collect();
+        let is_miss = |p: &Policy, &(idx, wp, _): &(usize, bool, bool)| {
+            !wp && p.f(idx) & (RES | REMOTE) == REMOTE
+        };
+        let misses = faults.iter().filter(|f| is_miss(&self.policy, f)).count();
+        let in_ahead = |idx: usize| {
+            self.ahead
+                .as_ref()
+                .is_some_and(|a| a.pages.binary_search(&idx).is_ok())
+        };
+        if misses < 2 || self.policy.window() > 0 || faults.iter().any(|f| in_ahead(f.0)) {
+            for (idx, wp, write) in faults {
+                self.handle_fault(idx, wp, write)?;
+            }
             return Ok(());
         }
-        let idx = (addr - self.base) / PAGE;
-        let wp = msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0;
-        let write = msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0;
+        let mut together = Vec::with_capacity(misses);
+        for f in faults {
+            match is_miss(&self.policy, &f) {
+                true => together.push((f.0, f.2)),
+                false => self.handle_fault(f.0, f.1, f.2)?,
+            }
+        }
+        self.fetch_together(together)
+    }
+
+    /// Handles one fault at page `idx`.
+    fn handle_fault(&mut self, idx: usize, wp: bool, write: bool) -> Result<(), Lost> {
+        let addr = self.addr(idx);
         match self.policy.on_fault(idx, wp) {
             Fault::Wake => {
                 let _ = self.uffd.wake(addr, PAGE);
@@ -197,6 +238,38 @@ impl Pager {
             }
             Fault::Fetch => self.fetch(idx, write),
         }
+    }
+
+    /// Fetches the pages several threads missed at once: room is made for
+    /// all first, then every read is sent, then each answer is taken and
+    /// installed (waking its thread) in turn.
+    fn fetch_together(&mut self, mut misses: Vec<(usize, bool)>) -> Result<(), Lost> {
+        let t = Instant::now();
+        misses.sort_unstable();
+        misses.dedup_by_key(|m| m.0);
+        self.cancel_ahead();
+        let mut plans = Vec::with_capacity(misses.len());
+        for (idx, write) in misses {
+            self.policy.stream_step(idx);
+            let want = self.policy.fetch_plan(idx);
+            plans.push((idx, write, want));
+        }
+        let incoming = plans.iter().map(|p| p.2.len()).sum();
+        self.make_room(incoming)?;
+        let mut reads = Vec::with_capacity(plans.len());
+        for (_, _, want) in &plans {
+            let nos: Vec<PageNo> = want.iter().map(|&i| self.policy.page_no(i)).collect();
+            reads.push(self.remote.start_read(&nos)?);
+        }
+        COUNTERS.add(&COUNTERS.faults_fetched_together, plans.len() as u64);
+        for ((idx, write, want), read) in plans.into_iter().zip(reads) {
+            let mut data = std::mem::take(&mut self.buf);
+            let at = self.remote.finish_read(read, &mut data)?;
+            self.install(idx, write, &want, at, &data);
+            self.buf = data;
+            COUNTERS.record_fault(t.elapsed().as_nanos() as u64);
+        }
+        Ok(())
     }
 
     /// Sends the read of the window after `pages` (ascending) in the
@@ -522,10 +595,8 @@ pub fn handler_loop(uffd: UffdEvents) {
         if !uffd.of(&p.uffd) {
             return; // a stale handler after fork
         }
-        for msg in &msgs[..n] {
-            if let Err(lost) = p.handle(msg) {
-                crate::fatal_lost(&lost);
-            }
+        if let Err(lost) = p.handle_batch(&msgs[..n]) {
+            crate::fatal_lost(&lost);
         }
     }
 }

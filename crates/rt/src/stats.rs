@@ -23,6 +23,7 @@ counters! {
     faults_zero_filled,
     zero_pages_ahead,
     faults_fetched,
+    faults_fetched_together,
     faults_write_protect,
     prefetched_pages,
     prefetch_used,

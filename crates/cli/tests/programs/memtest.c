@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 /* Exercises what the ExCache runtime takes over, with more data than the
- * ExCache holds: threads writing and verifying disjoint and shared data, fork
+ * ExCache holds: threads writing and verifying disjoint and shared data
+ * (sequentially, then at random, missing at once), fork
  * (the child reads what the parent wrote, then both write), a large realloc
  * (mremap underneath), munmap and reuse of the address. Prints a line per
  * check; the output must be the same with and without lego. */
@@ -28,6 +29,13 @@ static void *worker(void *arg) {
     uint64_t bad = 0;
     for (int pass = 0; pass < 2; pass++)
         for (size_t i = 0; i < n; i++) bad += mine[i] != mix(i * 4 + t);
+    /* random reads: the four threads miss at once (fetched together) */
+    uint64_t s = 0x9e3779b97f4a7c15ULL * (uint64_t)(t + 1);
+    for (int k = 0; k < 20000; k++) {
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        size_t i = s % n;
+        bad += mine[i] != mix(i * 4 + t);
+    }
     free(mine);
     return (void *)bad;
 }
