@@ -20,7 +20,7 @@ use lego_transport::{Client, ClientOptions, Credentials, TransportError};
 use lego_wire::auth::Secret;
 use lego_wire::control::{HeartbeatReq, RegisterReq};
 use lego_wire::{ComponentId, Role};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// What a component reports on each heartbeat.
 #[derive(Debug, Default)]
@@ -155,13 +155,19 @@ fn session_inner(
             0 => None,
             id => Some(id),
         };
-        let resp = client.call(&RegisterReq {
-            role: cfg.role,
-            addr: cfg.addr.clone(),
-            capacity: cfg.capacity,
-            instance: agent.instance,
-            previous,
-        })?;
+        let resp = client
+            .call(&RegisterReq {
+                role: cfg.role,
+                addr: cfg.addr.clone(),
+                capacity: cfg.capacity,
+                instance: agent.instance,
+                previous,
+            })
+            .inspect_err(|e| {
+                if e.remote_code().is_some() {
+                    error!(addr = %cfg.addr, "the manager refuses to register this component: {e}");
+                }
+            })?;
         agent.id.store(resp.id, Ordering::Relaxed);
         *registered = true;
         if let (Some(old), Some(hook)) = (previous, &hooks.on_new_identity) {
@@ -208,5 +214,65 @@ fn session_inner(
             }
             std::thread::sleep(interval);
         }
+    }
+}
+
+/// The address a component registers with the manager, the one others
+/// dial: `advertise` if given; else the address it is bound to, with an
+/// unspecified IP (`0.0.0.0`, `::`) replaced by this host's address on the
+/// route to the manager (found by connecting a UDP socket, which sends
+/// nothing). The manager dials it back at registration and refuses one it
+/// cannot reach, saying so.
+pub fn advertised_addr(advertise: Option<&str>, bound: &str, manager: &str) -> String {
+    use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+    if let Some(a) = advertise {
+        return a.to_string();
+    }
+    let Ok(sa) = bound.parse::<SocketAddr>() else {
+        return bound.to_string();
+    };
+    if !sa.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let route = manager
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .and_then(|m| {
+            let any = if m.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let s = UdpSocket::bind(any).ok()?;
+            s.connect(m).ok()?;
+            s.local_addr().ok()
+        });
+    match route {
+        Some(l) => SocketAddr::new(l.ip(), sa.port()).to_string(),
+        None => bound.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_addr;
+
+    #[test]
+    fn advertises_what_others_can_dial() {
+        assert_eq!(
+            advertised_addr(Some("10.0.0.5:7000"), "0.0.0.0:7000", "127.0.0.1:1"),
+            "10.0.0.5:7000",
+            "--advertise wins"
+        );
+        assert_eq!(
+            advertised_addr(None, "127.0.0.1:7000", "127.0.0.1:1"),
+            "127.0.0.1:7000"
+        );
+        assert_eq!(
+            advertised_addr(None, "0.0.0.0:7000", "127.0.0.1:1"),
+            "127.0.0.1:7000",
+            "the route to a manager on loopback is loopback"
+        );
+        assert_eq!(
+            advertised_addr(None, "unix:/tmp/m.sock", "127.0.0.1:1"),
+            "unix:/tmp/m.sock"
+        );
     }
 }

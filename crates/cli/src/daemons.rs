@@ -78,6 +78,12 @@ pub struct MemoryArgs {
     /// Address to serve pages on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub listen: String,
+    /// The address other hosts dial to reach this monitor (HOST:PORT)
+    /// [default: the --listen address; an unspecified IP (0.0.0.0) is
+    /// replaced by this host's address on the route to the manager]. The
+    /// manager dials it back at registration and refuses one it cannot reach
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
     /// After each answer, busy-wait this many microseconds for the client's
     /// next request before sleeping (0 turns it off)
     #[arg(long, default_value_t = 50, value_name = "US")]
@@ -97,6 +103,12 @@ pub struct StorageArgs {
     /// Address to serve files on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub listen: String,
+    /// The address other hosts dial to reach this monitor (HOST:PORT)
+    /// [default: the --listen address; an unspecified IP (0.0.0.0) is
+    /// replaced by this host's address on the route to the manager]. The
+    /// manager dials it back at registration and refuses one it cannot reach
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
     /// Bytes of files each vNode may keep here (data, and 4 KiB per file
     /// or directory); past it, writes fail with EDQUOT [default: no limit
     /// but the disk]
@@ -122,6 +134,12 @@ pub struct ProcessorArgs {
     /// Address to serve launches on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub listen: String,
+    /// The address other hosts dial to reach this monitor (HOST:PORT)
+    /// [default: the --listen address; an unspecified IP (0.0.0.0) is
+    /// replaced by this host's address on the route to the manager]. The
+    /// manager dials it back at registration and refuses one it cannot reach
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
     /// The ExCache runtime preloaded into every program [default:
     /// liblego_rt.so next to the lego executable]
     #[arg(long, env = "LEGO_RUNTIME", value_name = "PATH")]
@@ -200,6 +218,7 @@ pub fn memory(a: MemoryArgs) -> Result<()> {
     let m = lego_memory::run(lego_memory::MemoryConfig {
         capacity: a.capacity,
         listen: a.listen.clone(),
+        advertise: a.advertise.clone(),
         manager: a.manager.clone(),
         secret,
         spin: std::time::Duration::from_micros(a.spin_us),
@@ -215,6 +234,7 @@ pub fn storage(a: StorageArgs) -> Result<()> {
     let s = lego_storage::run(lego_storage::StorageConfig {
         dir: a.dir.clone(),
         listen: a.listen.clone(),
+        advertise: a.advertise.clone(),
         manager: a.manager.clone(),
         secret,
         limits: lego_storage::Limits {
@@ -233,6 +253,7 @@ pub fn processor(a: ProcessorArgs) -> Result<()> {
     let p = lego_processor::run(lego_processor::ProcessorConfig {
         excache: a.excache,
         listen: a.listen.clone(),
+        advertise: a.advertise.clone(),
         manager: a.manager.clone(),
         secret,
         runtime: a

@@ -23,6 +23,7 @@ pub mod http;
 pub mod journal;
 pub mod metrics;
 pub mod peers;
+pub mod reachable;
 pub mod recovery;
 pub mod service;
 pub mod spaces;

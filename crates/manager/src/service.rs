@@ -20,6 +20,8 @@ use lego_wire::auth::{Claim, Secret};
 use lego_wire::control::*;
 use lego_wire::{ComponentId, Empty, ErrorCode, Op, Ping, VnodeId};
 
+use tracing::warn;
+
 use crate::journal::Journal;
 use crate::peers::Peers;
 use crate::state::State;
@@ -179,7 +181,15 @@ impl ManagerService {
         }
     }
 
-    fn register(&self, req: RegisterReq) -> Result<RegisterResp, Reject> {
+    fn register(&self, peer: &PeerInfo, req: RegisterReq) -> Result<RegisterResp, Reject> {
+        // An address no one can dial is refused now, with why, rather than
+        // found out by the first program placed there.
+        crate::reachable::check_form(&req.addr, &peer.addr)
+            .and_then(|()| crate::reachable::dial_back(&req.addr))
+            .map_err(|why| {
+                warn!(role = %req.role, addr = %req.addr, peer = %peer.addr, "registration refused: {why}");
+                Reject::new(ErrorCode::BadRequest, why)
+            })?;
         let id = self.change(|st, now| {
             st.register(
                 now,
@@ -245,7 +255,7 @@ impl Handler for ManagerService {
         let b = body;
         match op {
             Op::Ping => answer(b, reply, |_: Ping| Ok(())),
-            Op::Register => answer(b, reply, |r| self.register(r)),
+            Op::Register => answer(b, reply, |r| self.register(peer, r)),
             Op::Heartbeat => answer(b, reply, |r| self.heartbeat(r)),
             Op::AssignVRegion => answer(b, reply, |r| self.assign(peer, r)),
             Op::CreateSpace => answer(b, reply, |r| self.create_space(peer, r)),

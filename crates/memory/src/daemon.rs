@@ -16,6 +16,9 @@ pub struct MemoryConfig {
     /// Bytes of page memory this monitor may hold.
     pub capacity: u64,
     pub listen: String,
+    /// The address others dial [default: the bound address, with an
+    /// unspecified IP replaced by this host's address toward the manager].
+    pub advertise: Option<String>,
     pub manager: String,
     pub secret: Secret,
     /// Busy-wait after each answer for the next request (see `ServerConfig::spin`).
@@ -50,6 +53,11 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
     })?;
     let _ = service.server.set(server.counters.clone());
     info!(addr = %server.local_addr, capacity = cfg.capacity, "memory monitor serving");
+    let advertised =
+        lego_agent::advertised_addr(cfg.advertise.as_deref(), &server.local_addr, &cfg.manager);
+    if advertised != server.local_addr {
+        info!(%advertised, "advertised to the cluster");
+    }
     let s = service.clone();
     let wiped = service.clone();
     spawn_agent(
@@ -57,7 +65,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
             manager: cfg.manager,
             secret: cfg.secret,
             role: lego_wire::Role::Memory,
-            addr: server.local_addr.clone(),
+            addr: advertised.clone(),
             capacity: cfg.capacity,
             identity: None,
         },
@@ -83,7 +91,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
         source,
     })?;
     Ok(RunningMemory {
-        addr: server.local_addr,
+        addr: advertised,
         service,
     })
 }

@@ -28,6 +28,9 @@ pub struct ProcessorConfig {
     /// ExCache bytes to divide among jobs.
     pub excache: u64,
     pub listen: String,
+    /// The address others dial [default: the bound address, with an
+    /// unspecified IP replaced by this host's address toward the manager].
+    pub advertise: Option<String>,
     pub manager: String,
     pub secret: Secret,
     /// `liblego_rt.so`; made absolute here.
@@ -148,13 +151,18 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         runtime = %runtime.display(),
         "processor monitor serving"
     );
+    let advertised =
+        lego_agent::advertised_addr(cfg.advertise.as_deref(), &server.local_addr, &cfg.manager);
+    if advertised != server.local_addr {
+        info!(%advertised, "advertised to the cluster");
+    }
     let s = service.clone();
     spawn_agent(
         AgentConfig {
             manager: cfg.manager,
             secret: cfg.secret,
             role: lego_wire::Role::Processor,
-            addr: server.local_addr.clone(),
+            addr: advertised.clone(),
             capacity: cfg.excache,
             identity: None,
         },
@@ -172,7 +180,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
     )
     .map_err(ProcessorError::Thread)?;
     Ok(RunningProcessor {
-        addr: server.local_addr,
+        addr: advertised,
         service,
         state_dir,
     })

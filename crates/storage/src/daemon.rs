@@ -17,6 +17,9 @@ pub struct StorageConfig {
     /// Where the vNodes' files live.
     pub dir: PathBuf,
     pub listen: String,
+    /// The address others dial [default: the bound address, with an
+    /// unspecified IP replaced by this host's address toward the manager].
+    pub advertise: Option<String>,
     pub manager: String,
     pub secret: Secret,
     /// Per-vNode disk quota and open-file limit.
@@ -63,13 +66,18 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
     let _ = service.server.set(server.counters.clone());
     let (capacity, _) = service.store.disk();
     info!(addr = %server.local_addr, dir = %cfg.dir.display(), capacity, "storage monitor serving");
+    let advertised =
+        lego_agent::advertised_addr(cfg.advertise.as_deref(), &server.local_addr, &cfg.manager);
+    if advertised != server.local_addr {
+        info!(%advertised, "advertised to the cluster");
+    }
     let s = service.clone();
     spawn_agent(
         AgentConfig {
             manager: cfg.manager,
             secret: cfg.secret,
             role: lego_wire::Role::Storage,
-            addr: server.local_addr.clone(),
+            addr: advertised.clone(),
             capacity,
             // Its files outlive it: after a restart it is the same storage
             // monitor, holding the same vNodes.
@@ -90,7 +98,7 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
         source,
     })?;
     Ok(RunningStorage {
-        addr: server.local_addr,
+        addr: advertised,
         service,
     })
 }
