@@ -141,6 +141,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             memory_cpus: placement.memory_cpus(),
             storage: false,
             manager_args: Vec::new(),
+            rack: None,
         };
         let c = crate::TempCluster::start(dir, 1000, &spec, None)?;
         let t = c.target();

@@ -123,6 +123,7 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
         memory_cpus: placement.memory_cpus(),
         storage: true,
         manager_args: Vec::new(),
+        rack: None,
     };
     let processor = ProcessorSpec {
         excache: 256 << 20,

@@ -239,6 +239,7 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         memory_cpus: None,
         storage: true,
         manager_args: Vec::new(),
+        rack: None,
     };
     let processor = ProcessorSpec {
         excache: EMBEDDED_EXCACHE,

@@ -1,5 +1,6 @@
-//! `lego up`: a local cluster on loopback (a manager, memory monitors, a
-//! storage monitor and a processor monitor) until Ctrl-C, started with
+//! `lego up`: a local cluster on loopback, or spread over a rack of network
+//! namespaces (`--hosts N`), (a manager, memory monitors, a storage monitor
+//! and a processor monitor) until Ctrl-C, started with
 //! [`lego_cluster::LocalCluster`]. Once every daemon has registered with
 //! the manager, `DIR/cluster.json` tells clients where the manager is.
 
@@ -46,6 +47,18 @@ pub struct UpArgs {
     /// Run the processor monitor and its programs only on these CPUs
     #[arg(long, value_parser = parse_cpu_list, value_name = "LIST")]
     pub processor_cpus: Option<CpuList>,
+    /// Spread the cluster over N hosts made on this machine: network
+    /// namespaces on one bridge, addresses 10.99.0.1 to 10.99.0.N, the
+    /// manager on the first, each monitor on the next (needs root and
+    /// iproute2). Clients (`lego status`, `lego run`) join the first host on
+    /// their own; everything is removed at exit, or by the next `lego up`
+    /// if this one was killed
+    #[arg(long, value_name = "N")]
+    pub hosts: Option<usize>,
+    /// Shape each host's link to this rate in both directions, in tc's
+    /// syntax (e.g. 10gbit, 1gbit, 100mbit); only with --hosts
+    #[arg(long, value_name = "RATE", requires = "hosts")]
+    pub link: Option<String>,
 }
 
 pub fn run(a: UpArgs) -> Result<()> {
@@ -77,6 +90,10 @@ pub fn run(a: UpArgs) -> Result<()> {
         memory_cpus: a.memory_cpus.clone(),
         storage: true,
         manager_args: Vec::new(),
+        rack: a.hosts.map(|hosts| lego_cluster::RackSpec {
+            hosts,
+            link: a.link.clone(),
+        }),
     };
     let processor = ProcessorSpec {
         excache: a.excache,
@@ -115,6 +132,18 @@ pub fn run(a: UpArgs) -> Result<()> {
             "  storage          {} (files in {})",
             s.addr,
             dir.join("storage").display()
+        );
+    }
+    if let Some(r) = cluster.rack() {
+        println!(
+            "  hosts            {} network namespaces on a bridge ({}), links {}",
+            r.hosts.len(),
+            r.hosts
+                .iter()
+                .map(|h| h.ns.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.rate.as_deref().unwrap_or("unshaped")
         );
     }
     println!("  secret           {}", dir.join("secret").display());

@@ -69,18 +69,6 @@ fn assert_same(what: &str, lego: &Output, local: &Output) {
     );
 }
 
-const HASH_1GIB: &str = r#"
-import hashlib, random
-r = random.Random(42)
-chunks = [r.randbytes(1 << 20) for _ in range(1024)]
-h = hashlib.sha256()
-for c in chunks:
-    h.update(c)
-for c in reversed(chunks[::7]):
-    h.update(c[:4096])
-print(h.hexdigest(), len(chunks), sum(len(c) for c in chunks))
-"#;
-
 /// The ExCache's allowance over its quota for the rest of a process's
 /// anonymous memory: the interpreter's own data, thread stacks, the runtime's
 /// page table (1 byte per page) and buffers.

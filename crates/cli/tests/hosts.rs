@@ -1,6 +1,9 @@
-//! What only several hosts have: the address a monitor advertises to the
-//! cluster is one others can dial, and a monitor whose address no one can
-//! dial is refused at registration with the reason.
+//! What only several hosts have, on a rack of network namespaces made by
+//! the tests: the address a monitor advertises to the cluster is one others
+//! can dial, and a monitor whose address no one can dial is refused at
+//! registration with the reason; a cluster spread over five hosts on shaped
+//! links runs real programs with the same output as locally; a rack is
+//! removed with its cluster, and by the next launcher after a SIGKILL.
 
 mod common;
 
@@ -82,5 +85,121 @@ fn an_address_the_manager_cannot_dial_back_is_refused_with_the_reason() {
     assert!(
         m.try_wait().unwrap().is_none(),
         "it keeps retrying, as a monitor waiting for a fix"
+    );
+}
+
+/// The namespaces of the rack of `c`.
+fn namespaces(c: &TestCluster) -> Vec<String> {
+    c.rack()
+        .expect("a rack")
+        .hosts
+        .iter()
+        .map(|h| h.ns.clone())
+        .collect()
+}
+
+#[test]
+fn a_cluster_on_five_hosts_pages_python_across_them_and_shows_each_host() {
+    let c = TestCluster::on_rack(5, Some("10gbit"), "3GiB", "1GiB");
+    let ns = namespaces(&c);
+    let st = c.cluster_state();
+    let mut addrs: Vec<&str> = st.components.iter().map(|m| m.addr.as_str()).collect();
+    addrs.sort_unstable();
+    let hosts: Vec<&str> = addrs.iter().map(|a| a.split(':').next().unwrap()).collect();
+    assert_eq!(
+        hosts,
+        ["10.99.0.2", "10.99.0.3", "10.99.0.4", "10.99.0.5"],
+        "each monitor serves at its own host's address: {addrs:?}"
+    );
+    let status = String::from_utf8_lossy(&c.cli(&["status"]).stdout).into_owned();
+    for a in &addrs {
+        assert!(status.contains(a), "lego status shows {a}:\n{status}");
+    }
+
+    let py = python();
+    let local = Command::new(&py).args(["-c", HASH_1GIB]).output().unwrap();
+    assert!(local.status.success());
+    let out = c
+        .run_command(&["--excache", "64MiB", "--stats"], &[&py, "-c", HASH_1GIB])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python under lego on the rack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, local.stdout, "the same output as locally");
+    c.assert_no_pages("python on the rack");
+    drop(c);
+    for n in ns {
+        assert!(
+            !std::path::Path::new("/run/netns").join(&n).exists(),
+            "{n} is removed with its cluster"
+        );
+    }
+}
+
+#[test]
+fn a_rack_left_by_a_killed_launcher_is_removed_by_the_next() {
+    ensure_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = KillOnDrop(
+        Command::new(LEGO)
+            .args([
+                "up",
+                "--hosts",
+                "3",
+                "--memory-monitors",
+                "2",
+                "--capacity",
+                "64MiB",
+            ])
+            .args(["--excache", "64MiB", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = up.id();
+    let mine = |n: &str| n.starts_with(&format!("lego{pid}r"));
+    let list = || -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| mine(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(60), "lego up on 3 hosts", || {
+        dir.path().join("cluster.json").exists().then_some(())
+    });
+    // A client finds the rack's first host on its own.
+    let status = Command::new(LEGO)
+        .args(["status", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && text.contains("10.99.0.2"),
+        "{text}"
+    );
+    assert_eq!(list().len(), 4, "3 hosts and the switch: {:?}", list());
+    up.kill().unwrap();
+    up.wait().unwrap();
+    assert_eq!(
+        list().len(),
+        4,
+        "a SIGKILLed launcher leaves its rack behind"
+    );
+    let gone = lego_cluster::rack::sweep_stale();
+    assert_eq!(gone.iter().filter(|n| mine(n)).count(), 4, "{gone:?}");
+    assert!(
+        list().is_empty(),
+        "the next launcher removes it: {:?}",
+        list()
     );
 }

@@ -71,6 +71,10 @@ impl ClusterArgs {
         }
         let dir = self.dir();
         let file = ClusterFile::read(&dir)?;
+        if let Some(ns) = &file.netns {
+            // A cluster on a rack: its addresses are reachable from its hosts only.
+            crate::rack::enter(ns)?;
+        }
         let secret = match &self.secret.secret_file {
             Some(p) => read_secret(p)?,
             None => read_secret(&dir.join("secret"))?,

@@ -26,6 +26,10 @@ pub struct ClusterFile {
     /// Pid of the `lego up` that runs the cluster.
     pub pid: u32,
     pub memory_monitors: Vec<String>,
+    /// The network namespace of the rack's first host, when the cluster
+    /// runs on a rack (`lego up --hosts N`): clients enter it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 impl ClusterFile {

@@ -53,6 +53,17 @@ pub struct Spec {
     pub storage: bool,
     /// More flags for the manager (e.g. `--vregion-size 16MiB`).
     pub manager_args: Vec<String>,
+    /// Spread the daemons over a rack of network namespaces [default: all
+    /// on loopback].
+    pub rack: Option<RackSpec>,
+}
+
+/// A rack for [`Spec::rack`]: `hosts` network namespaces, links shaped to
+/// `link` (tc syntax, e.g. `10gbit`) if given.
+#[derive(Clone, Debug)]
+pub struct RackSpec {
+    pub hosts: usize,
+    pub link: Option<String>,
 }
 
 /// The processor monitor of a cluster.
@@ -152,6 +163,11 @@ pub struct LocalCluster {
     /// Extra flags of the storage monitor (`--vnode-disk-quota`, ...).
     pub storage_flags: Vec<String>,
     memory_started: usize,
+    /// The hosts the daemons run on, if on a rack ([`LocalCluster::set_rack`]);
+    /// dropped after the daemons are stopped.
+    rack: Option<crate::rack::Rack>,
+    /// Which host each daemon runs on (by name), kept across restarts.
+    placed: std::collections::BTreeMap<String, usize>,
 }
 
 impl LocalCluster {
@@ -185,7 +201,53 @@ impl LocalCluster {
             manager_flags: Vec::new(),
             storage_flags: Vec::new(),
             memory_started: 0,
+            rack: None,
+            placed: std::collections::BTreeMap::new(),
         })
+    }
+
+    /// Runs the daemons started from now on across the hosts of `rack`:
+    /// the manager on host 0, each other daemon on the next host (wrapping
+    /// around to host 1). The calling thread moves onto host 0, so that the
+    /// cluster's own calls (and every process this thread starts, such as
+    /// `lego run`) reach the daemons there.
+    pub fn set_rack(&mut self, rack: crate::rack::Rack) -> Result<(), ClusterError> {
+        crate::rack::enter(&rack.hosts[0].ns)?;
+        self.rack = Some(rack);
+        Ok(())
+    }
+
+    /// The rack, if the daemons run on one.
+    pub fn rack(&self) -> Option<&crate::rack::Rack> {
+        self.rack.as_ref()
+    }
+
+    /// The host (index into the rack) daemon `name` runs on.
+    fn host_of(&mut self, name: &str) -> Option<usize> {
+        let n = self.rack.as_ref()?.hosts.len();
+        if let Some(&h) = self.placed.get(name) {
+            return Some(h);
+        }
+        let h = match (name, n) {
+            ("manager", _) | (_, 1) => 0,
+            _ => 1 + self.placed.values().filter(|&&h| h != 0).count() % (n - 1),
+        };
+        self.placed.insert(name.to_string(), h);
+        Some(h)
+    }
+
+    /// `--listen` on the daemon's host's address, when on a rack.
+    fn listen_args(&mut self, name: &str) -> Vec<OsString> {
+        match self.host_of(name) {
+            Some(h) => {
+                let ip = self.rack.as_ref().map(|r| r.hosts[h].ip);
+                vec![
+                    "--listen".into(),
+                    format!("{}:0", ip.expect("a rack")).into(),
+                ]
+            }
+            None => Vec::new(),
+        }
     }
 
     /// A manager, memory monitors, a storage monitor (if asked) and a
@@ -198,6 +260,9 @@ impl LocalCluster {
     ) -> Result<Self, ClusterError> {
         let mut c = LocalCluster::new(opts)?;
         c.manager_flags = spec.manager_args.clone();
+        if let Some(r) = &spec.rack {
+            c.set_rack(crate::rack::Rack::create(r.hosts, r.link.as_deref())?)?;
+        }
         c.start_manager()?;
         for _ in 0..spec.memory_monitors {
             c.add_memory(spec.capacity, spec.memory_cpus.as_ref())?;
@@ -228,6 +293,7 @@ impl LocalCluster {
             http: self.http.clone(),
             pid: std::process::id(),
             memory_monitors: self.memories.iter().map(|d| d.addr.clone()).collect(),
+            netns: self.rack.as_ref().map(|r| r.hosts[0].ns.clone()),
         }
     }
 
@@ -241,7 +307,11 @@ impl LocalCluster {
     /// was before after that.
     pub fn start_manager(&mut self) -> Result<(), ClusterError> {
         let (listen, http) = if self.manager_addr.is_empty() {
-            ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
+            let ip = match self.host_of("manager") {
+                Some(h) => self.rack.as_ref().expect("a rack").hosts[h].ip.to_string(),
+                None => "127.0.0.1".to_string(),
+            };
+            (format!("{ip}:0"), format!("{ip}:0"))
         } else {
             let http = self.http.clone().unwrap_or_else(|| "127.0.0.1:0".into());
             (self.manager_addr.clone(), http)
@@ -274,6 +344,7 @@ impl LocalCluster {
         self.memory_started += 1;
         let name = format!("memory-{}", self.memory_started);
         let mut args = self.role_args("memory");
+        args.extend(self.listen_args(&name));
         args.extend(["--capacity".into(), capacity.to_string().into()]);
         cpus_arg(&mut args, cpus);
         let (d, _) = self.spawn(&name, args)?;
@@ -288,6 +359,7 @@ impl LocalCluster {
     /// until the manager sees it alive; returns its address.
     pub fn add_storage(&mut self, cpus: Option<&CpuList>) -> Result<String, ClusterError> {
         let mut args = self.role_args("storage");
+        args.extend(self.listen_args("storage"));
         args.extend(["--dir".into(), self.opts.dir.join("storage").into()]);
         args.extend(self.storage_flags.iter().map(OsString::from));
         cpus_arg(&mut args, cpus);
@@ -302,6 +374,7 @@ impl LocalCluster {
     /// alive; returns its address.
     pub fn add_processor(&mut self, p: &ProcessorSpec) -> Result<String, ClusterError> {
         let mut args = self.role_args("processor");
+        args.extend(self.listen_args("processor"));
         args.extend([
             "--excache".into(),
             p.excache.to_string().into(),
@@ -335,7 +408,7 @@ impl LocalCluster {
     /// Starts one daemon and waits for its ready file; returns it with
     /// what the file said.
     fn spawn(
-        &self,
+        &mut self,
         name: &str,
         args: Vec<OsString>,
     ) -> Result<(Daemon, serde_json::Value), ClusterError> {
@@ -353,7 +426,12 @@ impl LocalCluster {
         let err = out
             .try_clone()
             .map_err(io(format!("cannot open {}", log.display())))?;
-        let mut cmd = Command::new(&self.opts.exe);
+        let host = self.host_of(name);
+        let dir = &self.opts.dir;
+        let mut cmd = match (host, &self.rack) {
+            (Some(h), Some(r)) => r.command(h, self.opts.exe.as_os_str()),
+            _ => Command::new(&self.opts.exe),
+        };
         cmd.args(&args)
             .arg("--secret-file")
             .arg(dir.join("secret"))

@@ -9,6 +9,8 @@
 //!   all start clusters with it.
 //! - [`dir`]: a cluster's directory (its secret, `cluster.json`) and
 //!   [`Target`], where its manager is.
+//! - [`rack`]: hosts as network namespaces on a bridge with shaped links,
+//!   for a cluster spread over "hosts" on one machine (`lego up --hosts N`).
 //! - [`args`]: the flags by which commands find a cluster.
 //! - [`cpus`], [`size`]: CPU lists with pinning, and sizes and durations as
 //!   people write them.
@@ -18,6 +20,7 @@ pub mod args;
 pub mod cpus;
 pub mod dir;
 pub mod launch;
+pub mod rack;
 pub mod size;
 
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ use std::path::PathBuf;
 pub use args::{ClusterArgs, SecretArgs};
 pub use cpus::CpuList;
 pub use dir::{ClusterFile, Target};
-pub use launch::{Daemon, LocalCluster, Options, ProcessorSpec, Spec};
+pub use launch::{Daemon, LocalCluster, Options, ProcessorSpec, RackSpec, Spec};
 pub use nix::sys::signal::Signal;
 
 /// `lego run`'s exit status when the command is not found.
@@ -77,6 +80,9 @@ pub enum ClusterError {
         secs: u64,
         log: PathBuf,
     },
+    /// A rack of network namespaces cannot be made or used.
+    #[error("{0}")]
+    Rack(String),
     #[error("cannot reach {what}")]
     Unreachable {
         what: String,

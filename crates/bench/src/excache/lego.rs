@@ -159,6 +159,7 @@ fn start_cluster(b: &Bench, capacity: u64, excache: u64) -> Result<TempCluster, 
         memory_cpus: b.placement.memory_cpus(),
         storage: false,
         manager_args: Vec::new(),
+        rack: None,
     };
     let processor = ProcessorSpec {
         excache,

@@ -189,6 +189,35 @@ impl TestCluster {
         }
     }
 
+    /// A cluster spread over a rack of `hosts` network namespaces, links
+    /// shaped to `link`: the manager on host 0, two memory monitors of
+    /// `capacity`, a storage monitor and a processor monitor with `excache`
+    /// on the next hosts. The calling thread (the test) moves onto host 0.
+    pub fn on_rack(hosts: usize, link: Option<&str>, capacity: &str, excache: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = LocalCluster::new(Options {
+            dir: dir.path().to_path_buf(),
+            exe: PathBuf::from(LEGO),
+            heartbeat_ms: 300,
+            log: Some("debug".into()),
+        })
+        .unwrap();
+        c.set_rack(lego_cluster::rack::Rack::create(hosts, link).unwrap())
+            .unwrap();
+        c.start_manager().unwrap();
+        for _ in 0..2 {
+            c.add_memory(size(capacity), None).unwrap();
+        }
+        c.add_storage(None).unwrap();
+        let mut t = TestCluster {
+            cluster: Some(c),
+            dir,
+            work: shared_dir(),
+        };
+        t.start_processor(excache);
+        t
+    }
+
     /// The cluster's directory (hidden from confined programs).
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -341,6 +370,20 @@ impl TestCluster {
             .unwrap()
     }
 }
+
+/// Python hashing 1 GiB of seeded random data, then re-reading every 7th
+/// MiB backwards: its output is the same wherever its memory lives.
+pub const HASH_1GIB: &str = r#"
+import hashlib, random
+r = random.Random(42)
+chunks = [r.randbytes(1 << 20) for _ in range(1024)]
+h = hashlib.sha256()
+for c in chunks:
+    h.update(c)
+for c in reversed(chunks[::7]):
+    h.update(c[:4096])
+print(h.hexdigest(), len(chunks), sum(len(c) for c in chunks))
+"#;
 
 /// The live memory monitors.
 pub fn alive_memory(s: &ClusterState) -> Vec<&ComponentInfo> {
