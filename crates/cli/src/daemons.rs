@@ -17,6 +17,11 @@ use lego_cluster::SecretArgs;
 pub struct DaemonArgs {
     #[command(flatten)]
     pub secret: SecretArgs,
+    /// Read flags from this TOML file: its keys are the long flags
+    /// (`capacity = "4GiB"`, `secret-file = "/etc/lego/secret"`, lists for
+    /// repeated flags, `true` for switches); a flag on the command line wins
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Once serving, write {"addr": ..., "http": ...} to this file (for supervisors)
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,

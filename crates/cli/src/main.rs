@@ -6,6 +6,7 @@
 //! `LEGO_LOG` (e.g. `debug`, `lego_transport=debug`) to change what is shown.
 #![forbid(unsafe_code)]
 
+mod config;
 mod daemons;
 mod run;
 mod status;
@@ -88,7 +89,15 @@ fn main() {
     {
         lego_processor::enter::main(&args[2..]);
     }
-    let cli = Cli::parse();
+    // A daemon's --config FILE becomes flags before parsing.
+    let args = match config::expand(&<Cli as clap::CommandFactory>::command(), args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("lego: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     // `lego run` stands in for the program: it says nothing of its own
     // unless asked (LEGO_LOG=info) or something goes wrong.
     init_logging(if matches!(cli.cmd, Cmd::Run(_)) {

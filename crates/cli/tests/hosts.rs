@@ -203,3 +203,52 @@ fn a_rack_left_by_a_killed_launcher_is_removed_by_the_next() {
         list()
     );
 }
+
+#[test]
+fn a_monitor_started_from_a_config_file_registers_as_the_file_says() {
+    let c = TestCluster::start(0, "64MiB", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("memory.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "# as in deploy/memory.toml\nmanager = \"{}\"\ncapacity = \"48MiB\"\nlisten = \"0.0.0.0:0\"\nsecret-file = \"{}\"\n",
+            c.manager_addr,
+            c.path().join("secret").display()
+        ),
+    )
+    .unwrap();
+    let _m = KillOnDrop(
+        Command::new(LEGO)
+            .args(["memory", "--config"])
+            .arg(&f)
+            .args(["--capacity", "80MiB"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let st = c.wait_until("the memory monitor of the config file registered", |s| {
+        !alive_memory(s).is_empty()
+    });
+    let m = alive_memory(&st)[0];
+    assert_eq!(m.capacity, 80 << 20, "the command line wins over the file");
+    assert!(
+        m.addr.starts_with("127.0.0.1:"),
+        "listen from the file: {}",
+        m.addr
+    );
+
+    std::fs::write(&f, "capasity = \"1GiB\"\n").unwrap();
+    let o = Command::new(LEGO)
+        .args(["memory", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("capasity") && err.contains(&*f.to_string_lossy()),
+        "the error names the key and the file: {err}"
+    );
+}

@@ -107,10 +107,15 @@ fn owner_of(ns: &str) -> Option<u32> {
     }
 }
 
-/// Kills what runs in a namespace and deletes it.
+/// Kills what runs in a namespace (but this process, which may have
+/// entered it) and deletes it.
 fn remove_ns(ns: &str) {
+    let me = std::process::id().to_string();
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        for pid in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|p| *p != me)
+        {
             let _ = Command::new("kill")
                 .args(["-KILL", pid])
                 .stderr(Stdio::null())

@@ -263,12 +263,26 @@ impl Pager {
         }
         COUNTERS.add(&COUNTERS.faults_fetched_together, plans.len() as u64);
         for ((idx, write, want), read) in plans.into_iter().zip(reads) {
-            let mut data = std::mem::take(&mut self.buf);
-            let at = self.remote.finish_read(read, &mut data)?;
-            self.install(idx, write, &want, at, &data);
-            self.buf = data;
-            COUNTERS.record_fault(t.elapsed().as_nanos() as u64);
+            self.take_and_install(idx, write, &want, read, t)?;
         }
+        Ok(())
+    }
+
+    /// Takes the answer of `read` (of `want`'s pages) and installs it for
+    /// the fault at `idx`, which began at `t`.
+    fn take_and_install(
+        &mut self,
+        idx: usize,
+        write: bool,
+        want: &[usize],
+        read: PendingRead,
+        t: Instant,
+    ) -> Result<(), Lost> {
+        let mut data = std::mem::take(&mut self.buf);
+        let at = self.remote.finish_read(read, &mut data)?;
+        self.install(idx, write, want, at, &data);
+        self.buf = data;
+        COUNTERS.record_fault(t.elapsed().as_nanos() as u64);
         Ok(())
     }
 
@@ -382,12 +396,7 @@ impl Pager {
         if self.policy.window() > 0 {
             self.send_ahead(&want)?;
         }
-        let mut data = std::mem::take(&mut self.buf);
-        let at = self.remote.finish_read(read, &mut data)?;
-        self.install(idx, write, &want, at, &data);
-        self.buf = data;
-        COUNTERS.record_fault(t.elapsed().as_nanos() as u64);
-        Ok(())
+        self.take_and_install(idx, write, &want, read, t)
     }
 
     /// Installs fetched pages: `data[at..]` holds `want`'s pages in order.

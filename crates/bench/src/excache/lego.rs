@@ -32,8 +32,16 @@ pub(super) fn start(b: &Bench, capacity: u64, excache: u64) -> Result<Result<Tem
     };
     let cpus =
         |d: Option<&lego_cluster::Daemon>| d.map_or("?".into(), |d| crate::cpus_allowed(d.pid()));
+    let net = match cluster.rack() {
+        Some(r) => format!(
+            "TCP across a rack of {} hosts (network namespaces on a bridge), links {}",
+            r.hosts.len(),
+            r.rate.as_deref().unwrap_or("unshaped")
+        ),
+        None => "TCP loopback".into(),
+    };
     println!(
-        "embedded cluster: 2 memory monitors of {} each (CPUs {}), a processor monitor with {} of ExCache (CPUs {}); TCP loopback",
+        "embedded cluster: 2 memory monitors of {} each (CPUs {}), a processor monitor with {} of ExCache (CPUs {}); {net}",
         human(capacity),
         cpus(cluster.memories.first()),
         human(excache),
@@ -159,7 +167,7 @@ fn start_cluster(b: &Bench, capacity: u64, excache: u64) -> Result<TempCluster, 
         memory_cpus: b.placement.memory_cpus(),
         storage: false,
         manager_args: Vec::new(),
-        rack: None,
+        rack: b.rack.clone(),
     };
     let processor = ProcessorSpec {
         excache,

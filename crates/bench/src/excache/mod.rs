@@ -164,6 +164,15 @@ pub struct ExcacheBenchArgs {
     /// Run no programs, only the workload
     #[arg(long, conflicts_with = "programs")]
     pub no_programs: bool,
+    /// Run the lego rows on a rack of 4 hosts made on this machine (network
+    /// namespaces on a bridge: the manager, 2 memory monitors, the processor
+    /// monitor), as across real hosts; needs root
+    #[arg(long)]
+    pub rack: bool,
+    /// With --rack, shape each host's link to this rate (tc syntax: 10gbit,
+    /// 1gbit, ...) [default: unshaped]
+    #[arg(long, value_name = "RATE", requires = "rack")]
+    pub link: Option<String>,
 }
 
 /// A program and its arguments and environment, run the same way in every
@@ -202,6 +211,8 @@ struct Bench {
     /// The workload.
     job: Job,
     quick: bool,
+    /// The rack the lego rows run on, if any.
+    rack: Option<lego_cluster::RackSpec>,
     dir: TempDir,
     placement: Placement,
     stop: Arc<AtomicBool>,
@@ -349,6 +360,10 @@ fn setup(a: &ExcacheBenchArgs) -> Result<Bench> {
             env: Vec::new(),
         },
         quick: a.quick,
+        rack: a.rack.then(|| lego_cluster::RackSpec {
+            hosts: 4,
+            link: a.link.clone(),
+        }),
         dir,
         placement,
         stop,

@@ -163,6 +163,28 @@ struct ProgRow {
     counters: BTreeMap<String, u64>,
 }
 
+impl ProgRow {
+    fn new(setting: Setting, limit: u64) -> ProgRow {
+        ProgRow {
+            setting,
+            limit,
+            outcome: Outcome::NotSelected,
+            note: String::new(),
+            counters: BTreeMap::new(),
+        }
+    }
+
+    /// Says on the progress line that this row runs now.
+    fn step(&self, b: &Bench, p: Program) {
+        b.progress.step(format!(
+            "{}: {} ({})",
+            p.name(),
+            self.setting.label(),
+            human(self.limit)
+        ));
+    }
+}
+
 /// A program, its local reference and its rows.
 pub struct ProgramRun {
     pub program: Program,
@@ -342,25 +364,12 @@ pub(super) fn run_lego(
 ) -> Result<()> {
     for run in runs.iter_mut().filter(|r| r.local().is_some()) {
         for &pc in run.program.percents() {
-            let setting = Setting::Lego(pc);
-            let limit = run.limit(pc);
-            let mut row = ProgRow {
-                setting,
-                limit,
-                outcome: Outcome::NotSelected,
-                note: String::new(),
-                counters: BTreeMap::new(),
-            };
+            let mut row = ProgRow::new(Setting::Lego(pc), run.limit(pc));
             match cluster {
                 Err(why) => row.outcome = Outcome::Skipped(why.clone()),
                 Ok(c) => {
-                    b.progress.step(format!(
-                        "{}: {} ({})",
-                        run.program.name(),
-                        setting.label(),
-                        human(limit)
-                    ));
-                    let (f, counters) = run_job(b, c, VNODE, limit, &run.job)?;
+                    row.step(b, run.program);
+                    let (f, counters) = run_job(b, c, VNODE, row.limit, &run.job)?;
                     row.outcome = outcome_with(&f, parse);
                     row.note = format!(
                         "{}; wall {:.1} s",
@@ -392,23 +401,11 @@ pub(super) fn run_swap(
                 .copied()
                 .find(|&pc| run.limit(pc) == limit)
                 .unwrap_or(0);
-            let setting = Setting::Swap(kind, pc);
-            let mut row = ProgRow {
-                setting,
-                limit,
-                outcome: Outcome::NotSelected,
-                note: String::new(),
-                counters: BTreeMap::new(),
-            };
+            let mut row = ProgRow::new(Setting::Swap(kind, pc), limit);
             match squeeze {
                 Err(u) => row.outcome = u.outcome(),
                 Ok(sq) => {
-                    b.progress.step(format!(
-                        "{}: {} ({})",
-                        run.program.name(),
-                        setting.label(),
-                        human(limit)
-                    ));
+                    row.step(b, run.program);
                     match sq.run(b, limit, &run.job)? {
                         Err(why) => row.outcome = Outcome::Failed(why),
                         Ok(s) => {
