@@ -5,7 +5,9 @@
 //! a clear error naming the vRegion); a memory monitor that was declared
 //! dead while stopped comes back (new id, old pages dropped, new placements);
 //! a memory monitor that dies while the manager is down is replaced once the
-//! manager is back.
+//! manager is back; a memory host cut off by its link for 5 s (on a rack of
+//! network namespaces) while its monitor runs on is treated as dead and
+//! comes back as a new monitor whose old pages are never read.
 
 mod common;
 
@@ -345,4 +347,66 @@ fn a_memory_monitor_that_dies_while_the_manager_is_down_is_replaced_when_it_is_b
     let kinds: Vec<EventKind> = c.cluster_state().events.iter().map(|e| e.kind).collect();
     assert!(kinds.contains(&EventKind::ReReplicated), "{kinds:?}");
     c.assert_no_pages("the program whose memory monitor died while the manager was down");
+}
+
+#[test]
+fn a_memory_host_cut_off_for_5_s_comes_back_new_and_its_old_pages_are_never_read() {
+    ensure_runtime();
+    // Five hosts: the manager, three memory monitors, the processor.
+    let mut c = TestCluster::rack_of(
+        5,
+        Some("10gbit"),
+        3,
+        "2GiB",
+        &["--vregion-size", "16MiB"],
+        false,
+    );
+    c.start_processor("1GiB");
+    let script = script(4);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let run = start(&c, &script);
+    let s = c.cluster_state();
+    let (victim, victim_id) = busiest_primary(&c, &s);
+    let host = c.host_index(&c.memories[victim].name).expect("on the rack");
+    let cut = Instant::now();
+    c.rack().unwrap().set_link(host, false).unwrap();
+    wait_for(Duration::from_secs(10), "copies rebuilt elsewhere", || {
+        all_healthy_without(&c.cluster_state(), &[victim_id]).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
+    c.rack().unwrap().set_link(host, true).unwrap();
+    let addr = c.memories[victim].addr.clone();
+    wait_for(Duration::from_secs(15), "it rejoins under a new id", || {
+        c.cluster_state()
+            .components
+            .iter()
+            .find(|x| x.addr == addr && x.id != victim_id && x.health == Health::Alive)
+            .map(|x| x.id)
+    });
+    let (status, out, err) = finish(run, Duration::from_secs(240));
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        out == local.stdout,
+        "output differs from the run without lego"
+    );
+    let s = c.cluster_state();
+    assert!(
+        s.events.iter().any(|e| e.kind == EventKind::Stale),
+        "{:?}",
+        s.events
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the returning monitor to drop what it held",
+        || {
+            c.memories[victim]
+                .log_text()
+                .contains("dropped every page held under the old identity")
+                .then_some(())
+        },
+    );
+    c.assert_no_pages("the run across the partition");
 }

@@ -222,6 +222,11 @@ impl LocalCluster {
         self.rack.as_ref()
     }
 
+    /// The host (index into the rack) daemon `name` was placed on, if on a rack.
+    pub fn host_index(&self, name: &str) -> Option<usize> {
+        self.placed.get(name).copied()
+    }
+
     /// The host (index into the rack) daemon `name` runs on.
     fn host_of(&mut self, name: &str) -> Option<usize> {
         let n = self.rack.as_ref()?.hosts.len();

@@ -224,6 +224,13 @@ impl Rack {
         Ok(rack)
     }
 
+    /// Takes host `i`'s link down (a partition: its processes run on, cut
+    /// off) or brings it back up.
+    pub fn set_link(&self, i: usize, up: bool) -> Result<(), ClusterError> {
+        let state = if up { "up" } else { "down" };
+        run(&["ip", "-n", &self.hosts[i].ns, "link", "set", "eth0", state])
+    }
+
     /// `cmd` run on host `i`: `ip netns exec NS cmd`.
     pub fn command(&self, i: usize, program: &std::ffi::OsStr) -> Command {
         let mut c = Command::new("ip");

@@ -80,7 +80,13 @@ pub(crate) fn serve(conn: u64, link: Box<dyn Link>, shared: &Shared) {
     reader.get_mut().within(cfg.handshake_timeout);
     let peer = match handshake(conn, &addr, &mut reader, &mut writer, cfg) {
         Ok(p) => p,
-        Err(why) => {
+        Err(Unshaken::Probe) => {
+            // Connected and closed without a word: a reachability check
+            // (the manager dialling a registering monitor back), not an attack.
+            debug!(conn, %addr, "connection closed before the handshake (a probe)");
+            return;
+        }
+        Err(Unshaken::Failed(why)) => {
             counters.auth_failures.fetch_add(1, Ordering::Relaxed);
             if let Some(left_out) = shared.log_handshake.allow() {
                 warn!(conn, %addr, left_out, "handshake failed: {why}");
@@ -183,13 +189,26 @@ pub(crate) fn serve(conn: u64, link: Box<dyn Link>, shared: &Shared) {
     shared.handler.disconnected(&peer);
 }
 
+/// Why a connection ended before its handshake completed.
+enum Unshaken {
+    /// The peer closed without sending anything.
+    Probe,
+    Failed(String),
+}
+
+impl From<String> for Unshaken {
+    fn from(why: String) -> Self {
+        Unshaken::Failed(why)
+    }
+}
+
 fn handshake(
     conn: u64,
     addr: &str,
     reader: &mut BufReader<Timed>,
     writer: &mut BufWriter<WriteHalf>,
     cfg: &ServerConfig,
-) -> Result<PeerInfo, String> {
+) -> Result<PeerInfo, Unshaken> {
     let nonce = random_bytes().map_err(|e| e.to_string())?;
     write_frame(writer, Op::Challenge, 0, 0, &[&nonce]).map_err(|e| e.to_string())?;
     writer.flush().map_err(|e| e.to_string())?;
@@ -200,23 +219,24 @@ fn handshake(
     };
     let header = match read_header(reader, 4096) {
         Ok(h) => h,
-        Err(e) => return Err(refuse(writer, ErrorCode::BadFrame, e.to_string())),
+        Err(WireError::Closed) => return Err(Unshaken::Probe),
+        Err(e) => return Err(refuse(writer, ErrorCode::BadFrame, e.to_string()).into()),
     };
     let body = read_body(reader, &header).map_err(|e| e.to_string())?;
     if header.op != Op::Hello {
         let msg = format!("expected a hello, got {}", header.op);
-        return Err(refuse(writer, ErrorCode::AuthFailed, msg));
+        return Err(refuse(writer, ErrorCode::AuthFailed, msg).into());
     }
     let hello = match Hello::decode(&body) {
         Ok(h) => h,
-        Err(e) => return Err(refuse(writer, ErrorCode::AuthFailed, e.to_string())),
+        Err(e) => return Err(refuse(writer, ErrorCode::AuthFailed, e.to_string()).into()),
     };
     if !hello.verify(&cfg.secret, &nonce) {
         let msg = format!(
             "wrong key for claim '{}': the peer does not hold this cluster's secret",
             hello.claim
         );
-        return Err(refuse(writer, ErrorCode::AuthFailed, msg));
+        return Err(refuse(writer, ErrorCode::AuthFailed, msg).into());
     }
     let welcome = hello.welcome(&cfg.secret, &nonce);
     write_frame(

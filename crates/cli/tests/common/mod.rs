@@ -194,6 +194,23 @@ impl TestCluster {
     /// `capacity`, a storage monitor and a processor monitor with `excache`
     /// on the next hosts. The calling thread (the test) moves onto host 0.
     pub fn on_rack(hosts: usize, link: Option<&str>, capacity: &str, excache: &str) -> Self {
+        let mut c = Self::rack_of(hosts, link, 2, capacity, &[], true);
+        c.start_processor(excache);
+        c
+    }
+
+    /// A manager (with `manager_flags`, 300 ms heartbeats) and `memories`
+    /// memory monitors of `capacity`, and a storage monitor if `storage`,
+    /// spread over a rack of `hosts` network namespaces with links shaped to
+    /// `link`, the manager on host 0. The calling thread moves onto host 0.
+    pub fn rack_of(
+        hosts: usize,
+        link: Option<&str>,
+        memories: usize,
+        capacity: &str,
+        manager_flags: &[&str],
+        storage: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut c = LocalCluster::new(Options {
             dir: dir.path().to_path_buf(),
@@ -202,20 +219,21 @@ impl TestCluster {
             log: Some("debug".into()),
         })
         .unwrap();
+        c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
         c.set_rack(lego_cluster::rack::Rack::create(hosts, link).unwrap())
             .unwrap();
         c.start_manager().unwrap();
-        for _ in 0..2 {
+        for _ in 0..memories {
             c.add_memory(size(capacity), None).unwrap();
         }
-        c.add_storage(None).unwrap();
-        let mut t = TestCluster {
+        if storage {
+            c.add_storage(None).unwrap();
+        }
+        TestCluster {
             cluster: Some(c),
             dir,
             work: shared_dir(),
-        };
-        t.start_processor(excache);
-        t
+        }
     }
 
     /// The cluster's directory (hidden from confined programs).
