@@ -242,6 +242,48 @@ fn killing_both_copies_of_a_vregion_stops_the_program_naming_it() {
     let _ = st;
 }
 
+/// Memory monitor `victim` (id `victim_id`), declared dead while it was
+/// stopped or cut off, is back: it rejoins under a new id (returned), the
+/// program `run` ends with the `local` output, the journal says "stale", and
+/// the monitor drops every page it held under the old id.
+fn comes_back_new(
+    c: &TestCluster,
+    victim: usize,
+    victim_id: u64,
+    run: Running,
+    local: &[u8],
+) -> u64 {
+    let addr = c.memories[victim].addr.clone();
+    let back = wait_for(Duration::from_secs(15), "it rejoins under a new id", || {
+        c.cluster_state()
+            .components
+            .iter()
+            .find(|x| x.addr == addr && x.id != victim_id && x.health == Health::Alive)
+            .map(|x| x.id)
+    });
+    let (status, out, err) = finish(run, Duration::from_secs(240));
+    assert!(status.success(), "{status}: {err}");
+    assert!(out == local, "output differs from the run without lego");
+    let s = c.cluster_state();
+    assert!(
+        s.events.iter().any(|e| e.kind == EventKind::Stale),
+        "{:?}",
+        s.events
+    );
+    // The wipe follows the new id by a moment.
+    wait_for(
+        Duration::from_secs(20),
+        "the returning monitor to drop what it held",
+        || {
+            c.memories[victim]
+                .log_text()
+                .contains("dropped every page held under the old identity")
+                .then_some(())
+        },
+    );
+    back
+}
+
 #[test]
 fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
     let c = cluster();
@@ -258,31 +300,7 @@ fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
         all_healthy_without(&c.cluster_state(), &[victim_id]).then_some(())
     });
     c.memories[victim].signal(Signal::SIGCONT).unwrap();
-    let addr = c.memories[victim].addr.clone();
-    let back = wait_for(Duration::from_secs(10), "it rejoins under a new id", || {
-        let s = c.cluster_state();
-        s.components
-            .iter()
-            .find(|x| x.addr == addr && x.id != victim_id && x.health == Health::Alive)
-            .map(|x| x.id)
-    });
-    let (status, out, err) = finish(run, Duration::from_secs(240));
-    assert!(status.success(), "{status}: {err}");
-    assert!(
-        out == local.stdout,
-        "output differs from the run without lego"
-    );
-    let s = c.cluster_state();
-    assert!(
-        s.events.iter().any(|e| e.kind == EventKind::Stale),
-        "{:?}",
-        s.events
-    );
-    let log = c.memories[victim].log_text();
-    assert!(
-        log.contains("dropped every page held under the old identity"),
-        "{log}"
-    );
+    let back = comes_back_new(&c, victim, victim_id, run, &local.stdout);
     // It takes new placements: a second run with its 16 MiB vRegions on
     // three live monitors uses it.
     let again = start(&c, &script);
@@ -378,35 +396,6 @@ fn a_memory_host_cut_off_for_5_s_comes_back_new_and_its_old_pages_are_never_read
     });
     std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
     c.rack().unwrap().set_link(host, true).unwrap();
-    let addr = c.memories[victim].addr.clone();
-    wait_for(Duration::from_secs(15), "it rejoins under a new id", || {
-        c.cluster_state()
-            .components
-            .iter()
-            .find(|x| x.addr == addr && x.id != victim_id && x.health == Health::Alive)
-            .map(|x| x.id)
-    });
-    let (status, out, err) = finish(run, Duration::from_secs(240));
-    assert!(status.success(), "{status}: {err}");
-    assert!(
-        out == local.stdout,
-        "output differs from the run without lego"
-    );
-    let s = c.cluster_state();
-    assert!(
-        s.events.iter().any(|e| e.kind == EventKind::Stale),
-        "{:?}",
-        s.events
-    );
-    wait_for(
-        Duration::from_secs(20),
-        "the returning monitor to drop what it held",
-        || {
-            c.memories[victim]
-                .log_text()
-                .contains("dropped every page held under the old identity")
-                .then_some(())
-        },
-    );
+    comes_back_new(&c, victim, victim_id, run, &local.stdout);
     c.assert_no_pages("the run across the partition");
 }
