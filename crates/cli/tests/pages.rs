@@ -121,10 +121,15 @@ fn ten_thousand_pages_round_trip_and_free() {
     assert_eq!(mem_stats(&mem).pages_held, 0);
 
     // The manager learns the use from heartbeats: back to zero everywhere.
-    let st = cluster.wait_until("use back to zero", |s| {
+    // (A heartbeat from before the writes also says zero: wait for one
+    // that counted them.)
+    let st = cluster.wait_until("use back to zero after the writes", |s| {
         alive_memory(s)
             .iter()
             .all(|c| c.used == 0 && c.counters.get("pages_held") == Some(&0))
+            && s.components.iter().any(|c| {
+                c.id == placed.primary.id && c.counters.get("pages_written_total") == Some(&PAGES)
+            })
     });
     let writer = st
         .components

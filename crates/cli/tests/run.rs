@@ -293,15 +293,9 @@ fn stdin_and_signals_are_relayed() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    // At once: a signal in the job's first moments, before its program has
+    // started, waits for it rather than being dropped.
     let job = wait_job(&c, &["sleep", "30"]);
-    // The program itself must be running: a signal in the job's first
-    // moments, before its program has started, is dropped (docs/design.md).
-    wait_for(Duration::from_secs(10), "sleep to start", || {
-        let leaf = leaf_process(job.pid);
-        std::fs::read_to_string(format!("/proc/{leaf}/comm"))
-            .is_ok_and(|c| c.trim() == "sleep")
-            .then_some(())
-    });
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -33,6 +33,9 @@ pub const OUTPUT_LIMIT: usize = 4 << 20;
 const REPLY_LIMIT: usize = 4 << 20;
 /// Size of one read from a pipe.
 const READ_SIZE: usize = 64 << 10;
+/// In a job's start-up, how long a signal may wait for its program to take
+/// it (see [`Job::signal`]).
+const SIGNAL_START_WAIT: Duration = Duration::from_secs(5);
 /// After the process group is gone, how long pipes may stay silent before the
 /// job is declared finished anyway (something outside the group holds them).
 const PIPE_GRACE: Duration = Duration::from_secs(2);
@@ -56,6 +59,8 @@ pub struct Job {
     stdin: Mutex<Option<ChildStdin>>,
     /// Memory-quota refusals already logged.
     quota_logged: std::sync::atomic::AtomicU64,
+    /// When it was started.
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -102,6 +107,7 @@ impl Job {
             cond: Condvar::new(),
             stdin: Mutex::new(stdin),
             quota_logged: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -209,8 +215,21 @@ impl Job {
 
     /// Sends `sig` to the job's process group, unless it is already gone.
     /// Returns whether a signal was sent.
+    ///
+    /// In a job's first moments its helper and the init of its namespaces
+    /// ignore the signals a shell passes on, and its program has not yet
+    /// reset them to their defaults: a signal sent then would be dropped. So
+    /// during start-up ([`SIGNAL_START_WAIT`]) it waits until one of the
+    /// first three processes of the job (helper, init, program) takes it.
     pub fn signal(&self, sig: i32) -> Result<bool, ProcessorError> {
         let signal = Signal::from_named_raw(sig).ok_or(ProcessorError::BadSignal(sig))?;
+        let deadline = self.started + SIGNAL_START_WAIT;
+        while Instant::now() < deadline && !takes_signal(self.pid, sig) {
+            if lock(&self.state).reaped {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let st = lock(&self.state);
         Ok(!st.reaped && self.kill_group(signal))
     }
@@ -405,6 +424,37 @@ impl Job {
             counters: self.counters(),
         }
     }
+}
+
+/// Whether one of the first three processes of the chain from `pid` (each
+/// the first child of the one before: a job's helper, init and program)
+/// does not ignore `sig`, or the chain is gone.
+fn takes_signal(pid: u32, sig: i32) -> bool {
+    let mut p = pid;
+    for _ in 0..3 {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else {
+            return true;
+        };
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            .unwrap_or(0);
+        if !(1..=64).contains(&sig) || ignored & (1u64 << (sig - 1)) == 0 {
+            return true;
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        match children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
+            Some(c) => p = c,
+            None => return false,
+        }
+    }
+    false
 }
 
 #[cfg(test)]
