@@ -12,7 +12,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -242,6 +242,26 @@ fn killing_both_copies_of_a_vregion_stops_the_program_naming_it() {
     let _ = st;
 }
 
+/// The 4-pass script started under lego, with its output run locally, and
+/// the memory monitor (index, id) that is primary of the most of its vRegions.
+fn running_with_victim(c: &TestCluster) -> (String, Output, Running, usize, u64) {
+    let script = script(4);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let run = start(c, &script);
+    let (victim, victim_id) = busiest_primary(c, &c.cluster_state());
+    (script, local, run, victim, victim_id)
+}
+
+/// Waits until every vRegion has two live copies on monitors other than `dead`.
+fn wait_rebuilt_without(c: &TestCluster, dead: u64) {
+    wait_for(Duration::from_secs(10), "copies rebuilt elsewhere", || {
+        all_healthy_without(&c.cluster_state(), &[dead]).then_some(())
+    });
+}
+
 /// Memory monitor `victim` (id `victim_id`), declared dead while it was
 /// stopped or cut off, is back: it rejoins under a new id (returned), the
 /// program `run` ends with the `local` output, the journal says "stale", and
@@ -287,18 +307,9 @@ fn comes_back_new(
 #[test]
 fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
     let c = cluster();
-    let script = script(4);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    let run = start(&c, &script);
-    let s = c.cluster_state();
-    let (victim, victim_id) = busiest_primary(&c, &s);
+    let (script, local, run, victim, victim_id) = running_with_victim(&c);
     c.memories[victim].signal(Signal::SIGSTOP).unwrap();
-    wait_for(Duration::from_secs(10), "copies rebuilt elsewhere", || {
-        all_healthy_without(&c.cluster_state(), &[victim_id]).then_some(())
-    });
+    wait_rebuilt_without(&c, victim_id);
     c.memories[victim].signal(Signal::SIGCONT).unwrap();
     let back = comes_back_new(&c, victim, victim_id, run, &local.stdout);
     // It takes new placements: a second run with its 16 MiB vRegions on
@@ -380,20 +391,11 @@ fn a_memory_host_cut_off_for_5_s_comes_back_new_and_its_old_pages_are_never_read
         false,
     );
     c.start_processor("1GiB");
-    let script = script(4);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    let run = start(&c, &script);
-    let s = c.cluster_state();
-    let (victim, victim_id) = busiest_primary(&c, &s);
+    let (_, local, run, victim, victim_id) = running_with_victim(&c);
     let host = c.host_index(&c.memories[victim].name).expect("on the rack");
     let cut = Instant::now();
     c.rack().unwrap().set_link(host, false).unwrap();
-    wait_for(Duration::from_secs(10), "copies rebuilt elsewhere", || {
-        all_healthy_without(&c.cluster_state(), &[victim_id]).then_some(())
-    });
+    wait_rebuilt_without(&c, victim_id);
     std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
     c.rack().unwrap().set_link(host, true).unwrap();
     comes_back_new(&c, victim, victim_id, run, &local.stdout);

@@ -187,6 +187,13 @@ impl Pager {
     /// (every read in flight before the first answer is taken: one round
     /// trip for all, see [`Pager::fetch_together`]); the rest one by one.
     pub fn handle_batch(&mut self, msgs: &[UffdMsg]) -> Result<(), Lost> {
+        // The usual case, one fault: nothing to gather.
+        if let [msg] = msgs {
+            return match self.fault_of(msg) {
+                Some((idx, wp, write)) => self.handle_fault(idx, wp, write),
+                None => Ok(()),
+            };
+        }
         let faults: Vec<(usize, bool, bool)> =
             msgs.iter().filter_map(|m| self.fault_of(m)).collect();
         let is_miss = |p: &Policy, &(idx, wp, _): &(usize, bool, bool)| {
