@@ -1,6 +1,7 @@
 //! `lego bench memory`: page reads and writes against a real memory monitor
-//! over TCP loopback, with 1 and 16 requests in flight, beside a bare 4 KiB
-//! TCP request/response measured in the same run.
+//! over TCP loopback, with 1 and 16 requests in flight, on a plaintext and
+//! on a sealed link (encrypted and authenticated, [`lego_transport::seal`]),
+//! beside a bare 4 KiB TCP request/response measured in the same run.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -74,15 +75,18 @@ impl Measure {
 
 struct Row {
     what: Measure,
+    /// Measured on a sealed link.
+    sealed: bool,
     p50: f64,
     p99: f64,
     pages_per_s: f64,
 }
 
 impl Row {
-    fn of(what: Measure, lat: &mut Samples, pages_per_s: f64) -> Row {
+    fn of(what: Measure, sealed: bool, lat: &mut Samples, pages_per_s: f64) -> Row {
         Row {
             what,
+            sealed,
             p50: lat.percentile_us(50.0),
             p99: lat.percentile_us(99.0),
             pages_per_s,
@@ -140,6 +144,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             capacity: 1 << 30,
             memory_cpus: placement.memory_cpus(),
             storage: false,
+            encrypt: lego_cluster::Encrypt::Auto,
             manager_args: Vec::new(),
             rack: None,
         };
@@ -181,9 +186,20 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
         v.id
     );
     let creds = Credentials::vnode(v.id, target.secret.vnode_key(v.id));
-    let client = Client::connect(&placed.primary.addr, &creds, &ClientOptions::default())
-        .call_for(|| "cannot reach the memory monitor".into())?;
-    let rows = fill_and_measure(&a, &placement, &client, asid)?;
+    let mut rows = bare_rows(&a, &placement)?;
+    for seal in [false, true] {
+        let opts = ClientOptions {
+            seal,
+            ..ClientOptions::default()
+        };
+        let client = Client::connect(&placed.primary.addr, &creds, &opts)
+            .call_for(|| "cannot reach the memory monitor".into())?;
+        if client.sealed() != seal {
+            println!("the memory monitor seals every link (--encrypt): no plaintext rows");
+            continue;
+        }
+        rows.extend(fill_and_measure(&a, &client, asid)?);
+    }
     report(&rows);
     let rel = mgr
         .call(&ReleaseSpaceReq { asid, job: None })
@@ -204,13 +220,25 @@ fn fill(p: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Writes the working set, then measures every row.
-fn fill_and_measure(
-    a: &MemoryBenchArgs,
-    placement: &Placement,
-    client: &Client,
-    asid: Asid,
-) -> Result<Vec<Row>> {
+/// The bare TCP round trips, blocking and polling.
+fn bare_rows(a: &MemoryBenchArgs, placement: &Placement) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for polled in [false, true] {
+        let r = crate::rtt::bare_tcp(a.ops, placement.memory_cpus(), polled)?;
+        rows.push(Row {
+            what: Measure::BareRtt { polled },
+            sealed: false,
+            p50: r.p50_us,
+            p99: r.p99_us,
+            pages_per_s: r.per_s,
+        });
+    }
+    Ok(rows)
+}
+
+/// Writes the working set, then measures every row on `client`'s link.
+fn fill_and_measure(a: &MemoryBenchArgs, client: &Client, asid: Asid) -> Result<Vec<Row>> {
+    let sealed = client.sealed();
     for chunk in (0..a.pages).collect::<Vec<_>>().chunks(256) {
         let data: Vec<u8> = chunk.iter().flat_map(|&p| fill(p)).collect();
         let body = WritePages {
@@ -226,15 +254,6 @@ fn fill_and_measure(
             .call_for(|| "cannot write the working set".into())?;
     }
     let mut rows = Vec::new();
-    for polled in [false, true] {
-        let r = crate::rtt::bare_tcp(a.ops, placement.memory_cpus(), polled)?;
-        rows.push(Row {
-            what: Measure::BareRtt { polled },
-            p50: r.p50_us,
-            p99: r.p99_us,
-            pages_per_s: r.per_s,
-        });
-    }
     let (ops, npages) = (a.ops, a.pages);
     for depth in [1usize, 16] {
         let pick = |i: usize| {
@@ -261,7 +280,7 @@ fn fill_and_measure(
             Ok(())
         };
         let (mut lat, tput) = pipelined(client, Op::ReadPages, depth, ops, 1, read, check)?;
-        rows.push(Row::of(Measure::Read { depth }, &mut lat, tput));
+        rows.push(Row::of(Measure::Read { depth }, sealed, &mut lat, tput));
         let mut rng = XorShift(0x1234_5678_9abc_def1);
         let page = vec![0xa5u8; PAGE_SIZE];
         // A second range: reads stay checkable.
@@ -277,7 +296,7 @@ fn fill_and_measure(
         };
         let (mut lat, tput) =
             pipelined(client, Op::WritePages, depth, ops, 1, write, |_, _| Ok(()))?;
-        rows.push(Row::of(Measure::Write { depth }, &mut lat, tput));
+        rows.push(Row::of(Measure::Write { depth }, sealed, &mut lat, tput));
     }
     let mut rng = XorShift(77);
     let batch = |_| {
@@ -289,21 +308,27 @@ fn fill_and_measure(
         .encode()
     };
     let (mut lat, tput) = pipelined(client, Op::ReadPages, 1, ops / 16, 16, batch, |_, _| Ok(()))?;
-    rows.push(Row::of(Measure::ReadBatch16, &mut lat, tput));
+    rows.push(Row::of(Measure::ReadBatch16, sealed, &mut lat, tput));
     Ok(rows)
 }
 
 fn report(rows: &[Row]) {
-    let find = |m: Measure| rows.iter().find(|r| r.what == m);
+    let find = |m: Measure| rows.iter().find(|r| r.what == m && !r.sealed);
     let rtt = find(Measure::BareRtt { polled: false }).map_or(f64::NAN, |r| r.p50);
     println!(
-        "{:<30} {:>9} {:>9} {:>9} {:>12} {:>10}",
-        "operation", "in flight", "p50 µs", "p99 µs", "pages/s", "p50 / RTT"
+        "{:<30} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10}",
+        "operation", "link", "in flight", "p50 µs", "p99 µs", "pages/s", "p50 / RTT"
     );
     for r in rows {
+        let link = match (r.what, r.sealed) {
+            (Measure::BareRtt { .. }, _) => "bare",
+            (_, true) => "sealed",
+            (_, false) => "plain",
+        };
         println!(
-            "{:<30} {:>9} {:>9.1} {:>9.1} {:>12.0} {:>9.2}x",
+            "{:<30} {:>9} {:>9} {:>9.1} {:>9.1} {:>12.0} {:>9.2}x",
             r.what.label(),
+            link,
             r.what.in_flight(),
             r.p50,
             r.p99,
@@ -318,7 +343,7 @@ fn report(rows: &[Row]) {
     }
     let best16 = rows
         .iter()
-        .filter(|r| r.what.in_flight() == 16)
+        .filter(|r| r.what.in_flight() == 16 && !r.sealed)
         .map(|r| r.pages_per_s)
         .fold(f64::INFINITY, f64::min);
     println!(

@@ -122,6 +122,7 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
         capacity: 256 << 20,
         memory_cpus: placement.memory_cpus(),
         storage: true,
+        encrypt: lego_cluster::Encrypt::Auto,
         manager_args: Vec::new(),
         rack: None,
     };

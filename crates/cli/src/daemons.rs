@@ -10,7 +10,7 @@ use clap::Args;
 use lego_cluster::cpus::{parse_cpu_list, pin_current_thread, CpuList};
 use lego_cluster::dir::write_atomic;
 use lego_cluster::size::parse_size;
-use lego_cluster::SecretArgs;
+use lego_cluster::{Encrypt, SecretArgs};
 
 /// Flags every daemon has.
 #[derive(Args, Clone, Debug)]
@@ -32,9 +32,34 @@ pub struct DaemonArgs {
     /// programs run on them too [default: wherever the scheduler puts them]
     #[arg(long, value_parser = parse_cpu_list, value_name = "LIST")]
     pub cpus: Option<CpuList>,
+    /// Seal this daemon's links: encrypt and authenticate every frame after
+    /// the handshake (AES-256-GCM, keys from an X25519 exchange inside the
+    /// handshake), and refuse clients that ask for plaintext. `auto`: on
+    /// unless the daemon is reachable only on this host (loopback or Unix
+    /// socket); give every daemon of a cluster the same setting
+    #[arg(long, value_enum, default_value_t = Encrypt::Auto, value_name = "WHEN")]
+    pub encrypt: Encrypt,
 }
 
 impl DaemonArgs {
+    /// Whether the daemon seals its links, given the address others dial.
+    fn seals(&self, name: &str, listen: &str, advertise: Option<&str>) -> bool {
+        let addr = advertise.unwrap_or(listen);
+        let seal = self.encrypt.seals(addr);
+        if seal {
+            tracing::info!(
+                "{name}: links sealed (--encrypt {:?} at {addr})",
+                self.encrypt
+            );
+        } else {
+            tracing::info!(
+                "{name}: links in plaintext (--encrypt {:?} at {addr})",
+                self.encrypt
+            );
+        }
+        seal
+    }
+
     /// Applies `--cpus`; called before the daemon starts any thread.
     fn pin(&self) -> Result<()> {
         match &self.cpus {
@@ -211,6 +236,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         dead_after_ms: a.dead_after_ms.unwrap_or(a.heartbeat_ms * 2),
         vregion_bytes: a.vregion_size,
         vips: a.vip_range,
+        seal: a.daemon.seals("manager", &a.listen, None),
     })
     .context("the manager cannot start")?;
     ready(&a.daemon, &m.addr, m.http.as_deref())?;
@@ -227,6 +253,9 @@ pub fn memory(a: MemoryArgs) -> Result<()> {
         manager: a.manager.clone(),
         secret,
         spin: std::time::Duration::from_micros(a.spin_us),
+        seal: a
+            .daemon
+            .seals("memory monitor", &a.listen, a.advertise.as_deref()),
     })
     .context("the memory monitor cannot start")?;
     ready(&a.daemon, &m.addr, None)?;
@@ -246,6 +275,9 @@ pub fn storage(a: StorageArgs) -> Result<()> {
             disk_quota: a.vnode_disk_quota,
             max_open: a.vnode_open_files.max(1),
         },
+        seal: a
+            .daemon
+            .seals("storage monitor", &a.listen, a.advertise.as_deref()),
     })
     .context("the storage monitor cannot start")?;
     ready(&a.daemon, &s.addr, None)?;
@@ -274,6 +306,9 @@ pub fn processor(a: ProcessorArgs) -> Result<()> {
             .chain(&a.daemon.secret.secret_file)
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
             .collect(),
+        seal: a
+            .daemon
+            .seals("processor monitor", &a.listen, a.advertise.as_deref()),
     })
     .map_err(|e| anyhow::anyhow!(lego_processor::chain(&e)))
     .context("the processor monitor cannot start")?;

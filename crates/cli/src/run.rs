@@ -238,6 +238,7 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         capacity: embedded_capacity(),
         memory_cpus: None,
         storage: true,
+        encrypt: lego_cluster::Encrypt::Auto,
         manager_args: Vec::new(),
         rack: None,
     };

@@ -59,6 +59,10 @@ pub struct UpArgs {
     /// syntax (e.g. 10gbit, 1gbit, 100mbit); only with --hosts
     #[arg(long, value_name = "RATE", requires = "hosts")]
     pub link: Option<String>,
+    /// Seal the daemons' links (`auto`: sealed with --hosts, plaintext on
+    /// loopback); see `lego manager --help`
+    #[arg(long, value_enum, default_value_t = lego_cluster::Encrypt::Auto, value_name = "WHEN")]
+    pub encrypt: lego_cluster::Encrypt,
 }
 
 pub fn run(a: UpArgs) -> Result<()> {
@@ -89,6 +93,7 @@ pub fn run(a: UpArgs) -> Result<()> {
         capacity: a.capacity,
         memory_cpus: a.memory_cpus.clone(),
         storage: true,
+        encrypt: a.encrypt,
         manager_args: Vec::new(),
         rack: a.hosts.map(|hosts| lego_cluster::RackSpec {
             hosts,

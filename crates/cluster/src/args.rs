@@ -85,3 +85,71 @@ impl ClusterArgs {
         })
     }
 }
+
+/// `--encrypt`: whether a daemon seals its links.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encrypt {
+    /// Sealed unless the daemon is reachable only on this host (its
+    /// address is loopback or a Unix socket)
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Encrypt {
+    /// The flag's value, as written on a command line.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Encrypt::Auto => "auto",
+            Encrypt::On => "on",
+            Encrypt::Off => "off",
+        }
+    }
+
+    /// Whether a daemon others dial at `addr` (its advertised address, or
+    /// the one it listens on) seals its links.
+    pub fn seals(self, addr: &str) -> bool {
+        match self {
+            Encrypt::On => true,
+            Encrypt::Off => false,
+            Encrypt::Auto => !only_this_host(addr),
+        }
+    }
+}
+
+/// Whether `addr` can be reached only from this host.
+fn only_this_host(addr: &str) -> bool {
+    if addr.starts_with("unix:") {
+        return true;
+    }
+    let host = addr.strip_prefix("tcp:").unwrap_or(addr);
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Encrypt;
+
+    #[test]
+    fn auto_seals_what_other_hosts_can_reach() {
+        for (addr, sealed) in [
+            ("127.0.0.1:7700", false),
+            ("localhost:7700", false),
+            ("[::1]:7700", false),
+            ("unix:/run/lego.sock", false),
+            ("10.99.0.2:7000", true),
+            ("0.0.0.0:7000", true),
+            ("tcp:node3.example:7000", true),
+        ] {
+            assert_eq!(Encrypt::Auto.seals(addr), sealed, "{addr}");
+        }
+        assert!(Encrypt::On.seals("127.0.0.1:1"));
+        assert!(!Encrypt::Off.seals("10.0.0.1:1"));
+    }
+}

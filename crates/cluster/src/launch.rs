@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 use tracing::warn;
 
 use crate::dir::{load_or_create_secret, write_atomic, ClusterFile, Target};
-use crate::{ClusterError, CpuList};
+use crate::{ClusterError, CpuList, Encrypt};
 
 /// How long a daemon may take to be ready, or to register.
 const READY_WITHIN: Duration = Duration::from_secs(15);
@@ -56,6 +56,9 @@ pub struct Spec {
     /// Spread the daemons over a rack of network namespaces [default: all
     /// on loopback].
     pub rack: Option<RackSpec>,
+    /// `--encrypt` of every daemon ([`Encrypt::Auto`]: sealed on a rack,
+    /// plaintext on loopback).
+    pub encrypt: Encrypt,
 }
 
 /// A rack for [`Spec::rack`]: `hosts` network namespaces, links shaped to
@@ -160,6 +163,8 @@ pub struct LocalCluster {
     pub processor: Option<Daemon>,
     /// Flags for the manager, taken at its next start.
     pub manager_flags: Vec<String>,
+    /// `--encrypt` of every daemon started from now on.
+    pub encrypt: Encrypt,
     /// Extra flags of the storage monitor (`--vnode-disk-quota`, ...).
     pub storage_flags: Vec<String>,
     memory_started: usize,
@@ -199,6 +204,7 @@ impl LocalCluster {
             storage: None,
             processor: None,
             manager_flags: Vec::new(),
+            encrypt: Encrypt::Auto,
             storage_flags: Vec::new(),
             memory_started: 0,
             rack: None,
@@ -265,6 +271,7 @@ impl LocalCluster {
     ) -> Result<Self, ClusterError> {
         let mut c = LocalCluster::new(opts)?;
         c.manager_flags = spec.manager_args.clone();
+        c.encrypt = spec.encrypt;
         if let Some(r) = &spec.rack {
             c.set_rack(crate::rack::Rack::create(r.hosts, r.link.as_deref())?)?;
         }
@@ -438,6 +445,8 @@ impl LocalCluster {
             _ => Command::new(&self.opts.exe),
         };
         cmd.args(&args)
+            .arg("--encrypt")
+            .arg(self.encrypt.as_flag())
             .arg("--secret-file")
             .arg(dir.join("secret"))
             .arg("--ready-file")

@@ -25,7 +25,7 @@ pub mod size;
 
 use std::path::PathBuf;
 
-pub use args::{ClusterArgs, SecretArgs};
+pub use args::{ClusterArgs, Encrypt, SecretArgs};
 pub use cpus::CpuList;
 pub use dir::{ClusterFile, Target};
 pub use launch::{Daemon, LocalCluster, Options, ProcessorSpec, RackSpec, Spec};

@@ -29,6 +29,9 @@ pub struct ManagerConfig {
     pub vregion_bytes: u64,
     /// Where vNodes' virtual IP addresses come from.
     pub vips: crate::vip::VipRange,
+    /// Seal every connection to this daemon (encrypt and authenticate
+    /// each frame after the handshake); clients that ask for plaintext are refused.
+    pub seal: bool,
 }
 
 /// A running manager.
@@ -70,7 +73,10 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
     ));
     let server = spawn_server(
         listen(&cfg.listen)?,
-        ServerConfig::new("manager", cfg.secret.clone()),
+        ServerConfig {
+            seal: cfg.seal,
+            ..ServerConfig::new("manager", cfg.secret.clone())
+        },
         svc.clone(),
     )
     .map_err(ManagerError::Thread)?;

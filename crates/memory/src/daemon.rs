@@ -23,6 +23,9 @@ pub struct MemoryConfig {
     pub secret: Secret,
     /// Busy-wait after each answer for the next request (see `ServerConfig::spin`).
     pub spin: std::time::Duration,
+    /// Seal every connection to this daemon (encrypt and authenticate
+    /// each frame after the handshake); clients that ask for plaintext are refused.
+    pub seal: bool,
 }
 
 /// A running memory monitor.
@@ -43,6 +46,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
         listener,
         ServerConfig {
             spin: cfg.spin,
+            seal: cfg.seal,
             ..ServerConfig::new("memory", cfg.secret.clone())
         },
         service.clone(),

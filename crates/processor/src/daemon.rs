@@ -47,6 +47,9 @@ pub struct ProcessorConfig {
     /// Host paths jobs never see, even under a shared working directory
     /// (the cluster's directories, the secret's file).
     pub hide: Vec<PathBuf>,
+    /// Seal every connection to this daemon (encrypt and authenticate
+    /// each frame after the handshake); clients that ask for plaintext are refused.
+    pub seal: bool,
 }
 
 /// Whether jobs can have network namespaces of their own: `ip` (iproute2)
@@ -139,7 +142,10 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
-        ServerConfig::new("processor", cfg.secret.clone()),
+        ServerConfig {
+            seal: cfg.seal,
+            ..ServerConfig::new("processor", cfg.secret.clone())
+        },
         service.clone(),
     )
     .map_err(ProcessorError::Thread)?;

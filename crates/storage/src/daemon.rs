@@ -24,6 +24,9 @@ pub struct StorageConfig {
     pub secret: Secret,
     /// Per-vNode disk quota and open-file limit.
     pub limits: crate::Limits,
+    /// Seal every connection to this daemon (encrypt and authenticate
+    /// each frame after the handshake); clients that ask for plaintext are refused.
+    pub seal: bool,
 }
 
 /// A running storage monitor.
@@ -56,7 +59,10 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
-        ServerConfig::new("storage", cfg.secret.clone()),
+        ServerConfig {
+            seal: cfg.seal,
+            ..ServerConfig::new("storage", cfg.secret.clone())
+        },
         service.clone(),
     )
     .map_err(|source| TransportError::Listen {

@@ -13,11 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use lego_wire::auth::{decode_challenge, Claim, Hello, Secret, KEY_LEN};
+use lego_wire::auth::{
+    challenge_requires_seal, decode_challenge, welcome_seal, Claim, Hello, Secret, KEY_LEN,
+};
 use lego_wire::frame::{read_body, read_body_into, read_frame, read_header, write_frame, Header};
 use lego_wire::{Frame, Op, Request, WireError, DEFAULT_MAX_BODY};
 
 use crate::link::{connect, ReadHalf, WriteHalf};
+use crate::seal::{Ephemeral, SealedRead, SealedWrite};
 use crate::sync::lock;
 use crate::TransportError;
 
@@ -60,6 +63,9 @@ pub struct ClientOptions {
     /// connection unused this long anew before using it (servers drop idle
     /// ones; see [`crate::server::ServerConfig::idle_vnode`]).
     pub max_idle: Duration,
+    /// Ask for a sealed link even if the server does not require one (a
+    /// server that requires it is always obeyed).
+    pub seal: bool,
 }
 
 impl Default for ClientOptions {
@@ -70,6 +76,7 @@ impl Default for ClientOptions {
             max_body: DEFAULT_MAX_BODY,
             spin: Duration::ZERO,
             max_idle: MAX_IDLE,
+            seal: false,
         }
     }
 }
@@ -90,6 +97,8 @@ fn now_ms() -> u64 {
 
 struct Inner {
     peer: String,
+    /// Whether the link is sealed ([`crate::seal`]).
+    sealed: bool,
     /// When a request was last sent ([`now_ms`]).
     last_used: AtomicU64,
     max_idle_ms: u64,
@@ -160,7 +169,19 @@ impl Client {
             )));
         }
         let server_nonce = decode_challenge(&challenge.body).map_err(hs_err)?;
-        let hello = Hello::new(&creds.key, creds.claim, &server_nonce).map_err(hs_err)?;
+        let io_err = |e| hs_err(WireError::Io(e));
+        let mine = if opts.seal || challenge_requires_seal(&challenge.body) {
+            Some(Ephemeral::generate().map_err(io_err)?)
+        } else {
+            None
+        };
+        let hello = Hello::with_seal(
+            &creds.key,
+            creds.claim,
+            &server_nonce,
+            mine.as_ref().map(|e| e.public),
+        )
+        .map_err(hs_err)?;
         write_frame(&mut writer, Op::Hello, 0, 0, &[&hello.encode()]).map_err(hs_err)?;
         writer.flush().map_err(|e| hs_err(WireError::Io(e)))?;
         let welcome = read_frame(&mut reader, 4096).map_err(hs_err)?;
@@ -175,6 +196,21 @@ impl Client {
         {
             return Err(TransportError::ServerNotAuthentic { peer });
         }
+        let sealed = mine.is_some();
+        if let (Some(mine), Some(theirs)) = (mine, welcome_seal(&welcome.body)) {
+            let shared = mine.agree(&theirs).map_err(io_err)?;
+            let keys = hello.session_keys(&creds.key, &server_nonce, &theirs, &shared);
+            let early = reader.buffer().to_vec();
+            let r: ReadHalf = Box::new(SealedRead::new(
+                reader.into_inner(),
+                &keys.to_client,
+                &early,
+            ));
+            reader = BufReader::with_capacity(64 << 10, r);
+            let w = writer.into_inner().map_err(|e| io_err(e.into_error()))?;
+            let w: WriteHalf = Box::new(SealedWrite::new(w, &keys.to_server));
+            writer = BufWriter::with_capacity(64 << 10, w);
+        }
         // From now on this bounds every wait for an answer.
         reader
             .get_ref()
@@ -183,6 +219,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 peer,
+                sealed,
                 last_used: AtomicU64::new(now_ms()),
                 max_idle_ms: opts.max_idle.as_millis() as u64,
                 max_body: opts.max_body,
@@ -195,6 +232,12 @@ impl Client {
                 wake: Condvar::new(),
             }),
         })
+    }
+
+    /// Whether the link is sealed: encrypted and authenticated after the
+    /// handshake (asked for by [`ClientOptions::seal`] or required by the server).
+    pub fn sealed(&self) -> bool {
+        self.inner.sealed
     }
 
     /// The address this client is connected to.

@@ -9,6 +9,11 @@
 //! closed; a well-framed request with a bad body gets an error answer and
 //! the connection goes on.
 //!
+//! A server with [`ServerConfig::seal`] says so in its challenge and refuses
+//! a hello that does not ask for sealing; a sealed connection's halves are
+//! wrapped in [`crate::seal`] after the welcome, and a record that fails
+//! authentication closes it at once (counted as `tampered`).
+//!
 //! Deadlines are for wholes, not for each read: the handshake must be done
 //! within [`ServerConfig::handshake_timeout`], a frame whose first byte came
 //! within [`ServerConfig::frame_timeout`], and the next request must start
@@ -19,12 +24,13 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lego_wire::auth::{random_bytes, Claim, Hello};
+use lego_wire::auth::{encode_challenge, random_bytes, Claim, Hello, SessionKeys};
 use lego_wire::frame::{read_body, read_header, write_error, write_frame};
 use lego_wire::{ErrorBody, ErrorCode, Op, WireError, FLAG_RESPONSE};
 use tracing::{debug, warn};
 
 use crate::link::{Link, ReadHalf, WriteHalf};
+use crate::seal::{Ephemeral, SealedRead, SealedWrite};
 use crate::server::{PeerInfo, Reject, ServerConfig, Shared};
 
 /// A read half whose reads all end by one deadline.
@@ -60,6 +66,11 @@ impl Read for Timed {
     }
 }
 
+/// Whether a read failed because a sealed record did not authenticate.
+fn tampered(e: &WireError) -> bool {
+    matches!(e, WireError::Io(io) if io.kind() == io::ErrorKind::InvalidData)
+}
+
 fn timed_out(e: &WireError) -> bool {
     matches!(e, WireError::Io(io) if matches!(io.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock))
 }
@@ -79,7 +90,26 @@ pub(crate) fn serve(conn: u64, link: Box<dyn Link>, shared: &Shared) {
     let mut writer = BufWriter::with_capacity(64 << 10, w);
     reader.get_mut().within(cfg.handshake_timeout);
     let peer = match handshake(conn, &addr, &mut reader, &mut writer, cfg) {
-        Ok(p) => p,
+        Ok((p, None)) => p,
+        Ok((p, Some(keys))) => {
+            // Everything from here on is sealed: wrap both halves, keeping
+            // any bytes the peer sent early.
+            let early = reader.buffer().to_vec();
+            let mut timed = reader.into_inner();
+            timed.inner = Box::new(SealedRead::new(timed.inner, &keys.to_server, &early));
+            reader = BufReader::with_capacity(64 << 10, timed);
+            let w = match writer.into_inner() {
+                Ok(w) => w,
+                Err(e) => {
+                    debug!(conn, %addr, "peer went away after the handshake: {}", e.error());
+                    return;
+                }
+            };
+            writer =
+                BufWriter::with_capacity(64 << 10, Box::new(SealedWrite::new(w, &keys.to_client)));
+            counters.sealed.fetch_add(1, Ordering::Relaxed);
+            p
+        }
         Err(Unshaken::Probe) => {
             // Connected and closed without a word: a reachability check
             // (the manager dialling a registering monitor back), not an attack.
@@ -116,6 +146,11 @@ pub(crate) fn serve(conn: u64, link: Box<dyn Link>, shared: &Shared) {
                 debug!(conn, %addr, "closing a connection idle for {idle:?}");
                 break;
             }
+            Err(e) if tampered(&e) => {
+                counters.tampered.fetch_add(1, Ordering::Relaxed);
+                warn!(conn, %addr, claim = %peer.claim, "closing the connection: {e}");
+                break;
+            }
             Err(e) => {
                 counters.bad_frames.fetch_add(1, Ordering::Relaxed);
                 let code = match e {
@@ -134,6 +169,11 @@ pub(crate) fn serve(conn: u64, link: Box<dyn Link>, shared: &Shared) {
         reader.get_mut().within(cfg.frame_timeout);
         let body = match read_body(&mut reader, &header) {
             Ok(b) => b,
+            Err(e) if tampered(&e) => {
+                counters.tampered.fetch_add(1, Ordering::Relaxed);
+                warn!(conn, %addr, claim = %peer.claim, op = %header.op, "closing the connection: {e}");
+                break;
+            }
             Err(e) => {
                 if timed_out(&e) {
                     counters.timed_out.fetch_add(1, Ordering::Relaxed);
@@ -208,9 +248,10 @@ fn handshake(
     reader: &mut BufReader<Timed>,
     writer: &mut BufWriter<WriteHalf>,
     cfg: &ServerConfig,
-) -> Result<PeerInfo, Unshaken> {
+) -> Result<(PeerInfo, Option<SessionKeys>), Unshaken> {
     let nonce = random_bytes().map_err(|e| e.to_string())?;
-    write_frame(writer, Op::Challenge, 0, 0, &[&nonce]).map_err(|e| e.to_string())?;
+    let challenge = encode_challenge(&nonce, cfg.seal);
+    write_frame(writer, Op::Challenge, 0, 0, &[&challenge]).map_err(|e| e.to_string())?;
     writer.flush().map_err(|e| e.to_string())?;
     let refuse = |writer: &mut BufWriter<_>, code, msg: String| {
         let _ = write_error(writer, Op::Hello, 0, &ErrorBody::new(code, msg.clone()));
@@ -238,7 +279,25 @@ fn handshake(
         );
         return Err(refuse(writer, ErrorCode::AuthFailed, msg).into());
     }
-    let welcome = hello.welcome(&cfg.secret, &nonce);
+    if cfg.seal && hello.seal.is_none() {
+        let msg = format!(
+            "this server seals its links (--encrypt) and the peer (claim '{}') asked for plaintext",
+            hello.claim
+        );
+        return Err(refuse(writer, ErrorCode::AuthFailed, msg).into());
+    }
+    let mut keys = None;
+    let welcome = match &hello.seal {
+        None => hello.welcome(&cfg.secret, &nonce, None),
+        Some(client_public) => {
+            let mine = Ephemeral::generate().map_err(|e| e.to_string())?;
+            let public = mine.public;
+            let shared = mine.agree(client_public).map_err(|e| e.to_string())?;
+            let key = cfg.secret.key_for(hello.claim);
+            keys = Some(hello.session_keys(&key, &nonce, &public, &shared));
+            hello.welcome(&cfg.secret, &nonce, Some(&public))
+        }
+    };
     write_frame(
         writer,
         Op::Welcome,
@@ -248,9 +307,10 @@ fn handshake(
     )
     .and_then(|()| Ok(writer.flush()?))
     .map_err(|e| e.to_string())?;
-    Ok(PeerInfo {
+    let peer = PeerInfo {
         conn,
         addr: addr.to_string(),
         claim: hello.claim,
-    })
+    };
+    Ok((peer, keys))
 }

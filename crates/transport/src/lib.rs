@@ -14,6 +14,8 @@
 //!   one typed request.
 //! - [`redial`]: connections made again when they broke, and [`Patience`]:
 //!   how long a call waits for a peer that cannot be reached.
+//! - [`seal`]: sealed links: AES-256-GCM records keyed per session by an
+//!   X25519 exchange inside the handshake.
 //! - [`sync`]: the one lock helper.
 #![forbid(unsafe_code)]
 
@@ -22,6 +24,7 @@ mod conn;
 pub mod error;
 pub mod link;
 pub mod redial;
+pub mod seal;
 pub mod server;
 pub mod sync;
 

@@ -123,6 +123,9 @@ pub struct ServerConfig {
     /// before sleeping (0: never): a request that comes within it is served
     /// without the cost of waking a sleeping thread.
     pub spin: Duration,
+    /// Seal every connection: encrypt and authenticate each frame after the
+    /// handshake ([`crate::seal`]); a client that asks for plaintext is refused.
+    pub seal: bool,
 }
 
 impl ServerConfig {
@@ -138,6 +141,7 @@ impl ServerConfig {
             max_connections: 4096,
             max_per_peer: 1024,
             spin: Duration::ZERO,
+            seal: false,
         }
     }
 }
@@ -155,6 +159,10 @@ pub struct ServerCounters {
     pub over_limit: AtomicU64,
     /// Connections closed for a deadline: a slow handshake or frame, or idle.
     pub timed_out: AtomicU64,
+    /// Connections sealed after their handshake.
+    pub sealed: AtomicU64,
+    /// Sealed connections closed for a record that failed authentication.
+    pub tampered: AtomicU64,
 }
 
 impl ServerCounters {
@@ -170,6 +178,8 @@ impl ServerCounters {
             ("requests_refused_total", g(&self.refused)),
             ("connections_over_limit_total", g(&self.over_limit)),
             ("connections_timed_out_total", g(&self.timed_out)),
+            ("connections_sealed_total", g(&self.sealed)),
+            ("records_tampered_total", g(&self.tampered)),
         ]
     }
 }

@@ -1,11 +1,15 @@
-//! The cluster secret, per-vNode keys and the mutual challenge-response handshake.
+//! The cluster secret, per-vNode keys and the mutual challenge-response
+//! handshake, which can also agree the keys of a sealed link.
 //!
 //! ```text
-//! client                                   server
-//!   |  <----------- Challenge { server nonce }  |
-//!   |  Hello { claim, client nonce,             |
-//!   |          HMAC(key, "hello"|sn|cn|claim) } --->   server checks the proof
-//!   |  <---- Welcome { HMAC(key, "welcome"|cn|sn|claim) }   client checks the server
+//! client                                          server
+//!   |  <----- Challenge { server nonce sn, seal? }  |
+//!   |  Hello { claim, client nonce cn,              |
+//!   |          HMAC(key, "hello"|sn|cn|claim|cp),   |
+//!   |          cp: client X25519 key if sealed } ----->  server checks the proof
+//!   |  <----- Welcome { HMAC(key, "welcome"|cn|sn|claim|cp|sp), sp }
+//!   |                                               client checks the server
+//!   |  sealed: keys = HMAC(HMAC(key, "lego-seal-v1"|cn|sn|claim|cp|sp|DH), dir)
 //! ```
 //!
 //! `key` is the cluster secret for a [`Claim::Component`] (daemons and the CLI:
@@ -13,6 +17,8 @@
 //! [`Claim::Vnode`] (a runtime inside an application: rights to that vNode's
 //! objects only). Nonces are fresh random 32 bytes on both sides, so a recorded
 //! handshake cannot be replayed; the secret itself never crosses the wire.
+//! The seal flag and both public keys are under the proofs, so a relay can
+//! neither turn sealing off nor put itself in the middle of the key exchange.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -193,51 +199,123 @@ fn verify(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
     m.verify_slice(tag).is_ok()
 }
 
-/// Body of [`crate::Op::Challenge`]: the server's nonce.
+/// Body of [`crate::Op::Challenge`]: the server's nonce, then one byte of
+/// flags (bit 0: the server seals its links; a client must ask for sealing).
 pub fn decode_challenge(body: &[u8]) -> Result<[u8; KEY_LEN], WireError> {
-    body.try_into()
-        .map_err(|_| WireError::malformed("challenge", "expected a 32-byte nonce"))
+    match body.len() {
+        KEY_LEN | 33 => Ok(body[..KEY_LEN].try_into().expect("32 bytes")),
+        _ => Err(WireError::malformed(
+            "challenge",
+            "expected a 32-byte nonce",
+        )),
+    }
 }
 
-/// Body of [`crate::Op::Hello`].
+/// Whether a challenge says that the server seals its links.
+pub fn challenge_requires_seal(body: &[u8]) -> bool {
+    body.len() == 33 && body[32] & 1 == 1
+}
+
+/// A challenge's body: `nonce`, and whether the server seals its links.
+pub fn encode_challenge(nonce: &[u8; KEY_LEN], seal: bool) -> [u8; 33] {
+    let mut b = [0u8; 33];
+    b[..KEY_LEN].copy_from_slice(nonce);
+    b[32] = seal as u8;
+    b
+}
+
+/// The keys that seal one session's frames, one per direction (so no
+/// nonce is ever used twice under one key).
+#[derive(Clone)]
+pub struct SessionKeys {
+    pub to_server: [u8; KEY_LEN],
+    pub to_client: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKeys(..)")
+    }
+}
+
+/// Body of [`crate::Op::Hello`]. With `seal`, the client asks for a sealed
+/// link and gives its ephemeral X25519 public key; the proof covers it, so a
+/// relay can neither strip the request nor swap the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub claim: Claim,
     pub nonce: [u8; KEY_LEN],
     pub proof: [u8; KEY_LEN],
+    pub seal: Option<[u8; KEY_LEN]>,
 }
 
 impl Hello {
-    /// Builds the client's hello answering `server_nonce`.
+    /// Builds the client's hello answering `server_nonce`, for a plaintext link.
     pub fn new(
         secret_key: &[u8; KEY_LEN],
         claim: Claim,
         server_nonce: &[u8; KEY_LEN],
     ) -> Result<Self, WireError> {
+        Hello::with_seal(secret_key, claim, server_nonce, None)
+    }
+
+    /// Builds the client's hello; `seal` is the client's ephemeral public key
+    /// when it asks for a sealed link.
+    pub fn with_seal(
+        secret_key: &[u8; KEY_LEN],
+        claim: Claim,
+        server_nonce: &[u8; KEY_LEN],
+        seal: Option<[u8; KEY_LEN]>,
+    ) -> Result<Self, WireError> {
         let nonce = random_bytes()?;
-        let proof = mac(
-            secret_key,
-            &[b"hello", server_nonce, &nonce, &claim.encode()],
-        );
-        Ok(Hello {
+        let mut hello = Hello {
             claim,
             nonce,
-            proof,
-        })
+            proof: [0; KEY_LEN],
+            seal,
+        };
+        hello.proof = mac(secret_key, &refs(&hello.proof_parts(server_nonce)));
+        Ok(hello)
+    }
+
+    fn seal_bytes(&self) -> Vec<u8> {
+        match &self.seal {
+            None => vec![0],
+            Some(k) => [&[1u8][..], k].concat(),
+        }
+    }
+
+    fn proof_parts(&self, server_nonce: &[u8; KEY_LEN]) -> Vec<Vec<u8>> {
+        vec![
+            b"hello".to_vec(),
+            server_nonce.to_vec(),
+            self.nonce.to_vec(),
+            self.claim.encode().to_vec(),
+            self.seal_bytes(),
+        ]
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        [&self.claim.encode()[..], &self.nonce, &self.proof].concat()
+        [
+            &self.claim.encode()[..],
+            &self.nonce,
+            &self.proof,
+            &self.seal_bytes(),
+        ]
+        .concat()
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, WireError> {
-        if body.len() != 8 + 2 * KEY_LEN {
-            return Err(WireError::malformed("hello", "wrong length"));
-        }
+        let seal = match body.len() {
+            73 if body[72] == 0 => None,
+            105 if body[72] == 1 => Some(body[73..105].try_into().expect("32 bytes")),
+            _ => return Err(WireError::malformed("hello", "wrong length")),
+        };
         Ok(Hello {
             claim: Claim::decode(&body[..8])?,
             nonce: body[8..40].try_into().expect("32 bytes"),
             proof: body[40..72].try_into().expect("32 bytes"),
+            seal,
         })
     }
 
@@ -245,30 +323,93 @@ impl Hello {
     pub fn verify(&self, secret: &Secret, server_nonce: &[u8; KEY_LEN]) -> bool {
         verify(
             &secret.key_for(self.claim),
-            &[b"hello", server_nonce, &self.nonce, &self.claim.encode()],
+            &refs(&self.proof_parts(server_nonce)),
             &self.proof,
         )
     }
 
-    /// Server side: the welcome proof answering this hello.
-    pub fn welcome(&self, secret: &Secret, server_nonce: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
-        mac(
-            &secret.key_for(self.claim),
-            &[b"welcome", &self.nonce, server_nonce, &self.claim.encode()],
-        )
+    fn welcome_parts(
+        &self,
+        server_nonce: &[u8; KEY_LEN],
+        server_seal: Option<&[u8; KEY_LEN]>,
+    ) -> Vec<Vec<u8>> {
+        let mut parts = vec![
+            b"welcome".to_vec(),
+            self.nonce.to_vec(),
+            server_nonce.to_vec(),
+            self.claim.encode().to_vec(),
+        ];
+        if let (Some(c), Some(s)) = (&self.seal, server_seal) {
+            parts.push(c.to_vec());
+            parts.push(s.to_vec());
+        }
+        parts
     }
 
-    /// Client side: does the server's welcome show it holds the same key?
+    /// Server side: the welcome's body answering this hello: a proof of
+    /// the key, then (for a sealed link) the server's ephemeral public key.
+    pub fn welcome(
+        &self,
+        secret: &Secret,
+        server_nonce: &[u8; KEY_LEN],
+        server_seal: Option<&[u8; KEY_LEN]>,
+    ) -> Vec<u8> {
+        let proof = mac(
+            &secret.key_for(self.claim),
+            &refs(&self.welcome_parts(server_nonce, server_seal)),
+        );
+        match server_seal {
+            Some(s) => [&proof[..], s].concat(),
+            None => proof.to_vec(),
+        }
+    }
+
+    /// Client side: does the server's welcome show it holds the same key
+    /// (and, for a sealed link, bring the server's public key)?
     pub fn check_welcome(
         &self,
         key: &[u8; KEY_LEN],
         server_nonce: &[u8; KEY_LEN],
         welcome: &[u8],
     ) -> bool {
-        verify(
-            key,
-            &[b"welcome", &self.nonce, server_nonce, &self.claim.encode()],
-            welcome,
-        )
+        let server_seal = welcome_seal(welcome);
+        let want = if self.seal.is_some() { 64 } else { 32 };
+        welcome.len() == want
+            && verify(
+                key,
+                &refs(&self.welcome_parts(server_nonce, server_seal.as_ref())),
+                &welcome[..KEY_LEN],
+            )
     }
+
+    /// Both sides: the keys of a sealed session, from the key proving the
+    /// claim, both nonces and public keys, and the X25519 shared secret.
+    /// Without the claim's key a relay cannot derive them even if it ran its
+    /// own key exchange; without the shared secret, neither can someone who
+    /// later learns the claim's key from a recording.
+    pub fn session_keys(
+        &self,
+        key: &[u8; KEY_LEN],
+        server_nonce: &[u8; KEY_LEN],
+        server_seal: &[u8; KEY_LEN],
+        shared: &[u8],
+    ) -> SessionKeys {
+        let mut parts = self.welcome_parts(server_nonce, Some(server_seal));
+        parts[0] = b"lego-seal-v1".to_vec();
+        parts.push(shared.to_vec());
+        let prk = mac(key, &refs(&parts));
+        SessionKeys {
+            to_server: mac(&prk, &[b"to-server"]),
+            to_client: mac(&prk, &[b"to-client"]),
+        }
+    }
+}
+
+/// The server's ephemeral public key in a sealed link's welcome.
+pub fn welcome_seal(welcome: &[u8]) -> Option<[u8; KEY_LEN]> {
+    (welcome.len() == 2 * KEY_LEN).then(|| welcome[KEY_LEN..].try_into().expect("32 bytes"))
+}
+
+fn refs(parts: &[Vec<u8>]) -> Vec<&[u8]> {
+    parts.iter().map(|p| &p[..]).collect()
 }

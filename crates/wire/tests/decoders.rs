@@ -167,7 +167,7 @@ fn handshake_proves_both_sides_and_rejects_wrong_keys() {
         let decoded = Hello::decode(&hello.encode()).unwrap();
         assert!(decoded.verify(&secret, &sn));
         assert!(!decoded.verify(&other, &sn), "wrong secret must fail");
-        let w = decoded.welcome(&secret, &sn);
+        let w = decoded.welcome(&secret, &sn, None);
         assert!(hello.check_welcome(&secret.key_for(claim), &sn, &w));
         assert!(!hello.check_welcome(&other.key_for(claim), &sn, &w));
         let bad = Hello::new(&other.key_for(claim), claim, &sn).unwrap();
@@ -179,6 +179,49 @@ fn handshake_proves_both_sides_and_rejects_wrong_keys() {
     assert!(!forged.verify(&secret, &sn));
     let forged = Hello::new(&k7, Claim::Component, &sn).unwrap();
     assert!(!forged.verify(&secret, &sn));
+}
+
+#[test]
+fn a_relay_cannot_strip_or_swap_the_seal_of_a_hello() {
+    let secret = Secret::generate().unwrap();
+    let sn = lego_wire::auth::random_bytes().unwrap();
+    let key = secret.key_for(Claim::Component);
+    let cp = [7u8; 32];
+    let hello = Hello::with_seal(&key, Claim::Component, &sn, Some(cp)).unwrap();
+    let decoded = Hello::decode(&hello.encode()).unwrap();
+    assert_eq!(decoded.seal, Some(cp));
+    assert!(decoded.verify(&secret, &sn));
+    // Stripped of its seal request, or with the relay's key in place of the
+    // client's, the proof no longer holds.
+    let stripped = Hello {
+        seal: None,
+        ..decoded.clone()
+    };
+    assert!(!stripped.verify(&secret, &sn));
+    let swapped = Hello {
+        seal: Some([9u8; 32]),
+        ..decoded.clone()
+    };
+    assert!(!swapped.verify(&secret, &sn));
+    // The welcome carries the server's key under its proof; a swapped one fails.
+    let sp = [5u8; 32];
+    let mut w = decoded.welcome(&secret, &sn, Some(&sp));
+    assert_eq!(lego_wire::auth::welcome_seal(&w), Some(sp));
+    assert!(hello.check_welcome(&key, &sn, &w));
+    w[40] ^= 1;
+    assert!(!hello.check_welcome(&key, &sn, &w));
+    // A welcome without a key does not answer a sealed hello.
+    let plain = decoded.welcome(&secret, &sn, None);
+    assert!(!hello.check_welcome(&key, &sn, &plain));
+    // Both sides derive the same keys, different per direction and per session.
+    let k = hello.session_keys(&key, &sn, &sp, &[1; 32]);
+    let k2 = decoded.session_keys(&key, &sn, &sp, &[1; 32]);
+    assert_eq!(k.to_server, k2.to_server);
+    assert_ne!(k.to_server, k.to_client);
+    assert_ne!(
+        k.to_server,
+        hello.session_keys(&key, &sn, &sp, &[2; 32]).to_server
+    );
 }
 
 #[test]

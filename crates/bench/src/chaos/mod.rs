@@ -232,6 +232,7 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
         capacity: (a.workers as u64 * a.size * 2).max(2 << 30),
         memory_cpus: None,
         storage: true,
+        encrypt: lego_cluster::Encrypt::Auto,
         manager_args: vec!["--vregion-size".into(), "16MiB".into()],
         rack: None,
     };

@@ -13,7 +13,7 @@ use lego_wire::control::{ClusterStateReq, VnodeCreateReq};
 use lego_wire::Role;
 
 use super::report::{commas, outcome_of, parse_stats, Outcome, Row};
-use super::{Bench, Config, Job, PAGE};
+use super::{Bench, Config, Job, Variant, PAGE};
 use crate::child::{run_child, Finished};
 use crate::{fail, CallContext, Result, TempCluster};
 
@@ -24,9 +24,14 @@ pub const ONE_COPY_VNODE: &str = "bench-excache-1copy";
 /// The embedded cluster for every lego row and program, with memory
 /// monitors of `capacity` each and an ExCache of `excache`, or why not
 /// (the rows are then skipped). The outer error stops the bench.
-pub(super) fn start(b: &Bench, capacity: u64, excache: u64) -> Result<Result<TempCluster, String>> {
+pub(super) fn start(
+    b: &Bench,
+    v: &Variant,
+    capacity: u64,
+    excache: u64,
+) -> Result<Result<TempCluster, String>> {
     b.check_stop()?;
-    let cluster = match start_cluster(b, capacity, excache) {
+    let cluster = match start_cluster(b, v, capacity, excache) {
         Ok(c) => c,
         Err(skip) => return Ok(Err(skip)),
     };
@@ -39,6 +44,14 @@ pub(super) fn start(b: &Bench, capacity: u64, excache: u64) -> Result<Result<Tem
             r.rate.as_deref().unwrap_or("unshaped")
         ),
         None => "TCP loopback".into(),
+    };
+    let sealed = match v.encrypt {
+        lego_cluster::Encrypt::Auto => cluster.rack().is_some(),
+        e => e == lego_cluster::Encrypt::On,
+    };
+    let net = match sealed {
+        true => format!("{net}, links sealed (AES-256-GCM)"),
+        false => format!("{net}, links in plaintext"),
     };
     println!(
         "embedded cluster: 2 memory monitors of {} each (CPUs {}), a processor monitor with {} of ExCache (CPUs {}); {net}",
@@ -151,7 +164,12 @@ fn one_copy_vnode(c: &TempCluster) -> Result<()> {
 }
 
 /// The embedded cluster for the lego rows, or why not.
-fn start_cluster(b: &Bench, capacity: u64, excache: u64) -> Result<TempCluster, String> {
+fn start_cluster(
+    b: &Bench,
+    v: &Variant,
+    capacity: u64,
+    excache: u64,
+) -> Result<TempCluster, String> {
     let runtime = std::env::var_os("LEGO_RUNTIME")
         .map(PathBuf::from)
         .unwrap_or_else(lego_processor::default_runtime_path);
@@ -166,8 +184,9 @@ fn start_cluster(b: &Bench, capacity: u64, excache: u64) -> Result<TempCluster, 
         capacity,
         memory_cpus: b.placement.memory_cpus(),
         storage: false,
+        encrypt: v.encrypt,
         manager_args: Vec::new(),
-        rack: b.rack.clone(),
+        rack: v.rack.clone(),
     };
     let processor = ProcessorSpec {
         excache,

@@ -170,9 +170,61 @@ pub struct ExcacheBenchArgs {
     #[arg(long)]
     pub rack: bool,
     /// With --rack, shape each host's link to this rate (tc syntax: 10gbit,
-    /// 1gbit, ...) [default: unshaped]
-    #[arg(long, value_name = "RATE", requires = "rack")]
-    pub link: Option<String>,
+    /// 1gbit, ...) [default: unshaped]; several (comma-separated) run the
+    /// lego rows once per rate, in one table
+    #[arg(long, value_name = "RATES", requires = "rack", value_delimiter = ',')]
+    pub link: Vec<String>,
+    /// Seal the cluster's links (`auto`: sealed on a rack, plaintext on
+    /// loopback); several (`on,off`) run the lego rows once per setting and
+    /// every link rate, in one table. Programs run with the first only
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [lego_cluster::Encrypt::Auto], value_name = "WHEN")]
+    pub encrypt: Vec<lego_cluster::Encrypt>,
+}
+
+/// One cluster the lego rows run on: its link rate and sealing.
+#[derive(Clone, Debug)]
+pub(crate) struct Variant {
+    pub rack: Option<lego_cluster::RackSpec>,
+    pub encrypt: lego_cluster::Encrypt,
+    /// Its name in the table, when a run has several.
+    pub label: Option<String>,
+}
+
+impl Variant {
+    /// Every combination of the rates and sealing settings asked for.
+    fn all(a: &ExcacheBenchArgs) -> Vec<Variant> {
+        let links: Vec<Option<String>> = match a.link.is_empty() {
+            true => vec![None],
+            false => a.link.iter().cloned().map(Some).collect(),
+        };
+        let several = links.len() * a.encrypt.len() > 1;
+        let mut out = Vec::new();
+        for link in &links {
+            for &encrypt in &a.encrypt {
+                let rack = a.rack.then(|| lego_cluster::RackSpec {
+                    hosts: 4,
+                    link: link.clone(),
+                });
+                // Auto seals exactly when the daemons are off loopback.
+                let sealed = match encrypt {
+                    lego_cluster::Encrypt::Auto => a.rack,
+                    e => e == lego_cluster::Encrypt::On,
+                };
+                let seal = if sealed { "sealed" } else { "plaintext" };
+                let label = several.then(|| match (a.rack, link) {
+                    (true, Some(l)) => format!("{l}, {seal}"),
+                    (true, None) => format!("unshaped, {seal}"),
+                    (false, _) => format!("loopback, {seal}"),
+                });
+                out.push(Variant {
+                    rack,
+                    encrypt,
+                    label,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// A program and its arguments and environment, run the same way in every
@@ -211,8 +263,8 @@ struct Bench {
     /// The workload.
     job: Job,
     quick: bool,
-    /// The rack the lego rows run on, if any.
-    rack: Option<lego_cluster::RackSpec>,
+    /// The clusters the lego rows run on, one after another.
+    variants: Vec<Variant>,
     dir: TempDir,
     placement: Placement,
     stop: Arc<AtomicBool>,
@@ -264,23 +316,31 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
         .into_iter()
         .any(|c| c.vnode().is_some() && selected(c))
         || !progs.is_empty();
-    let cluster = match wanted {
-        true => lego::start(
-            &b,
-            (biggest * 5 / 4).div_ceil(1 << 20) << 20,
-            biggest.div_ceil(1 << 20) << 20,
-        )?,
-        false => Err("not selected".into()),
-    };
-    rows.extend(lego::rows(&b, &cluster, &selected)?);
-    programs::run_lego(&b, &cluster, &mut progs)?;
-    if let Ok(c) = &cluster {
-        println!(
-            "memory monitors after the lego runs: {}",
-            lego::pages_held(c)
-        );
+    for (i, v) in b.variants.iter().enumerate() {
+        let cluster = match wanted {
+            true => lego::start(
+                &b,
+                v,
+                (biggest * 5 / 4).div_ceil(1 << 20) << 20,
+                biggest.div_ceil(1 << 20) << 20,
+            )?,
+            false => Err("not selected".into()),
+        };
+        for mut row in lego::rows(&b, &cluster, &selected)? {
+            row.variant = v.label.clone();
+            rows.push(row);
+        }
+        if i == 0 {
+            programs::run_lego(&b, &cluster, &mut progs)?;
+        }
+        if let Ok(c) = &cluster {
+            println!(
+                "memory monitors after the lego runs: {}",
+                lego::pages_held(c)
+            );
+        }
+        drop(cluster);
     }
-    drop(cluster);
     b.check_stop()?;
     rows.extend(squeeze::rows(&b, &a, &selected, &mut progs)?);
     b.check_stop()?;
@@ -294,11 +354,7 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
         floor: &floor,
     };
     report.print();
-    let mut wrong: Vec<String> = report
-        .check_checksums()
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let mut wrong: Vec<String> = report.check_checksums();
     wrong.extend(programs::print(&progs));
     summary::print_cleanup(
         &swaps_before,
@@ -360,10 +416,7 @@ fn setup(a: &ExcacheBenchArgs) -> Result<Bench> {
             env: Vec::new(),
         },
         quick: a.quick,
-        rack: a.rack.then(|| lego_cluster::RackSpec {
-            hosts: 4,
-            link: a.link.clone(),
-        }),
+        variants: Variant::all(a),
         dir,
         placement,
         stop,

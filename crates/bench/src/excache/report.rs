@@ -114,6 +114,8 @@ pub struct Row {
     pub note: Option<String>,
     /// What the lego runtime counted (lego rows).
     pub counters: BTreeMap<String, u64>,
+    /// The link and sealing it ran with, when a run compares several.
+    pub variant: Option<String>,
 }
 
 impl Row {
@@ -124,12 +126,17 @@ impl Row {
             outcome,
             note: None,
             counters: BTreeMap::new(),
+            variant: None,
         }
     }
 
     /// Its name in the table.
-    pub fn name(&self) -> &'static str {
-        self.config.map_or(LOCAL, Config::label)
+    pub fn name(&self) -> String {
+        let label = self.config.map_or(LOCAL, Config::label);
+        match &self.variant {
+            Some(v) => format!("{label} | {v}"),
+            None => label.to_string(),
+        }
     }
 
     /// What it measured, if it ran.
@@ -170,7 +177,7 @@ pub fn render_table(rows: &[Row], reads: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<34} {:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>9}  {:>14}  checksum",
+        "{:<46} {:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>9}  {:>14}  checksum",
         "configuration", "limit", "fill", "seq fwd", "seq bwd", "random", "µs/read", "total",
     );
     for (i, r) in rows.iter().enumerate() {
@@ -187,7 +194,7 @@ pub fn render_table(rows: &[Row], reads: u64) -> String {
                 };
                 let _ = writeln!(
                     s,
-                    "{:<34} {:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>9.2}  {:>14}  {}",
+                    "{:<46} {:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>9.2}  {:>14}  {}",
                     r.name(),
                     limit,
                     cell(p.fill, rf.fill, is_ref),
@@ -200,18 +207,18 @@ pub fn render_table(rows: &[Row], reads: u64) -> String {
                 );
             }
             (Outcome::Ran(_), None) => {
-                let _ = writeln!(s, "{:<34} {:>9}  (no reference)", r.name(), limit);
+                let _ = writeln!(s, "{:<46} {:>9}  (no reference)", r.name(), limit);
             }
             (Outcome::Skipped(why), _) => {
-                let _ = writeln!(s, "{:<34} {:>9}  skipped: {why}", r.name(), limit);
+                let _ = writeln!(s, "{:<46} {:>9}  skipped: {why}", r.name(), limit);
             }
             (Outcome::Failed(why), _) => {
-                let _ = writeln!(s, "{:<34} {:>9}  FAILED: {why}", r.name(), limit);
+                let _ = writeln!(s, "{:<46} {:>9}  FAILED: {why}", r.name(), limit);
             }
             (Outcome::NotSelected, _) => {
                 let _ = writeln!(
                     s,
-                    "{:<34} {:>9}  not run (not in --configs)",
+                    "{:<46} {:>9}  not run (not in --configs)",
                     r.name(),
                     limit
                 );

@@ -22,7 +22,7 @@ impl Summary<'_> {
         println!("\n{}", render_table(self.rows, self.reads));
         for r in self.rows {
             if let Some(n) = &r.note {
-                println!("{:<34} {n}", r.name());
+                println!("{:<46} {n}", r.name());
             }
         }
         self.print_latency();
@@ -143,12 +143,12 @@ impl Summary<'_> {
 
     /// Every configuration must have computed the same thing; returns the
     /// names of those that did not.
-    pub fn check_checksums(&self) -> Vec<&'static str> {
+    pub fn check_checksums(&self) -> Vec<String> {
         let reference = phases_of(self.rows, None)
             .map(|p| p.checksum.clone())
             .unwrap_or_default();
         let ran: Vec<&Row> = self.rows.iter().filter(|r| r.phases().is_some()).collect();
-        let wrong: Vec<&'static str> = ran
+        let wrong: Vec<String> = ran
             .iter()
             .filter(|r| r.phases().is_some_and(|p| p.checksum != reference))
             .map(|r| r.name())

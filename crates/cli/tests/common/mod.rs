@@ -280,7 +280,7 @@ impl TestCluster {
         .unwrap()
     }
 
-    fn creds(&self) -> Credentials {
+    pub fn creds(&self) -> Credentials {
         Credentials::component(&self.secret)
     }
 

@@ -1,0 +1,169 @@
+//! Sealed links: requests and answers of every size cross a sealed
+//! connection intact; a server that seals refuses a plaintext hello; a relay
+//! that flips one byte after the handshake is caught, the connection closed,
+//! and the altered request never reaches the handler.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lego_transport::{
+    listen, spawn_server, Client, ClientOptions, Credentials, Handler, PeerInfo, Reject,
+    ServerConfig, ServerCounters, TransportError,
+};
+use lego_wire::auth::{decode_challenge, Claim, Hello, Secret};
+use lego_wire::frame::{read_frame, write_frame};
+use lego_wire::{ErrorCode, Op};
+
+/// Keeps every ping body it is given (the "store"), and echoes it reversed.
+#[derive(Default)]
+struct Store(Mutex<Vec<Vec<u8>>>);
+
+impl Handler for Store {
+    fn handle(&self, _: &PeerInfo, op: Op, body: &[u8], reply: &mut Vec<u8>) -> Result<(), Reject> {
+        if op != Op::Ping {
+            return Err(Reject::new(ErrorCode::UnknownOp, "ping only"));
+        }
+        self.0.lock().unwrap().push(body.to_vec());
+        reply.extend(body.iter().rev());
+        Ok(())
+    }
+}
+
+fn serve(secret: &Secret, seal: bool) -> (String, Arc<Store>, Arc<ServerCounters>) {
+    let store = Arc::new(Store::default());
+    let cfg = ServerConfig {
+        seal,
+        ..ServerConfig::new("sealed", secret.clone())
+    };
+    let h = spawn_server(listen("127.0.0.1:0").unwrap(), cfg, store.clone()).unwrap();
+    (h.local_addr, store, h.counters)
+}
+
+#[test]
+fn every_size_crosses_a_sealed_link_intact() {
+    let secret = Secret::generate().unwrap();
+    let (addr, store, counters) = serve(&secret, true);
+    let c = Client::connect(
+        &addr,
+        &Credentials::component(&secret),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    // Sizes around the record limit (64 KiB) and the buffers', and a
+    // pipelined burst that shares records.
+    for len in [0usize, 1, 4096, 65535, 65536, 65537, 200_000, 1 << 20] {
+        let body: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let f = c.call_raw(Op::Ping, &[&body]).unwrap();
+        let want: Vec<u8> = body.iter().rev().copied().collect();
+        assert!(f.body == want, "{len}-byte body came back altered");
+    }
+    let ids: Vec<u64> = (0..50u8)
+        .map(|i| c.send_buffered(Op::Ping, &[&[i; 100]]).unwrap())
+        .collect();
+    c.flush().unwrap();
+    for (i, id) in ids.into_iter().enumerate() {
+        assert_eq!(c.wait(id).unwrap().body, vec![i as u8; 100]);
+    }
+    assert_eq!(store.0.lock().unwrap().len(), 58);
+    assert_eq!(counters.sealed.load(Ordering::Relaxed), 1);
+    // A client may ask for sealing from a server that does not require it.
+    let (plain_addr, _, plain_counters) = serve(&secret, false);
+    let opts = ClientOptions {
+        seal: true,
+        ..ClientOptions::default()
+    };
+    let c = Client::connect(&plain_addr, &Credentials::component(&secret), &opts).unwrap();
+    assert_eq!(c.call_raw(Op::Ping, &[b"abc"]).unwrap().body, b"cba");
+    assert_eq!(plain_counters.sealed.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_sealing_server_refuses_a_plaintext_hello() {
+    let secret = Secret::generate().unwrap();
+    let (addr, store, counters) = serve(&secret, true);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let challenge = read_frame(&mut s, 4096).unwrap();
+    let nonce = decode_challenge(&challenge.body).unwrap();
+    let hello = Hello::new(&secret.key_for(Claim::Component), Claim::Component, &nonce).unwrap();
+    write_frame(&mut s, Op::Hello, 0, 0, &[&hello.encode()]).unwrap();
+    let answer = read_frame(&mut s, 4096).unwrap();
+    let e = answer.error().expect("an error frame");
+    assert_eq!(e.code, ErrorCode::AuthFailed);
+    assert!(e.message.contains("asked for plaintext"), "{}", e.message);
+    assert!(store.0.lock().unwrap().is_empty());
+    assert_eq!(counters.auth_failures.load(Ordering::Relaxed), 1);
+}
+
+/// A TCP relay between a client and `server` that flips one bit of the
+/// client's stream at byte `flip` (counted from the connection's start).
+fn relay(server: String, flip: u64) -> (String, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        let (mut client, _) = l.accept().unwrap();
+        let mut up = TcpStream::connect(server).unwrap();
+        let (mut c2, mut up2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut up2, &mut c2);
+            let _ = c2.shutdown(std::net::Shutdown::Both);
+        });
+        let mut buf = [0u8; 4096];
+        let mut at = 0u64;
+        loop {
+            let n = match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if (at..at + n as u64).contains(&flip) {
+                buf[(flip - at) as usize] ^= 0x10;
+            }
+            at += n as u64;
+            count.store(at, Ordering::Relaxed);
+            if up.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = up.shutdown(std::net::Shutdown::Both);
+    });
+    (addr, seen)
+}
+
+#[test]
+fn a_byte_flipped_on_the_wire_is_caught_and_nothing_is_stored() {
+    let secret = Secret::generate().unwrap();
+    let (addr, store, counters) = serve(&secret, true);
+    // The client's handshake is a 24-byte header + 105-byte hello; its first
+    // sealed record follows. Flip a byte inside that record's ciphertext.
+    let (via, _) = relay(addr.clone(), 24 + 105 + 4 + 30);
+    let opts = ClientOptions {
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    let c = Client::connect(&via, &Credentials::component(&secret), &opts).unwrap();
+    let err = c.call_raw(Op::Ping, &[&[0xab; 512]]).unwrap_err();
+    assert!(
+        matches!(err, TransportError::Broken { .. }),
+        "expected the connection to be closed, got {err}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        store.0.lock().unwrap().is_empty(),
+        "an altered request was served"
+    );
+    assert_eq!(counters.tampered.load(Ordering::Relaxed), 1);
+    // On plaintext the same flip goes unnoticed: what sealing is for.
+    let (plain, store, _) = serve(&secret, false);
+    let (via, _) = relay(plain, 24 + 73 + 24 + 30);
+    let c = Client::connect(&via, &Credentials::component(&secret), &opts).unwrap();
+    let f = c.call_raw(Op::Ping, &[&[0xab; 512]]).unwrap();
+    assert_eq!(store.0.lock().unwrap().len(), 1);
+    assert!(
+        f.body.contains(&(0xab ^ 0x10)),
+        "the flip reached the handler"
+    );
+}
