@@ -9,7 +9,12 @@
 //! declared dead) it registers again under its previous id; the manager may
 //! answer with a new id (a memory monitor that was declared dead), and the
 //! component then drops what it held. The data path never waits for the agent.
+//!
+//! After each heartbeat the agent also keeps this host's routes to vNodes'
+//! vIPs ([`routes`]) in step with where the manager says they are served.
 #![forbid(unsafe_code)]
+
+pub mod routes;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +35,8 @@ pub struct Load {
     pub counters: BTreeMap<String, u64>,
     /// Jobs running here (processor monitors).
     pub jobs: Vec<u64>,
+    /// vIPs of the vNode networks served here (processor monitors).
+    pub vips: Vec<String>,
 }
 
 /// Produces the heartbeat's report.
@@ -52,13 +59,22 @@ pub struct AgentConfig {
     /// component whose data outlives it (a storage monitor): it registers
     /// again under that id. `None`: a restart is a new component.
     pub identity: Option<std::path::PathBuf>,
+    /// Keep this host's routes to vNodes' vIPs ([`routes`]); needs root and
+    /// iproute2 (without them: said once, then not tried again).
+    pub routes: bool,
 }
 
 /// What the agent calls back into the component for.
 #[derive(Default)]
 pub struct Hooks {
     pub on_new_identity: Option<OnNewIdentity>,
+    /// Called with the manager's vIP routes after each heartbeat (a
+    /// processor monitor routes its vNode networks with them).
+    pub on_routes: Option<OnRoutes>,
 }
+
+/// See [`Hooks::on_routes`].
+pub type OnRoutes = Box<dyn Fn(&lego_wire::control::VipRoutes) + Send + Sync>;
 
 /// A running agent. `id()` is 0 until the first registration succeeds.
 #[derive(Clone)]
@@ -189,6 +205,7 @@ fn session_inner(
         }
         info!(id = resp.id, role = %cfg.role, manager = %cfg.manager, "registered with the manager");
         let interval = Duration::from_millis(resp.heartbeat_ms.max(10));
+        let mut keeper = routes::Keeper::new(cfg.routes);
         agent
             .interval_ms
             .store(resp.heartbeat_ms.max(10), Ordering::Relaxed);
@@ -200,8 +217,17 @@ fn session_inner(
                 used: load.used,
                 counters: load.counters,
                 jobs: load.jobs,
+                vips: load.vips,
             };
             match client.call(&hb) {
+                Ok(_) if keeper.enabled() || hooks.on_routes.is_some() => {
+                    if let Ok(r) = client.call(&lego_wire::control::VipRoutesReq) {
+                        keeper.apply(&r);
+                        if let Some(f) = &hooks.on_routes {
+                            f(&r);
+                        }
+                    }
+                }
                 Ok(_) => {}
                 Err(e) if e.remote_code().is_some() => {
                     warn!(

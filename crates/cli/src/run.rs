@@ -90,6 +90,16 @@ pub struct RunArgs {
     /// program read-only, at the same path
     #[arg(long)]
     pub isolated: bool,
+    /// Forward a port of the processor host to this port of the vNode's
+    /// vIP while the program runs, as `docker run -p` does: HOSTPORT:PORT,
+    /// or PORT for any free host port (repeat for more)
+    #[arg(long, value_parser = parse_publish, value_name = "[HOSTPORT:]PORT")]
+    pub publish: Vec<(u16, u16)>,
+    /// The network of the vNode when this command creates it: vNodes of
+    /// one network reach each other's vIPs, others cannot [default: a
+    /// network of its own]
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// The program and its arguments
@@ -290,15 +300,38 @@ fn find_cluster(c: &ClusterArgs) -> Result<Option<Target>, Failure> {
     Ok(None)
 }
 
-fn ensure_vnode(mgr: &Redial, name: &str) -> Result<(), Failure> {
+/// `--publish`: `HOSTPORT:PORT` or `PORT` (any free host port).
+fn parse_publish(s: &str) -> Result<(u16, u16), String> {
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("'{p}' is not a port number"))
+    };
+    let (host, inner) = match s.split_once(':') {
+        Some((h, p)) => (port(h)?, port(p)?),
+        None => (0, port(s)?),
+    };
+    if inner == 0 {
+        return Err("the vNode's port cannot be 0".into());
+    }
+    Ok((host, inner))
+}
+
+fn ensure_vnode(mgr: &Redial, name: &str, network: Option<&str>) -> Result<(), Failure> {
     let list = mgr
         .call(&VnodeListReq)
         .map_err(|e| Failure::lego(format!("cannot list vnodes: {}", describe(&e))))?;
-    if list.iter().any(|v| v.name == name) {
-        return Ok(());
+    if let Some(v) = list.iter().find(|v| v.name == name) {
+        return match network {
+            Some(n) if v.network != n => Err(Failure::lego(format!(
+                "vnode {name} exists in network {}, not {n}: a vNode's network is set when it is created",
+                v.network_name()
+            ))),
+            _ => Ok(()),
+        };
     }
     match mgr.call(&VnodeCreateReq {
         name: name.into(),
+        network: network.map(str::to_string),
         ..VnodeCreateReq::default()
     }) {
         Ok(v) => {
@@ -384,7 +417,7 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
     }
     target.connect()?;
     let mgr = target.manager();
-    ensure_vnode(&mgr, &a.vnode)?;
+    ensure_vnode(&mgr, &a.vnode, a.network.as_deref())?;
     let excache = match a.excache {
         Some(Quota::Bytes(b)) => b,
         // The processor monitor works out a percentage of its own ExCache.
@@ -420,6 +453,7 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
             _ => None,
         },
         isolated: a.isolated,
+        publish: a.publish.clone(),
     };
     let launched = main.call(&req).map_err(|e| Failure {
         code: match e.remote_code() {
@@ -430,6 +464,11 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
         message: describe(&e),
     })?;
     let job = launched.job;
+    let processor_host = place.addr.rsplit_once(':').map_or("", |(h, _)| h);
+    for (host, target) in &launched.published {
+        let port = host.rsplit_once(':').map_or(host.as_str(), |(_, p)| p);
+        eprintln!("lego: published {processor_host}:{port} -> {target}");
+    }
     tracing::debug!(
         job = format_args!("{job:x}"),
         pid = launched.pid,

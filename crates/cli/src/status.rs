@@ -226,9 +226,25 @@ pub fn render(st: &ClusterState) -> String {
             .filter(|r| r.asid.vnode() == v.id)
             .map(|r| r.asid)
             .collect();
+        let served: Vec<&str> = st
+            .components
+            .iter()
+            .filter(|c| !v.vip.is_empty() && c.vips.contains(&v.vip))
+            .map(|c| c.addr.rsplit_once(':').map_or(c.addr.as_str(), |(h, _)| h))
+            .collect();
+        let net = match (v.vip.is_empty(), served.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => format!("  vIP {} (network {})", v.vip, v.network_name()),
+            (false, false) => format!(
+                "  vIP {} (network {}) served on {}",
+                v.vip,
+                v.network_name(),
+                served.join(", ")
+            ),
+        };
         let _ = writeln!(
             o,
-            "  {:>3}  {:<24} {} address spaces with vRegions",
+            "  {:>3}  {:<24} {} address spaces with vRegions{net}",
             v.id,
             v.name,
             spaces.len()

@@ -34,6 +34,10 @@ pub enum VnodeCmd {
         /// primary and a backup, so it survives the loss of one) or 1
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
         replicas: u8,
+        /// Join this network: vNodes of one network reach each other's vIPs;
+        /// others cannot [default: a network of its own]
+        #[arg(long, value_name = "NAME")]
+        network: Option<String>,
     },
     /// List vNodes
     List,
@@ -70,6 +74,7 @@ pub fn run(a: VnodeArgs) -> Result<()> {
             memory_quota,
             host_network,
             replicas,
+            network,
         } => {
             let v = client.call(&VnodeCreateReq {
                 name,
@@ -77,12 +82,14 @@ pub fn run(a: VnodeArgs) -> Result<()> {
                 memory_quota,
                 host_network,
                 replicas: Some(replicas),
+                network,
             })?;
             println!(
-                "created vnode {} (vID {}, vIP {}, mounts {}, memory {}, {} copies of its memory, storage {})",
+                "created vnode {} (vID {}, vIP {}, network {}, mounts {}, memory {}, {} copies of its memory, storage {})",
                 v.name,
                 v.id,
                 if v.vip.is_empty() { "none" } else { &v.vip },
+                if v.network.is_empty() { "its own" } else { &v.network },
                 v.mounts.join(","),
                 quota(&v),
                 v.replicas,

@@ -65,7 +65,8 @@ fn up_status_vnode_and_clean_stop() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(stdout(&o).contains("created vnode web (vID 1, vIP 10.77.0.1, mounts /data"));
+    assert!(stdout(&o)
+        .contains("created vnode web (vID 1, vIP 10.77.0.1, network its own, mounts /data"));
     let o = lego(dir.path(), &["vnode", "create", "web"]);
     assert!(!o.status.success());
     assert!(

@@ -377,6 +377,7 @@ fn errors_are_one_clear_line() {
             excache,
             excache_percent: None,
             isolated: false,
+            publish: vec![],
         })
         .unwrap_err()
     };

@@ -527,8 +527,23 @@ fn a_vnode_has_a_network_of_its_own_holding_its_vip() {
     );
     assert_eq!(out, want);
     let addrs = ok(&run(&c, "net", &["ip", "-brief", "addr"], None));
-    assert!(addrs.contains(&format!("{vip}/32")), "{addrs}");
-    assert_eq!(addrs.lines().count(), 1, "only its loopback: {addrs}");
+    assert!(
+        addrs
+            .lines()
+            .any(|l| l.starts_with("eth0") && l.contains(&format!("{vip}/32"))),
+        "{addrs}"
+    );
+    assert_eq!(
+        addrs.lines().count(),
+        2,
+        "its loopback and its veth: {addrs}"
+    );
+    // Its routes lead to its gateway on the host and to the cluster's hosts only.
+    let routes = ok(&run(&c, "net", &["ip", "route"], None));
+    assert!(
+        routes.lines().all(|l| l.contains("169.254.77.1")),
+        "{routes}"
+    );
     // With --host-network its processes see the host's interfaces instead.
     ok(&c.cli(&["vnode", "create", "hostnet", "--host-network"]));
     let host = ok(&run(&c, "hostnet", &["ip", "-brief", "addr"], None));

@@ -95,6 +95,12 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
         })
         .map_err(ManagerError::Thread)?;
     let s = svc.clone();
+    let every = Duration::from_millis(cfg.heartbeat_ms.max(100));
+    std::thread::Builder::new()
+        .name("manager-routes".into())
+        .spawn(move || crate::vnet::keep_routes(s, every))
+        .map_err(ManagerError::Thread)?;
+    let s = svc.clone();
     std::thread::Builder::new()
         .name("manager-recovery".into())
         .spawn(move || {

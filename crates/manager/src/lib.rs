@@ -12,7 +12,8 @@
 //!   re-replication worker, reports of missed writes and unreachable
 //!   memory monitors; its [`journal`] is what `lego status` shows.
 //! - [`peers`]: what the manager asks of other components.
-//! - [`vip`]: vNodes' virtual IP addresses.
+//! - [`vip`]: vNodes' virtual IP addresses; [`vnet`]: where they are
+//!   served, for every host's routes.
 //! - [`http`]: the HTTP endpoint: `/state` (JSON, with the cluster's token)
 //!   and `/metrics` ([`metrics`], Prometheus text).
 //! - [`daemon`]: `lego manager`: wires them together with the failure detector.
@@ -30,6 +31,7 @@ pub mod spaces;
 pub mod state;
 pub mod store;
 pub mod vip;
+pub mod vnet;
 pub mod vnodes;
 
 pub use daemon::{run, ManagerConfig, RunningManager};

@@ -64,6 +64,8 @@ pub struct ManagerService {
     pub counters: ManagerCounters,
     /// The counters each component sent with its last heartbeat.
     reports: Mutex<HashMap<ComponentId, BTreeMap<String, u64>>>,
+    /// The vIPs each processor monitor last said it serves ([`crate::vnet`]).
+    pub(crate) served_vips: Mutex<HashMap<ComponentId, Vec<String>>>,
     /// Where the RPC and HTTP endpoints listen, once bound.
     pub addrs: OnceLock<(String, Option<String>)>,
     /// The cluster secret: checks the job proofs of vNodes' processes.
@@ -86,6 +88,7 @@ impl ManagerService {
             journal: Journal::default(),
             counters: ManagerCounters::default(),
             reports: Mutex::new(HashMap::new()),
+            served_vips: Mutex::new(HashMap::new()),
             addrs: OnceLock::new(),
             secret: secret.clone(),
             probed: Mutex::new(HashMap::new()),
@@ -112,6 +115,7 @@ impl ManagerService {
 
     pub(crate) fn forget_report(&self, id: ComponentId) {
         lock(&self.reports).remove(&id);
+        lock(&self.served_vips).remove(&id);
     }
 
     pub(crate) fn reports(&self) -> HashMap<ComponentId, BTreeMap<String, u64>> {
@@ -143,6 +147,7 @@ impl ManagerService {
                     used: c.used,
                     last_heard_ms_ago: now.saturating_sub(c.last_heard_ms),
                     counters: reports.get(&c.id).cloned().unwrap_or_default(),
+                    vips: self.served_vips(c.id),
                 })
                 .collect(),
             vnodes: st.vnodes().map(|v| self.vnode_info(st, v)).collect(),
@@ -214,6 +219,7 @@ impl ManagerService {
         })?;
         self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         lock(&self.reports).insert(req.id, req.counters);
+        self.set_served_vips(req.id, req.vips);
         Ok(Empty {})
     }
 
@@ -249,6 +255,7 @@ impl Handler for ManagerService {
                 | Op::VnodeMount
                 | Op::VnodeDelete
                 | Op::ClusterState
+                | Op::VipRoutes
         ) {
             peer.require_component(op)?;
         }
@@ -272,6 +279,7 @@ impl Handler for ManagerService {
             Op::ReportMissed => answer(b, reply, |r| self.missed_reported(peer, r)),
             Op::ReportUnreachable => answer(b, reply, |r| self.unreachable_reported(r)),
             Op::ClusterState => answer(b, reply, |_: ClusterStateReq| Ok(self.cluster_state())),
+            Op::VipRoutes => answer(b, reply, |_: VipRoutesReq| Ok(self.vip_routes())),
             other => Err(Reject::new(
                 ErrorCode::UnknownOp,
                 format!("the manager does not serve {other}"),

@@ -38,6 +38,7 @@ impl ManagerService {
             storage: v.storage.map(|s| Self::endpoint(st, s)),
             spaces: st.owned_spaces_of_vnode(v.id).len() as u64,
             jobs: st.running_jobs_of_vnode(v.id),
+            network: v.network.clone(),
         }
     }
 
@@ -58,6 +59,9 @@ impl ManagerService {
             }
             if let Some(n) = req.replicas {
                 v = st.set_replicas(v.id, n)?;
+            }
+            if let Some(net) = &req.network {
+                v = st.set_network(v.id, net)?;
             }
             // Its files go to a storage monitor now if one is up, else
             // when its first process starts.

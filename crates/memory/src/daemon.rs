@@ -72,11 +72,13 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
             addr: advertised.clone(),
             capacity: cfg.capacity,
             identity: None,
+            routes: lego_agent::routes::as_root(),
         },
         Box::new(move || lego_agent::Load {
             used: s.store.pages_held() * lego_wire::PAGE_SIZE as u64,
             counters: s.counters(),
             jobs: Vec::new(),
+            vips: Vec::new(),
         }),
         lego_agent::Hooks {
             on_new_identity: Some(Box::new(move |old, new| {
@@ -88,6 +90,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
                     "dropped every page held under the old identity: this monitor was declared dead and may have missed writes"
                 );
             })),
+            ..lego_agent::Hooks::default()
         },
     )
     .map_err(|source| TransportError::Listen {

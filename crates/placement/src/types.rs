@@ -50,6 +50,10 @@ pub struct Vnode {
     /// Copies of each of its vRegions: 2 (a primary and a backup), or 1.
     #[serde(default = "default_replicas")]
     pub replicas: u8,
+    /// The network it joined: vNodes of one network reach each other's
+    /// vIPs ("": a network of its own).
+    #[serde(default)]
+    pub network: String,
 }
 
 fn default_replicas() -> u8 {

@@ -118,6 +118,7 @@ impl Placement {
             storage: None,
             host_network: false,
             replicas: 2,
+            network: String::new(),
         };
         self.vnode_ids.insert(vnode.name.clone(), id);
         self.vnodes.insert(id, vnode.clone());
@@ -134,6 +135,22 @@ impl Placement {
             .get_mut(&id)
             .ok_or(PlacementError::UnknownVnodeId(id))?;
         v.host_network = host;
+        let v = v.clone();
+        self.touch(Record::Vnode(id));
+        Ok(v)
+    }
+
+    /// The network the vNode joins (`""`: one of its own); named as vNodes
+    /// are. Returns the updated vNode, to be persisted.
+    pub fn set_network(&mut self, id: VnodeId, network: &str) -> Result<Vnode, PlacementError> {
+        if !network.is_empty() {
+            validate_vnode_name(network)?;
+        }
+        let v = self
+            .vnodes
+            .get_mut(&id)
+            .ok_or(PlacementError::UnknownVnodeId(id))?;
+        v.network = network.to_string();
         let v = v.clone();
         self.touch(Record::Vnode(id));
         Ok(v)

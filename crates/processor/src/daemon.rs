@@ -151,6 +151,13 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
     .map_err(ProcessorError::Thread)?;
     let _ = service.server.set(server.counters.clone());
     service.spawn_janitor().map_err(ProcessorError::Thread)?;
+    let swept = crate::vnet::sweep_stale();
+    if !swept.is_empty() {
+        info!(
+            ?swept,
+            "removed the vnode networks of processor monitors that are gone"
+        );
+    }
     info!(
         addr = %server.local_addr,
         excache = %human(cfg.excache),
@@ -163,6 +170,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         info!(%advertised, "advertised to the cluster");
     }
     let s = service.clone();
+    let routed = service.clone();
     spawn_agent(
         AgentConfig {
             manager: cfg.manager,
@@ -171,6 +179,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
             addr: advertised.clone(),
             capacity: cfg.excache,
             identity: None,
+            routes: lego_agent::routes::as_root(),
         },
         Box::new(move || lego_agent::Load {
             used: s.granted(),
@@ -181,8 +190,12 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
                 .filter(|j| j.running())
                 .map(|j| j.id)
                 .collect(),
+            vips: s.vips(),
         }),
-        lego_agent::Hooks::default(),
+        lego_agent::Hooks {
+            on_routes: Some(Box::new(move |r| routed.sync_routes(r.clone()))),
+            ..lego_agent::Hooks::default()
+        },
     )
     .map_err(ProcessorError::Thread)?;
     Ok(RunningProcessor {

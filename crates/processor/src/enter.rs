@@ -7,8 +7,9 @@
 //!    of the job's own and its root ([`lego_jail::Root`]); for each mount
 //!    point of the vNode, open `/dev/fuse`, mount a FUSE file system there
 //!    and pass the descriptor to the monitor (SCM_RIGHTS), which serves it
-//!    ([`crate::vfs`]); a network namespace holding only the vNode's vIP on
-//!    its loopback (unless the vNode shares the host's network); and
+//!    ([`crate::vfs`]); the vNode's network namespace on this host, made by
+//!    the monitor ([`crate::vnet`]; unless the vNode shares the host's
+//!    network); and
 //!    `/dev/userfaultfd`, opened now and left open for the runtime, which
 //!    cannot open it as the vNode's unprivileged identity.
 //! 3. The broker channel: a socket pair, one end to the monitor, the other
@@ -69,8 +70,8 @@ pub struct Enter {
     pub socket: PathBuf,
     pub vnode: String,
     pub mounts: Vec<String>,
-    /// Run in a network namespace of its own holding this address.
-    pub vip: Option<String>,
+    /// Run in this network namespace (the vNode's on this host, holding its vIP).
+    pub netns: Option<PathBuf>,
     pub cwd: PathBuf,
     /// `None`: run the program unconfined (the monitor is not root).
     pub confine: Option<Confine>,
@@ -86,8 +87,8 @@ impl Enter {
         for m in &self.mounts {
             a.extend(["--mount".into(), m.into()]);
         }
-        if let Some(v) = &self.vip {
-            a.extend(["--vip".into(), v.into()]);
+        if let Some(n) = &self.netns {
+            a.extend(["--netns".into(), n.clone().into()]);
         }
         if let Some(c) = &self.confine {
             a.extend([
@@ -115,7 +116,7 @@ impl Enter {
     pub fn from_args(args: &[OsString]) -> Result<Enter, String> {
         let mut it = args.iter();
         let (mut socket, mut vnode, mut mounts, mut cwd) = (None, None, Vec::new(), None);
-        let (mut vip, mut root, mut uid, mut share_cwd) = (None, None, None, false);
+        let (mut netns, mut root, mut uid, mut share_cwd) = (None, None, None, false);
         let (mut files, mut hide) = (Vec::new(), Vec::new());
         loop {
             let flag = it.next().ok_or("missing -- before the program")?;
@@ -128,7 +129,7 @@ impl Enter {
                 Some("--socket") => socket = Some(PathBuf::from(value()?)),
                 Some("--vnode") => vnode = Some(value()?.to_string_lossy().into_owned()),
                 Some("--mount") => mounts.push(value()?.to_string_lossy().into_owned()),
-                Some("--vip") => vip = Some(value()?.to_string_lossy().into_owned()),
+                Some("--netns") => netns = Some(PathBuf::from(value()?)),
                 Some("--cwd") => cwd = Some(PathBuf::from(value()?)),
                 Some("--root") => root = Some(PathBuf::from(value()?)),
                 Some("--uid") => {
@@ -165,7 +166,7 @@ impl Enter {
             socket: socket.ok_or("no --socket")?,
             vnode: vnode.ok_or("no --vnode")?,
             mounts,
-            vip,
+            netns,
             cwd: cwd.ok_or("no --cwd")?,
             confine,
             argv,
@@ -327,34 +328,19 @@ fn confine(e: &Enter, c: &Confine, sock: &UnixStream) -> Result<lego_jail::Root,
         send_fd(sock, i as u8, &fuse)
             .map_err(|err| format!("cannot hand {m} to the processor monitor: {err}"))?;
     }
-    if let Some(vip) = &e.vip {
-        own_network(vip)?;
+    if let Some(ns) = &e.netns {
+        vnode_network(ns)?;
     }
     Ok(root)
 }
 
-/// A network namespace of the job's own: only its loopback, up, with the
-/// vIP on it.
-fn own_network(vip: &str) -> Result<(), String> {
-    unshare(CloneFlags::CLONE_NEWNET)
-        .map_err(|err| format!("no network namespace of its own: {err}"))?;
-    for args in [
-        vec!["link", "set", "lo", "up"],
-        vec!["addr", "add", &format!("{vip}/32"), "dev", "lo"],
-    ] {
-        let out = std::process::Command::new("ip")
-            .args(&args)
-            .output()
-            .map_err(|err| format!("cannot run ip (iproute2): {err}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-    }
-    Ok(())
+/// Joins the vNode's network namespace on this host ([`crate::vnet`]):
+/// its vIP, and routes only to the cluster's hosts and its network's vNodes.
+fn vnode_network(ns: &std::path::Path) -> Result<(), String> {
+    let f = std::fs::File::open(ns)
+        .map_err(|err| format!("cannot open the vnode's network {}: {err}", ns.display()))?;
+    nix::sched::setns(f, CloneFlags::CLONE_NEWNET)
+        .map_err(|err| format!("cannot join the vnode's network {}: {err}", ns.display()))
 }
 
 /// Sends one byte (the mount's index, or [`BROKER_INDEX`]) and a descriptor.
@@ -383,7 +369,7 @@ mod tests {
             socket: "/run/x.sock".into(),
             vnode: "a".into(),
             mounts: vec!["/data".into(), "/srv/x".into()],
-            vip: Some("10.77.0.3".into()),
+            netns: Some("/run/netns/lego-p1-v3".into()),
             cwd: "/tmp".into(),
             confine: Some(Confine {
                 root: "/run/lego/job.root".into(),
@@ -396,7 +382,7 @@ mod tests {
         };
         assert_eq!(Enter::from_args(&e.to_args()).unwrap(), e);
         e.confine = None;
-        e.vip = None;
+        e.netns = None;
         assert_eq!(Enter::from_args(&e.to_args()).unwrap(), e);
         assert!(Enter::from_args(&["--socket".into()]).is_err());
         let half = [

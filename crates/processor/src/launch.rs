@@ -109,13 +109,17 @@ impl Shared {
         }
     }
 
+    /// Whether the vNode's jobs here get its network ([`crate::vnet`]).
+    fn own_network(&self, v: &VnodeInfo) -> bool {
+        let cfg = &self.cfg;
+        cfg.confine && !v.host_network && !v.vip.is_empty() && cfg.own_networks
+    }
+
     /// What the job's helper sets up: the vNode's mounts (when it is
-    /// confined and its files are placed) and its network.
-    fn mount_plan(self: &Arc<Self>, v: &VnodeInfo) -> MountPlan {
+    /// confined and its files are placed) and its network (`netns`).
+    fn mount_plan(self: &Arc<Self>, v: &VnodeInfo, netns: Option<PathBuf>) -> MountPlan {
         let cfg = &self.cfg;
         let storage = v.storage.as_ref().filter(|_| cfg.confine);
-        let vip = (cfg.confine && !v.host_network && !v.vip.is_empty() && cfg.own_networks)
-            .then(|| v.vip.clone());
         let (shared, name) = (self.clone(), v.name.clone());
         let resolve: crate::vfs::Resolver = Arc::new(move || {
             let v = shared.manager.vnode_mount(&name).ok()?;
@@ -129,7 +133,7 @@ impl Shared {
             owner: identity(v.id).filter(|_| cfg.confine),
             key: cfg.secret.vnode_key(v.id),
             resolve: Some(resolve),
-            vip,
+            netns,
         }
     }
 
@@ -157,9 +161,49 @@ impl Shared {
         quota: u64,
     ) -> Result<LaunchResp, ProcessorError> {
         let id = self.new_job_id()?;
-        let plan = self.mount_plan(&vnode);
+        if !req.publish.is_empty() && !self.own_network(&vnode) {
+            let why = match (vnode.host_network, self.cfg.confine && self.cfg.own_networks) {
+                (true, _) => "it shares its host's network (its ports are the host's already)",
+                (false, _) => "this processor monitor gives jobs no network of their own (it runs unconfined or without iproute2)",
+            };
+            return Err(ProcessorError::CannotPublish {
+                vnode: vnode.name.clone(),
+                why: why.into(),
+            });
+        }
+        let netns = match self.own_network(&vnode) {
+            true => Some(
+                self.vnets
+                    .acquire(id, vnode.id, &vnode.vip, &vnode.network_name())
+                    .map_err(|why| ProcessorError::NoNetwork {
+                        vnode: vnode.name.clone(),
+                        why,
+                    })?,
+            ),
+            false => None,
+        };
+        let started = self.start_in(peer, req, vnode, quota, id, netns);
+        if started.is_err() {
+            self.vnets.release(id);
+        }
+        started
+    }
+
+    fn start_in(
+        self: &Arc<Self>,
+        peer: &PeerInfo,
+        req: LaunchReq,
+        vnode: VnodeInfo,
+        quota: u64,
+        id: u64,
+        netns: Option<PathBuf>,
+    ) -> Result<LaunchResp, ProcessorError> {
+        let plan = self.mount_plan(&vnode, netns);
+        let published = self.publish(id, &vnode, &req.publish)?;
         let env = program_env(&req.env, &self.runtime_env(id, &vnode, quota));
-        let (mut child, broker) = self.spawn_in_vnode(id, &req, &env, &plan)?;
+        let (mut child, broker) = self
+            .spawn_in_vnode(id, &req, &env, &plan)
+            .inspect_err(|_| self.unpublish(id))?;
         let pid = child.id();
         let job = Arc::new(Job::new(
             id,
@@ -177,6 +221,7 @@ impl Shared {
             // Without readers or a waiter nobody would clean up: refuse the job.
             let _ = job.signal(rustix::process::Signal::KILL.as_raw());
             lock(&self.jobs).remove(&id);
+            self.unpublish(id);
             return Err(ProcessorError::Thread(e));
         }
         self.counters.started.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +238,51 @@ impl Shared {
             job: id,
             pid,
             excache: quota,
+            published,
         })
+    }
+
+    /// Forwards the ports `lego run --publish` asked for to the job's vIP.
+    fn publish(
+        &self,
+        id: u64,
+        vnode: &VnodeInfo,
+        ports: &[(u16, u16)],
+    ) -> Result<Vec<(String, String)>, ProcessorError> {
+        if ports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cannot = |why: String| ProcessorError::CannotPublish {
+            vnode: vnode.name.clone(),
+            why,
+        };
+        let vip = self
+            .vnets
+            .vip_of_job(id)
+            .ok_or_else(|| cannot("the job has no network of its own".into()))?;
+        let mut forwards = Vec::new();
+        for &(host, port) in ports {
+            match crate::publish::Forward::start(host, vip, port) {
+                Ok(f) => forwards.push(f),
+                Err(e) => {
+                    forwards.iter().for_each(|f| f.stop());
+                    return Err(cannot(format!("port {host} of this host: {e}")));
+                }
+            }
+        }
+        let shown = forwards
+            .iter()
+            .map(|f| (f.host.to_string(), f.target.to_string()))
+            .collect();
+        lock(&self.published).insert(id, forwards);
+        Ok(shown)
+    }
+
+    /// Stops forwarding the job's published ports.
+    pub(crate) fn unpublish(&self, id: u64) {
+        for f in lock(&self.published).remove(&id).unwrap_or_default() {
+            f.stop();
+        }
     }
 
     /// Reads the job's output and waits for its end, each on a thread.
@@ -248,7 +337,7 @@ impl Shared {
             socket: socket.clone(),
             vnode: plan.vnode.clone(),
             mounts: plan.mounts.clone(),
-            vip: plan.vip.clone(),
+            netns: plan.netns.clone(),
             confine,
         };
         let spawned = spawn(&req.argv, env, &req.cwd, &via);
@@ -298,6 +387,8 @@ pub(crate) fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
             "processes of the job's group still exist 2 s after SIGKILL"
         );
     }
+    shared.unpublish(job.id);
+    shared.vnets.release(job.id);
     job.close_stdin();
     job.wait_pipes();
     let (code, how) = match status {

@@ -27,10 +27,12 @@ pub mod job;
 pub mod launch;
 pub mod manager;
 pub mod mounts;
+pub mod publish;
 pub mod service;
 pub mod shared;
 pub mod spawn;
 pub mod vfs;
+pub mod vnet;
 
 use std::path::PathBuf;
 
@@ -77,6 +79,10 @@ pub enum ProcessorError {
     UnknownVnode(String),
     #[error("the files of vnode {vnode:?} are unavailable: {why}")]
     NoFiles { vnode: String, why: String },
+    #[error("cannot publish ports of vnode {vnode}: {why}")]
+    CannotPublish { vnode: String, why: String },
+    #[error("cannot give vnode {vnode} its network on this host: {why}")]
+    NoNetwork { vnode: String, why: String },
     #[error("ExCache exhausted: {requested} requested, {free} free of {capacity}", requested = human(*requested), free = human(*free), capacity = human(*capacity))]
     ExCacheExhausted {
         requested: u64,
@@ -123,7 +129,9 @@ impl ProcessorError {
             | E::Manager { .. }
             | E::RuntimeMissing { .. }
             | E::CannotConfine
-            | E::NoFiles { .. } => ErrorCode::Unavailable,
+            | E::NoFiles { .. }
+            | E::NoNetwork { .. } => ErrorCode::Unavailable,
+            E::CannotPublish { .. } => ErrorCode::BadRequest,
             E::BadQuota(_) | E::NoCommand | E::BadCwd { .. } | E::BadSignal(_) => {
                 ErrorCode::BadRequest
             }

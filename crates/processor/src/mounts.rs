@@ -34,8 +34,9 @@ pub struct MountPlan {
     pub key: [u8; 32],
     /// Where the storage monitor is now, should it move.
     pub resolve: Option<crate::vfs::Resolver>,
-    /// The vIP of a vNode whose processes have a network of their own.
-    pub vip: Option<String>,
+    /// The vNode's network namespace here, for a vNode with a network of
+    /// its own ([`crate::vnet`]).
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// Receives one descriptor and the byte sent with it.

@@ -57,6 +57,8 @@ impl ProcessorService {
                 granted: Mutex::new(0),
                 dialable: Mutex::new((None, Vec::new())),
                 counters: Counters::default(),
+                vnets: crate::vnet::Vnets::new(),
+                published: Mutex::new(BTreeMap::new()),
             }),
             server: OnceLock::new(),
         }
@@ -137,6 +139,17 @@ impl ProcessorService {
         while running.iter().any(|j| j.running()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.shared.vnets.clear();
+    }
+
+    /// The vIPs of the vNode networks on this host.
+    pub fn vips(&self) -> Vec<String> {
+        self.shared.vnets.vips()
+    }
+
+    /// Routes the vNode networks here as the manager says ([`crate::vnet`]).
+    pub fn sync_routes(&self, routes: lego_wire::control::VipRoutes) {
+        self.shared.vnets.sync(routes)
     }
 
     fn job(&self, id: u64) -> Result<Arc<Job>, ProcessorError> {

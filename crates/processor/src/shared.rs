@@ -56,4 +56,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Memory monitors jobs may be connected to, and when they were asked.
     pub(crate) dialable: Mutex<(Option<Instant>, Vec<String>)>,
+    /// The vNode networks on this host.
+    pub(crate) vnets: crate::vnet::Vnets,
+    /// Ports forwarded to jobs (`lego run --publish`), by job.
+    pub(crate) published: Mutex<BTreeMap<u64, Vec<crate::publish::Forward>>>,
 }

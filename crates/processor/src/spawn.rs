@@ -132,8 +132,8 @@ pub struct EnterVia {
     pub socket: PathBuf,
     pub vnode: String,
     pub mounts: Vec<String>,
-    /// A network namespace of its own holding this vIP.
-    pub vip: Option<String>,
+    /// The vNode's network namespace on this host ([`crate::vnet`]).
+    pub netns: Option<PathBuf>,
     /// `None`: unconfined.
     pub confine: Option<crate::enter::Confine>,
 }
@@ -187,7 +187,7 @@ pub fn spawn(
         socket: via.socket.clone(),
         vnode: via.vnode.clone(),
         mounts: via.mounts.clone(),
-        vip: via.vip.clone(),
+        netns: via.netns.clone(),
         cwd: cwd_path.to_path_buf(),
         confine,
         argv: argv.to_vec(),
@@ -308,7 +308,7 @@ mod tests {
             socket: d.path().join("s"),
             vnode: "v".into(),
             mounts: Vec::new(),
-            vip: None,
+            netns: None,
             confine: None,
         };
         let e = spawn(&argv("./missing"), &[], d.path().to_str().unwrap(), &via).unwrap_err();

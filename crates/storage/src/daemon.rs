@@ -88,6 +88,7 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
             // Its files outlive it: after a restart it is the same storage
             // monitor, holding the same vNodes.
             identity: Some(cfg.dir.join("component-id")),
+            routes: lego_agent::routes::as_root(),
         },
         Box::new(move || {
             let (total, free) = s.store.disk();
@@ -95,6 +96,7 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
                 used: total.saturating_sub(free),
                 counters: s.counters(),
                 jobs: Vec::new(),
+                vips: Vec::new(),
             }
         }),
         lego_agent::Hooks::default(),

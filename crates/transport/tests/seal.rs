@@ -94,6 +94,13 @@ fn a_sealing_server_refuses_a_plaintext_hello() {
     assert_eq!(e.code, ErrorCode::AuthFailed);
     assert!(e.message.contains("asked for plaintext"), "{}", e.message);
     assert!(store.0.lock().unwrap().is_empty());
+    // Counted once the refusal is sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counters.auth_failures.load(Ordering::Relaxed) == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(counters.auth_failures.load(Ordering::Relaxed), 1);
 }
 

@@ -47,6 +47,10 @@ pub struct HeartbeatReq {
     /// that the manager can free their memory if the processor dies.
     #[serde(default)]
     pub jobs: Vec<u64>,
+    /// For a processor monitor: the vIPs of the vNode networks it serves
+    /// (their processes run here), so other hosts route them here.
+    #[serde(default)]
+    pub vips: Vec<String>,
 }
 
 /// `AssignVRegion` (GMM): where does this vRegion live? Placed on first ask.
@@ -149,6 +153,10 @@ pub struct VnodeCreateReq {
     /// Copies of each vRegion of its memory, 1 or 2 (none: 2).
     #[serde(default)]
     pub replicas: Option<u8>,
+    /// The network it joins: vNodes of one network reach each other's
+    /// vIPs, others cannot (none: a network of its own).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// `VnodeList`: every vNode.
@@ -208,6 +216,42 @@ pub struct VnodeInfo {
     /// Its jobs running now, as processor monitors last reported them.
     #[serde(default)]
     pub jobs: Vec<u64>,
+    /// The network it is in ("": one of its own).
+    #[serde(default)]
+    pub network: String,
+}
+
+impl VnodeInfo {
+    /// The name of its network: the one it joined, or its own.
+    pub fn network_name(&self) -> String {
+        match self.network.is_empty() {
+            true => format!("vnode:{}", self.name),
+            false => self.network.clone(),
+        }
+    }
+}
+
+/// `VipRoutes`: where each vNode's vIP is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipRoutesReq;
+
+/// The answer to [`VipRoutesReq`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipRoutes {
+    /// One per vNode with a vIP.
+    pub vnodes: Vec<VipRoute>,
+    /// The IP address of every live component's host.
+    pub hosts: Vec<String>,
+}
+
+/// A vNode's vIP, its network, and the processor hosts serving it (the
+/// first is where other hosts route it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipRoute {
+    pub vnode: VnodeId,
+    pub vip: String,
+    pub network: String,
+    pub served_by: Vec<String>,
 }
 
 /// `LeaseMemory`: lease memory to an address space, within its vNode's quota.
@@ -256,6 +300,9 @@ pub struct ComponentInfo {
     pub used: u64,
     pub last_heard_ms_ago: u64,
     pub counters: BTreeMap<String, u64>,
+    /// vIPs served here (processor monitors).
+    #[serde(default)]
+    pub vips: Vec<String>,
 }
 
 impl ComponentInfo {
@@ -383,6 +430,7 @@ crate::json_request! {
     MissedReq => Empty, Op::ReportMissed;
     UnreachableReq => Empty, Op::ReportUnreachable;
     ClusterStateReq => ClusterState, Op::ClusterState;
+    VipRoutesReq => VipRoutes, Op::VipRoutes;
     ReplicateReq => ReplicateResp, Op::Replicate;
     MemStatsReq => MemStats, Op::MemStats;
     GrantReq => Empty, Op::GrantVRegions;

@@ -34,6 +34,10 @@ pub struct LaunchReq {
     /// vNode's `/data` (or `/`) instead.
     #[serde(default)]
     pub isolated: bool,
+    /// Ports of the job's vIP to forward from the processor host, as
+    /// (host port, vIP port); host port 0: any free one.
+    #[serde(default)]
+    pub publish: Vec<(u16, u16)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +46,9 @@ pub struct LaunchResp {
     pub pid: u32,
     /// The quota granted, in bytes.
     pub excache: u64,
+    /// Forwarded ports: (host address:port, vIP:port).
+    #[serde(default)]
+    pub published: Vec<(String, String)>,
 }
 
 /// `Output`: what the job wrote since the last call, waiting up to

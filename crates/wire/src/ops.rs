@@ -106,6 +106,9 @@ u16_enum! {
         ReportMissed = 0x020a, "report_missed";
         /// Manager: the whole cluster state.
         ClusterState = 0x0220, "cluster_state";
+        /// Manager: where each vNode's vIP is served, for the routes of
+        /// every host ([`crate::control::VipRoutes`]).
+        VipRoutes = 0x0221, "vip_routes";
         /// Processor monitor: start a program.
         Launch = 0x0300, "launch";
         /// Processor monitor: output and exit of a job (long poll).

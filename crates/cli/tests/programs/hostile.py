@@ -102,8 +102,13 @@ class Conn:
         assert op == OPS["challenge"], op
         claim = bytes([2, 0, 0, 0]) + struct.pack("<I", vid)
         nonce = os.urandom(32)
-        proof = hmac.new(key, b"hello" + body + nonce + claim, hashlib.sha256).digest()
-        self.write(OPS["hello"], 0, claim + nonce + proof)
+        # The challenge: the server's nonce, then a flag byte (bit 0: sealed
+        # links required). This client speaks plaintext: seal byte 0.
+        server_nonce, plain = body[:32], b"\x00"
+        proof = hmac.new(
+            key, b"hello" + server_nonce + nonce + claim + plain, hashlib.sha256
+        ).digest()
+        self.write(OPS["hello"], 0, claim + nonce + proof + plain)
         op, flags, reply = self.read()
         if flags & 2:
             raise RuntimeError(f"handshake refused: {reply[2:].decode(errors='replace')}")
