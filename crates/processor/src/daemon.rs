@@ -169,6 +169,11 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
     if advertised != server.local_addr {
         info!(%advertised, "advertised to the cluster");
     }
+    let on_one_host = advertised
+        .rsplit_once(':')
+        .and_then(|(h, _)| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+        .is_none_or(|ip| ip.is_loopback());
+    service.set_forwarding(!on_one_host);
     let s = service.clone();
     let routed = service.clone();
     spawn_agent(

@@ -142,6 +142,11 @@ impl ProcessorService {
         self.shared.vnets.clear();
     }
 
+    /// Whether other hosts reach this host's vNodes through it ([`crate::vnet`]).
+    pub fn set_forwarding(&self, on: bool) {
+        self.shared.vnets.set_forwarding(on)
+    }
+
     /// The vIPs of the vNode networks on this host.
     pub fn vips(&self) -> Vec<String> {
         self.shared.vnets.vips()

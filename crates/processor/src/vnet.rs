@@ -6,7 +6,7 @@
 //!  processor host                                  vNode netns lego-p<PID>-v<ID>
 //!   lp<P>v<ID>: 169.254.77.1/32  <--- veth --->  eth0: VIP/32
 //!   route VIP/32 dev lp<P>v<ID>                   route 169.254.77.1 dev eth0
-//!   ip_forward = 1                                route HOST/32 via 169.254.77.1   (each cluster host)
+//!   ip_forward = 1 (if on several hosts)          route HOST/32 via 169.254.77.1   (each cluster host)
 //!                                                 route PEER/32 via 169.254.77.1   (vNodes of its network)
 //! ```
 //!
@@ -26,6 +26,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use lego_agent::routes::ip;
@@ -56,6 +57,10 @@ pub(crate) struct Vnets {
     jobs: Mutex<HashMap<u64, VnodeId>>,
     /// The last routes the manager gave (applied to new networks at once).
     last: Mutex<VipRoutes>,
+    /// Turn on IP forwarding for the vNodes (the cluster spans hosts, whose
+    /// connections to vIPs pass through this one); on one host it is never
+    /// needed, and the host's setting is left alone.
+    forward: AtomicBool,
 }
 
 fn ns_name(pid: u32, vnode: VnodeId) -> String {
@@ -73,7 +78,14 @@ impl Vnets {
             nets: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             last: Mutex::new(VipRoutes::default()),
+            forward: AtomicBool::new(false),
         }
+    }
+
+    /// Whether other hosts reach vIPs through this one: true when this
+    /// monitor is advertised at an address other than loopback.
+    pub(crate) fn set_forwarding(&self, on: bool) {
+        self.forward.store(on, Ordering::Relaxed);
     }
 
     /// The vNode's namespace here (made on its first job), for job `job`
@@ -131,8 +143,10 @@ impl Vnets {
         ip(&["link", "set", &hif, "up"])?;
         ip(&["route", "replace", &vip32, "dev", &hif, "src", GATEWAY])?;
         // Connections from other hosts to the vIP pass through this one.
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|e| format!("cannot turn on IP forwarding: {e}"))?;
+        if self.forward.load(Ordering::Relaxed) {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(|e| format!("cannot turn on IP forwarding: {e}"))?;
+        }
         Ok(())
     }
 
