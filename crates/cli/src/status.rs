@@ -218,6 +218,25 @@ pub fn render(st: &ClusterState) -> String {
             secs(c.last_heard_ms_ago)
         );
     }
+    // Hosts: the components by the host part of their address.
+    let host = |a: &str| a.rsplit_once(':').map_or(a, |(h, _)| h).to_string();
+    let mut hosts: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    hosts
+        .entry(host(&m.addr))
+        .or_default()
+        .push("manager".into());
+    for c in st.components.iter().filter(|c| c.health == Health::Alive) {
+        hosts
+            .entry(host(&c.addr))
+            .or_default()
+            .push(format!("{} {}", c.role, c.id));
+    }
+    if hosts.len() > 1 {
+        let _ = writeln!(o, "\nhosts: {}", hosts.len());
+        for (h, on) in &hosts {
+            let _ = writeln!(o, "  {h:<21} {}", on.join(", "));
+        }
+    }
     let _ = writeln!(o, "\nvnodes: {}", st.vnodes.len());
     for v in &st.vnodes {
         let spaces: std::collections::BTreeSet<lego_wire::Asid> = st

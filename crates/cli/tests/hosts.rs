@@ -2,7 +2,8 @@
 //! the tests: the address a monitor advertises to the cluster is one others
 //! can dial, and a monitor whose address no one can dial is refused at
 //! registration with the reason; a cluster spread over five hosts on shaped
-//! links runs real programs with the same output as locally; a rack is
+//! (sealed) links runs real programs (python, sqlite3 on /data) with the
+//! same output as locally; a rack is
 //! removed with its cluster, and by the next launcher after a SIGKILL.
 
 mod common;
@@ -115,6 +116,11 @@ fn a_cluster_on_five_hosts_pages_python_across_them_and_shows_each_host() {
     for a in &addrs {
         assert!(status.contains(a), "lego status shows {a}:\n{status}");
     }
+    assert!(
+        status.contains("hosts: 5"),
+        "lego status counts the hosts:\n{status}"
+    );
+    assert!(status.contains("10.99.0.1             manager"), "{status}");
 
     let py = python();
     let local = Command::new(&py).args(["-c", HASH_1GIB]).output().unwrap();
@@ -129,7 +135,60 @@ fn a_cluster_on_five_hosts_pages_python_across_them_and_shows_each_host() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, local.stdout, "the same output as locally");
-    c.assert_no_pages("python on the rack");
+
+    // sqlite3 with its database on /data: the files on the storage host,
+    // the pages on the memory hosts, over sealed links.
+    let script = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);\n\
+        WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM n WHERE x < 50000)\n\
+        INSERT INTO t SELECT x, printf('row-%d', x) FROM n;\n\
+        SELECT count(*), sum(id), max(v) FROM t;\n\
+        PRAGMA integrity_check;\n";
+    let sqlite = |cmd: &mut Command| {
+        use std::io::Write;
+        let mut ch = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sqlite3 is installed");
+        ch.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        ch.wait_with_output().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = sqlite(Command::new("sqlite3").arg(dir.path().join("t.db")));
+    assert!(local.status.success());
+    let on_rack = sqlite(&mut c.run_command(&["--excache", "64MiB"], &["sqlite3", "/data/t.db"]));
+    assert!(
+        on_rack.status.success(),
+        "sqlite3 on the rack: {}",
+        String::from_utf8_lossy(&on_rack.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&on_rack.stdout),
+        String::from_utf8_lossy(&local.stdout),
+        "sqlite3 on /data prints what it prints on a local file"
+    );
+    // Every memory monitor's links were sealed, none tampered with.
+    let st = c.cluster_state();
+    for m in alive_memory(&st) {
+        let sealed = m
+            .counters
+            .get("connections_sealed_total")
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            sealed > 0,
+            "memory monitor {} at {} sealed its links",
+            m.id,
+            m.addr
+        );
+        assert_eq!(m.counters.get("records_tampered_total"), Some(&0));
+    }
+    c.assert_no_pages("python and sqlite3 on the rack");
     drop(c);
     for n in ns {
         assert!(
