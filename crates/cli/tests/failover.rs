@@ -7,7 +7,9 @@
 //! a memory monitor that dies while the manager is down is replaced once the
 //! manager is back; a memory host cut off by its link for 5 s (on a rack of
 //! network namespaces) while its monitor runs on is treated as dead and
-//! comes back as a new monitor whose old pages are never read.
+//! comes back as a new monitor whose old pages are never read; the manager's
+//! own host cut off for 5 s: it hears no one, takes itself for cut off, and
+//! declares nobody dead, so the program goes on and nothing is lost.
 
 mod common;
 
@@ -400,4 +402,81 @@ fn a_memory_host_cut_off_for_5_s_comes_back_new_and_its_old_pages_are_never_read
     c.rack().unwrap().set_link(host, true).unwrap();
     comes_back_new(&c, victim, victim_id, run, &local.stdout);
     c.assert_no_pages("the run across the partition");
+}
+
+#[test]
+fn the_manager_host_cut_off_for_5_s_loses_nothing() {
+    ensure_runtime();
+    // Five hosts: the manager, three memory monitors, the processor; the
+    // program is run from the processor's host, so that only the manager
+    // is cut off.
+    let mut c = TestCluster::rack_of(
+        5,
+        Some("10gbit"),
+        3,
+        "2GiB",
+        &["--vregion-size", "16MiB"],
+        false,
+    );
+    c.start_processor("1GiB");
+    let script = script(6);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let rack = c.rack().unwrap();
+    let mut cmd = rack.command(4, std::ffi::OsStr::new(LEGO));
+    cmd.current_dir(c.work())
+        .args(["run", "--manager", &c.manager_addr, "--secret-file"])
+        .arg(c.path().join("secret"))
+        .args(["--excache", "40MiB", "--", &python(), "-c", &script]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).unwrap();
+    let out = std::thread::spawn(move || {
+        let mut rest = first.to_vec();
+        stdout.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let run = Running { child, out };
+    let before = c.cluster_state();
+    let ids: Vec<u64> = before.components.iter().map(|m| m.id).collect();
+    rack.set_link(0, false).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    rack.set_link(0, true).unwrap();
+    let (status, out, err) = finish(run, Duration::from_secs(240));
+    let after = c.cluster_state();
+    let events: Vec<String> = after
+        .events
+        .iter()
+        .map(|e| format!("{:?}: {}", e.kind, e.text))
+        .collect();
+    assert!(status.success(), "{status}: {err}\n{events:#?}");
+    assert!(
+        out == local.stdout,
+        "output differs from the run without lego"
+    );
+    // The manager took itself for cut off: nobody declared dead, no copy
+    // dropped, every component still under its id.
+    assert!(
+        after.events.iter().any(|e| e.kind == EventKind::Isolated),
+        "{events:#?}"
+    );
+    assert!(
+        !after
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Dead | EventKind::Lost | EventKind::Stale)),
+        "{events:#?}"
+    );
+    for id in ids {
+        let c = after.components.iter().find(|x| x.id == id).unwrap();
+        assert_eq!(c.health, Health::Alive, "component {id}");
+    }
+    c.assert_no_pages("the run across the manager's partition");
 }

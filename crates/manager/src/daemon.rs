@@ -58,6 +58,9 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
     let grace = cfg.dead_after_ms.max(2_000);
     let pcfg = PlacementConfig {
         dead_after_ms: cfg.dead_after_ms,
+        // Every component silent at once means this manager is cut off
+        // (or was paused): it declares none of them dead.
+        isolation_guard: true,
     };
     let placement = Placement::restore(pcfg, grace, records);
     let svc = Arc::new(ManagerService::new(

@@ -87,6 +87,25 @@ impl ManagerService {
                         None,
                     );
                 }
+                Event::Isolated { components } => {
+                    warn!(components, "no component heard within the dead interval: this manager takes itself for cut off (or paused) and declares none dead");
+                    self.journal.record(
+                        EventKind::Isolated,
+                        format!("none of the {components} live components heard: the manager is cut off or was paused; nobody declared dead"),
+                        None,
+                    );
+                }
+                Event::Reconnected { after_ms } => {
+                    info!(
+                        after_ms,
+                        "a component heard again: every live one gets a fresh dead interval"
+                    );
+                    self.journal.record(
+                        EventKind::Isolated,
+                        format!("components heard again after {after_ms} ms; each gets a fresh interval to be heard"),
+                        Some(after_ms),
+                    );
+                }
                 Event::StaleIdentity { old, new, addr } => {
                     warn!(old, new, %addr, "a memory monitor declared dead came back; it gets a new id and its old pages are not trusted");
                     self.journal.record(

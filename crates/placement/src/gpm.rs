@@ -75,6 +75,7 @@ mod tests {
     fn cluster(processors: &[(u64, u64)]) -> Placement {
         let mut p = Placement::new(PlacementConfig {
             dead_after_ms: 1000,
+            isolation_guard: false,
         });
         for (i, &(cap, used)) in processors.iter().enumerate() {
             let id = p
@@ -132,6 +133,7 @@ mod tests {
     fn fork_space_copies_placements_into_a_new_space() {
         let mut p = Placement::new(PlacementConfig {
             dead_after_ms: 1000,
+            isolation_guard: false,
         });
         for i in 0..3 {
             p.register(0, Role::Memory, format!("m{i}"), 1 << 30, 1, None)

@@ -101,6 +101,7 @@ mod tests {
     fn cluster(storage: &[(u64, u64)]) -> Placement {
         let mut p = Placement::new(PlacementConfig {
             dead_after_ms: 1000,
+            isolation_guard: false,
         });
         for (i, &(cap, used)) in storage.iter().enumerate() {
             let id = p

@@ -66,6 +66,10 @@ pub struct Placement {
     events: Vec<Event>,
     /// Records changed since the last [`Placement::take_dirty`].
     dirty: BTreeSet<Record>,
+    /// Since when every live component has been silent past the dead
+    /// interval at once: the manager, not they, is cut off (see
+    /// [`Placement::tick`]). Not durable: a restart has its own grace.
+    isolated_since: Option<u64>,
 }
 
 impl Placement {
@@ -84,6 +88,7 @@ impl Placement {
             next_vnode: 1,
             events: Vec::new(),
             dirty: BTreeSet::new(),
+            isolated_since: None,
         }
     }
 

@@ -22,6 +22,7 @@ impl Placement {
         if addr.trim().is_empty() {
             return Err(PlacementError::InvalidAddress(addr));
         }
+        self.end_isolation(now_ms);
         let old = previous
             .and_then(|id| self.components.get(&id))
             .filter(|old| old.role == role);
@@ -109,7 +110,23 @@ impl Placement {
         component.used = used;
         component.last_heard_ms = component.last_heard_ms.max(now_ms);
         component.health = Health::Alive;
+        self.end_isolation(now_ms);
         Ok(())
+    }
+
+    /// The first word from a component after [`Event::Isolated`]: the
+    /// silence the manager's isolation caused (since it last heard anyone)
+    /// is forgiven every live component, and nothing more.
+    fn end_isolation(&mut self, now_ms: u64) {
+        if let Some(since) = self.isolated_since.take() {
+            let gap = now_ms.saturating_sub(since);
+            for c in self.components.values_mut() {
+                if c.health != Health::Dead {
+                    c.last_heard_ms = c.last_heard_ms.saturating_add(gap).min(now_ms);
+                }
+            }
+            self.events.push(Event::Reconnected { after_ms: gap });
+        }
     }
 
     /// Marks dead every component (alive or unknown) silent for more than
@@ -118,6 +135,30 @@ impl Placement {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Event> {
         let dead_after_ms = self.config.dead_after_ms;
         let mut events = Vec::new();
+        // No component at all heard for half the dead interval (each beats
+        // at least twice per interval, at its own phase) is what the manager
+        // sees when its own host is cut off or it was paused: declaring them
+        // dead one by one would free every job's memory and drop every copy.
+        // It declares none while it hears no one.
+        let live: Vec<&Component> = self
+            .components
+            .values()
+            .filter(|c| c.health != Health::Dead)
+            .collect();
+        let last_any = live.iter().map(|c| c.last_heard_ms).max();
+        if let (true, Some(last)) = (self.config.isolation_guard, last_any) {
+            if now_ms.saturating_sub(last) > dead_after_ms / 2 {
+                if self.isolated_since.is_none() {
+                    self.isolated_since = Some(last);
+                    let e = Event::Isolated {
+                        components: live.len(),
+                    };
+                    self.events.push(e.clone());
+                    events.push(e);
+                }
+                return events;
+            }
+        }
         for component in self.components.values_mut() {
             let silent_ms = now_ms.saturating_sub(component.last_heard_ms);
             if component.health != Health::Dead && silent_ms > dead_after_ms {

@@ -168,6 +168,12 @@ pub enum Event {
         new: ComponentId,
         addr: String,
     },
+    /// Every live component went silent at once: the manager takes itself
+    /// for cut off and declares none of them dead.
+    Isolated { components: usize },
+    /// A component was heard again after [`Event::Isolated`]: every live
+    /// one gets a fresh dead interval to be heard.
+    Reconnected { after_ms: u64 },
 }
 
 /// Tunables of the state machine.
@@ -175,6 +181,13 @@ pub enum Event {
 pub struct PlacementConfig {
     /// A component silent for strictly longer than this is marked dead.
     pub dead_after_ms: u64,
+    /// When every live component is silent past `dead_after_ms` at once,
+    /// take the manager for cut off (or paused) and declare none of them
+    /// dead until one is heard again ([`Event::Isolated`]). The manager
+    /// daemon sets it; without it the state machine declares whoever is
+    /// silent, as its table tests expect.
+    #[serde(default)]
+    pub isolation_guard: bool,
 }
 
 /// A durable record of the state machine, named by its key. Every change

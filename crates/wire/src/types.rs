@@ -222,6 +222,9 @@ named_enum! {
         Stale = "stale",
         /// A dead processor monitor's jobs were lost with it.
         JobsLost = "jobs-lost",
+        /// The manager heard no component at all (cut off or paused), and
+        /// when it heard them again.
+        Isolated = "isolated",
     }
 }
 

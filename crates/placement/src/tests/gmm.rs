@@ -225,6 +225,7 @@ fn vregions_only_for_live_spaces() {
 fn live_spaces_and_their_vregions_are_bounded() {
     let mut p = Placement::new(PlacementConfig {
         dead_after_ms: DEAD_AFTER,
+        isolation_guard: false,
     });
     for id in [1, 2] {
         p.register(0, Memory, format!("m{id}"), 4 * GIB, id, None)

@@ -285,3 +285,59 @@ fn membership() {
         ),
     ]);
 }
+
+/// With the isolation guard (the manager daemon's setting), no component
+/// heard for half the dead interval is the manager cut off: none is
+/// declared dead, and when one is heard again the silence is forgiven all.
+#[test]
+fn a_manager_that_hears_no_one_takes_itself_for_cut_off() {
+    let mut p = Placement::new(PlacementConfig {
+        dead_after_ms: DEAD_AFTER,
+        isolation_guard: true,
+    });
+    let id = |p: &mut Placement, role, n: u64| {
+        p.register(0, role, format!("h{n}:1"), GIB, n, None)
+            .unwrap()
+    };
+    let (m1, m2, pr) = (
+        id(&mut p, Memory, 1),
+        id(&mut p, Memory, 2),
+        id(&mut p, Processor, 3),
+    );
+    p.take_events();
+    // Heard at staggered times, then nothing: isolated before the first
+    // would be due, and nobody dies however long it lasts.
+    p.heartbeat(10, m1, 1, 0).unwrap();
+    p.heartbeat(20, m2, 2, 0).unwrap();
+    assert!(p.tick(DEAD_AFTER / 2).is_empty());
+    assert_eq!(
+        p.tick(20 + DEAD_AFTER / 2 + 1),
+        vec![Event::Isolated { components: 3 }]
+    );
+    assert!(p.tick(20 + 5 * DEAD_AFTER).is_empty());
+    for c in [m1, m2, pr] {
+        assert_eq!(p.component(c).unwrap().health, Health::Alive);
+    }
+    // One is heard again: the 6-interval gap is forgiven all.
+    let back = 20 + 6 * DEAD_AFTER;
+    p.heartbeat(back, m1, 1, 0).unwrap();
+    assert!(p.take_events().contains(&Event::Reconnected {
+        after_ms: 6 * DEAD_AFTER
+    }));
+    assert_eq!(p.component(m2).unwrap().last_heard_ms, back);
+    assert_eq!(p.component(pr).unwrap().last_heard_ms, back - 20);
+    // m1 goes on beating, the others stay silent: they die as usual.
+    let mut dead = Vec::new();
+    let mut t = back;
+    while t <= back + 2 * DEAD_AFTER {
+        t += DEAD_AFTER / 4;
+        p.heartbeat(t, m1, 1, 0).unwrap();
+        for e in p.tick(t) {
+            if let Event::ComponentDead { id, .. } = e {
+                dead.push(id);
+            }
+        }
+    }
+    // The processor, silent the longest, first.
+    assert_eq!(dead, vec![pr, m2]);
+}

@@ -203,6 +203,7 @@ pub(crate) fn run(cases: Vec<Case>) {
     for (name, ops) in cases {
         let mut p = Placement::new(PlacementConfig {
             dead_after_ms: DEAD_AFTER,
+            isolation_guard: false,
         });
         let mut store = Store::of(&p);
         for (step, op) in ops.into_iter().enumerate() {
