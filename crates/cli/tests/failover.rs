@@ -9,7 +9,9 @@
 //! network namespaces) while its monitor runs on is treated as dead and
 //! comes back as a new monitor whose old pages are never read; the manager's
 //! own host cut off for 5 s: it hears no one, takes itself for cut off, and
-//! declares nobody dead, so the program goes on and nothing is lost.
+//! declares nobody dead, so the program goes on and nothing is lost; a
+//! processor host cut off until declared dead: its job's memory is freed,
+//! the job is ended with the reason, and the monitor comes back new.
 
 mod common;
 
@@ -479,4 +481,111 @@ fn the_manager_host_cut_off_for_5_s_loses_nothing() {
         assert_eq!(c.health, Health::Alive, "component {id}");
     }
     c.assert_no_pages("the run across the manager's partition");
+}
+
+#[test]
+fn a_processor_host_declared_dead_comes_back_new_and_its_jobs_are_told() {
+    ensure_runtime();
+    // The manager, two memory monitors, the processor on its own host; the
+    // program is run from the processor's host.
+    let mut c = TestCluster::rack_of(
+        4,
+        Some("10gbit"),
+        2,
+        "2GiB",
+        &["--vregion-size", "16MiB"],
+        false,
+    );
+    let processor = c.start_processor("1GiB");
+    let host = c.host_index("processor").expect("on the rack");
+    let script = script(400);
+    let rack = c.rack().unwrap();
+    let mut cmd = rack.command(host, std::ffi::OsStr::new(LEGO));
+    cmd.current_dir(c.work())
+        .args(["run", "--manager", &c.manager_addr, "--secret-file"])
+        .arg(c.path().join("secret"))
+        .args(["--excache", "40MiB", "--", &python(), "-c", &script]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).unwrap();
+    let out = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = stdout.read_to_end(&mut rest);
+        rest
+    });
+    let old = c
+        .cluster_state()
+        .components
+        .iter()
+        .find(|x| x.addr == processor)
+        .unwrap()
+        .id;
+    rack.set_link(host, false).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the processor declared dead",
+        || {
+            let s = c.cluster_state();
+            let p = s.components.iter().find(|x| x.id == old)?;
+            (p.health == Health::Dead).then_some(())
+        },
+    );
+    // Its job's memory is freed while it is away.
+    wait_for(
+        Duration::from_secs(10),
+        "the lost job's memory freed",
+        || {
+            (c.pages_held()
+                .iter()
+                .all(|(_, h)| h.as_ref().is_ok_and(|&n| n == 0)))
+            .then_some(())
+        },
+    );
+    rack.set_link(host, true).unwrap();
+    let r = Running { child, out };
+    let (status, _, err) = finish(r, Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the lost job was ended, not left running"
+    );
+    // Whichever comes first once the link is back: the processor monitor,
+    // told it was declared dead, kills the job; or the job's runtime finds
+    // its address space released. Either way it is told why, and never
+    // reads wrong data.
+    assert!(
+        err.contains("was declared dead while the manager could not hear it")
+            || (err.contains("memory lost") && err.contains("released")),
+        "the job is told why: {err}"
+    );
+    let (s, back) = wait_for(
+        Duration::from_secs(10),
+        "the processor monitor back",
+        || {
+            let s = c.cluster_state();
+            let back = s
+                .components
+                .iter()
+                .find(|x| x.addr == processor && x.health == Health::Alive)?
+                .id;
+            Some((s, back))
+        },
+    );
+    assert_ne!(back, old, "under a new id");
+    assert!(s.events.iter().any(|e| e.kind == EventKind::Stale));
+    // It runs programs again.
+    let o = c
+        .run_command(
+            &["--excache", "40MiB"],
+            &[&python(), "-c", "print(sum(range(10**6)))"],
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, b"499999500000\n");
+    c.assert_no_pages("the lost job and the next");
 }

@@ -106,11 +106,20 @@ impl ManagerService {
                         Some(after_ms),
                     );
                 }
-                Event::StaleIdentity { old, new, addr } => {
-                    warn!(old, new, %addr, "a memory monitor declared dead came back; it gets a new id and its old pages are not trusted");
+                Event::StaleIdentity {
+                    old,
+                    new,
+                    role,
+                    addr,
+                } => {
+                    let dropped = match role {
+                        Role::Processor => "its jobs (declared lost, their memory freed) killed",
+                        _ => "its old pages dropped",
+                    };
+                    warn!(old, new, %role, %addr, "a monitor declared dead came back; it gets a new id: {dropped}");
                     self.journal.record(
                         EventKind::Stale,
-                        format!("memory monitor {old} ({addr}) came back after it was declared dead: rejoined as {new}, its old pages dropped"),
+                        format!("{role} monitor {old} ({addr}) came back after it was declared dead: rejoined as {new}, {dropped}"),
                         None,
                     );
                 }

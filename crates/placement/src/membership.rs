@@ -28,10 +28,13 @@ impl Placement {
             .filter(|old| old.role == role);
         // A memory monitor declared dead may have missed writes while it was
         // away (a partition, a stopped process): what it holds is not a
-        // copy anyone may trust, and its vRegions were given to others. It
-        // comes back as a new component.
+        // copy anyone may trust, and its vRegions were given to others. A
+        // processor monitor declared dead had its jobs declared lost and
+        // their memory freed. Either comes back as a new component.
         let stale = old
-            .filter(|old| old.role == Role::Memory && old.health == Health::Dead)
+            .filter(|old| {
+                matches!(old.role, Role::Memory | Role::Processor) && old.health == Health::Dead
+            })
             .map(|old| old.id);
         let old = old.filter(|_| stale.is_none());
         let (id, used) = match old {
@@ -56,6 +59,7 @@ impl Placement {
             self.events.push(Event::StaleIdentity {
                 old,
                 new: id,
+                role,
                 addr: addr.clone(),
             });
         }

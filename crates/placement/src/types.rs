@@ -161,11 +161,13 @@ pub enum Event {
     },
     /// The last copy of `key` died with `dead`.
     VRegionLost { key: VRegionKey, dead: ComponentId },
-    /// A memory monitor that had been declared dead came back under its old
-    /// id; it holds no data anyone trusts and gets a fresh id.
+    /// A memory or processor monitor that had been declared dead came back
+    /// under its old id; it gets a fresh id, and what it held (pages no one
+    /// trusts, jobs whose memory was freed) is dropped.
     StaleIdentity {
         old: ComponentId,
         new: ComponentId,
+        role: Role,
         addr: String,
     },
     /// Every live component went silent at once: the manager takes itself

@@ -176,6 +176,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
     service.set_forwarding(!on_one_host);
     let s = service.clone();
     let routed = service.clone();
+    let stale = service.clone();
     spawn_agent(
         AgentConfig {
             manager: cfg.manager,
@@ -199,7 +200,12 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         }),
         lego_agent::Hooks {
             on_routes: Some(Box::new(move |r| routed.sync_routes(r.clone()))),
-            ..lego_agent::Hooks::default()
+            on_new_identity: Some(Box::new(move |old, new| {
+                stale.drop_jobs(&format!(
+                    "this processor monitor was declared dead while the manager could not hear it \
+                     (now {new}, was {old}); its jobs were declared lost and their memory freed"
+                ));
+            })),
         },
     )
     .map_err(ProcessorError::Thread)?;

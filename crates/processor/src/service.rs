@@ -142,6 +142,21 @@ impl ProcessorService {
         self.shared.vnets.clear();
     }
 
+    /// The manager declared this monitor dead (it was cut off or stopped)
+    /// and freed its jobs' memory: each running job is told why on its
+    /// stderr and killed, rather than left to fail on its first remote page.
+    pub fn drop_jobs(&self, why: &str) {
+        for j in self.jobs().into_iter().filter(|j| j.running()) {
+            warn!(job = format_args!("{:x}", j.id), argv = ?j.argv, "killing the job: {why}");
+            let msg = format!("lego: job {:x} killed: {why}\n", j.id);
+            let _ = j.start_reader(
+                lego_wire::jobs::Stream::Stderr,
+                std::io::Cursor::new(msg.into_bytes()),
+            );
+            let _ = j.signal(rustix::process::Signal::KILL.as_raw());
+        }
+    }
+
     /// Whether other hosts reach this host's vNodes through it ([`crate::vnet`]).
     pub fn set_forwarding(&self, on: bool) {
         self.shared.vnets.set_forwarding(on)

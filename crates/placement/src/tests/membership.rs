@@ -211,6 +211,7 @@ fn membership() {
                     Event::StaleIdentity {
                         old: 1,
                         new: 2,
+                        role: Memory,
                         addr: addr(Memory, 1),
                     },
                     Event::ComponentRegistered {
