@@ -174,3 +174,54 @@ fn a_byte_flipped_on_the_wire_is_caught_and_nothing_is_stored() {
         "the flip reached the handler"
     );
 }
+
+/// Random bytes where sealed records should be: the reader says so with an
+/// error (or a clean end) and never panics or holds more than one record.
+#[test]
+fn random_bytes_on_a_sealed_link_are_refused_without_panic() {
+    use lego_transport::link::ReadHalf;
+    use lego_transport::seal::SealedRead;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let key = [7u8; 32];
+    for case in 0..300 {
+        let len = (next() % 3000) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Some cases get a plausible length prefix, so the body is read and
+        // must fail authentication.
+        if case % 3 == 0 && len >= 4 {
+            let l = ((len - 4) as u32).to_le_bytes();
+            bytes[..4].copy_from_slice(&l);
+        }
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (early, rest) = bytes.split_at(len.min((next() % 8) as usize));
+        let writer = std::thread::spawn({
+            let rest = rest.to_vec();
+            let mut a = a;
+            move || {
+                let _ = a.write_all(&rest);
+            }
+        });
+        let inner: ReadHalf = Box::new(b);
+        let mut r = SealedRead::new(inner, &key, early);
+        let mut out = [0u8; 4096];
+        let got = r.read(&mut out);
+        match got {
+            Ok(0) => assert!(len < 4, "case {case}: {len} bytes read as a clean end"),
+            Ok(n) => panic!("case {case}: {n} bytes of random data passed as a sealed record"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ),
+                "case {case}: {e}"
+            ),
+        }
+        writer.join().unwrap();
+    }
+}
