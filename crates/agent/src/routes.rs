@@ -82,22 +82,33 @@ pub fn wanted(routes: &VipRoutes, local: &BTreeSet<Ipv4Addr>) -> BTreeMap<Ipv4Ad
         .collect()
 }
 
-/// lego's routes on this host now: vIP -> the host it goes via.
-fn current() -> Result<BTreeMap<Ipv4Addr, Option<Ipv4Addr>>, String> {
-    let out = ip(&["-4", "route", "show", "proto", PROTO])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let dst: Ipv4Addr = w.next()?.split('/').next()?.parse().ok()?;
-            let via = l
-                .split_whitespace()
-                .skip_while(|&t| t != "via")
-                .nth(1)
-                .and_then(|v| v.parse().ok());
-            Some((dst, via))
-        })
-        .collect())
+/// This host's routes to single addresses now: lego's (vIP -> the host it
+/// goes via), and the others' destinations (a processor monitor's route to
+/// a vNode's veth is one: never replaced).
+type Current = (BTreeMap<Ipv4Addr, Option<Ipv4Addr>>, BTreeSet<Ipv4Addr>);
+
+fn current() -> Result<Current, String> {
+    let out = ip(&["-4", "route", "show"])?;
+    let (mut ours, mut others) = (BTreeMap::new(), BTreeSet::new());
+    for l in out.lines() {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let Some(dst) = words
+            .first()
+            .and_then(|d| d.strip_suffix("/32").or(Some(d)))
+        else {
+            continue;
+        };
+        let Ok(dst) = dst.parse::<Ipv4Addr>() else {
+            continue;
+        };
+        let after = |key: &str| words.iter().skip_while(|&&t| t != key).nth(1).copied();
+        if after("proto") == Some(PROTO) {
+            ours.insert(dst, after("via").and_then(|v| v.parse().ok()));
+        } else {
+            others.insert(dst);
+        }
+    }
+    Ok((ours, others))
 }
 
 /// What a reconcile changed.
@@ -110,9 +121,14 @@ pub struct Changed {
 /// Makes this host's lego routes the `want`ed ones: routes of other
 /// protocols are never touched.
 pub fn reconcile(want: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<Changed, String> {
-    let have = current()?;
+    let (have, others) = current()?;
     let mut changed = Changed::default();
     for (vip, via) in want {
+        // A route someone else made (a vNode's veth on this very host,
+        // before the manager lists it as served here) is left alone.
+        if others.contains(vip) {
+            continue;
+        }
         if have.get(vip) != Some(&Some(*via)) {
             ip(&[
                 "route",
@@ -127,8 +143,10 @@ pub fn reconcile(want: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<Changed, String>
         }
     }
     for vip in have.keys().filter(|v| !want.contains_key(v)) {
-        ip(&["route", "del", &format!("{vip}/32"), "proto", PROTO])?;
-        changed.removed += 1;
+        // Gone already (another daemon of this host removed it): fine.
+        if ip(&["route", "del", &format!("{vip}/32"), "proto", PROTO]).is_ok() {
+            changed.removed += 1;
+        }
     }
     Ok(changed)
 }
@@ -141,6 +159,8 @@ pub fn clear() -> Result<Changed, String> {
 /// Keeps this host's vIP routes in step with the manager's answers.
 pub struct Keeper {
     enabled: bool,
+    /// After a failure: not before then.
+    retry_at: Option<Instant>,
     /// The manager's answer last applied, and when.
     applied: Option<(VipRoutes, Instant)>,
 }
@@ -149,16 +169,19 @@ impl Keeper {
     /// How often routes are checked even when the answer did not change
     /// (someone may have removed one).
     const RECHECK: Duration = Duration::from_secs(30);
+    /// How long after a failure it tries again.
+    const RETRY: Duration = Duration::from_secs(10);
 
     /// `enabled`: root and iproute2 are there (see [`as_root`]).
     pub fn new(enabled: bool) -> Self {
         Keeper {
             enabled,
+            retry_at: None,
             applied: None,
         }
     }
 
-    /// Whether it still tries (the first failure turns it off).
+    /// Whether it keeps routes at all (root and iproute2).
     pub fn enabled(&self) -> bool {
         self.enabled
     }
@@ -166,7 +189,7 @@ impl Keeper {
     /// Makes this host's routes what `routes` asks for. Runs `ip` only when
     /// the answer changed, or every [`Self::RECHECK`].
     pub fn apply(&mut self, routes: &VipRoutes) {
-        if !self.enabled {
+        if !self.enabled || self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let fresh = self
@@ -189,8 +212,11 @@ impl Keeper {
                 self.applied = Some((routes.clone(), Instant::now()));
             }
             Err(e) => {
-                warn!("cannot keep this host's routes to vNodes' vIPs, not trying again: {e}");
-                self.enabled = false;
+                warn!(
+                    "cannot keep this host's routes to vNodes' vIPs (trying again in {} s): {e}",
+                    Self::RETRY.as_secs()
+                );
+                self.retry_at = Some(Instant::now() + Self::RETRY);
             }
         }
     }

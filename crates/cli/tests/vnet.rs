@@ -2,7 +2,8 @@
 //! namespaces: a real `python3 -m http.server` run under lego in a vNode is
 //! reached at its vIP from its processor host and from another host, and
 //! through `lego run --publish`; a vNode of another network cannot reach
-//! it, one of the same network can; its network is gone with its job.
+//! it, one of the same network can; no vNode can open a connection to a
+//! host; its network is gone with its job.
 
 mod common;
 
@@ -139,24 +140,20 @@ fn a_server_in_a_vnode_is_reached_by_vip_from_hosts_and_by_publish_only() {
         why.contains("unreachable"),
         "refused for the right reason: {why}"
     );
-    // But it may use the published port, as anyone may.
-    let via_publish = c
-        .run_command(
-            &["--vnode", "intruder"],
-            &[
-                &python(),
-                "-c",
-                FETCH,
-                &format!("http://{processor_ip}:18080/page.txt"),
-            ],
-        )
-        .output()
-        .unwrap();
-    assert!(
-        via_publish.status.success(),
-        "{}",
-        String::from_utf8_lossy(&via_publish.stdout)
-    );
+    // Nor can it open connections to any host: not the published port, not
+    // the manager (its filter lets it answer hosts, not call them).
+    for url in [
+        format!("http://{processor_ip}:18080/page.txt"),
+        format!("http://{}/", c.manager_addr),
+    ] {
+        let o = c
+            .run_command(&["--vnode", "intruder"], &[&python(), "-c", FETCH, &url])
+            .output()
+            .unwrap();
+        let why = String::from_utf8_lossy(&o.stdout);
+        assert!(!o.status.success(), "a vNode reached {url}");
+        assert!(why.contains("No route to host"), "{url}: {why}");
+    }
 
     // The server ends: its network, its host route and its port go with it.
     let _ = Command::new("kill")

@@ -98,11 +98,11 @@ impl ManagerService {
                 Event::Reconnected { after_ms } => {
                     info!(
                         after_ms,
-                        "a component heard again: every live one gets a fresh dead interval"
+                        "the manager hears components again after being cut off or paused: that silence is not held against them"
                     );
                     self.journal.record(
                         EventKind::Isolated,
-                        format!("components heard again after {after_ms} ms; each gets a fresh interval to be heard"),
+                        format!("the manager heard no one for {after_ms} ms (cut off or paused); that silence is not held against any component"),
                         Some(after_ms),
                     );
                 }

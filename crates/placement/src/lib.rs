@@ -70,6 +70,9 @@ pub struct Placement {
     /// interval at once: the manager, not they, is cut off (see
     /// [`Placement::tick`]). Not durable: a restart has its own grace.
     isolated_since: Option<u64>,
+    /// When the failure detector last ran: a longer gap than half the dead
+    /// interval means the manager itself was paused.
+    last_tick: Option<u64>,
 }
 
 impl Placement {
@@ -89,6 +92,7 @@ impl Placement {
             events: Vec::new(),
             dirty: BTreeSet::new(),
             isolated_since: None,
+            last_tick: None,
         }
     }
 

@@ -118,17 +118,29 @@ impl Placement {
         Ok(())
     }
 
+    /// The longest the manager normally goes without hearing anyone: each
+    /// component beats at least twice per dead interval, at its own phase.
+    fn blind_after(&self) -> u64 {
+        self.config.dead_after_ms / 2
+    }
+
+    /// Forgives every live component `ms` of silence: time the manager could
+    /// not hear anyone (cut off or paused) is not theirs.
+    fn forgive(&mut self, ms: u64, now_ms: u64) {
+        for c in self.components.values_mut() {
+            if c.health != Health::Dead {
+                c.last_heard_ms = c.last_heard_ms.saturating_add(ms).min(now_ms);
+            }
+        }
+    }
+
     /// The first word from a component after [`Event::Isolated`]: the
-    /// silence the manager's isolation caused (since it last heard anyone)
-    /// is forgiven every live component, and nothing more.
+    /// silence past what is normal ([`Self::blind_after`]) since the manager
+    /// last heard anyone is forgiven every live component, and nothing more.
     fn end_isolation(&mut self, now_ms: u64) {
         if let Some(since) = self.isolated_since.take() {
             let gap = now_ms.saturating_sub(since);
-            for c in self.components.values_mut() {
-                if c.health != Health::Dead {
-                    c.last_heard_ms = c.last_heard_ms.saturating_add(gap).min(now_ms);
-                }
-            }
+            self.forgive(gap.saturating_sub(self.blind_after()), now_ms);
             self.events.push(Event::Reconnected { after_ms: gap });
         }
     }
@@ -136,27 +148,40 @@ impl Placement {
     /// Marks dead every component (alive or unknown) silent for more than
     /// `dead_after_ms`. Each death is reported once: the events are both
     /// returned and queued for [`Placement::take_events`].
+    ///
+    /// With [`PlacementConfig::isolation_guard`], first: a gap since the
+    /// last tick longer than [`Self::blind_after`] is the manager paused,
+    /// and forgiven every component past that; and no component at all
+    /// heard for that long is the manager cut off: declaring them dead one
+    /// by one would free every job's memory and drop every copy, so it
+    /// declares none until one is heard ([`Self::end_isolation`]).
     pub fn tick(&mut self, now_ms: u64) -> Vec<Event> {
         let dead_after_ms = self.config.dead_after_ms;
         let mut events = Vec::new();
-        // No component at all heard for half the dead interval (each beats
-        // at least twice per interval, at its own phase) is what the manager
-        // sees when its own host is cut off or it was paused: declaring them
-        // dead one by one would free every job's memory and drop every copy.
-        // It declares none while it hears no one.
-        let live: Vec<&Component> = self
-            .components
-            .values()
-            .filter(|c| c.health != Health::Dead)
-            .collect();
-        let last_any = live.iter().map(|c| c.last_heard_ms).max();
-        if let (true, Some(last)) = (self.config.isolation_guard, last_any) {
-            if now_ms.saturating_sub(last) > dead_after_ms / 2 {
+        if self.config.isolation_guard {
+            let blind = self.blind_after();
+            if let Some(prev) = self.last_tick.replace(now_ms) {
+                let gap = now_ms.saturating_sub(prev);
+                if gap > blind {
+                    self.forgive(gap - blind, now_ms);
+                    self.events.push(Event::Reconnected { after_ms: gap });
+                }
+            }
+            let last_any = self
+                .components
+                .values()
+                .filter(|c| c.health != Health::Dead)
+                .map(|c| c.last_heard_ms)
+                .max();
+            if let Some(last) = last_any.filter(|&l| now_ms.saturating_sub(l) > blind) {
                 if self.isolated_since.is_none() {
                     self.isolated_since = Some(last);
-                    let e = Event::Isolated {
-                        components: live.len(),
-                    };
+                    let live = self
+                        .components
+                        .values()
+                        .filter(|c| c.health != Health::Dead)
+                        .count();
+                    let e = Event::Isolated { components: live };
                     self.events.push(e.clone());
                     events.push(e);
                 }

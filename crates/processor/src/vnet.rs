@@ -3,20 +3,24 @@
 //! vIP on a veth whose other end is on the host.
 //!
 //! ```text
-//!  processor host                                  vNode netns lego-p<PID>-v<ID>
-//!   lp<P>v<ID>: 169.254.77.1/32  <--- veth --->  eth0: VIP/32
-//!   route VIP/32 dev lp<P>v<ID>                   route 169.254.77.1 dev eth0
+//!  processor host                                  vNode netns lego-p<PID>-v<ID>-<N>
+//!   l<PID>g<N>: 169.254.77.1/32  <--- veth --->  eth0: VIP/32
+//!   route VIP/32 dev l<PID>g<N>                   route 169.254.77.1 dev eth0
 //!   ip_forward = 1 (if on several hosts)          route HOST/32 via 169.254.77.1   (each cluster host)
 //!                                                 route PEER/32 via 169.254.77.1   (vNodes of its network)
 //! ```
 //!
-//! What a vNode can reach is what its namespace has routes to: the hosts of
-//! the cluster (so that their connections to its vIP can be answered) and
-//! the vIPs of vNodes in its network. Any other vIP is unreachable from it
-//! ("network unreachable"): vNodes of different networks are isolated
-//! without a firewall. Its processes cannot change the routes (they hold no
-//! capability over the namespace). Other hosts route the vIP here
-//! ([`lego_agent::routes`]) after the processor monitor reports it served.
+//! What a vNode can reach: its namespace has routes to the hosts of the
+//! cluster (so that their connections to its vIP can be answered) and to
+//! the vIPs of vNodes in its network, nothing else ("network unreachable").
+//! An nftables filter in the namespace (table `ip lego`) lets its processes
+//! open new connections only to the vIPs of its network (set `peers`);
+//! hosts get only answers to connections they opened, so a vNode reaches
+//! no service of any host (the monitors' own connections for it go through
+//! the broker, as before). Its processes cannot change routes or filter
+//! (they hold no capability over the namespace). Other hosts route the vIP
+//! here ([`lego_agent::routes`]) after the processor monitor reports it
+//! served.
 //!
 //! A vNode with processes on several processor hosts has a namespace with
 //! the vIP on each; inbound connections to the vIP reach the first host the
@@ -26,7 +30,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use lego_agent::routes::ip;
@@ -47,6 +51,8 @@ struct Net {
     users: usize,
     /// Routes set inside (besides the gateway's).
     routes: BTreeSet<Ipv4Addr>,
+    /// The vIPs it may open connections to (the filter's set).
+    peers: BTreeSet<Ipv4Addr>,
 }
 
 /// The vNode networks of this processor monitor.
@@ -61,14 +67,20 @@ pub(crate) struct Vnets {
     /// connections to vIPs pass through this one); on one host it is never
     /// needed, and the host's setting is left alone.
     forward: AtomicBool,
+    /// Networks made so far (names each one).
+    made: AtomicU32,
 }
 
-fn ns_name(pid: u32, vnode: VnodeId) -> String {
-    format!("lego-p{pid}-v{vnode}")
+/// Names of the `generation`th network this monitor makes: a fresh name
+/// each time, since the kernel tears down a deleted namespace (and its
+/// veth) in the background, and the next of the same vNode may come first.
+fn ns_name(pid: u32, vnode: VnodeId, generation: u32) -> String {
+    format!("lego-p{pid}-v{vnode}-{generation}")
 }
 
-fn host_if(pid: u32, vnode: VnodeId) -> String {
-    format!("lp{}v{vnode}", pid % 100_000)
+/// The host end's name: at most 15 bytes (`l` + 7-digit pid + `g` + 6 hex).
+fn host_if(pid: u32, generation: u32) -> String {
+    format!("l{pid}g{:x}", generation & 0xff_ffff)
 }
 
 impl Vnets {
@@ -79,6 +91,7 @@ impl Vnets {
             jobs: Mutex::new(HashMap::new()),
             last: Mutex::new(VipRoutes::default()),
             forward: AtomicBool::new(false),
+            made: AtomicU32::new(0),
         }
     }
 
@@ -106,8 +119,9 @@ impl Vnets {
         let vip: Ipv4Addr = vip
             .parse()
             .map_err(|_| format!("the vnode's vIP '{vip}' is not an IPv4 address"))?;
-        let ns = ns_name(self.pid, vnode);
-        if let Err(e) = self.make(vnode, &ns, vip) {
+        let generation = self.made.fetch_add(1, Ordering::Relaxed);
+        let ns = ns_name(self.pid, vnode, generation);
+        if let Err(e) = self.make(generation, &ns, vip) {
             let _ = ip(&["netns", "del", &ns]);
             return Err(e);
         }
@@ -117,6 +131,7 @@ impl Vnets {
             network: network.to_string(),
             users: 1,
             routes: BTreeSet::new(),
+            peers: BTreeSet::new(),
         };
         if let Err(e) = inside_routes(&mut net, &lock(&self.last)) {
             warn!(vnode, "cannot route the vnode's network yet: {e}");
@@ -127,8 +142,8 @@ impl Vnets {
         Ok(PathBuf::from("/run/netns").join(ns))
     }
 
-    fn make(&self, vnode: VnodeId, ns: &str, vip: Ipv4Addr) -> Result<(), String> {
-        let hif = host_if(self.pid, vnode);
+    fn make(&self, generation: u32, ns: &str, vip: Ipv4Addr) -> Result<(), String> {
+        let hif = host_if(self.pid, generation);
         let vip32 = format!("{vip}/32");
         let gw32 = format!("{GATEWAY}/32");
         ip(&["netns", "add", ns])?;
@@ -142,6 +157,7 @@ impl Vnets {
         ip(&["addr", "add", &gw32, "dev", &hif])?;
         ip(&["link", "set", &hif, "up"])?;
         ip(&["route", "replace", &vip32, "dev", &hif, "src", GATEWAY])?;
+        nft(ns, FILTER)?;
         // Connections from other hosts to the vIP pass through this one.
         if self.forward.load(Ordering::Relaxed) {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
@@ -204,22 +220,90 @@ impl Vnets {
     }
 }
 
-/// What `n`'s namespace should route to its gateway.
-fn wanted_inside(n: &Net, routes: &VipRoutes) -> BTreeSet<Ipv4Addr> {
-    let hosts = routes.hosts.iter().filter_map(|h| h.parse().ok());
+/// The filter of every vNode namespace: new connections only to its
+/// network's vIPs (the set `peers`), answers to anyone, loopback free; any
+/// other attempt fails at once ("no route to host").
+const FILTER: &str = "table ip lego {
+  set peers { type ipv4_addr; }
+  chain out {
+    type filter hook output priority 0; policy drop;
+    oifname \"lo\" accept
+    ct state established,related accept
+    ct state new ip daddr @peers accept
+    reject with icmp type admin-prohibited
+  }
+}
+";
+
+/// Runs `nft -f -` with `script` in namespace `ns`.
+fn nft(ns: &str, script: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ip netns exec: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft (nftables, needed to confine a vNode's network; install it, or \
+             create the vNode with --host-network): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// What `n`'s namespace should route to its gateway: (the cluster's hosts,
+/// its network's vIPs).
+fn wanted_inside(n: &Net, routes: &VipRoutes) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>) {
+    let keep = |a: &Ipv4Addr| *a != n.vip && !a.is_loopback();
+    let hosts = routes
+        .hosts
+        .iter()
+        .filter_map(|h| h.parse().ok())
+        .filter(keep)
+        .collect();
     let peers = routes
         .vnodes
         .iter()
         .filter(|r| r.network == n.network)
-        .filter_map(|r| r.vip.parse().ok());
-    hosts
-        .chain(peers)
-        .filter(|a: &Ipv4Addr| *a != n.vip && !a.is_loopback())
-        .collect()
+        .filter_map(|r| r.vip.parse().ok())
+        .filter(keep)
+        .collect();
+    (hosts, peers)
 }
 
 fn inside_routes(n: &mut Net, routes: &VipRoutes) -> Result<(), String> {
-    let want = wanted_inside(n, routes);
+    let (hosts, peers) = wanted_inside(n, routes);
+    let elements = |set: &BTreeSet<Ipv4Addr>| {
+        set.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let add: BTreeSet<Ipv4Addr> = peers.difference(&n.peers).copied().collect();
+    let del: BTreeSet<Ipv4Addr> = n.peers.difference(&peers).copied().collect();
+    let mut script = String::new();
+    if !add.is_empty() {
+        script += &format!("add element ip lego peers {{ {} }}\n", elements(&add));
+    }
+    if !del.is_empty() {
+        script += &format!("delete element ip lego peers {{ {} }}\n", elements(&del));
+    }
+    if !script.is_empty() {
+        nft(&n.ns, &script)?;
+        n.peers = peers.clone();
+    }
+    let want: BTreeSet<Ipv4Addr> = hosts.union(&peers).copied().collect();
     for a in want.difference(&n.routes.clone()) {
         ip(&[
             "-n",
@@ -242,7 +326,7 @@ fn inside_routes(n: &mut Net, routes: &VipRoutes) -> Result<(), String> {
 }
 
 /// Removes the vNode namespaces of processor monitors that are gone (named
-/// `lego-p<PID>-v<ID>` with no process PID); returns their names.
+/// `lego-p<PID>-v<ID>-<N>` with no process PID); returns their names.
 pub fn sweep_stale() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return Vec::new();
@@ -279,6 +363,7 @@ mod tests {
             network: "web".into(),
             users: 1,
             routes: BTreeSet::new(),
+            peers: BTreeSet::new(),
         };
         let r = |vip: &str, network: &str| VipRoute {
             vnode: 1,
@@ -294,10 +379,9 @@ mod tests {
             ],
             hosts: vec!["10.99.0.1".into(), "10.99.0.4".into(), "127.0.0.1".into()],
         };
-        let want: Vec<String> = wanted_inside(&n, &routes)
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        assert_eq!(want, ["10.77.0.2", "10.99.0.1", "10.99.0.4"]);
+        let (hosts, peers) = wanted_inside(&n, &routes);
+        let s = |set: BTreeSet<Ipv4Addr>| set.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(s(hosts), ["10.99.0.1", "10.99.0.4"]);
+        assert_eq!(s(peers), ["10.77.0.2"]);
     }
 }

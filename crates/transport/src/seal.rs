@@ -17,7 +17,7 @@
 //! ([`lego_wire::auth::Hello::session_keys`]) after an X25519 exchange.
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
@@ -136,6 +136,10 @@ pub struct SealedRead {
     filled: usize,
     /// Next plaintext byte to hand out; `None` while a record is being read.
     pos: Option<usize>,
+    /// The read timeout: it bounds each whole read of this half, however
+    /// many reads of the link one record takes (a peer trickling a byte at
+    /// a time cannot stretch it).
+    timeout: std::cell::Cell<Option<Duration>>,
 }
 
 impl SealedRead {
@@ -149,6 +153,7 @@ impl SealedRead {
             rec: Vec::with_capacity(MAX_RECORD + TAG + 4),
             filled: 0,
             pos: None,
+            timeout: std::cell::Cell::new(None),
         }
     }
 
@@ -156,14 +161,22 @@ impl SealedRead {
         io::Error::new(io::ErrorKind::InvalidData, what.to_string())
     }
 
-    /// Reads from the link until `self.rec` holds `want` bytes (never more).
-    fn fill_to(&mut self, want: usize) -> io::Result<()> {
+    /// Reads from the link until `self.rec` holds `want` bytes (never more),
+    /// all by `deadline`.
+    fn fill_to(&mut self, want: usize, deadline: Option<Instant>) -> io::Result<()> {
         if self.rec.len() < want {
             self.rec.resize(want, 0);
         }
         while self.filled < want {
             let dst = &mut self.rec[self.filled..want];
             let n = if self.early.is_empty() {
+                if let Some(d) = deadline {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+                    }
+                    self.inner.set_read_timeout(Some(left))?;
+                }
                 self.inner.read(dst)?
             } else {
                 let n = dst.len().min(self.early.len());
@@ -182,12 +195,13 @@ impl SealedRead {
 
     /// Reads and opens the next record.
     fn next_record(&mut self) -> io::Result<()> {
-        self.fill_to(4)?;
+        let deadline = self.timeout.get().map(|t| Instant::now() + t);
+        self.fill_to(4, deadline)?;
         let len = u32::from_le_bytes(self.rec[..4].try_into().expect("4 bytes")) as usize;
         if !(TAG + 1..=MAX_RECORD + TAG).contains(&len) {
             return Err(Self::bad(TAMPERED));
         }
-        self.fill_to(4 + len)?;
+        self.fill_to(4 + len, deadline)?;
         let aad = Aad::from(<[u8; 4]>::try_from(&self.rec[..4]).expect("4 bytes"));
         let plain = self
             .key
@@ -231,6 +245,7 @@ impl Read for SealedRead {
 
 impl LinkRead for SealedRead {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.timeout.set(t);
         self.inner.set_read_timeout(t)
     }
 
