@@ -175,7 +175,22 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         .is_none_or(|ip| ip.is_loopback());
     service.set_forwarding(!on_one_host);
     let s = service.clone();
+    // Routing the vNode networks runs `ip` and `nft`: on a thread of its own,
+    // so that the heartbeats never wait for it.
+    let (routes_tx, routes_rx) = std::sync::mpsc::channel::<lego_wire::control::VipRoutes>();
     let routed = service.clone();
+    std::thread::Builder::new()
+        .name("processor-vnet".into())
+        .spawn(move || {
+            while let Ok(mut r) = routes_rx.recv() {
+                while let Ok(newer) = routes_rx.try_recv() {
+                    r = newer;
+                }
+                routed.sync_routes(r);
+            }
+        })
+        .map_err(ProcessorError::Thread)?;
+    let routes_tx = std::sync::Mutex::new(routes_tx);
     let stale = service.clone();
     spawn_agent(
         AgentConfig {
@@ -199,7 +214,9 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
             vips: s.vips(),
         }),
         lego_agent::Hooks {
-            on_routes: Some(Box::new(move |r| routed.sync_routes(r.clone()))),
+            on_routes: Some(Box::new(move |r| {
+                let _ = lego_transport::lock(&routes_tx).send(r.clone());
+            })),
             on_new_identity: Some(Box::new(move |old, new| {
                 stale.drop_jobs(&format!(
                     "this processor monitor was declared dead while the manager could not hear it \

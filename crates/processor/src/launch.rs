@@ -280,7 +280,8 @@ impl Shared {
 
     /// Stops forwarding the job's published ports.
     pub(crate) fn unpublish(&self, id: u64) {
-        for f in lock(&self.published).remove(&id).unwrap_or_default() {
+        let forwards = lock(&self.published).remove(&id).unwrap_or_default();
+        for f in forwards {
             f.stop();
         }
     }
