@@ -62,8 +62,22 @@ struct Running {
 
 /// Starts the script under lego and waits for "started".
 fn start(c: &TestCluster, script: &str) -> Running {
-    let mut child = c
-        .run_command(&["--excache", "40MiB"], &[&python(), "-c", script])
+    start_cmd(c.run_command(&["--excache", "40MiB"], &[&python(), "-c", script]))
+}
+
+/// `lego run` of `script` from rack host `host` (not the test's own).
+fn start_on_host(c: &TestCluster, host: usize, script: &str) -> Running {
+    let mut cmd = c.rack().unwrap().command(host, std::ffi::OsStr::new(LEGO));
+    cmd.current_dir(c.work())
+        .args(["run", "--manager", &c.manager_addr, "--secret-file"])
+        .arg(c.path().join("secret"))
+        .args(["--excache", "40MiB", "--", &python(), "-c", script]);
+    start_cmd(cmd)
+}
+
+/// Starts `cmd` (a `lego run` of a [`script`]) and waits for "started".
+fn start_cmd(mut cmd: Command) -> Running {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -74,10 +88,26 @@ fn start(c: &TestCluster, script: &str) -> Running {
     assert_eq!(&first, b"started\n");
     let out = std::thread::spawn(move || {
         let mut rest = first.to_vec();
-        stdout.read_to_end(&mut rest).unwrap();
+        let _ = stdout.read_to_end(&mut rest);
         rest
     });
     Running { child, out }
+}
+
+/// A rack of `hosts` hosts: the manager, `memories` memory monitors
+/// (16 MiB vRegions) and a processor monitor, each on a host of its own.
+fn rack_cluster(hosts: usize, memories: usize) -> TestCluster {
+    ensure_runtime();
+    let mut c = TestCluster::rack_of(
+        hosts,
+        Some("10gbit"),
+        memories,
+        "2GiB",
+        &["--vregion-size", "16MiB"],
+        false,
+    );
+    c.start_processor("1GiB");
+    c
 }
 
 fn finish(mut r: Running, limit: Duration) -> (std::process::ExitStatus, Vec<u8>, String) {
@@ -384,17 +414,8 @@ fn a_memory_monitor_that_dies_while_the_manager_is_down_is_replaced_when_it_is_b
 
 #[test]
 fn a_memory_host_cut_off_for_5_s_comes_back_new_and_its_old_pages_are_never_read() {
-    ensure_runtime();
     // Five hosts: the manager, three memory monitors, the processor.
-    let mut c = TestCluster::rack_of(
-        5,
-        Some("10gbit"),
-        3,
-        "2GiB",
-        &["--vregion-size", "16MiB"],
-        false,
-    );
-    c.start_processor("1GiB");
+    let c = rack_cluster(5, 3);
     let (_, local, run, victim, victim_id) = running_with_victim(&c);
     let host = c.host_index(&c.memories[victim].name).expect("on the rack");
     let cut = Instant::now();
@@ -408,44 +429,17 @@ fn a_memory_host_cut_off_for_5_s_comes_back_new_and_its_old_pages_are_never_read
 
 #[test]
 fn the_manager_host_cut_off_for_5_s_loses_nothing() {
-    ensure_runtime();
     // Five hosts: the manager, three memory monitors, the processor; the
     // program is run from the processor's host, so that only the manager
     // is cut off.
-    let mut c = TestCluster::rack_of(
-        5,
-        Some("10gbit"),
-        3,
-        "2GiB",
-        &["--vregion-size", "16MiB"],
-        false,
-    );
-    c.start_processor("1GiB");
+    let c = rack_cluster(5, 3);
     let script = script(6);
     let local = Command::new(python())
         .args(["-c", &script])
         .output()
         .unwrap();
+    let run = start_on_host(&c, 4, &script);
     let rack = c.rack().unwrap();
-    let mut cmd = rack.command(4, std::ffi::OsStr::new(LEGO));
-    cmd.current_dir(c.work())
-        .args(["run", "--manager", &c.manager_addr, "--secret-file"])
-        .arg(c.path().join("secret"))
-        .args(["--excache", "40MiB", "--", &python(), "-c", &script]);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 8];
-    stdout.read_exact(&mut first).unwrap();
-    let out = std::thread::spawn(move || {
-        let mut rest = first.to_vec();
-        stdout.read_to_end(&mut rest).unwrap();
-        rest
-    });
-    let run = Running { child, out };
     let before = c.cluster_state();
     let ids: Vec<u64> = before.components.iter().map(|m| m.id).collect();
     rack.set_link(0, false).unwrap();
@@ -485,39 +479,13 @@ fn the_manager_host_cut_off_for_5_s_loses_nothing() {
 
 #[test]
 fn a_processor_host_declared_dead_comes_back_new_and_its_jobs_are_told() {
-    ensure_runtime();
     // The manager, two memory monitors, the processor on its own host; the
     // program is run from the processor's host.
-    let mut c = TestCluster::rack_of(
-        4,
-        Some("10gbit"),
-        2,
-        "2GiB",
-        &["--vregion-size", "16MiB"],
-        false,
-    );
-    let processor = c.start_processor("1GiB");
+    let c = rack_cluster(4, 2);
+    let processor = c.processor.as_ref().unwrap().addr.clone();
     let host = c.host_index("processor").expect("on the rack");
-    let script = script(400);
+    let run = start_on_host(&c, host, &script(400));
     let rack = c.rack().unwrap();
-    let mut cmd = rack.command(host, std::ffi::OsStr::new(LEGO));
-    cmd.current_dir(c.work())
-        .args(["run", "--manager", &c.manager_addr, "--secret-file"])
-        .arg(c.path().join("secret"))
-        .args(["--excache", "40MiB", "--", &python(), "-c", &script]);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 8];
-    stdout.read_exact(&mut first).unwrap();
-    let out = std::thread::spawn(move || {
-        let mut rest = Vec::new();
-        let _ = stdout.read_to_end(&mut rest);
-        rest
-    });
     let old = c
         .cluster_state()
         .components
@@ -547,8 +515,7 @@ fn a_processor_host_declared_dead_comes_back_new_and_its_jobs_are_told() {
         },
     );
     rack.set_link(host, true).unwrap();
-    let r = Running { child, out };
-    let (status, _, err) = finish(r, Duration::from_secs(60));
+    let (status, _, err) = finish(run, Duration::from_secs(60));
     assert!(
         !status.success(),
         "the lost job was ended, not left running"
