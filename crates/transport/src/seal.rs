@@ -27,6 +27,10 @@ use lego_wire::auth::KEY_LEN;
 
 use crate::link::{LinkRead, ReadHalf, WriteHalf};
 
+/// How far a record's reads may run past its deadline (the link's timeout
+/// is shortened only once this much of it is used).
+const SLACK: Duration = Duration::from_millis(5);
+
 /// Most plaintext in one record.
 pub const MAX_RECORD: usize = 64 << 10;
 const TAG: usize = 16;
@@ -140,6 +144,8 @@ pub struct SealedRead {
     /// many reads of the link one record takes (a peer trickling a byte at
     /// a time cannot stretch it).
     timeout: std::cell::Cell<Option<Duration>>,
+    /// The link's timeout was shortened for a record's deadline.
+    shortened: bool,
 }
 
 impl SealedRead {
@@ -154,6 +160,7 @@ impl SealedRead {
             filled: 0,
             pos: None,
             timeout: std::cell::Cell::new(None),
+            shortened: false,
         }
     }
 
@@ -175,7 +182,14 @@ impl SealedRead {
                     if left.is_zero() {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
                     }
-                    self.inner.set_read_timeout(Some(left))?;
+                    // The link's own timeout is the whole one: shorten it
+                    // only once a record has taken a while (a system call
+                    // saved on the usual record, read at once).
+                    let whole = self.timeout.get().unwrap_or(left);
+                    if whole.saturating_sub(left) > SLACK {
+                        self.inner.set_read_timeout(Some(left))?;
+                        self.shortened = true;
+                    }
                 }
                 self.inner.read(dst)?
             } else {
@@ -209,6 +223,9 @@ impl SealedRead {
             .map_err(|_| Self::bad(TAMPERED))?
             .len();
         self.seq += 1;
+        if std::mem::take(&mut self.shortened) {
+            self.inner.set_read_timeout(self.timeout.get())?;
+        }
         self.pos = Some(4);
         self.filled = 4 + plain;
         Ok(())
