@@ -46,6 +46,8 @@ impl DaemonArgs {
     fn seals(&self, name: &str, listen: &str, advertise: Option<&str>) -> bool {
         let addr = advertise.unwrap_or(listen);
         let seal = self.encrypt.seals(addr);
+        // Its own outgoing links too (to other daemons and the manager).
+        lego_transport::seal_by_default(seal);
         if seal {
             tracing::info!(
                 "{name}: links sealed (--encrypt {:?} at {addr})",

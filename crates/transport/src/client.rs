@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -68,6 +68,17 @@ pub struct ClientOptions {
     pub seal: bool,
 }
 
+/// Whether this process's clients ask for sealing by default (see
+/// [`seal_by_default`]).
+static SEAL_BY_DEFAULT: AtomicBool = AtomicBool::new(false);
+
+/// Makes every [`ClientOptions::default`] of this process ask for sealed
+/// links: a daemon started with `--encrypt on` seals its outgoing links
+/// too, even to a server that does not require it.
+pub fn seal_by_default(on: bool) {
+    SEAL_BY_DEFAULT.store(on, Ordering::Relaxed);
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
@@ -76,7 +87,7 @@ impl Default for ClientOptions {
             max_body: DEFAULT_MAX_BODY,
             spin: Duration::ZERO,
             max_idle: MAX_IDLE,
-            seal: false,
+            seal: SEAL_BY_DEFAULT.load(Ordering::Relaxed),
         }
     }
 }

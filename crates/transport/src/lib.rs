@@ -28,7 +28,7 @@ pub mod seal;
 pub mod server;
 pub mod sync;
 
-pub use client::{Client, ClientOptions, Credentials};
+pub use client::{seal_by_default, Client, ClientOptions, Credentials};
 pub use error::TransportError;
 pub use link::{connect, listen, Link, Listener, Transport};
 pub use redial::{DialFn, Patience, Pool, Redial};

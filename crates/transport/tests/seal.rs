@@ -225,3 +225,66 @@ fn random_bytes_on_a_sealed_link_are_refused_without_panic() {
         writer.join().unwrap();
     }
 }
+
+/// A peer that trickles a sealed record a byte at a time cannot hold a
+/// server thread past the deadline of the whole read: a relay passes the
+/// handshake, then one byte every 100 ms.
+#[test]
+fn a_trickled_sealed_record_is_cut_off_at_the_deadline() {
+    let secret = Secret::generate().unwrap();
+    let store = Arc::new(Store::default());
+    let cfg = ServerConfig {
+        seal: true,
+        idle_component: Duration::from_millis(800),
+        frame_timeout: Duration::from_millis(800),
+        ..ServerConfig::new("trickle", secret.clone())
+    };
+    let h = spawn_server(listen("127.0.0.1:0").unwrap(), cfg, store.clone()).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let via = l.local_addr().unwrap().to_string();
+    let server = h.local_addr.clone();
+    let closed = Arc::new(Mutex::new(None::<std::time::Instant>));
+    let when = closed.clone();
+    std::thread::spawn(move || {
+        let (mut client, _) = l.accept().unwrap();
+        let mut up = TcpStream::connect(server).unwrap();
+        let (mut c2, mut up2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut up2, &mut c2);
+            *when.lock().unwrap() = Some(std::time::Instant::now());
+        });
+        // The hello (24 + 105 bytes) at once, then a byte at a time.
+        let mut hello = [0u8; 129];
+        client.read_exact(&mut hello).unwrap();
+        up.write_all(&hello).unwrap();
+        let mut b = [0u8; 1];
+        while client.read_exact(&mut b).is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+            if up.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let c = Client::connect(
+        &via,
+        &Credentials::component(&secret),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    let sent = std::time::Instant::now();
+    let id = c.send(Op::Ping, &[&[1u8; 300]]).unwrap();
+    let deadline = sent + Duration::from_secs(10);
+    while closed.lock().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = closed
+        .lock()
+        .unwrap()
+        .expect("the server closed the connection")
+        - sent;
+    // The record is 320 bytes: trickled whole it would take 32 s.
+    assert!(took < Duration::from_secs(3), "held for {took:?}");
+    assert!(c.wait(id).is_err());
+    assert!(store.0.lock().unwrap().is_empty());
+    assert_eq!(h.counters.timed_out.load(Ordering::Relaxed), 1);
+}
