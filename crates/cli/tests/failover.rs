@@ -84,7 +84,12 @@ fn start_cmd(mut cmd: Command) -> Running {
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 8];
-    stdout.read_exact(&mut first).unwrap();
+    if let Err(e) = stdout.read_exact(&mut first) {
+        let _ = child.kill();
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("the program ended before it started ({e}): {err}");
+    }
     assert_eq!(&first, b"started\n");
     let out = std::thread::spawn(move || {
         let mut rest = first.to_vec();

@@ -124,12 +124,25 @@ impl Placement {
         self.config.dead_after_ms / 2
     }
 
-    /// Forgives every live component `ms` of silence: time the manager could
-    /// not hear anyone (cut off or paused) is not theirs.
-    fn forgive(&mut self, ms: u64, now_ms: u64) {
+    /// Forgives every live component the silence of a `gap` in which the
+    /// manager could not hear anyone (cut off or paused). A short gap (the
+    /// jitter of a late heartbeat) is forgiven past the normal only, so a
+    /// dead component's silence still grows; after a real blackout (longer
+    /// than the dead interval) everyone gets the grace a restarted manager
+    /// gives: two intervals from now to be heard again, time for agents to
+    /// reconnect.
+    fn forgive(&mut self, gap: u64, now_ms: u64) {
+        let dead_after = self.config.dead_after_ms;
+        let blind = self.blind_after();
         for c in self.components.values_mut() {
             if c.health != Health::Dead {
-                c.last_heard_ms = c.last_heard_ms.saturating_add(ms).min(now_ms);
+                c.last_heard_ms = if gap > dead_after {
+                    now_ms + dead_after
+                } else {
+                    c.last_heard_ms
+                        .saturating_add(gap.saturating_sub(blind))
+                        .min(now_ms)
+                };
             }
         }
     }
@@ -140,7 +153,7 @@ impl Placement {
     fn end_isolation(&mut self, now_ms: u64) {
         if let Some(since) = self.isolated_since.take() {
             let gap = now_ms.saturating_sub(since);
-            self.forgive(gap.saturating_sub(self.blind_after()), now_ms);
+            self.forgive(gap, now_ms);
             self.events.push(Event::Reconnected { after_ms: gap });
         }
     }
@@ -163,7 +176,7 @@ impl Placement {
             if let Some(prev) = self.last_tick.replace(now_ms) {
                 let gap = now_ms.saturating_sub(prev);
                 if gap > blind {
-                    self.forgive(gap - blind, now_ms);
+                    self.forgive(gap, now_ms);
                     self.events.push(Event::Reconnected { after_ms: gap });
                 }
             }
