@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,21 +104,39 @@ fn a_sealing_server_refuses_a_plaintext_hello() {
     assert_eq!(counters.auth_failures.load(Ordering::Relaxed), 1);
 }
 
-/// A TCP relay between a client and `server` that flips one bit of the
-/// client's stream at byte `flip` (counted from the connection's start).
-fn relay(server: String, flip: u64) -> (String, Arc<AtomicU64>) {
+/// When a relay's server closed its side (`None`: not yet).
+type Closed = Arc<Mutex<Option<std::time::Instant>>>;
+
+/// A TCP relay to `server` for one client: the server's bytes go back as
+/// they come; the client's go through `forward(client, server)`. Returns
+/// the relay's address and when the server closed.
+fn relay(
+    server: String,
+    forward: impl FnOnce(TcpStream, &mut TcpStream) + Send + 'static,
+) -> (String, Closed) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    let seen = Arc::new(AtomicU64::new(0));
-    let count = seen.clone();
+    let closed: Closed = Arc::default();
+    let when = closed.clone();
     std::thread::spawn(move || {
-        let (mut client, _) = l.accept().unwrap();
+        let (client, _) = l.accept().unwrap();
         let mut up = TcpStream::connect(server).unwrap();
         let (mut c2, mut up2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut up2, &mut c2);
+            *when.lock().unwrap() = Some(std::time::Instant::now());
             let _ = c2.shutdown(std::net::Shutdown::Both);
         });
+        forward(client, &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Both);
+    });
+    (addr, closed)
+}
+
+/// A relay that flips one bit of the client's stream at byte `flip`
+/// (counted from the connection's start).
+fn flipping_relay(server: String, flip: u64) -> String {
+    relay(server, move |mut client, up| {
         let mut buf = [0u8; 4096];
         let mut at = 0u64;
         loop {
@@ -130,14 +148,12 @@ fn relay(server: String, flip: u64) -> (String, Arc<AtomicU64>) {
                 buf[(flip - at) as usize] ^= 0x10;
             }
             at += n as u64;
-            count.store(at, Ordering::Relaxed);
             if up.write_all(&buf[..n]).is_err() {
                 break;
             }
         }
-        let _ = up.shutdown(std::net::Shutdown::Both);
-    });
-    (addr, seen)
+    })
+    .0
 }
 
 #[test]
@@ -146,7 +162,7 @@ fn a_byte_flipped_on_the_wire_is_caught_and_nothing_is_stored() {
     let (addr, store, counters) = serve(&secret, true);
     // The client's handshake is a 24-byte header + 105-byte hello; its first
     // sealed record follows. Flip a byte inside that record's ciphertext.
-    let (via, _) = relay(addr.clone(), 24 + 105 + 4 + 30);
+    let via = flipping_relay(addr.clone(), 24 + 105 + 4 + 30);
     let opts = ClientOptions {
         request_timeout: Duration::from_secs(5),
         ..ClientOptions::default()
@@ -165,7 +181,7 @@ fn a_byte_flipped_on_the_wire_is_caught_and_nothing_is_stored() {
     assert_eq!(counters.tampered.load(Ordering::Relaxed), 1);
     // On plaintext the same flip goes unnoticed: what sealing is for.
     let (plain, store, _) = serve(&secret, false);
-    let (via, _) = relay(plain, 24 + 73 + 24 + 30);
+    let via = flipping_relay(plain, 24 + 73 + 24 + 30);
     let c = Client::connect(&via, &Credentials::component(&secret), &opts).unwrap();
     let f = c.call_raw(Op::Ping, &[&[0xab; 512]]).unwrap();
     assert_eq!(store.0.lock().unwrap().len(), 1);
@@ -240,20 +256,8 @@ fn a_trickled_sealed_record_is_cut_off_at_the_deadline() {
         ..ServerConfig::new("trickle", secret.clone())
     };
     let h = spawn_server(listen("127.0.0.1:0").unwrap(), cfg, store.clone()).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let via = l.local_addr().unwrap().to_string();
-    let server = h.local_addr.clone();
-    let closed = Arc::new(Mutex::new(None::<std::time::Instant>));
-    let when = closed.clone();
-    std::thread::spawn(move || {
-        let (mut client, _) = l.accept().unwrap();
-        let mut up = TcpStream::connect(server).unwrap();
-        let (mut c2, mut up2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut up2, &mut c2);
-            *when.lock().unwrap() = Some(std::time::Instant::now());
-        });
-        // The hello (24 + 105 bytes) at once, then a byte at a time.
+    // The hello (24 + 105 bytes) at once, then a byte at a time.
+    let (via, closed) = relay(h.local_addr.clone(), |mut client, up| {
         let mut hello = [0u8; 129];
         client.read_exact(&mut hello).unwrap();
         up.write_all(&hello).unwrap();
