@@ -55,6 +55,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = from_body::<ClusterState>(data);
     let _ = from_body::<RegisterReq>(data);
     let _ = from_body::<HeartbeatReq>(data);
+    let _ = lego_wire::auth::challenge_server(data);
+    let _ = std::str::from_utf8(data).map(|t| t.parse::<lego_wire::auth::JoinToken>());
+    let _ = from_body::<lego_wire::identity::JoinReq>(data);
+    let _ = from_body::<lego_wire::identity::JoinResp>(data);
+    let _ = from_body::<lego_wire::identity::PeerKeyReq>(data);
+    let _ = from_body::<lego_wire::identity::HeartbeatResp>(data);
     if let Ok(r) = FsRequest::decode(data) {
         let again = r.encode();
         assert_eq!(FsRequest::decode(&again).unwrap(), r);

@@ -10,10 +10,16 @@
 //! answer with a new id (a memory monitor that was declared dead), and the
 //! component then drops what it held. The data path never waits for the agent.
 //!
+//! Each heartbeat's answer lists the members whose keys the operator
+//! revoked; the agent puts them in the daemon's [`Revoked`] set, and its
+//! server refuses them and closes their connections. A daemon that holds
+//! no cluster secret gets its own key by joining with a token ([`join`]).
+//!
 //! After each heartbeat the agent also keeps this host's routes to vNodes'
 //! vIPs ([`routes`]) in step with where the manager says they are served.
 #![forbid(unsafe_code)]
 
+pub mod join;
 pub mod routes;
 
 use std::collections::BTreeMap;
@@ -21,8 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lego_transport::{Client, ClientOptions, Credentials, TransportError};
-use lego_wire::auth::Secret;
+use lego_transport::{Client, ClientOptions, Credentials, Identity, Revoked, TransportError};
 use lego_wire::control::{HeartbeatReq, RegisterReq};
 use lego_wire::{ComponentId, Role};
 use tracing::{error, info, warn};
@@ -50,7 +55,10 @@ pub type OnNewIdentity = Box<dyn Fn(ComponentId, ComponentId) + Send + Sync>;
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub manager: String,
-    pub secret: Secret,
+    /// What proves the component to the manager.
+    pub auth: Identity,
+    /// Filled from heartbeats' answers: the members revoked.
+    pub revoked: Arc<Revoked>,
     pub role: Role,
     /// Where the component serves.
     pub addr: String,
@@ -71,7 +79,14 @@ pub struct Hooks {
     /// Called with the manager's vIP routes after each heartbeat (a
     /// processor monitor routes its vNode networks with them).
     pub on_routes: Option<OnRoutes>,
+    /// Called with the addresses of members newly revoked, before this
+    /// host's connections to them are aborted (so that nothing here makes
+    /// new ones).
+    pub on_revoked: Option<OnRevoked>,
 }
+
+/// See [`Hooks::on_revoked`].
+pub type OnRevoked = Box<dyn Fn(&[String]) + Send + Sync>;
 
 /// See [`Hooks::on_routes`].
 pub type OnRoutes = Box<dyn Fn(&lego_wire::control::VipRoutes) + Send + Sync>;
@@ -114,21 +129,31 @@ pub fn spawn_agent(cfg: AgentConfig, report: Report, hooks: Hooks) -> std::io::R
 }
 
 fn run(cfg: AgentConfig, report: Report, hooks: Hooks, agent: Agent) {
-    let creds = Credentials::component(&cfg.secret);
+    let creds = cfg.auth.credentials(&cfg.manager);
     let opts = ClientOptions {
         request_timeout: Duration::from_secs(5),
         ..ClientOptions::default()
     };
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
+    let mut said = String::new();
     loop {
         let (registered, e) = session(&cfg, &creds, &opts, &report, &hooks, &agent);
         if registered {
             failures = 0;
             backoff = Duration::from_millis(100);
         }
-        if failures == 0 {
-            warn!(manager = %cfg.manager, "lost the manager, retrying: {e}");
+        // Each new reason is said once (a revoked key, say, after the
+        // connection it closed), not every retry.
+        let why = e.to_string();
+        if failures == 0 || why != said {
+            match &e {
+                TransportError::AuthRefused { .. } => {
+                    error!(manager = %cfg.manager, "the manager refuses this component, retrying: {why}")
+                }
+                _ => warn!(manager = %cfg.manager, "lost the manager, retrying: {why}"),
+            }
+            said = why;
         }
         failures += 1;
         std::thread::sleep(backoff);
@@ -219,7 +244,11 @@ fn session_inner(
                 jobs: load.jobs,
                 vips: load.vips,
             };
-            match client.call(&hb) {
+            let answer = client.call(&hb);
+            if let Ok(a) = &answer {
+                revoked(cfg, hooks, a);
+            }
+            match answer {
                 Ok(_) if keeper.enabled() || hooks.on_routes.is_some() => {
                     if let Ok(r) = client.call(&lego_wire::control::VipRoutesReq) {
                         keeper.apply(&r);
@@ -239,6 +268,39 @@ fn session_inner(
                 Err(e) => return Err(e),
             }
             std::thread::sleep(interval);
+        }
+    }
+}
+
+/// Takes in the members the manager says are revoked: the server refuses
+/// them and closes their connections ([`Revoked`]); connections from this
+/// host to where a newly revoked member serves are aborted.
+fn revoked(cfg: &AgentConfig, hooks: &Hooks, a: &lego_wire::identity::HeartbeatResp) {
+    let new: Vec<u32> = a
+        .revoked
+        .iter()
+        .copied()
+        .filter(|m| !cfg.revoked.contains(*m))
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    warn!(members = ?new, "the manager says these members' keys are revoked: refused here from now on");
+    cfg.revoked.extend(new.iter().copied());
+    let addrs: Vec<String> = new
+        .iter()
+        .filter_map(|m| a.revoked_addrs.get(m).cloned())
+        .filter(|addr| *addr != cfg.addr)
+        .collect();
+    if let Some(f) = &hooks.on_revoked {
+        f(&addrs);
+    }
+    for addr in &addrs {
+        match lego_transport::link::sever(addr) {
+            Ok(n) => {
+                info!(%addr, connections = n, "aborted this host's connections to a revoked member")
+            }
+            Err(e) => warn!(%addr, "cannot abort the connections to a revoked member: {e}"),
         }
     }
 }

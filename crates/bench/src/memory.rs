@@ -145,6 +145,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             memory_cpus: placement.memory_cpus(),
             storage: false,
             encrypt: lego_cluster::Encrypt::Auto,
+            join: false,
             manager_args: Vec::new(),
             rack: None,
         };

@@ -123,6 +123,7 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
         memory_cpus: placement.memory_cpus(),
         storage: true,
         encrypt: lego_cluster::Encrypt::Auto,
+        join: false,
         manager_args: Vec::new(),
         rack: None,
     };

@@ -11,6 +11,8 @@ use lego_cluster::cpus::{parse_cpu_list, pin_current_thread, CpuList};
 use lego_cluster::dir::write_atomic;
 use lego_cluster::size::parse_size;
 use lego_cluster::{Encrypt, SecretArgs};
+use lego_transport::Identity;
+use lego_wire::Role;
 
 /// Flags every daemon has.
 #[derive(Args, Clone, Debug)]
@@ -39,6 +41,21 @@ pub struct DaemonArgs {
     /// socket); give every daemon of a cluster the same setting
     #[arg(long, value_enum, default_value_t = Encrypt::Auto, value_name = "WHEN")]
     pub encrypt: Encrypt,
+    /// Join with this one-time token (from `lego token create --role ROLE`)
+    /// instead of holding the cluster secret: the manager gives this daemon
+    /// a key of its own, kept in --key-file, that `lego component revoke`
+    /// can end without touching any other daemon's (monitors only)
+    #[arg(
+        long,
+        env = "LEGO_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub join_token: Option<String>,
+    /// Where this daemon keeps its own key (written at its first join, mode
+    /// 0600); once there, the daemon needs neither the secret nor a token
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl DaemonArgs {
@@ -60,6 +77,18 @@ impl DaemonArgs {
             );
         }
         seal
+    }
+
+    /// What the daemon proves itself with: its own key (`--key-file`,
+    /// joining with `--join-token` the first time), else the cluster secret.
+    fn auth(&self, manager: &str, role: Role) -> Result<Identity> {
+        match (&self.key_file, &self.join_token) {
+            (Some(f), token) => Ok(lego_agent::join::identity(f, token.as_deref(), manager, role)?),
+            (None, Some(_)) => anyhow::bail!(
+                "--join-token needs --key-file PATH: the key the manager gives is kept there for restarts (a token works once)"
+            ),
+            (None, None) => Ok(Identity::Secret(self.secret.secret()?)),
+        }
     }
 
     /// Applies `--cpus`; called before the daemon starts any thread.
@@ -247,13 +276,13 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
 
 pub fn memory(a: MemoryArgs) -> Result<()> {
     a.daemon.pin()?;
-    let secret = a.daemon.secret.secret()?;
+    let auth = a.daemon.auth(&a.manager, Role::Memory)?;
     let m = lego_memory::run(lego_memory::MemoryConfig {
         capacity: a.capacity,
         listen: a.listen.clone(),
         advertise: a.advertise.clone(),
         manager: a.manager.clone(),
-        secret,
+        auth,
         spin: std::time::Duration::from_micros(a.spin_us),
         seal: a
             .daemon
@@ -266,13 +295,13 @@ pub fn memory(a: MemoryArgs) -> Result<()> {
 
 pub fn storage(a: StorageArgs) -> Result<()> {
     a.daemon.pin()?;
-    let secret = a.daemon.secret.secret()?;
+    let auth = a.daemon.auth(&a.manager, Role::Storage)?;
     let s = lego_storage::run(lego_storage::StorageConfig {
         dir: a.dir.clone(),
         listen: a.listen.clone(),
         advertise: a.advertise.clone(),
         manager: a.manager.clone(),
-        secret,
+        auth,
         limits: lego_storage::Limits {
             disk_quota: a.vnode_disk_quota,
             max_open: a.vnode_open_files.max(1),
@@ -288,13 +317,13 @@ pub fn storage(a: StorageArgs) -> Result<()> {
 
 pub fn processor(a: ProcessorArgs) -> Result<()> {
     a.daemon.pin()?;
-    let secret = a.daemon.secret.secret()?;
+    let auth = a.daemon.auth(&a.manager, Role::Processor)?;
     let p = lego_processor::run(lego_processor::ProcessorConfig {
         excache: a.excache,
         listen: a.listen.clone(),
         advertise: a.advertise.clone(),
         manager: a.manager.clone(),
-        secret,
+        auth,
         runtime: a
             .runtime
             .clone()
@@ -306,6 +335,7 @@ pub fn processor(a: ProcessorArgs) -> Result<()> {
             .hide
             .iter()
             .chain(&a.daemon.secret.secret_file)
+            .chain(&a.daemon.key_file)
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
             .collect(),
         seal: a

@@ -2,12 +2,13 @@
 //!
 //! Roles (daemons): `manager`, `memory`, `processor`, `storage`. User actions: `run` (a
 //! program on the cluster, or on an embedded one), `up` (a local cluster on
-//! loopback), `status`, `vnode`, `bench`. Logs go to stderr; set
+//! loopback), `status`, `vnode`, `token`, `component`, `bench`. Logs go to stderr; set
 //! `LEGO_LOG` (e.g. `debug`, `lego_transport=debug`) to change what is shown.
 #![forbid(unsafe_code)]
 
 mod config;
 mod daemons;
+mod keys;
 mod run;
 mod status;
 mod up;
@@ -53,6 +54,10 @@ enum Cmd {
     Up(up::UpArgs),
     /// Show the cluster: components, health, capacity and use, vNodes, vRegions
     Status(status::StatusArgs),
+    /// Make one-time join tokens: a daemon joins with one and gets a key of its own
+    Token(keys::TokenArgs),
+    /// List the daemons that hold keys of their own, and revoke one
+    Component(keys::ComponentArgs),
     /// Print the token the manager's HTTP /state asks for (curl -H "Authorization: Bearer $(lego http-token)" http://ADDR/state)
     HttpToken(HttpTokenArgs),
     /// Run checksum-verified programs on a local cluster while killing and restarting its daemons at random
@@ -114,6 +119,8 @@ fn main() {
         Cmd::Vnode(a) => vnode::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Status(a) => status::run(a),
+        Cmd::Token(a) => keys::token(a),
+        Cmd::Component(a) => keys::component(a),
         Cmd::HttpToken(a) => a.cluster.resolve().map_err(anyhow::Error::from).map(|t| {
             println!("{}", t.secret.http_token_hex());
         }),

@@ -249,6 +249,7 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         memory_cpus: None,
         storage: true,
         encrypt: lego_cluster::Encrypt::Auto,
+        join: false,
         manager_args: Vec::new(),
         rack: None,
     };

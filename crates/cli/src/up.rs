@@ -63,6 +63,11 @@ pub struct UpArgs {
     /// loopback); see `lego manager --help`
     #[arg(long, value_enum, default_value_t = lego_cluster::Encrypt::Auto, value_name = "WHEN")]
     pub encrypt: lego_cluster::Encrypt,
+    /// Start the monitors as a real deployment would: each joins with a
+    /// one-time token and keeps a key of its own in DIR/keys (never the
+    /// cluster secret), so `lego component revoke ID` can end one alone
+    #[arg(long)]
+    pub join: bool,
 }
 
 pub fn run(a: UpArgs) -> Result<()> {
@@ -94,6 +99,7 @@ pub fn run(a: UpArgs) -> Result<()> {
         memory_cpus: a.memory_cpus.clone(),
         storage: true,
         encrypt: a.encrypt,
+        join: a.join,
         manager_args: Vec::new(),
         rack: a.hosts.map(|hosts| lego_cluster::RackSpec {
             hosts,

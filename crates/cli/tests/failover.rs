@@ -15,14 +15,12 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lego_wire::control::ClusterState;
 use lego_wire::types::EventKind;
-use lego_wire::{Backup, Health, VRegionState};
+use lego_wire::{Backup, Health};
 
 /// Three memory monitors, 16 MiB vRegions, 300 ms heartbeats, a processor.
 fn cluster() -> TestCluster {
@@ -36,35 +34,6 @@ fn cluster_of(memory_monitors: usize) -> TestCluster {
     c
 }
 
-/// Fills 160 MiB, says "started", then hashes it all in `passes` passes,
-/// printing each pass's digest. With a 40 MiB ExCache (25%) every pass
-/// pages most of it in from the memory monitors.
-fn script(passes: usize) -> String {
-    format!(
-        r#"
-import hashlib, random, sys
-r = random.Random(11)
-chunks = [r.randbytes(1 << 20) for _ in range(160)]
-print("started", flush=True)
-for p in range({passes}):
-    h = hashlib.sha256()
-    for c in (chunks if p % 2 == 0 else reversed(chunks)):
-        h.update(c)
-    print(p, h.hexdigest(), flush=True)
-"#
-    )
-}
-
-struct Running {
-    child: Child,
-    out: std::thread::JoinHandle<Vec<u8>>,
-}
-
-/// Starts the script under lego and waits for "started".
-fn start(c: &TestCluster, script: &str) -> Running {
-    start_cmd(c.run_command(&["--excache", "40MiB"], &[&python(), "-c", script]))
-}
-
 /// `lego run` of `script` from rack host `host` (not the test's own).
 fn start_on_host(c: &TestCluster, host: usize, script: &str) -> Running {
     let mut cmd = c.rack().unwrap().command(host, std::ffi::OsStr::new(LEGO));
@@ -73,30 +42,6 @@ fn start_on_host(c: &TestCluster, host: usize, script: &str) -> Running {
         .arg(c.path().join("secret"))
         .args(["--excache", "40MiB", "--", &python(), "-c", script]);
     start_cmd(cmd)
-}
-
-/// Starts `cmd` (a `lego run` of a [`script`]) and waits for "started".
-fn start_cmd(mut cmd: Command) -> Running {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 8];
-    if let Err(e) = stdout.read_exact(&mut first) {
-        let _ = child.kill();
-        let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-        panic!("the program ended before it started ({e}): {err}");
-    }
-    assert_eq!(&first, b"started\n");
-    let out = std::thread::spawn(move || {
-        let mut rest = first.to_vec();
-        let _ = stdout.read_to_end(&mut rest);
-        rest
-    });
-    Running { child, out }
 }
 
 /// A rack of `hosts` hosts: the manager, `memories` memory monitors
@@ -113,42 +58,6 @@ fn rack_cluster(hosts: usize, memories: usize) -> TestCluster {
     );
     c.start_processor("1GiB");
     c
-}
-
-fn finish(mut r: Running, limit: Duration) -> (std::process::ExitStatus, Vec<u8>, String) {
-    let status = wait_for(limit, "the program to end", || r.child.try_wait().unwrap());
-    let mut err = String::new();
-    r.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, r.out.join().unwrap(), err)
-}
-
-/// The memory monitor (index in `c.memories`, id) holding the primary copy
-/// of the most vRegions.
-fn busiest_primary(c: &TestCluster, s: &ClusterState) -> (usize, u64) {
-    let id = alive_memory(s)
-        .iter()
-        .max_by_key(|m| s.vregions.iter().filter(|r| r.primary == m.id).count())
-        .map(|m| m.id)
-        .unwrap();
-    let addr = &s.components.iter().find(|x| x.id == id).unwrap().addr;
-    let i = c.memories.iter().position(|m| &m.addr == addr).unwrap();
-    (i, id)
-}
-
-fn all_healthy_without(s: &ClusterState, dead: &[u64]) -> bool {
-    !s.vregions.is_empty()
-        && s.vregions.iter().all(|r| {
-            r.state == VRegionState::Healthy
-                && !dead.contains(&r.primary)
-                && !r
-                    .backup
-                    .is_some_and(|b| b.on().is_some_and(|id| dead.contains(id)))
-        })
 }
 
 #[test]

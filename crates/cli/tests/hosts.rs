@@ -268,12 +268,16 @@ fn a_monitor_started_from_a_config_file_registers_as_the_file_says() {
     let c = TestCluster::start(0, "64MiB", 100);
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("memory.toml");
+    // As deploy/ has it: a key file of its own, the token in the environment.
+    let token = c.cli(&["token", "create", "--role", "memory"]);
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap();
     std::fs::write(
         &f,
         format!(
-            "# as in deploy/memory.toml\nmanager = \"{}\"\ncapacity = \"48MiB\"\nlisten = \"0.0.0.0:0\"\nsecret-file = \"{}\"\n",
+            "# as in deploy/memory.toml\nmanager = \"{}\"\ncapacity = \"48MiB\"\nlisten = \"0.0.0.0:0\"\nkey-file = \"{}\"\n",
             c.manager_addr,
-            c.path().join("secret").display()
+            dir.path().join("memory.key").display()
         ),
     )
     .unwrap();
@@ -281,6 +285,7 @@ fn a_monitor_started_from_a_config_file_registers_as_the_file_says() {
         Command::new(LEGO)
             .args(["memory", "--config"])
             .arg(&f)
+            .env("LEGO_JOIN_TOKEN", token.trim())
             .args(["--capacity", "80MiB"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -292,6 +297,10 @@ fn a_monitor_started_from_a_config_file_registers_as_the_file_says() {
     });
     let m = alive_memory(&st)[0];
     assert_eq!(m.capacity, 80 << 20, "the command line wins over the file");
+    assert!(
+        dir.path().join("memory.key").exists(),
+        "it joined with the token"
+    );
     assert!(
         m.addr.starts_with("127.0.0.1:"),
         "listen from the file: {}",

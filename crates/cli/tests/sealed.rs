@@ -121,7 +121,7 @@ fn links_between_hosts_are_sealed_and_tampering_is_caught() {
     let challenge = read_frame(&mut s, 4096).unwrap();
     let nonce = decode_challenge(&challenge.body).unwrap();
     let hello = Hello::new(
-        &c.secret.key_for(Claim::Component),
+        &c.secret.key_for(Claim::Component).unwrap(),
         Claim::Component,
         &nonce,
     )

@@ -59,6 +59,9 @@ pub struct Spec {
     /// `--encrypt` of every daemon ([`Encrypt::Auto`]: sealed on a rack,
     /// plaintext on loopback).
     pub encrypt: Encrypt,
+    /// Monitors join with one-time tokens and hold keys of their own, not
+    /// the cluster secret ([`LocalCluster::join`]).
+    pub join: bool,
 }
 
 /// A rack for [`Spec::rack`]: `hosts` network namespaces, links shaped to
@@ -165,6 +168,10 @@ pub struct LocalCluster {
     pub manager_flags: Vec<String>,
     /// `--encrypt` of every daemon started from now on.
     pub encrypt: Encrypt,
+    /// Monitors started from now on join with a one-time token (made here
+    /// with the secret) and keep a key of their own in `DIR/keys/NAME.json`;
+    /// they are never given the cluster secret.
+    pub join: bool,
     /// Extra flags of the storage monitor (`--vnode-disk-quota`, ...).
     pub storage_flags: Vec<String>,
     memory_started: usize,
@@ -205,6 +212,7 @@ impl LocalCluster {
             processor: None,
             manager_flags: Vec::new(),
             encrypt: Encrypt::Auto,
+            join: false,
             storage_flags: Vec::new(),
             memory_started: 0,
             rack: None,
@@ -272,6 +280,7 @@ impl LocalCluster {
         let mut c = LocalCluster::new(opts)?;
         c.manager_flags = spec.manager_args.clone();
         c.encrypt = spec.encrypt;
+        c.join = spec.join;
         if let Some(r) = &spec.rack {
             c.set_rack(crate::rack::Rack::create(r.hosts, r.link.as_deref())?)?;
         }
@@ -356,6 +365,7 @@ impl LocalCluster {
         self.memory_started += 1;
         let name = format!("memory-{}", self.memory_started);
         let mut args = self.role_args("memory");
+        args.extend(self.key_args(&name, Role::Memory)?);
         args.extend(self.listen_args(&name));
         args.extend(["--capacity".into(), capacity.to_string().into()]);
         cpus_arg(&mut args, cpus);
@@ -371,6 +381,7 @@ impl LocalCluster {
     /// until the manager sees it alive; returns its address.
     pub fn add_storage(&mut self, cpus: Option<&CpuList>) -> Result<String, ClusterError> {
         let mut args = self.role_args("storage");
+        args.extend(self.key_args("storage", Role::Storage)?);
         args.extend(self.listen_args("storage"));
         args.extend(["--dir".into(), self.opts.dir.join("storage").into()]);
         args.extend(self.storage_flags.iter().map(OsString::from));
@@ -386,6 +397,7 @@ impl LocalCluster {
     /// alive; returns its address.
     pub fn add_processor(&mut self, p: &ProcessorSpec) -> Result<String, ClusterError> {
         let mut args = self.role_args("processor");
+        args.extend(self.key_args("processor", Role::Processor)?);
         args.extend(self.listen_args("processor"));
         args.extend([
             "--excache".into(),
@@ -407,6 +419,35 @@ impl LocalCluster {
         self.processor = Some(d);
         self.wait_alive(Role::Processor, &addr)?;
         Ok(addr)
+    }
+
+    /// With [`Self::join`]: a fresh join token for the daemon `name` and
+    /// the file for its key (kept there across its restarts).
+    fn key_args(&self, name: &str, role: Role) -> Result<Vec<OsString>, ClusterError> {
+        if !self.join {
+            return Ok(Vec::new());
+        }
+        let keys = self.opts.dir.join("keys");
+        std::fs::create_dir_all(&keys).map_err(|source| ClusterError::Io {
+            what: format!("cannot create {}", keys.display()),
+            source,
+        })?;
+        let file = keys.join(format!("{name}.json"));
+        let _ = std::fs::remove_file(&file);
+        let t = self
+            .target()
+            .connect()?
+            .call(&lego_wire::identity::TokenCreateReq { role, ttl_s: 600 })
+            .map_err(|source| ClusterError::Unreachable {
+                what: format!("the manager for a join token for the {name}"),
+                source,
+            })?;
+        Ok(vec![
+            "--join-token".into(),
+            t.token.into(),
+            "--key-file".into(),
+            file.into(),
+        ])
     }
 
     fn role_args(&self, role: &str) -> Vec<OsString> {
@@ -444,12 +485,12 @@ impl LocalCluster {
             (Some(h), Some(r)) => r.command(h, self.opts.exe.as_os_str()),
             _ => Command::new(&self.opts.exe),
         };
-        cmd.args(&args)
-            .arg("--encrypt")
-            .arg(self.encrypt.as_flag())
-            .arg("--secret-file")
-            .arg(dir.join("secret"))
-            .arg("--ready-file")
+        cmd.args(&args).arg("--encrypt").arg(self.encrypt.as_flag());
+        // A daemon with a key of its own is never given the secret.
+        if !args.iter().any(|a| a == "--key-file") {
+            cmd.arg("--secret-file").arg(dir.join("secret"));
+        }
+        cmd.arg("--ready-file")
             .arg(&ready)
             .arg("--exit-with")
             .arg(std::process::id().to_string())

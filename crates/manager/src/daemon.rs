@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lego_placement::{Placement, PlacementConfig};
-use lego_transport::{listen, spawn_server, ServerConfig};
+use lego_transport::{listen, spawn_server, Keyring, ServerConfig};
 use lego_wire::auth::Secret;
 use tracing::info;
 
+use crate::identity::Identities;
 use crate::recovery::FailedCopies;
 use crate::service::{ManagerService, ServiceConfig};
 use crate::store::Db;
@@ -63,6 +64,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
         isolation_guard: true,
     };
     let placement = Placement::restore(pcfg, grace, records);
+    let identities = Arc::new(Identities::load(&db)?);
     let svc = Arc::new(ManagerService::new(
         placement,
         db,
@@ -73,12 +75,16 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
             vips: cfg.vips,
         },
         &cfg.secret,
+        identities.clone(),
     ));
+    let keys = Keyring::from(cfg.secret.clone())
+        .with_revoked(identities.revoked.clone())
+        .with_tokens(identities.token_keys());
     let server = spawn_server(
         listen(&cfg.listen)?,
         ServerConfig {
             seal: cfg.seal,
-            ..ServerConfig::new("manager", cfg.secret.clone())
+            ..ServerConfig::new("manager", keys)
         },
         svc.clone(),
     )

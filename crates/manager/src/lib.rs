@@ -11,6 +11,8 @@
 //! - [`recovery`]: what placement events mean (deaths, failovers), the
 //!   re-replication worker, reports of missed writes and unreachable
 //!   memory monitors; its [`journal`] is what `lego status` shows.
+//! - [`identity`]: join tokens, members with keys of their own, revocation
+//!   (durable, and looked up by every handshake); [`members`]: its requests.
 //! - [`peers`]: what the manager asks of other components.
 //! - [`vip`]: vNodes' virtual IP addresses; [`vnet`]: where they are
 //!   served, for every host's routes.
@@ -21,7 +23,9 @@
 
 pub mod daemon;
 pub mod http;
+pub mod identity;
 pub mod journal;
+pub mod members;
 pub mod metrics;
 pub mod peers;
 pub mod reachable;

@@ -76,6 +76,7 @@ pub fn metrics(svc: &ManagerService) -> String {
             &c.rereplications_failed,
         ),
         ("lego_manager_refused_total", &c.refused),
+        ("lego_manager_revocations_total", &c.revocations),
     ] {
         f.add(name, String::new(), v.load(Ordering::Relaxed));
     }

@@ -12,16 +12,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use lego_placement::{Placement, PlacementError};
 use lego_transport::{answer, lock, Handler, PeerInfo, Reject};
 use lego_wire::auth::{Claim, Secret};
 use lego_wire::control::*;
-use lego_wire::{ComponentId, Empty, ErrorCode, Op, Ping, VnodeId};
+use lego_wire::identity::*;
+use lego_wire::{ComponentId, ErrorCode, Op, Ping, VnodeId};
 
 use tracing::warn;
 
+use crate::identity::Identities;
 use crate::journal::Journal;
 use crate::peers::Peers;
 use crate::state::State;
@@ -42,6 +44,8 @@ pub struct ManagerCounters {
     pub rereplications_failed: AtomicU64,
     /// Requests refused because the caller was not entitled to them.
     pub refused: AtomicU64,
+    /// Members' keys revoked.
+    pub revocations: AtomicU64,
 }
 
 /// Fixed facts about this manager.
@@ -72,6 +76,8 @@ pub struct ManagerService {
     pub(crate) secret: Secret,
     /// When each memory monitor was last probed on a process's report.
     pub(crate) probed: Mutex<HashMap<ComponentId, std::time::Instant>>,
+    /// Join tokens, members and revocations ([`crate::identity`]).
+    pub identities: Arc<Identities>,
 }
 
 impl ManagerService {
@@ -80,6 +86,7 @@ impl ManagerService {
         db: crate::store::Db,
         cfg: ServiceConfig,
         secret: &Secret,
+        identities: Arc<Identities>,
     ) -> Self {
         ManagerService {
             state: State::new(placement, db),
@@ -92,6 +99,7 @@ impl ManagerService {
             addrs: OnceLock::new(),
             secret: secret.clone(),
             probed: Mutex::new(HashMap::new()),
+            identities,
         }
     }
 
@@ -187,6 +195,7 @@ impl ManagerService {
     }
 
     fn register(&self, peer: &PeerInfo, req: RegisterReq) -> Result<RegisterResp, Reject> {
+        self.check_member(peer, Some(req.role), None)?;
         // An address no one can dial is refused now, with why, rather than
         // found out by the first program placed there.
         crate::reachable::check_form(&req.addr, &peer.addr)
@@ -205,13 +214,17 @@ impl ManagerService {
                 req.previous,
             )
         })?;
+        if let Claim::Member(m) = peer.claim {
+            self.identities.registered(self.state.db(), m, id)?;
+        }
         Ok(RegisterResp {
             id,
             heartbeat_ms: self.cfg.heartbeat_ms,
         })
     }
 
-    fn heartbeat(&self, req: HeartbeatReq) -> Result<Empty, Reject> {
+    fn heartbeat(&self, peer: &PeerInfo, req: HeartbeatReq) -> Result<HeartbeatResp, Reject> {
+        self.check_member(peer, None, Some(req.id))?;
         self.change(|st, now| {
             st.heartbeat(now, req.id, req.instance, req.used)?;
             st.set_jobs(req.id, req.jobs);
@@ -220,7 +233,17 @@ impl ManagerService {
         self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         lock(&self.reports).insert(req.id, req.counters);
         self.set_served_vips(req.id, req.vips);
-        Ok(Empty {})
+        let revoked = self.identities.revoked_components();
+        let revoked_addrs = self.state.read(|st| {
+            revoked
+                .iter()
+                .filter_map(|(m, c)| Some((*m, st.component(*c)?.addr.clone())))
+                .collect()
+        });
+        Ok(HeartbeatResp {
+            revoked: self.identities.revoked.all(),
+            revoked_addrs,
+        })
     }
 
     fn place_process(&self, req: PlaceProcessReq) -> Result<Endpoint, Reject> {
@@ -243,6 +266,17 @@ impl Handler for ManagerService {
         body: &[u8],
         reply: &mut Vec<u8>,
     ) -> Result<(), Reject> {
+        // A joining daemon may only join.
+        if matches!(peer.claim, Claim::Join(_)) != (op == Op::Join) {
+            return Err(Reject::new(
+                ErrorCode::NotEntitled,
+                format!("{op} is not for a connection speaking for {}", peer.claim),
+            ));
+        }
+        // What only the holders of the cluster secret (the operator) may ask.
+        if matches!(op, Op::TokenCreate | Op::Revoke | Op::Members) {
+            peer.require_secret(op)?;
+        }
         // What only components (daemons, the CLI) may ask.
         if matches!(
             op,
@@ -263,7 +297,13 @@ impl Handler for ManagerService {
         match op {
             Op::Ping => answer(b, reply, |_: Ping| Ok(())),
             Op::Register => answer(b, reply, |r| self.register(peer, r)),
-            Op::Heartbeat => answer(b, reply, |r| self.heartbeat(r)),
+            Op::Heartbeat => answer(b, reply, |r| self.heartbeat(peer, r)),
+            Op::TokenCreate => answer(b, reply, |r| self.token_create(r)),
+            Op::Join => answer(b, reply, |r| self.join(peer, r)),
+            Op::PeerKey => answer(b, reply, |r| self.peer_key(peer, r)),
+            Op::JobKeys => answer(b, reply, |r| self.job_keys(peer, r)),
+            Op::Revoke => answer(b, reply, |r| self.revoke(r)),
+            Op::Members => answer(b, reply, |_: MembersReq| Ok(self.identities.list())),
             Op::AssignVRegion => answer(b, reply, |r| self.assign(peer, r)),
             Op::CreateSpace => answer(b, reply, |r| self.create_space(peer, r)),
             Op::ForkSpace => answer(b, reply, |r| self.fork_space(peer, r)),

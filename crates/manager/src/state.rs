@@ -50,6 +50,10 @@ impl State {
         }
     }
 
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// Milliseconds since this manager started: the state machine's clock.
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64

@@ -70,6 +70,12 @@ impl Db {
         Ok(Db { db })
     }
 
+    /// The database itself, for the tables kept outside the placement
+    /// records ([`crate::identity`]).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Every record, as [`lego_placement::Placement::restore`] takes them.
     pub fn load(&self) -> Result<Records, ManagerError> {
         let tx = self.db.begin_read().map_err(ManagerError::db)?;
@@ -169,7 +175,10 @@ impl Db {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, ManagerError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    what: &str,
+    json: &str,
+) -> Result<T, ManagerError> {
     serde_json::from_str(json).map_err(|source| ManagerError::Corrupt {
         what: what.to_string(),
         source,

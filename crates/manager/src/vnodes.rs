@@ -79,9 +79,7 @@ impl ManagerService {
     pub(crate) fn vnode_list(&self, peer: &PeerInfo) -> Vec<VnodeInfo> {
         self.state.read(|st| {
             st.vnodes()
-                .filter(|v| {
-                    matches!(peer.claim, Claim::Component) || peer.claim == Claim::Vnode(v.id)
-                })
+                .filter(|v| peer.claim.is_component() || peer.claim == Claim::Vnode(v.id))
                 .map(|v| self.vnode_info(st, v))
                 .collect()
         })

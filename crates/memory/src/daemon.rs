@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use lego_agent::{spawn_agent, AgentConfig};
-use lego_transport::{listen, spawn_server, ServerConfig, TransportError};
-use lego_wire::auth::Secret;
+use lego_transport::{
+    listen, spawn_server, Identity, Keyring, Revoked, ServerConfig, TransportError,
+};
 use tracing::info;
 
 use crate::service::MemoryService;
@@ -20,7 +21,8 @@ pub struct MemoryConfig {
     /// unspecified IP replaced by this host's address toward the manager].
     pub advertise: Option<String>,
     pub manager: String,
-    pub secret: Secret,
+    /// The cluster secret, or this monitor's own member key.
+    pub auth: Identity,
     /// Busy-wait after each answer for the next request (see `ServerConfig::spin`).
     pub spin: std::time::Duration,
     /// Seal every connection to this daemon (encrypt and authenticate
@@ -39,15 +41,18 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
     let store = Arc::new(PageStore::new(cfg.capacity));
     let service = Arc::new(MemoryService::new(
         store,
-        lego_transport::Credentials::component(&cfg.secret),
+        cfg.auth.credentials(&cfg.manager),
     ));
+    // The members the manager revoked: refused here, learnt by the agent.
+    let revoked = Arc::new(Revoked::default());
+    let keys = Keyring::new(cfg.auth.clone()).with_revoked(revoked.clone());
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
         ServerConfig {
             spin: cfg.spin,
             seal: cfg.seal,
-            ..ServerConfig::new("memory", cfg.secret.clone())
+            ..ServerConfig::new("memory", keys)
         },
         service.clone(),
     )
@@ -67,7 +72,8 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
     spawn_agent(
         AgentConfig {
             manager: cfg.manager,
-            secret: cfg.secret,
+            auth: cfg.auth,
+            revoked,
             role: lego_wire::Role::Memory,
             addr: advertised.clone(),
             capacity: cfg.capacity,

@@ -72,7 +72,11 @@ impl MemoryService {
 
     fn check(&self, peer: &PeerInfo, asid: Asid) -> Result<(), Reject> {
         match peer.claim {
-            Claim::Component => Ok(()),
+            Claim::Component | Claim::Member(_) => Ok(()),
+            Claim::Join(_) => Err(Reject::new(
+                ErrorCode::NotEntitled,
+                "a joining daemon may touch no address space",
+            )),
             Claim::Vnode(v) if asid.vnode() == v && v != 0 => Ok(()),
             Claim::Vnode(v) => {
                 self.not_entitled.fetch_add(1, Ordering::Relaxed);
@@ -102,7 +106,7 @@ impl MemoryService {
         pages: &[lego_wire::PageNo],
     ) -> Result<Option<u64>, Reject> {
         self.check(peer, asid)?;
-        if peer.claim == Claim::Component {
+        if peer.claim.is_component() {
             return Ok(None);
         }
         if let Some(p) = self.grants.ungranted(asid, pages) {

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lego_agent::{spawn_agent, AgentConfig};
-use lego_transport::{listen, spawn_server, ServerConfig};
-use lego_wire::auth::Secret;
+use lego_transport::{listen, spawn_server, Identity, Keyring, Revoked, ServerConfig};
 use tracing::info;
 
 use crate::service::{ProcessorService, ServiceConfig};
@@ -32,7 +31,8 @@ pub struct ProcessorConfig {
     /// unspecified IP replaced by this host's address toward the manager].
     pub advertise: Option<String>,
     pub manager: String,
-    pub secret: Secret,
+    /// The cluster secret, or this monitor's own member key.
+    pub auth: Identity,
     /// `liblego_rt.so`; made absolute here.
     pub runtime: PathBuf,
     /// Where job runtimes write counters [default: a fresh directory under
@@ -132,19 +132,21 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         excache: cfg.excache,
         runtime: runtime.clone(),
         manager: cfg.manager.clone(),
-        secret: cfg.secret.clone(),
+        auth: cfg.auth.clone(),
         state_dir: state_dir.clone(),
         enter_exe: cfg.enter_exe.clone(),
         own_networks: own_networks(),
         confine: cfg.confine,
         hide: cfg.hide.clone(),
     }));
+    let revoked = Arc::new(Revoked::default());
+    let keys = Keyring::new(cfg.auth.clone()).with_revoked(revoked.clone());
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
         ServerConfig {
             seal: cfg.seal,
-            ..ServerConfig::new("processor", cfg.secret.clone())
+            ..ServerConfig::new("processor", keys)
         },
         service.clone(),
     )
@@ -192,10 +194,12 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         .map_err(ProcessorError::Thread)?;
     let routes_tx = std::sync::Mutex::new(routes_tx);
     let stale = service.clone();
+    let dial = service.clone();
     spawn_agent(
         AgentConfig {
             manager: cfg.manager,
-            secret: cfg.secret,
+            auth: cfg.auth,
+            revoked,
             role: lego_wire::Role::Processor,
             addr: advertised.clone(),
             capacity: cfg.excache,
@@ -216,6 +220,11 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
         lego_agent::Hooks {
             on_routes: Some(Box::new(move |r| {
                 let _ = lego_transport::lock(&routes_tx).send(r.clone());
+            })),
+            // Jobs' connections to a revoked memory monitor were just
+            // aborted; the broker must not make new ones.
+            on_revoked: Some(Box::new(move |_| {
+                dial.shared.refresh_dialable(Duration::ZERO)
             })),
             on_new_identity: Some(Box::new(move |old, new| {
                 stale.drop_jobs(&format!(

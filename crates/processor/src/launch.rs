@@ -15,11 +15,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lego_transport::{lock, PeerInfo};
+use lego_transport::{lock, Credentials, PeerInfo};
 use lego_wire::control::VnodeInfo;
 use lego_wire::jobs::{LaunchReq, LaunchResp, Stream};
 use lego_wire::types::identity;
-use lego_wire::PAGE_SIZE;
+use lego_wire::{VnodeId, PAGE_SIZE};
 use tracing::{info, warn};
 
 use crate::enter::Confine;
@@ -117,7 +117,12 @@ impl Shared {
 
     /// What the job's helper sets up: the vNode's mounts (when it is
     /// confined and its files are placed) and its network (`netns`).
-    fn mount_plan(self: &Arc<Self>, v: &VnodeInfo, netns: Option<PathBuf>) -> MountPlan {
+    fn mount_plan(
+        self: &Arc<Self>,
+        v: &VnodeInfo,
+        netns: Option<PathBuf>,
+        keys: &JobKeys,
+    ) -> MountPlan {
         let cfg = &self.cfg;
         let storage = v.storage.as_ref().filter(|_| cfg.confine);
         let (shared, name) = (self.clone(), v.name.clone());
@@ -131,24 +136,46 @@ impl Shared {
             mounts: storage.map(|_| v.mounts.clone()).unwrap_or_default(),
             storage: storage.map(|s| s.addr.clone()).unwrap_or_default(),
             owner: identity(v.id).filter(|_| cfg.confine),
-            key: cfg.secret.vnode_key(v.id),
+            creds: Credentials::vnode(v.id, keys.vnode_key).fetching_from(&cfg.manager),
             resolve: Some(resolve),
             netns,
         }
     }
 
+    /// The vNode's key and the job's proof: made here with the cluster
+    /// secret, or (a monitor that joined with a token) given by the manager.
+    fn job_keys(&self, job: u64, vnode: VnodeId) -> Result<JobKeys, ProcessorError> {
+        if let Some(s) = self.cfg.auth.secret() {
+            return Ok(JobKeys {
+                vnode_key: s.vnode_key(vnode),
+                job_proof: s.job_proof_hex(job, vnode),
+            });
+        }
+        let got = self.manager.job_keys(job, vnode)?;
+        let key = lego_wire::auth::Secret::from_hex(&got.vnode_key).map_err(|e| {
+            ProcessorError::NoFiles {
+                vnode: vnode.to_string(),
+                why: format!("the manager's vnode key: {e}"),
+            }
+        })?;
+        Ok(JobKeys {
+            vnode_key: *key.as_bytes(),
+            job_proof: got.job_proof,
+        })
+    }
+
     /// What the runtime inside the job's processes is told.
-    fn runtime_env(&self, id: u64, v: &VnodeInfo, quota: u64) -> RuntimeEnv {
+    fn runtime_env(&self, id: u64, v: &VnodeInfo, quota: u64, keys: &JobKeys) -> RuntimeEnv {
         let cfg = &self.cfg;
         RuntimeEnv {
             runtime: cfg.runtime.clone(),
             manager: cfg.manager.clone(),
             vnode: v.name.clone(),
             vnode_id: v.id,
-            key_hex: lego_wire::auth::hex(&cfg.secret.vnode_key(v.id)),
+            key_hex: lego_wire::auth::hex(&keys.vnode_key),
             excache: quota,
             job: id,
-            job_proof: cfg.secret.job_proof_hex(id, v.id),
+            job_proof: keys.job_proof.clone(),
             memory_quota: v.memory_quota,
         }
     }
@@ -198,9 +225,10 @@ impl Shared {
         id: u64,
         netns: Option<PathBuf>,
     ) -> Result<LaunchResp, ProcessorError> {
-        let plan = self.mount_plan(&vnode, netns);
+        let keys = self.job_keys(id, vnode.id)?;
+        let plan = self.mount_plan(&vnode, netns, &keys);
         let published = self.publish(id, &vnode, &req.publish)?;
-        let env = program_env(&req.env, &self.runtime_env(id, &vnode, quota));
+        let env = program_env(&req.env, &self.runtime_env(id, &vnode, quota, &keys));
         let (mut child, broker) = self
             .spawn_in_vnode(id, &req, &env, &plan)
             .inspect_err(|_| self.unpublish(id))?;
@@ -467,4 +495,10 @@ pub(crate) fn reap_spaces(shared: &Shared) {
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// What a job needs that only a holder of the cluster secret can make.
+struct JobKeys {
+    vnode_key: [u8; 32],
+    job_proof: String,
 }

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use lego_transport::{ClientOptions, Credentials, Patience, Redial, TransportError};
-use lego_wire::auth::Secret;
 use lego_wire::control::{
     ClusterStateReq, ReleaseOwnerReq, ReleaseSpaceReq, ReleaseSpaceResp, VnodeInfo, VnodeListReq,
     VnodeMountReq,
@@ -34,14 +33,14 @@ pub struct ManagerLink {
 }
 
 impl ManagerLink {
-    pub fn new(addr: String, secret: Secret) -> Self {
+    pub fn new(addr: String, creds: Credentials) -> Self {
         let opts = ClientOptions {
             // Freeing a big job's pages on every monitor takes a while.
             request_timeout: Duration::from_secs(30),
             ..ClientOptions::default()
         };
         ManagerLink {
-            link: Redial::new(addr, Credentials::component(&secret), opts),
+            link: Redial::new(addr, creds, opts),
         }
     }
 
@@ -55,6 +54,17 @@ impl ManagerLink {
             addr: self.link.addr().to_string(),
             source,
         }
+    }
+
+    /// A job's vNode key and proof (for a monitor without the secret).
+    pub fn job_keys(
+        &self,
+        job: u64,
+        vnode: VnodeId,
+    ) -> Result<lego_wire::identity::JobKeys, ProcessorError> {
+        self.link
+            .call(&lego_wire::identity::JobKeysReq { job, vnode })
+            .map_err(|e| self.err(e))
     }
 
     /// The id of vNode `name`.

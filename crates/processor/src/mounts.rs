@@ -30,8 +30,8 @@ pub struct MountPlan {
     pub storage: String,
     /// The owner the job's files show: the vNode's identity when confined.
     pub owner: Option<u32>,
-    /// The vNode's key (for the storage monitor).
-    pub key: [u8; 32],
+    /// The vNode's credentials (for the storage monitor).
+    pub creds: lego_transport::Credentials,
     /// Where the storage monitor is now, should it move.
     pub resolve: Option<crate::vfs::Resolver>,
     /// The vNode's network namespace here, for a vNode with a network of

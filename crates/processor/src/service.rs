@@ -48,7 +48,7 @@ pub struct ProcessorService {
 
 impl ProcessorService {
     pub fn new(cfg: ServiceConfig) -> Self {
-        let manager = ManagerLink::new(cfg.manager.clone(), cfg.secret.clone());
+        let manager = ManagerLink::new(cfg.manager.clone(), cfg.auth.credentials(&cfg.manager));
         ProcessorService {
             shared: Arc::new(Shared {
                 cfg,

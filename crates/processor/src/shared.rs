@@ -7,8 +7,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use lego_wire::auth::Secret;
-
 use crate::job::Job;
 use crate::manager::ManagerLink;
 
@@ -21,7 +19,8 @@ pub struct ServiceConfig {
     pub runtime: PathBuf,
     /// The manager's address (also given to the runtime).
     pub manager: String,
-    pub secret: Secret,
+    /// The cluster secret, or this monitor's own member key.
+    pub auth: lego_transport::Identity,
     /// Where the runtime of each job writes its counters.
     pub state_dir: PathBuf,
     /// The `lego` executable with the vNode helper ([`crate::enter`]).

@@ -185,7 +185,7 @@ impl Remote {
     /// A manager that is away (restarting) is waited for, up to
     /// [`MANAGER_PATIENCE`].
     pub fn connect(cfg: &Config) -> Result<Remote, String> {
-        let creds = Credentials::vnode(cfg.vnode_id, cfg.key);
+        let creds = Credentials::vnode(cfg.vnode_id, cfg.key).fetching_via(&cfg.manager, dial);
         let manager = Redial::new(cfg.manager.clone(), creds.clone(), opts()).with_dial(dial);
         let req = CreateSpaceReq {
             vnode: cfg.vnode.clone(),

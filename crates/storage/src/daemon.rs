@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lego_agent::{spawn_agent, AgentConfig};
-use lego_transport::{listen, spawn_server, ServerConfig, TransportError};
-use lego_wire::auth::Secret;
+use lego_transport::{
+    listen, spawn_server, Identity, Keyring, Revoked, ServerConfig, TransportError,
+};
 use tracing::info;
 
 use crate::service::StorageService;
@@ -21,7 +22,8 @@ pub struct StorageConfig {
     /// unspecified IP replaced by this host's address toward the manager].
     pub advertise: Option<String>,
     pub manager: String,
-    pub secret: Secret,
+    /// The cluster secret, or this monitor's own member key.
+    pub auth: Identity,
     /// Per-vNode disk quota and open-file limit.
     pub limits: crate::Limits,
     /// Seal every connection to this daemon (encrypt and authenticate
@@ -56,12 +58,15 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
             source,
         })?;
     let service = Arc::new(StorageService::new(Arc::new(store)));
+    // The members the manager revoked: refused here, learnt by the agent.
+    let revoked = Arc::new(Revoked::default());
+    let keys = Keyring::new(cfg.auth.clone()).with_revoked(revoked.clone());
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
         ServerConfig {
             seal: cfg.seal,
-            ..ServerConfig::new("storage", cfg.secret.clone())
+            ..ServerConfig::new("storage", keys)
         },
         service.clone(),
     )
@@ -81,7 +86,8 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
     spawn_agent(
         AgentConfig {
             manager: cfg.manager,
-            secret: cfg.secret,
+            auth: cfg.auth,
+            revoked,
             role: lego_wire::Role::Storage,
             addr: advertised.clone(),
             capacity,

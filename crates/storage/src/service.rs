@@ -41,8 +41,9 @@ impl StorageService {
 
     fn check(&self, peer: &PeerInfo, vnode: u32, call: &FsCall) -> Result<(), Reject> {
         let ok = match peer.claim {
-            Claim::Component => true,
+            Claim::Component | Claim::Member(_) => true,
             Claim::Vnode(v) => v == vnode && v != 0 && !matches!(call, FsCall::Destroy),
+            Claim::Join(_) => false,
         };
         if ok {
             return Ok(());

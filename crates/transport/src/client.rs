@@ -14,40 +14,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use lego_wire::auth::{
-    challenge_requires_seal, decode_challenge, welcome_seal, Claim, Hello, Secret, KEY_LEN,
+    challenge_requires_seal, challenge_server, decode_challenge, welcome_seal, Hello,
 };
 use lego_wire::frame::{read_body, read_body_into, read_frame, read_header, write_frame, Header};
 use lego_wire::{Frame, Op, Request, WireError, DEFAULT_MAX_BODY};
 
+pub use crate::keys::Credentials;
 use crate::link::{connect, ReadHalf, WriteHalf};
 use crate::seal::{Ephemeral, SealedRead, SealedWrite};
 use crate::sync::lock;
 use crate::TransportError;
-
-/// Who we are and the key that proves it.
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    pub claim: Claim,
-    key: [u8; KEY_LEN],
-}
-
-impl Credentials {
-    /// A daemon or the CLI: holds the cluster secret.
-    pub fn component(secret: &Secret) -> Self {
-        Credentials {
-            claim: Claim::Component,
-            key: secret.key_for(Claim::Component),
-        }
-    }
-
-    /// A process of a vNode, holding only that vNode's key.
-    pub fn vnode(vnode: u32, key: [u8; KEY_LEN]) -> Self {
-        Credentials {
-            claim: Claim::Vnode(vnode),
-            key,
-        }
-    }
-}
 
 /// Knobs of a client connection.
 #[derive(Clone, Debug)]
@@ -180,6 +156,14 @@ impl Client {
             )));
         }
         let server_nonce = decode_challenge(&challenge.body).map_err(hs_err)?;
+        let server = challenge_server(&challenge.body);
+        let key = creds
+            .key_for_server(server)
+            .map_err(|why| TransportError::NoKey {
+                peer: peer.clone(),
+                server,
+                why,
+            })?;
         let io_err = |e| hs_err(WireError::Io(e));
         let mine = if opts.seal || challenge_requires_seal(&challenge.body) {
             Some(Ephemeral::generate().map_err(io_err)?)
@@ -187,7 +171,7 @@ impl Client {
             None
         };
         let hello = Hello::with_seal(
-            &creds.key,
+            &key,
             creds.claim,
             &server_nonce,
             mine.as_ref().map(|e| e.public),
@@ -203,14 +187,14 @@ impl Client {
             });
         }
         if welcome.header.op != Op::Welcome
-            || !hello.check_welcome(&creds.key, &server_nonce, &welcome.body)
+            || !hello.check_welcome(&key, &server_nonce, &welcome.body)
         {
             return Err(TransportError::ServerNotAuthentic { peer });
         }
         let sealed = mine.is_some();
         if let (Some(mine), Some(theirs)) = (mine, welcome_seal(&welcome.body)) {
             let shared = mine.agree(&theirs).map_err(io_err)?;
-            let keys = hello.session_keys(&creds.key, &server_nonce, &theirs, &shared);
+            let keys = hello.session_keys(&key, &server_nonce, &theirs, &shared);
             let early = reader.buffer().to_vec();
             let r: ReadHalf = Box::new(SealedRead::new(
                 reader.into_inner(),

@@ -79,6 +79,7 @@ fn timed_out(e: &WireError) -> bool {
 pub(crate) fn serve(conn: u64, link: Box<dyn Link>, shared: &Shared) {
     let (cfg, counters) = (&shared.cfg, &*shared.counters);
     let addr = link.peer();
+    let closer = link.closer();
     let (r, w) = match link.split() {
         Ok(halves) => halves,
         Err(e) => {
@@ -125,9 +126,17 @@ pub(crate) fn serve(conn: u64, link: Box<dyn Link>, shared: &Shared) {
         }
     };
     debug!(conn, %addr, claim = %peer.claim, "peer authenticated");
+    if let Ok(c) = closer {
+        shared.opened(conn, peer.claim, c);
+    }
+    // Revoked between the handshake and now: the watcher may have missed it.
+    if matches!(peer.claim, Claim::Member(m) if cfg.keys.revoked.contains(m)) {
+        shared.closed(conn);
+        return;
+    }
     let idle = match peer.claim {
-        Claim::Component => cfg.idle_component,
-        Claim::Vnode(_) => cfg.idle_vnode,
+        Claim::Component | Claim::Member(_) => cfg.idle_component,
+        Claim::Vnode(_) | Claim::Join(_) => cfg.idle_vnode,
     };
     let mut reply = Vec::with_capacity(64 << 10);
     loop {
@@ -226,6 +235,7 @@ pub(crate) fn serve(conn: u64, link: Box<dyn Link>, shared: &Shared) {
             break;
         }
     }
+    shared.closed(conn);
     shared.handler.disconnected(&peer);
 }
 
@@ -250,7 +260,7 @@ fn handshake(
     cfg: &ServerConfig,
 ) -> Result<(PeerInfo, Option<SessionKeys>), Unshaken> {
     let nonce = random_bytes().map_err(|e| e.to_string())?;
-    let challenge = encode_challenge(&nonce, cfg.seal);
+    let challenge = encode_challenge(&nonce, cfg.seal, cfg.keys.server_id());
     write_frame(writer, Op::Challenge, 0, 0, &[&challenge]).map_err(|e| e.to_string())?;
     writer.flush().map_err(|e| e.to_string())?;
     let refuse = |writer: &mut BufWriter<_>, code, msg: String| {
@@ -272,9 +282,13 @@ fn handshake(
         Ok(h) => h,
         Err(e) => return Err(refuse(writer, ErrorCode::AuthFailed, e.to_string()).into()),
     };
-    if !hello.verify(&cfg.secret, &nonce) {
+    let key = match cfg.keys.key_for(hello.claim) {
+        Ok(k) => k,
+        Err(why) => return Err(refuse(writer, ErrorCode::AuthFailed, why).into()),
+    };
+    if !hello.verify(&key, &nonce) {
         let msg = format!(
-            "wrong key for claim '{}': the peer does not hold this cluster's secret",
+            "wrong key for claim '{}': the peer does not hold this cluster's key for it",
             hello.claim
         );
         return Err(refuse(writer, ErrorCode::AuthFailed, msg).into());
@@ -288,14 +302,13 @@ fn handshake(
     }
     let mut keys = None;
     let welcome = match &hello.seal {
-        None => hello.welcome(&cfg.secret, &nonce, None),
+        None => hello.welcome(&key, &nonce, None),
         Some(client_public) => {
             let mine = Ephemeral::generate().map_err(|e| e.to_string())?;
             let public = mine.public;
             let shared = mine.agree(client_public).map_err(|e| e.to_string())?;
-            let key = cfg.secret.key_for(hello.claim);
             keys = Some(hello.session_keys(&key, &nonce, &public, &shared));
-            hello.welcome(&cfg.secret, &nonce, Some(&public))
+            hello.welcome(&key, &nonce, Some(&public))
         }
     };
     write_frame(

@@ -18,6 +18,12 @@ pub enum TransportError {
     },
     #[error("{peer} refused the handshake: {message}")]
     AuthRefused { peer: String, message: String },
+    #[error("no key to prove this connection to {peer} (member {server}): {why}")]
+    NoKey {
+        peer: String,
+        server: u32,
+        why: String,
+    },
     #[error("{peer} failed to prove it holds the cluster secret")]
     ServerNotAuthentic { peer: String },
     #[error("handshake with {peer} failed")]
@@ -61,6 +67,7 @@ impl TransportError {
             self,
             TransportError::Connect { .. }
                 | TransportError::Handshake { .. }
+                | TransportError::NoKey { .. }
                 | TransportError::Broken { .. }
                 | TransportError::Timeout { .. }
         )

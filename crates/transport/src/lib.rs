@@ -14,6 +14,8 @@
 //!   one typed request.
 //! - [`redial`]: connections made again when they broke, and [`Patience`]:
 //!   how long a call waits for a peer that cannot be reached.
+//! - [`keys`]: who holds which key: a daemon's [`Identity`], a server's
+//!   [`Keyring`] (with the members [`Revoked`]), a client's [`Credentials`].
 //! - [`seal`]: sealed links: AES-256-GCM records keyed per session by an
 //!   X25519 exchange inside the handshake.
 //! - [`sync`]: the one lock helper.
@@ -22,6 +24,7 @@
 pub mod client;
 mod conn;
 pub mod error;
+pub mod keys;
 pub mod link;
 pub mod redial;
 pub mod seal;
@@ -30,6 +33,7 @@ pub mod sync;
 
 pub use client::{seal_by_default, Client, ClientOptions, Credentials};
 pub use error::TransportError;
+pub use keys::{Identity, Keyring, Revoked};
 pub use link::{connect, listen, Link, Listener, Transport};
 pub use redial::{DialFn, Patience, Pool, Redial};
 pub use server::{

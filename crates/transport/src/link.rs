@@ -79,6 +79,8 @@ pub trait Link: Send {
     /// The socket itself (to pass it to another process, which takes it
     /// back with [`adopt`]).
     fn into_fd(self: Box<Self>) -> std::os::fd::OwnedFd;
+    /// A handle that can end the connection from another thread.
+    fn closer(&self) -> io::Result<Closer>;
 }
 
 /// A bound endpoint that accepts links.
@@ -119,6 +121,16 @@ fn tune_tcp(s: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+/// Ends a connection from another thread (its reads and writes fail at
+/// once): how a revoked member's connections are closed.
+pub struct Closer(socket2::Socket);
+
+impl Closer {
+    pub fn close(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 impl Link for TcpLink {
     fn peer(&self) -> String {
         self.0
@@ -132,6 +144,11 @@ impl Link for TcpLink {
     fn into_fd(self: Box<Self>) -> std::os::fd::OwnedFd {
         self.0.into()
     }
+    fn closer(&self) -> io::Result<Closer> {
+        Ok(Closer(
+            std::os::fd::OwnedFd::from(self.0.try_clone()?).into(),
+        ))
+    }
 }
 
 impl Link for UnixLink {
@@ -144,6 +161,11 @@ impl Link for UnixLink {
     }
     fn into_fd(self: Box<Self>) -> std::os::fd::OwnedFd {
         self.0.into()
+    }
+    fn closer(&self) -> io::Result<Closer> {
+        Ok(Closer(
+            std::os::fd::OwnedFd::from(self.0.try_clone()?).into(),
+        ))
     }
 }
 
@@ -254,4 +276,45 @@ pub fn listen(addr: &str) -> Result<Box<dyn Listener>, TransportError> {
         addr: addr.to_string(),
         source,
     })
+}
+
+/// Aborts every TCP connection of this host (its network namespace) to
+/// `addr`, whoever holds it, with the kernel's socket destroy (`ss -K`,
+/// needs CAP_NET_ADMIN): how a revoked server is cut off from the
+/// processes and daemons already connected to it, including a confined
+/// job's connections that the processor monitor made for it. Returns how
+/// many were aborted; a Unix socket address aborts none.
+pub fn sever(addr: &str) -> io::Result<usize> {
+    let (_, a) = transport_for(addr);
+    if addr.starts_with("unix:") {
+        return Ok(0);
+    }
+    let sa: std::net::SocketAddr = a
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("not IP:PORT: {addr}")))?;
+    let ip = match sa.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let out = std::process::Command::new("ss")
+        .args([
+            "-K",
+            "-n",
+            "-t",
+            "dst",
+            &ip,
+            "dport",
+            "=",
+            &sa.port().to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "ss -K failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // One line per socket aborted, after the header.
+    Ok(String::from_utf8_lossy(&out.stdout).lines().skip(1).count())
 }

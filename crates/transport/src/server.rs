@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lego_wire::auth::{Claim, Secret};
+use lego_wire::auth::Claim;
 use lego_wire::frame::write_error;
 use lego_wire::{ErrorBody, ErrorCode, Op, Request, WireError, DEFAULT_MAX_BODY};
 use tracing::warn;
 
-use crate::link::Listener;
+use crate::keys::Keyring;
+use crate::link::{Closer, Listener};
 use crate::sync::lock;
 
 /// Who is on the other end of a connection.
@@ -32,13 +33,27 @@ pub struct PeerInfo {
 
 impl PeerInfo {
     /// Refuses `op` (`NotEntitled`) unless the peer is a lego component
-    /// (holds the cluster secret) rather than a vNode's process.
+    /// (holds the cluster secret, or its own member key) rather than a
+    /// vNode's process or a joining daemon.
     pub fn require_component(&self, op: Op) -> Result<(), Reject> {
         match self.claim {
-            Claim::Component => Ok(()),
-            Claim::Vnode(v) => Err(Reject::new(
+            Claim::Component | Claim::Member(_) => Ok(()),
+            other => Err(Reject::new(
                 ErrorCode::NotEntitled,
-                format!("{op} is for lego components; this connection speaks for vnode {v}"),
+                format!("{op} is for lego components; this connection speaks for {other}"),
+            )),
+        }
+    }
+
+    /// Refuses `op` (`NotEntitled`) unless the peer holds the cluster
+    /// secret (the operator's CLI, or a daemon of an embedded cluster): a
+    /// member may not make tokens or revoke others.
+    pub fn require_secret(&self, op: Op) -> Result<(), Reject> {
+        match self.claim {
+            Claim::Component => Ok(()),
+            other => Err(Reject::new(
+                ErrorCode::NotEntitled,
+                format!("{op} needs the cluster secret; this connection speaks for {other}"),
             )),
         }
     }
@@ -103,7 +118,8 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ServerConfig {
     /// Names the server's threads and log lines.
     pub name: String,
-    pub secret: Secret,
+    /// The key each claim must prove, and the members revoked.
+    pub keys: Keyring,
     pub max_body: u32,
     /// How long a peer may take for the whole handshake.
     pub handshake_timeout: Duration,
@@ -129,10 +145,10 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    pub fn new(name: impl Into<String>, secret: Secret) -> Self {
+    pub fn new(name: impl Into<String>, keys: impl Into<Keyring>) -> Self {
         ServerConfig {
             name: name.into(),
-            secret,
+            keys: keys.into(),
             max_body: DEFAULT_MAX_BODY,
             handshake_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
@@ -163,6 +179,8 @@ pub struct ServerCounters {
     pub sealed: AtomicU64,
     /// Sealed connections closed for a record that failed authentication.
     pub tampered: AtomicU64,
+    /// Connections closed because their member's key was revoked.
+    pub revoked: AtomicU64,
 }
 
 impl ServerCounters {
@@ -180,6 +198,7 @@ impl ServerCounters {
             ("connections_timed_out_total", g(&self.timed_out)),
             ("connections_sealed_total", g(&self.sealed)),
             ("records_tampered_total", g(&self.tampered)),
+            ("connections_revoked_total", g(&self.revoked)),
         ]
     }
 }
@@ -198,11 +217,29 @@ pub fn spawn_server(
 ) -> std::io::Result<ServerHandle> {
     let local_addr = listener.local_addr();
     let counters = Arc::new(ServerCounters::default());
-    let cfg = Arc::new(cfg);
-    let c = counters.clone();
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        handler,
+        counters: counters.clone(),
+        per_peer: Mutex::new(HashMap::new()),
+        open: Mutex::new(HashMap::new()),
+        log_handshake: LogLimit::new(),
+        log_frames: LogLimit::new(),
+        log_limits: LogLimit::new(),
+    });
+    // A member revoked: its connections end now, not at their next handshake.
+    let weak = Arc::downgrade(&shared);
+    cfg.keys.revoked.watch(move |set| {
+        if let Some(s) = weak.upgrade() {
+            let n = s.close_where(|c| matches!(c, Claim::Member(m) if set.contains(m)));
+            if n > 0 {
+                warn!(server = %s.cfg.name, connections = n, "closed the connections of revoked members");
+            }
+        }
+    });
     std::thread::Builder::new()
         .name(format!("{}-accept", cfg.name))
-        .spawn(move || accept_loop(listener, cfg, handler, c))?;
+        .spawn(move || accept_loop(listener, shared))?;
     Ok(ServerHandle {
         local_addr,
         counters,
@@ -250,12 +287,38 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<ServerCounters>,
     /// Open connections by peer address.
     per_peer: Mutex<HashMap<String, usize>>,
+    /// Authenticated connections: their claim, and how to end them.
+    open: Mutex<HashMap<u64, (Claim, Closer)>>,
     pub(crate) log_handshake: LogLimit,
     pub(crate) log_frames: LogLimit,
     log_limits: LogLimit,
 }
 
 impl Shared {
+    /// Connection `conn` is authenticated as `claim`: it can be closed by
+    /// claim from now on.
+    pub(crate) fn opened(&self, conn: u64, claim: Claim, closer: Closer) {
+        lock(&self.open).insert(conn, (claim, closer));
+    }
+
+    pub(crate) fn closed(&self, conn: u64) {
+        lock(&self.open).remove(&conn);
+    }
+
+    /// Ends every connection whose claim matches; returns how many.
+    fn close_where(&self, pred: impl Fn(&Claim) -> bool) -> usize {
+        let open = lock(&self.open);
+        let mut n = 0;
+        for (claim, closer) in open.values() {
+            if pred(claim) {
+                closer.close();
+                n += 1;
+            }
+        }
+        self.counters.revoked.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
     /// A connection from `key` is gone: its place is free again.
     fn leave(&self, key: &str) {
         self.counters
@@ -280,21 +343,8 @@ fn peer_key(addr: &str) -> String {
     }
 }
 
-fn accept_loop(
-    listener: Box<dyn Listener>,
-    cfg: Arc<ServerConfig>,
-    handler: Arc<dyn Handler>,
-    counters: Arc<ServerCounters>,
-) {
-    let shared = Arc::new(Shared {
-        cfg: (*cfg).clone(),
-        handler,
-        counters,
-        per_peer: Mutex::new(HashMap::new()),
-        log_handshake: LogLimit::new(),
-        log_frames: LogLimit::new(),
-        log_limits: LogLimit::new(),
-    });
+fn accept_loop(listener: Box<dyn Listener>, shared: Arc<Shared>) {
+    let cfg = &shared.cfg;
     let mut next_conn = 0u64;
     loop {
         let link = match listener.accept() {

@@ -153,7 +153,12 @@ fn authenticated(addr: &str, secret: &Secret) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     let challenge = read_frame(&mut s, 4096).unwrap();
     let nonce = decode_challenge(&challenge.body).unwrap();
-    let hello = Hello::new(&secret.key_for(Claim::Component), Claim::Component, &nonce).unwrap();
+    let hello = Hello::new(
+        &secret.key_for(Claim::Component).unwrap(),
+        Claim::Component,
+        &nonce,
+    )
+    .unwrap();
     write_frame(&mut s, Op::Hello, 0, 0, &[&hello.encode()]).unwrap();
     let welcome = read_frame(&mut s, 4096).unwrap();
     assert_eq!(welcome.header.op, Op::Welcome);

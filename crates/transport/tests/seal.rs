@@ -87,7 +87,12 @@ fn a_sealing_server_refuses_a_plaintext_hello() {
     let mut s = TcpStream::connect(&addr).unwrap();
     let challenge = read_frame(&mut s, 4096).unwrap();
     let nonce = decode_challenge(&challenge.body).unwrap();
-    let hello = Hello::new(&secret.key_for(Claim::Component), Claim::Component, &nonce).unwrap();
+    let hello = Hello::new(
+        &secret.key_for(Claim::Component).unwrap(),
+        Claim::Component,
+        &nonce,
+    )
+    .unwrap();
     write_frame(&mut s, Op::Hello, 0, 0, &[&hello.encode()]).unwrap();
     let answer = read_frame(&mut s, 4096).unwrap();
     let e = answer.error().expect("an error frame");

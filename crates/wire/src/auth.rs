@@ -12,11 +12,25 @@
 //!   |  sealed: keys = HMAC(HMAC(key, "lego-seal-v1"|cn|sn|claim|cp|sp|DH), dir)
 //! ```
 //!
-//! `key` is the cluster secret for a [`Claim::Component`] (daemons and the CLI:
-//! full rights) or the vNode key `HMAC(secret, "lego-vnode-key-v1"|vid)` for a
-//! [`Claim::Vnode`] (a runtime inside an application: rights to that vNode's
-//! objects only). Nonces are fresh random 32 bytes on both sides, so a recorded
-//! handshake cannot be replayed; the secret itself never crosses the wire.
+//! `key` depends on who the server is (its identity, in the challenge) and
+//! what the client claims:
+//!
+//! ```text
+//! server identity 0: the manager, or a daemon holding the cluster secret S
+//!   Component (the CLI, daemons started with S)  S
+//!   Vnode v   (a runtime inside an application)  HMAC(S, "lego-vnode-key-v1"|v)
+//!   Member m  (a daemon that joined with a token) K_m = HMAC(S, "lego-member-key-v1"|m)
+//!   Join t    (a daemon joining, manager only)   the join token's own key
+//! server identity n: a daemon that joined, holding only K_n
+//!   any claim c                                  HMAC(K_n, "lego-peer-key-v1"|c)
+//! ```
+//!
+//! So a daemon that joined holds no key but its own: it proves itself to the
+//! manager with `K_m`, and gets the key for server `n` from the manager
+//! (which refuses once `m` or `n` is revoked); server `n` derives the same key
+//! from `K_n` and the claim alone, and refuses a revoked member by its list.
+//! Nonces are fresh random 32 bytes on both sides, so a recorded handshake
+//! cannot be replayed; no key ever crosses the wire in the handshake.
 //! The seal flag and both public keys are under the proofs, so a relay can
 //! neither turn sealing off nor put itself in the middle of the key exchange.
 
@@ -66,6 +80,10 @@ impl Secret {
         Ok(Secret(b))
     }
 
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
@@ -110,34 +128,109 @@ impl Secret {
         Secret::from_hex(tag).is_ok_and(|t| verify(&self.0, parts, &t.0))
     }
 
-    /// The key that proves `claim`.
-    pub fn key_for(&self, claim: Claim) -> [u8; KEY_LEN] {
+    /// The key of member `id`: a daemon that joined with a token holds
+    /// this and no other.
+    pub fn member_key(&self, id: u32) -> [u8; KEY_LEN] {
+        mac(&self.0, &[b"lego-member-key-v1", &id.to_le_bytes()])
+    }
+
+    /// The key that proves `claim` to a holder of the secret (a join
+    /// token's key is the token's own, not derived: `None`).
+    pub fn key_for(&self, claim: Claim) -> Option<[u8; KEY_LEN]> {
         match claim {
-            Claim::Component => self.0,
-            Claim::Vnode(v) => self.vnode_key(v),
+            Claim::Component => Some(self.0),
+            Claim::Vnode(v) => Some(self.vnode_key(v)),
+            Claim::Member(m) => Some(self.member_key(m)),
+            Claim::Join(_) => None,
+        }
+    }
+
+    /// The key that proves `claim` to server `server` (0: a holder of the
+    /// secret; else the member of that id).
+    pub fn key_at(&self, server: u32, claim: Claim) -> Option<[u8; KEY_LEN]> {
+        match server {
+            0 => self.key_for(claim),
+            n => Some(peer_key(&self.member_key(n), claim)),
         }
     }
 }
 
+/// The key that proves `claim` to the member whose own key is `member_key`.
+pub fn peer_key(member_key: &[u8; KEY_LEN], claim: Claim) -> [u8; KEY_LEN] {
+    mac(member_key, &[b"lego-peer-key-v1", &claim.encode()])
+}
+
+/// A one-time join token, `lego-join-ID-KEY` (KEY: 64 hex digits): made by
+/// `lego token create`, it lets one daemon join and get its own key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub id: u32,
+    pub key: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinToken({}, ..)", self.id)
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lego-join-{}-{}", self.id, hex(&self.key))
+    }
+}
+
+impl std::str::FromStr for JoinToken {
+    type Err = WireError;
+
+    fn from_str(s: &str) -> Result<Self, WireError> {
+        let bad =
+            || WireError::malformed("join token", "expected lego-join-ID-KEY (64 hex digits)");
+        let rest = s.trim().strip_prefix("lego-join-").ok_or_else(bad)?;
+        let (id, key) = rest.split_once('-').ok_or_else(bad)?;
+        let id: u32 = id.parse().map_err(|_| bad())?;
+        let key = Secret::from_hex(key).map_err(|_| bad())?;
+        if id == 0 {
+            return Err(bad());
+        }
+        Ok(JoinToken { id, key: key.0 })
+    }
+}
+
+impl JoinToken {
+    /// The member key the manager gives for this token, hidden from anyone
+    /// without the token: `key XOR HMAC(token key, "lego-join-wrap-v1"|member)`.
+    pub fn wrap(&self, member: u32, key: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+        let pad = mac(&self.key, &[b"lego-join-wrap-v1", &member.to_le_bytes()]);
+        std::array::from_fn(|i| key[i] ^ pad[i])
+    }
+}
+
 /// What a client claims to be, and so what it may touch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Claim {
-    /// A lego daemon or the CLI: holds the cluster secret.
+    /// A lego daemon or the CLI holding the cluster secret: every right.
     Component,
     /// A process of vNode `id`: holds only that vNode's key.
     Vnode(u32),
+    /// A daemon that joined with a token and holds its own key: a
+    /// component's rights, until the operator revokes it.
+    Member(u32),
+    /// A daemon joining with one-time token `id`: may only ask to join.
+    Join(u32),
 }
 
 impl Claim {
     fn encode(self) -> [u8; 8] {
+        let (tag, v) = match self {
+            Claim::Component => (1, 0),
+            Claim::Vnode(v) => (2, v),
+            Claim::Member(m) => (3, m),
+            Claim::Join(t) => (4, t),
+        };
         let mut b = [0u8; 8];
-        match self {
-            Claim::Component => b[0] = 1,
-            Claim::Vnode(v) => {
-                b[0] = 2;
-                b[4..].copy_from_slice(&v.to_le_bytes());
-            }
-        }
+        b[0] = tag;
+        b[4..].copy_from_slice(&v.to_le_bytes());
         b
     }
 
@@ -146,8 +239,16 @@ impl Claim {
         match (b[0], b[1..4] == [0, 0, 0], v) {
             (1, true, 0) => Ok(Claim::Component),
             (2, true, v) if v != 0 => Ok(Claim::Vnode(v)),
+            (3, true, m) if m != 0 => Ok(Claim::Member(m)),
+            (4, true, t) if t != 0 => Ok(Claim::Join(t)),
             _ => Err(WireError::malformed("hello", "invalid claim")),
         }
+    }
+
+    /// Whether the claim is a lego daemon's or the CLI's (with or without
+    /// the cluster secret), not a vNode's process or a joining daemon.
+    pub fn is_component(self) -> bool {
+        matches!(self, Claim::Component | Claim::Member(_))
     }
 }
 
@@ -156,6 +257,8 @@ impl std::fmt::Display for Claim {
         match self {
             Claim::Component => f.write_str("component"),
             Claim::Vnode(v) => write!(f, "vnode {v}"),
+            Claim::Member(m) => write!(f, "member {m}"),
+            Claim::Join(t) => write!(f, "join token {t}"),
         }
     }
 }
@@ -199,11 +302,13 @@ fn verify(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
     m.verify_slice(tag).is_ok()
 }
 
-/// Body of [`crate::Op::Challenge`]: the server's nonce, then one byte of
-/// flags (bit 0: the server seals its links; a client must ask for sealing).
+/// Body of [`crate::Op::Challenge`]: the server's nonce, one byte of flags
+/// (bit 0: the server seals its links; a client must ask for sealing), then
+/// the server's identity (u32: 0 for a holder of the cluster secret, else
+/// its member id), which says which key the client must prove.
 pub fn decode_challenge(body: &[u8]) -> Result<[u8; KEY_LEN], WireError> {
     match body.len() {
-        KEY_LEN | 33 => Ok(body[..KEY_LEN].try_into().expect("32 bytes")),
+        KEY_LEN | 33 | 37 => Ok(body[..KEY_LEN].try_into().expect("32 bytes")),
         _ => Err(WireError::malformed(
             "challenge",
             "expected a 32-byte nonce",
@@ -213,14 +318,24 @@ pub fn decode_challenge(body: &[u8]) -> Result<[u8; KEY_LEN], WireError> {
 
 /// Whether a challenge says that the server seals its links.
 pub fn challenge_requires_seal(body: &[u8]) -> bool {
-    body.len() == 33 && body[32] & 1 == 1
+    body.len() >= 33 && body[32] & 1 == 1
 }
 
-/// A challenge's body: `nonce`, and whether the server seals its links.
-pub fn encode_challenge(nonce: &[u8; KEY_LEN], seal: bool) -> [u8; 33] {
-    let mut b = [0u8; 33];
+/// The server's identity in a challenge (0: holds the cluster secret).
+pub fn challenge_server(body: &[u8]) -> u32 {
+    match body.get(33..37) {
+        Some(b) => u32::from_le_bytes(b.try_into().expect("4 bytes")),
+        None => 0,
+    }
+}
+
+/// A challenge's body: `nonce`, whether the server seals its links, and
+/// the server's identity.
+pub fn encode_challenge(nonce: &[u8; KEY_LEN], seal: bool, server: u32) -> [u8; 37] {
+    let mut b = [0u8; 37];
     b[..KEY_LEN].copy_from_slice(nonce);
     b[32] = seal as u8;
+    b[33..].copy_from_slice(&server.to_le_bytes());
     b
 }
 
@@ -319,13 +434,9 @@ impl Hello {
         })
     }
 
-    /// Server side: does the proof show the key for the claim?
-    pub fn verify(&self, secret: &Secret, server_nonce: &[u8; KEY_LEN]) -> bool {
-        verify(
-            &secret.key_for(self.claim),
-            &refs(&self.proof_parts(server_nonce)),
-            &self.proof,
-        )
+    /// Server side: does the proof show `key`, the key for the claim?
+    pub fn verify(&self, key: &[u8; KEY_LEN], server_nonce: &[u8; KEY_LEN]) -> bool {
+        verify(key, &refs(&self.proof_parts(server_nonce)), &self.proof)
     }
 
     fn welcome_parts(
@@ -350,14 +461,11 @@ impl Hello {
     /// the key, then (for a sealed link) the server's ephemeral public key.
     pub fn welcome(
         &self,
-        secret: &Secret,
+        key: &[u8; KEY_LEN],
         server_nonce: &[u8; KEY_LEN],
         server_seal: Option<&[u8; KEY_LEN]>,
     ) -> Vec<u8> {
-        let proof = mac(
-            &secret.key_for(self.claim),
-            &refs(&self.welcome_parts(server_nonce, server_seal)),
-        );
+        let proof = mac(key, &refs(&self.welcome_parts(server_nonce, server_seal)));
         match server_seal {
             Some(s) => [&proof[..], s].concat(),
             None => proof.to_vec(),

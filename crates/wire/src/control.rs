@@ -35,7 +35,7 @@ pub struct RegisterResp {
 }
 
 /// `Heartbeat`: a component is alive and reports its load.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReq {
     pub id: ComponentId,
     pub instance: u64,
@@ -414,7 +414,7 @@ pub struct MemStats {
 
 crate::json_request! {
     RegisterReq => RegisterResp, Op::Register;
-    HeartbeatReq => Empty, Op::Heartbeat;
+    HeartbeatReq => crate::identity::HeartbeatResp, Op::Heartbeat;
     AssignReq => AssignResp, Op::AssignVRegion;
     CreateSpaceReq => CreateSpaceResp, Op::CreateSpace;
     ForkSpaceReq => CreateSpaceResp, Op::ForkSpace;

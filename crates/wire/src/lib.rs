@@ -25,6 +25,7 @@ pub mod control;
 pub mod error;
 pub mod frame;
 pub mod fs;
+pub mod identity;
 pub mod jobs;
 pub mod ops;
 pub mod pages;

@@ -109,6 +109,18 @@ u16_enum! {
         /// Manager: where each vNode's vIP is served, for the routes of
         /// every host ([`crate::control::VipRoutes`]).
         VipRoutes = 0x0221, "vip_routes";
+        /// Manager (operator): a one-time join token.
+        TokenCreate = 0x0230, "token_create";
+        /// Manager: a daemon with a join token becomes a member.
+        Join = 0x0231, "join";
+        /// Manager: the key that proves the caller to a member.
+        PeerKey = 0x0232, "peer_key";
+        /// Manager: a job's vNode key and proof, for a processor member.
+        JobKeys = 0x0233, "job_keys";
+        /// Manager (operator): revoke a member's key.
+        Revoke = 0x0234, "revoke";
+        /// Manager (operator): every member.
+        Members = 0x0235, "members";
         /// Processor monitor: start a program.
         Launch = 0x0300, "launch";
         /// Processor monitor: output and exit of a job (long poll).

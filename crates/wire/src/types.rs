@@ -225,6 +225,10 @@ named_enum! {
         /// The manager heard no component at all (cut off or paused), and
         /// when it heard them again.
         Isolated = "isolated",
+        /// A daemon joined with a token and got a key of its own.
+        Joined = "joined",
+        /// The operator revoked a member's key.
+        Revoked = "revoked",
     }
 }
 

@@ -1,7 +1,7 @@
 //! Round trips and random-input robustness of every decoder (proptest).
 
 use lego_wire::{
-    auth::{decode_challenge, Claim, Hello, Secret},
+    auth::{challenge_server, decode_challenge, Claim, Hello, Secret},
     control::{from_body, ClusterState, RegisterReq, ReplicateReq, UnreachableReq},
     frame::{read_frame, write_frame, Header, HEADER_LEN},
     jobs::{OutputReq, StdinReq},
@@ -43,6 +43,13 @@ proptest! {
         let _ = decode_challenge(&bytes);
         let _ = from_body::<ClusterState>(&bytes);
         let _ = from_body::<RegisterReq>(&bytes);
+        let _ = challenge_server(&bytes);
+        let _ = std::str::from_utf8(&bytes).map(|t| t.parse::<lego_wire::auth::JoinToken>());
+        let _ = from_body::<lego_wire::identity::JoinReq>(&bytes);
+        let _ = from_body::<lego_wire::identity::JoinResp>(&bytes);
+        let _ = from_body::<lego_wire::identity::PeerKeyReq>(&bytes);
+        let _ = from_body::<lego_wire::identity::HeartbeatResp>(&bytes);
+        let _ = from_body::<lego_wire::identity::TokenCreateReq>(&bytes);
         // Requests with bodies of their own, and their replies.
         for r in [FreeSpace::decode(&bytes).map(|r| r.encode()), CloneSpace::decode(&bytes).map(|r| r.encode())].into_iter().flatten() {
             prop_assert_eq!(&r[..], &bytes[..]);
@@ -157,61 +164,139 @@ fn error_body_round_trip() {
     }
 }
 
+/// The key that proves `claim` to a holder of `secret`.
+fn k(secret: &Secret, claim: Claim) -> [u8; 32] {
+    secret.key_for(claim).expect("a derived key")
+}
+
 #[test]
 fn handshake_proves_both_sides_and_rejects_wrong_keys() {
     let secret = Secret::generate().unwrap();
     let other = Secret::generate().unwrap();
     let sn = lego_wire::auth::random_bytes().unwrap();
-    for claim in [Claim::Component, Claim::Vnode(7)] {
-        let hello = Hello::new(&secret.key_for(claim), claim, &sn).unwrap();
+    for claim in [Claim::Component, Claim::Vnode(7), Claim::Member(3)] {
+        let hello = Hello::new(&k(&secret, claim), claim, &sn).unwrap();
         let decoded = Hello::decode(&hello.encode()).unwrap();
-        assert!(decoded.verify(&secret, &sn));
-        assert!(!decoded.verify(&other, &sn), "wrong secret must fail");
-        let w = decoded.welcome(&secret, &sn, None);
-        assert!(hello.check_welcome(&secret.key_for(claim), &sn, &w));
-        assert!(!hello.check_welcome(&other.key_for(claim), &sn, &w));
-        let bad = Hello::new(&other.key_for(claim), claim, &sn).unwrap();
-        assert!(!bad.verify(&secret, &sn));
+        assert_eq!(decoded.claim, claim);
+        assert!(decoded.verify(&k(&secret, claim), &sn));
+        assert!(
+            !decoded.verify(&k(&other, claim), &sn),
+            "wrong secret must fail"
+        );
+        let w = decoded.welcome(&k(&secret, claim), &sn, None);
+        assert!(hello.check_welcome(&k(&secret, claim), &sn, &w));
+        assert!(!hello.check_welcome(&k(&other, claim), &sn, &w));
+        let bad = Hello::new(&k(&other, claim), claim, &sn).unwrap();
+        assert!(!bad.verify(&k(&secret, claim), &sn));
     }
-    // A vNode key cannot pass as another vNode or as a component.
+    // A vNode key cannot pass as another vNode or as a component; a
+    // member's key cannot pass as another member.
     let k7 = secret.vnode_key(7);
     let forged = Hello::new(&k7, Claim::Vnode(8), &sn).unwrap();
-    assert!(!forged.verify(&secret, &sn));
+    assert!(!forged.verify(&k(&secret, Claim::Vnode(8)), &sn));
     let forged = Hello::new(&k7, Claim::Component, &sn).unwrap();
-    assert!(!forged.verify(&secret, &sn));
+    assert!(!forged.verify(&k(&secret, Claim::Component), &sn));
+    let m3 = secret.member_key(3);
+    let forged = Hello::new(&m3, Claim::Member(4), &sn).unwrap();
+    assert!(!forged.verify(&k(&secret, Claim::Member(4)), &sn));
+}
+
+#[test]
+fn a_member_server_derives_each_claims_key_from_its_own_alone() {
+    use lego_wire::auth::peer_key;
+    let secret = Secret::generate().unwrap();
+    let k5 = secret.member_key(5);
+    for claim in [Claim::Component, Claim::Vnode(2), Claim::Member(9)] {
+        // What the manager (or a holder of the secret) hands out for server
+        // 5 is what server 5 derives from its own key.
+        assert_eq!(secret.key_at(5, claim), Some(peer_key(&k5, claim)));
+        assert_ne!(secret.key_at(5, claim), secret.key_at(6, claim));
+        assert_ne!(secret.key_at(5, claim), secret.key_at(0, claim));
+    }
+    assert_ne!(
+        peer_key(&k5, Claim::Member(9)),
+        peer_key(&k5, Claim::Member(8))
+    );
+    // A join token's key is its own, never derived.
+    assert_eq!(secret.key_for(Claim::Join(1)), None);
+}
+
+#[test]
+fn join_tokens_parse_and_wrap_a_key_only_their_holder_can_open() {
+    use lego_wire::auth::JoinToken;
+    let t = JoinToken {
+        id: 12,
+        key: [0xab; 32],
+    };
+    let text = t.to_string();
+    assert!(text.starts_with("lego-join-12-abab"));
+    assert_eq!(text.parse::<JoinToken>().unwrap(), t);
+    for bad in [
+        "",
+        "lego-join-12",
+        "lego-join-0-",
+        "lego-join-x-00",
+        "join-12-abab",
+    ] {
+        assert!(bad.parse::<JoinToken>().is_err(), "{bad}");
+    }
+    assert!(format!("lego-join-0-{}", "ab".repeat(32))
+        .parse::<JoinToken>()
+        .is_err());
+    let key = [7u8; 32];
+    let wrapped = t.wrap(3, &key);
+    assert_ne!(wrapped, key);
+    assert_eq!(t.wrap(3, &wrapped), key, "the holder unwraps it");
+    let other = JoinToken {
+        id: 12,
+        key: [1; 32],
+    };
+    assert_ne!(other.wrap(3, &wrapped), key);
+    // Every claim survives the wire; the invalid ones are refused.
+    for claim in [Claim::Member(1), Claim::Join(u32::MAX)] {
+        let h = Hello::new(&[0; 32], claim, &[0; 32]).unwrap();
+        assert_eq!(Hello::decode(&h.encode()).unwrap().claim, claim);
+    }
+    let mut body = Hello::new(&[0; 32], Claim::Member(1), &[0; 32])
+        .unwrap()
+        .encode();
+    body[4..8].copy_from_slice(&0u32.to_le_bytes());
+    assert!(Hello::decode(&body).is_err(), "member 0 is no member");
+    body[0] = 5;
+    assert!(Hello::decode(&body).is_err(), "unknown claim kind");
 }
 
 #[test]
 fn a_relay_cannot_strip_or_swap_the_seal_of_a_hello() {
     let secret = Secret::generate().unwrap();
     let sn = lego_wire::auth::random_bytes().unwrap();
-    let key = secret.key_for(Claim::Component);
+    let key = k(&secret, Claim::Component);
     let cp = [7u8; 32];
     let hello = Hello::with_seal(&key, Claim::Component, &sn, Some(cp)).unwrap();
     let decoded = Hello::decode(&hello.encode()).unwrap();
     assert_eq!(decoded.seal, Some(cp));
-    assert!(decoded.verify(&secret, &sn));
+    assert!(decoded.verify(&key, &sn));
     // Stripped of its seal request, or with the relay's key in place of the
     // client's, the proof no longer holds.
     let stripped = Hello {
         seal: None,
         ..decoded.clone()
     };
-    assert!(!stripped.verify(&secret, &sn));
+    assert!(!stripped.verify(&key, &sn));
     let swapped = Hello {
         seal: Some([9u8; 32]),
         ..decoded.clone()
     };
-    assert!(!swapped.verify(&secret, &sn));
+    assert!(!swapped.verify(&key, &sn));
     // The welcome carries the server's key under its proof; a swapped one fails.
     let sp = [5u8; 32];
-    let mut w = decoded.welcome(&secret, &sn, Some(&sp));
+    let mut w = decoded.welcome(&key, &sn, Some(&sp));
     assert_eq!(lego_wire::auth::welcome_seal(&w), Some(sp));
     assert!(hello.check_welcome(&key, &sn, &w));
     w[40] ^= 1;
     assert!(!hello.check_welcome(&key, &sn, &w));
     // A welcome without a key does not answer a sealed hello.
-    let plain = decoded.welcome(&secret, &sn, None);
+    let plain = decoded.welcome(&key, &sn, None);
     assert!(!hello.check_welcome(&key, &sn, &plain));
     // Both sides derive the same keys, different per direction and per session.
     let k = hello.session_keys(&key, &sn, &sp, &[1; 32]);

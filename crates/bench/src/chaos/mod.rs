@@ -233,6 +233,7 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
         memory_cpus: None,
         storage: true,
         encrypt: lego_cluster::Encrypt::Auto,
+        join: false,
         manager_args: vec!["--vregion-size".into(), "16MiB".into()],
         rack: None,
     };

@@ -185,6 +185,7 @@ fn start_cluster(
         memory_cpus: b.placement.memory_cpus(),
         storage: false,
         encrypt: v.encrypt,
+        join: false,
         manager_args: Vec::new(),
         rack: v.rack.clone(),
     };

@@ -16,6 +16,10 @@ use lego_transport::{Client, ClientOptions, Credentials, Redial};
 use lego_wire::control::*;
 use lego_wire::{Asid, Role, VRegionIdx, VnodeId};
 
+mod programs;
+#[allow(unused_imports)]
+pub use programs::*;
+
 pub const LEGO: &str = env!("CARGO_BIN_EXE_lego");
 
 /// The ExCache runtime the daemons preload, built once per test binary with
@@ -158,6 +162,11 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         // Stopped before the directory goes.
         drop(self.cluster.take());
+        // LEGO_TEST_KEEP=1 keeps the logs of a failed test to read.
+        if std::thread::panicking() && std::env::var_os("LEGO_TEST_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!("kept the cluster's directory: {}", kept.display());
+        }
     }
 }
 
@@ -211,6 +220,28 @@ impl TestCluster {
         manager_flags: &[&str],
         storage: bool,
     ) -> Self {
+        Self::rack_with(
+            hosts,
+            link,
+            memories,
+            capacity,
+            manager_flags,
+            storage,
+            false,
+        )
+    }
+
+    /// [`TestCluster::rack_of`], its monitors joined with one-time tokens
+    /// (each holding a key of its own, never the cluster secret) if `join`.
+    pub fn rack_with(
+        hosts: usize,
+        link: Option<&str>,
+        memories: usize,
+        capacity: &str,
+        manager_flags: &[&str],
+        storage: bool,
+        join: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut c = LocalCluster::new(Options {
             dir: dir.path().to_path_buf(),
@@ -222,6 +253,7 @@ impl TestCluster {
         c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
         c.set_rack(lego_cluster::rack::Rack::create(hosts, link).unwrap())
             .unwrap();
+        c.join = join;
         c.start_manager().unwrap();
         for _ in 0..memories {
             c.add_memory(size(capacity), None).unwrap();

@@ -103,7 +103,8 @@ class Conn:
         claim = bytes([2, 0, 0, 0]) + struct.pack("<I", vid)
         nonce = os.urandom(32)
         # The challenge: the server's nonce, then a flag byte (bit 0: sealed
-        # links required). This client speaks plaintext: seal byte 0.
+        # links required), then the server's member id (0: it holds the
+        # cluster secret). This client speaks plaintext: seal byte 0.
         server_nonce, plain = body[:32], b"\x00"
         proof = hmac.new(
             key, b"hello" + server_nonce + nonce + claim + plain, hashlib.sha256

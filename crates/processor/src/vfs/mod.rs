@@ -154,7 +154,7 @@ impl VnodeFs {
             prefix: mount.trim_start_matches('/').as_bytes().to_vec(),
             storage: Mutex::new(plan.storage.clone()),
             resolve: plan.resolve.clone(),
-            creds: Credentials::vnode(plan.vnode_id, plan.key),
+            creds: plan.creds.clone(),
             client: Mutex::new(None),
             paths: Mutex::new(Paths::default()),
             mnt_ns,

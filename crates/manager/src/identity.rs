@@ -1,0 +1,356 @@
+//! Per-component identity at the manager: one-time join tokens, the
+//! members who joined with them (each with a key of its own, derived from
+//! the cluster secret and the member id, so only the manager can make it),
+//! and revocation. Kept in redb beside the placement records and in memory,
+//! where the handshake of every connection looks tokens and revocations up.
+//!
+//! ```text
+//! tokens   u32 id -> JSON Token  (role, key, expiry, who used it)
+//! members  u32 id -> JSON Member (role, token, component, joined, revoked)
+//! meta     "next_token_id" / "next_member_id" -> u64
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lego_transport::keys::TokenKeys;
+use lego_transport::{lock, Reject, Revoked};
+use lego_wire::auth::{hex, random_bytes, JoinToken, Secret, KEY_LEN};
+use lego_wire::identity::MemberInfo;
+use lego_wire::{ComponentId, ErrorCode, Role};
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{parse, Db};
+use crate::ManagerError;
+
+const TOKENS: TableDefinition<u32, &str> = TableDefinition::new("tokens");
+const MEMBERS: TableDefinition<u32, &str> = TableDefinition::new("members");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The longest a join token may live: a week.
+pub const MAX_TOKEN_TTL_S: u64 = 7 * 24 * 3600;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Token {
+    role: Role,
+    key: String,
+    expires_unix_ms: u64,
+    used_by: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Member {
+    role: Role,
+    token: u32,
+    component: Option<ComponentId>,
+    joined_unix_s: u64,
+    revoked: bool,
+}
+
+#[derive(Default)]
+struct Tables {
+    tokens: BTreeMap<u32, Token>,
+    members: BTreeMap<u32, Member>,
+    next_token: u32,
+    next_member: u32,
+}
+
+/// Tokens, members and revocations.
+pub struct Identities {
+    tables: Mutex<Tables>,
+    /// Shared with the manager's server: a revoked member is refused at its
+    /// handshake and its connections are closed.
+    pub revoked: Arc<Revoked>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn rejected(e: ManagerError) -> Reject {
+    Reject::new(
+        ErrorCode::Internal,
+        format!("the manager cannot store the change: {e}"),
+    )
+}
+
+impl Identities {
+    /// Loads tokens and members (creating the tables if needed).
+    pub fn load(db: &Db) -> Result<Self, ManagerError> {
+        let d = db.database();
+        let tx = d.begin_write().map_err(ManagerError::db)?;
+        tx.open_table(TOKENS).map_err(ManagerError::db)?;
+        tx.open_table(MEMBERS).map_err(ManagerError::db)?;
+        tx.commit().map_err(ManagerError::db)?;
+        let tx = d.begin_read().map_err(ManagerError::db)?;
+        let mut t = Tables::default();
+        let tokens = tx.open_table(TOKENS).map_err(ManagerError::db)?;
+        for row in tokens.iter().map_err(ManagerError::db)? {
+            let (k, v) = row.map_err(ManagerError::db)?;
+            t.tokens.insert(
+                k.value(),
+                parse(&format!("token {}", k.value()), v.value())?,
+            );
+        }
+        let members = tx.open_table(MEMBERS).map_err(ManagerError::db)?;
+        for row in members.iter().map_err(ManagerError::db)? {
+            let (k, v) = row.map_err(ManagerError::db)?;
+            t.members.insert(
+                k.value(),
+                parse(&format!("member {}", k.value()), v.value())?,
+            );
+        }
+        let meta = tx.open_table(META).map_err(ManagerError::db)?;
+        let get = |k: &str| -> Result<u32, ManagerError> {
+            let v = meta
+                .get(k)
+                .map_err(ManagerError::db)?
+                .map_or(1, |v| v.value());
+            Ok(v.clamp(1, u32::MAX as u64) as u32)
+        };
+        t.next_token = get("next_token_id")?;
+        t.next_member = get("next_member_id")?;
+        let revoked = Arc::new(Revoked::default());
+        revoked.extend(
+            t.members
+                .iter()
+                .filter(|(_, m)| m.revoked)
+                .map(|(id, _)| *id),
+        );
+        Ok(Identities {
+            tables: Mutex::new(t),
+            revoked,
+        })
+    }
+
+    /// What the handshake asks: the key of a token still usable.
+    pub fn token_keys(self: &Arc<Self>) -> TokenKeys {
+        let me = self.clone();
+        Arc::new(move |id| {
+            let t = lock(&me.tables);
+            let tok = t.tokens.get(&id)?;
+            if tok.used_by.is_some() || tok.expires_unix_ms <= now_ms() {
+                return None;
+            }
+            Secret::from_hex(&tok.key).ok().map(|s| *s.as_bytes())
+        })
+    }
+
+    /// The key of token `id`, used or not (to wrap the key of the member
+    /// it made).
+    pub fn token_key_any(&self, id: u32) -> Option<[u8; KEY_LEN]> {
+        let t = lock(&self.tables);
+        let tok = t.tokens.get(&id)?;
+        Secret::from_hex(&tok.key).ok().map(|s| *s.as_bytes())
+    }
+
+    /// A new one-time token for a daemon of `role`, valid `ttl_s` seconds.
+    pub fn create_token(&self, db: &Db, role: Role, ttl_s: u64) -> Result<JoinToken, Reject> {
+        if ttl_s == 0 || ttl_s > MAX_TOKEN_TTL_S {
+            return Err(Reject::new(
+                ErrorCode::BadRequest,
+                format!("a token lives 1 s to {MAX_TOKEN_TTL_S} s, not {ttl_s} s"),
+            ));
+        }
+        let key = random_bytes().map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))?;
+        let mut t = lock(&self.tables);
+        let id = t.next_token;
+        let tok = Token {
+            role,
+            key: hex(&key),
+            expires_unix_ms: now_ms() + ttl_s * 1000,
+            used_by: None,
+        };
+        write(
+            db,
+            &[
+                Row::Token(id, &tok),
+                Row::Meta("next_token_id", id as u64 + 1),
+            ],
+        )
+        .map_err(rejected)?;
+        t.tokens.insert(id, tok);
+        t.next_token = id + 1;
+        Ok(JoinToken { id, key })
+    }
+
+    /// Token `token` (proven by the handshake) makes a member of `role`;
+    /// returns its id and key. The token is spent even if the answer is lost.
+    pub fn join(
+        &self,
+        db: &Db,
+        secret: &Secret,
+        token: u32,
+        role: Role,
+    ) -> Result<(u32, [u8; KEY_LEN]), Reject> {
+        let mut t = lock(&self.tables);
+        let refuse = |why: String| Reject::new(ErrorCode::NotEntitled, why);
+        let Some(tok) = t.tokens.get(&token).cloned() else {
+            return Err(refuse(format!("join token {token} is unknown")));
+        };
+        if let Some(m) = tok.used_by {
+            return Err(refuse(format!(
+                "join token {token} was used already (by member {m})"
+            )));
+        }
+        if tok.expires_unix_ms <= now_ms() {
+            return Err(refuse(format!("join token {token} has expired")));
+        }
+        if tok.role != role {
+            return Err(refuse(format!(
+                "join token {token} is for a {} monitor, not a {role} monitor",
+                tok.role
+            )));
+        }
+        let id = t.next_member;
+        let member = Member {
+            role,
+            token,
+            component: None,
+            joined_unix_s: now_ms() / 1000,
+            revoked: false,
+        };
+        let spent = Token {
+            used_by: Some(id),
+            ..tok
+        };
+        write(
+            db,
+            &[
+                Row::Token(token, &spent),
+                Row::Member(id, &member),
+                Row::Meta("next_member_id", id as u64 + 1),
+            ],
+        )
+        .map_err(rejected)?;
+        t.tokens.insert(token, spent);
+        t.members.insert(id, member);
+        t.next_member = id + 1;
+        Ok((id, secret.member_key(id)))
+    }
+
+    /// Member `id`'s role, if it exists and is not revoked.
+    pub fn active_role(&self, id: u32) -> Option<Role> {
+        let t = lock(&self.tables);
+        t.members.get(&id).filter(|m| !m.revoked).map(|m| m.role)
+    }
+
+    /// The component member `id` registered as last.
+    pub fn component_of(&self, id: u32) -> Option<ComponentId> {
+        lock(&self.tables)
+            .members
+            .get(&id)
+            .and_then(|m| m.component)
+    }
+
+    /// Member `id` registered as `component`.
+    pub fn registered(&self, db: &Db, id: u32, component: ComponentId) -> Result<(), Reject> {
+        let mut t = lock(&self.tables);
+        let Some(m) = t.members.get(&id) else {
+            return Ok(());
+        };
+        if m.component == Some(component) {
+            return Ok(());
+        }
+        let m = Member {
+            component: Some(component),
+            ..m.clone()
+        };
+        write(db, &[Row::Member(id, &m)]).map_err(rejected)?;
+        t.members.insert(id, m);
+        Ok(())
+    }
+
+    /// Revokes the member that registered as `component`; returns its id.
+    pub fn revoke(&self, db: &Db, component: ComponentId) -> Result<u32, Reject> {
+        let id = {
+            let mut t = lock(&self.tables);
+            let Some((&id, m)) = t
+                .members
+                .iter()
+                .find(|(_, m)| m.component == Some(component))
+            else {
+                return Err(Reject::new(
+                    ErrorCode::NotFound,
+                    format!("component {component} holds no key of its own (it was started with the cluster secret, or is unknown): only a component that joined with a token can be revoked alone"),
+                ));
+            };
+            if m.revoked {
+                return Err(Reject::new(
+                    ErrorCode::Conflict,
+                    format!("component {component} (member {id}) is revoked already"),
+                ));
+            }
+            let m = Member {
+                revoked: true,
+                ..m.clone()
+            };
+            write(db, &[Row::Member(id, &m)]).map_err(rejected)?;
+            t.members.insert(id, m);
+            id
+        };
+        // Refused from now on, and its open connections closed.
+        self.revoked.extend([id]);
+        Ok(id)
+    }
+
+    /// Each revoked member's component.
+    pub fn revoked_components(&self) -> Vec<(u32, ComponentId)> {
+        let t = lock(&self.tables);
+        t.members
+            .iter()
+            .filter(|(_, m)| m.revoked)
+            .filter_map(|(&id, m)| Some((id, m.component?)))
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<MemberInfo> {
+        let t = lock(&self.tables);
+        t.members
+            .iter()
+            .map(|(&id, m)| MemberInfo {
+                id,
+                role: m.role,
+                token: m.token,
+                component: m.component,
+                joined_unix_s: m.joined_unix_s,
+                revoked: m.revoked,
+            })
+            .collect()
+    }
+}
+
+enum Row<'a> {
+    Token(u32, &'a Token),
+    Member(u32, &'a Member),
+    Meta(&'static str, u64),
+}
+
+/// Writes rows in one durable transaction.
+fn write(db: &Db, rows: &[Row<'_>]) -> Result<(), ManagerError> {
+    let tx = db.database().begin_write().map_err(ManagerError::db)?;
+    {
+        let mut tokens = tx.open_table(TOKENS).map_err(ManagerError::db)?;
+        let mut members = tx.open_table(MEMBERS).map_err(ManagerError::db)?;
+        let mut meta = tx.open_table(META).map_err(ManagerError::db)?;
+        for r in rows {
+            let done = match r {
+                Row::Token(id, t) => {
+                    let json = serde_json::to_string(t).expect("serializable");
+                    tokens.insert(*id, json.as_str()).map(drop)
+                }
+                Row::Member(id, m) => {
+                    let json = serde_json::to_string(m).expect("serializable");
+                    members.insert(*id, json.as_str()).map(drop)
+                }
+                Row::Meta(k, v) => meta.insert(*k, *v).map(drop),
+            };
+            done.map_err(ManagerError::db)?;
+        }
+    }
+    tx.commit().map_err(ManagerError::db)
+}
