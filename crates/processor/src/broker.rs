@@ -40,6 +40,8 @@ use crate::shared::Shared;
 const MAX_MESSAGE: usize = 256 << 10;
 /// How long a connection the broker makes may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the broker asks the manager about an address it does not know.
+const ASK_EVERY: Duration = Duration::from_millis(250);
 /// Connections a job may have made per second, on average, and at once.
 const CONNECTS_PER_SEC: f64 = 50.0;
 const CONNECT_BURST: f64 = 200.0;
@@ -218,10 +220,14 @@ fn answer_connect(reply: &OwnedFd, answer: Result<OwnedFd, String>) {
 
 impl Shared {
     /// Whether the broker may connect a job to `addr`: the manager, or a
-    /// memory monitor the manager knows (asked again at most every 250 ms
-    /// when an address is not known yet). What the manager last said
-    /// stands while it is away (a restart): no memory monitor can join
-    /// meanwhile.
+    /// memory monitor the manager knows. An address not known yet is
+    /// asked about, at most every [`ASK_EVERY`]: a monitor that registered
+    /// since the last ask (the replacement of a dead one, just given a
+    /// vRegion) waits out the rest of the interval and is found, never
+    /// refused; a job naming addresses at random costs the manager at most
+    /// a few questions a second (its broker serves one request at a time).
+    /// What the manager last said stands while it is away (a restart): no
+    /// memory monitor can join meanwhile.
     pub(crate) fn may_dial(&self, addr: &str) -> bool {
         if addr == self.cfg.manager {
             return true;
@@ -229,7 +235,11 @@ impl Shared {
         if lock(&self.dialable).1.iter().any(|a| a == addr) {
             return true;
         }
-        self.refresh_dialable(Duration::from_millis(250));
+        let since = lock(&self.dialable).0.map(|t| t.elapsed());
+        if let Some(wait) = since.and_then(|s| ASK_EVERY.checked_sub(s)) {
+            std::thread::sleep(wait);
+        }
+        self.refresh_dialable(Duration::ZERO);
         lock(&self.dialable).1.iter().any(|a| a == addr)
     }
 
