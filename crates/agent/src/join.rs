@@ -128,21 +128,18 @@ fn read(path: &Path, text: &str, role: Role) -> Result<Identity, JoinError> {
 
 /// Spends `token` at the manager: returns the member id and its key.
 pub fn join(manager: &str, token: &JoinToken, role: Role) -> Result<(u32, [u8; 32]), JoinError> {
-    let c = Client::connect(
-        manager,
-        &Credentials::join(token),
-        &ClientOptions::default(),
-    )
-    .map_err(JoinError::Refused)?;
+    // Sealed whatever the daemon's --encrypt: the answer carries its key.
+    let opts = ClientOptions {
+        seal: true,
+        ..ClientOptions::default()
+    };
+    let c =
+        Client::connect(manager, &Credentials::join(token), &opts).map_err(JoinError::Refused)?;
     let resp = c.call(&JoinReq { role }).map_err(JoinError::Refused)?;
     let wrapped = Secret::from_hex(&resp.wrapped_key).map_err(|_| JoinError::BadAnswer)?;
     let key = token.wrap(resp.member, wrapped.as_bytes());
     // The key must open a connection as the member, or the answer was forged.
-    Client::connect(
-        manager,
-        &Credentials::member(resp.member, key),
-        &ClientOptions::default(),
-    )
-    .map_err(|_| JoinError::BadAnswer)?;
+    Client::connect(manager, &Credentials::member(resp.member, key), &opts)
+        .map_err(|_| JoinError::BadAnswer)?;
     Ok((resp.member, key))
 }

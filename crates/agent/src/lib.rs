@@ -23,7 +23,7 @@ pub mod join;
 pub mod routes;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +59,9 @@ pub struct AgentConfig {
     pub auth: Identity,
     /// Filled from heartbeats' answers: the members revoked.
     pub revoked: Arc<Revoked>,
+    /// Set from heartbeats' answers: the cluster has members, so every
+    /// link of this daemon's server must be sealed ([`lego_transport::Keyring`]).
+    pub seal: Arc<AtomicBool>,
     pub role: Role,
     /// Where the component serves.
     pub addr: String,
@@ -98,6 +101,10 @@ pub struct Agent {
     pub instance: u64,
     /// The heartbeat interval the manager asked for (ms), once known.
     interval_ms: Arc<AtomicU64>,
+    /// Whether a heartbeat's answer was heard since this process started
+    /// (revocations older than that are taken in without aborting anything:
+    /// a process just started has no connections to abort).
+    synced: Arc<AtomicBool>,
 }
 
 impl Agent {
@@ -120,6 +127,7 @@ pub fn spawn_agent(cfg: AgentConfig, report: Report, hooks: Hooks) -> std::io::R
         id: Arc::new(AtomicU64::new(kept)),
         instance,
         interval_ms: Arc::new(AtomicU64::new(1000)),
+        synced: Arc::new(AtomicBool::new(false)),
     };
     let a = agent.clone();
     std::thread::Builder::new()
@@ -246,7 +254,9 @@ fn session_inner(
             };
             let answer = client.call(&hb);
             if let Ok(a) = &answer {
-                revoked(cfg, hooks, a);
+                cfg.seal.fetch_or(a.seal, Ordering::Relaxed);
+                let first = !agent.synced.swap(true, Ordering::Relaxed);
+                revoked(cfg, hooks, a, first);
             }
             match answer {
                 Ok(_) if keeper.enabled() || hooks.on_routes.is_some() => {
@@ -275,7 +285,7 @@ fn session_inner(
 /// Takes in the members the manager says are revoked: the server refuses
 /// them and closes their connections ([`Revoked`]); connections from this
 /// host to where a newly revoked member serves are aborted.
-fn revoked(cfg: &AgentConfig, hooks: &Hooks, a: &lego_wire::identity::HeartbeatResp) {
+fn revoked(cfg: &AgentConfig, hooks: &Hooks, a: &lego_wire::identity::HeartbeatResp, first: bool) {
     let new: Vec<u32> = a
         .revoked
         .iter()
@@ -285,8 +295,12 @@ fn revoked(cfg: &AgentConfig, hooks: &Hooks, a: &lego_wire::identity::HeartbeatR
     if new.is_empty() {
         return;
     }
-    warn!(members = ?new, "the manager says these members' keys are revoked: refused here from now on");
     cfg.revoked.extend(new.iter().copied());
+    if first {
+        info!(members = ?new, "members revoked before this daemon started: refused here");
+        return;
+    }
+    warn!(members = ?new, "the manager says these members' keys are revoked: refused here from now on");
     let addrs: Vec<String> = new
         .iter()
         .filter_map(|m| a.revoked_addrs.get(m).cloned())

@@ -51,7 +51,15 @@ pub enum ComponentCmd {
     /// its connections are closed, its registrations refused, and it is
     /// declared dead (its vRegions are rebuilt elsewhere). Only a component
     /// that joined with a token can be revoked alone; no other key changes
-    Revoke { id: u64 },
+    Revoke {
+        /// The component's id
+        #[arg(required_unless_present = "member")]
+        id: Option<u64>,
+        /// Revoke member M instead (`lego component list`), also one that
+        /// never registered
+        #[arg(long, value_name = "M", conflicts_with = "id")]
+        member: Option<u32>,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -113,12 +121,21 @@ pub fn component(a: ComponentArgs) -> Result<()> {
                 );
             }
         }
-        ComponentCmd::Revoke { id } => {
-            let r = client.call(&RevokeReq { component: id })?;
-            println!(
-                "revoked component {} (member {}): its connections are closed, it is refused from now on and declared dead",
-                r.component, r.member
-            );
+        ComponentCmd::Revoke { id, member } => {
+            let r = client.call(&RevokeReq {
+                component: id,
+                member,
+            })?;
+            match r.component {
+                Some(c) => println!(
+                    "revoked component {c} (member {}): its connections are closed, it is refused from now on and declared dead",
+                    r.member
+                ),
+                None => println!(
+                    "revoked member {} (it never registered): it is refused from now on",
+                    r.member
+                ),
+            }
         }
     }
     Ok(())

@@ -319,7 +319,19 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
     };
     refused(me.call(&tok).unwrap_err(), "needs the cluster secret");
     refused(
-        me.call(&RevokeReq { component: 1 }).unwrap_err(),
+        me.call(&RevokeReq {
+            component: Some(1),
+            member: None,
+        })
+        .unwrap_err(),
+        "needs the cluster secret",
+    );
+    refused(
+        me.call(&lego_wire::control::VnodeCreateReq {
+            name: "mine".into(),
+            ..Default::default()
+        })
+        .unwrap_err(),
         "needs the cluster secret",
     );
     refused(
@@ -341,6 +353,17 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
         .unwrap_err(),
         "cannot register as a storage monitor",
     );
+    refused(
+        me.call(&RegisterReq {
+            role: Role::Memory,
+            addr: "127.0.0.1:1".into(),
+            capacity: 1,
+            instance: 1,
+            previous: Some(component + 100),
+        })
+        .unwrap_err(),
+        "may not take its id",
+    );
     // A vNode's process gets no job keys; a joining daemon may only join.
     let (vnode, _) = c.vnode_space("v");
     let proc = Client::connect(
@@ -360,6 +383,10 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
         &ClientOptions::default(),
     )
     .unwrap();
+    assert!(
+        joiner.sealed(),
+        "a cluster with members seals every link: a member relaying a plaintext handshake could speak on it"
+    );
     refused(
         joiner
             .call(&RegisterReq {
@@ -392,6 +419,21 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
         &ClientOptions::default(),
     )
     .unwrap();
+
+    // A member that never registered can be revoked by its member id.
+    let fresh: lego_wire::auth::JoinToken = token(&c, "memory", "60s").parse().unwrap();
+    let never = Client::connect(
+        &c.manager_addr,
+        &Credentials::join(&fresh),
+        &ClientOptions::default(),
+    )
+    .unwrap()
+    .call(&JoinReq { role: Role::Memory })
+    .unwrap()
+    .member;
+    let out = c.cli(&["component", "revoke", "--member", &never.to_string()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("never registered"), "{said}");
 
     // Only a component with a key of its own can be revoked alone.
     let out = c.cli(&["component", "revoke", "999"]);

@@ -172,6 +172,8 @@ pub struct LocalCluster {
     /// with the secret) and keep a key of their own in `DIR/keys/NAME.json`;
     /// they are never given the cluster secret.
     pub join: bool,
+    /// Join tokens for the next start of a daemon, by name.
+    join_tokens: std::cell::RefCell<std::collections::BTreeMap<String, String>>,
     /// Extra flags of the storage monitor (`--vnode-disk-quota`, ...).
     pub storage_flags: Vec<String>,
     memory_started: usize,
@@ -213,6 +215,7 @@ impl LocalCluster {
             manager_flags: Vec::new(),
             encrypt: Encrypt::Auto,
             join: false,
+            join_tokens: Default::default(),
             storage_flags: Vec::new(),
             memory_started: 0,
             rack: None,
@@ -442,12 +445,12 @@ impl LocalCluster {
                 what: format!("the manager for a join token for the {name}"),
                 source,
             })?;
-        Ok(vec![
-            "--join-token".into(),
-            t.token.into(),
-            "--key-file".into(),
-            file.into(),
-        ])
+        // The token goes in the environment of the first start only (not
+        // on a command line others can read); restarts read the key file.
+        self.join_tokens
+            .borrow_mut()
+            .insert(name.to_string(), t.token);
+        Ok(vec!["--key-file".into(), file.into()])
     }
 
     fn role_args(&self, role: &str) -> Vec<OsString> {
@@ -500,6 +503,9 @@ impl LocalCluster {
             .process_group(0);
         if let Some(level) = &self.opts.log {
             cmd.env("LEGO_LOG", level);
+        }
+        if let Some(token) = self.join_tokens.borrow_mut().remove(name) {
+            cmd.env("LEGO_JOIN_TOKEN", token);
         }
         let child = cmd.spawn().map_err(io(format!(
             "cannot start the {name} ({})",

@@ -79,6 +79,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
     ));
     let keys = Keyring::from(cfg.secret.clone())
         .with_revoked(identities.revoked.clone())
+        .with_seal(identities.seal.clone())
         .with_tokens(identities.token_keys());
     let server = spawn_server(
         listen(&cfg.listen)?,

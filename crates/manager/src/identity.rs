@@ -7,10 +7,11 @@
 //! ```text
 //! tokens   u32 id -> JSON Token  (role, key, expiry, who used it)
 //! members  u32 id -> JSON Member (role, token, component, joined, revoked)
-//! meta     "next_token_id" / "next_member_id" -> u64
+//! meta     "next_token_id" -> u64 (member ids are random, never reused)
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,9 @@ struct Member {
     component: Option<ComponentId>,
     joined_unix_s: u64,
     revoked: bool,
+    /// Where its component served when it was revoked.
+    #[serde(default)]
+    revoked_addr: Option<String>,
 }
 
 #[derive(Default)]
@@ -54,7 +58,6 @@ struct Tables {
     tokens: BTreeMap<u32, Token>,
     members: BTreeMap<u32, Member>,
     next_token: u32,
-    next_member: u32,
 }
 
 /// Tokens, members and revocations.
@@ -63,6 +66,10 @@ pub struct Identities {
     /// Shared with the manager's server: a revoked member is refused at its
     /// handshake and its connections are closed.
     pub revoked: Arc<Revoked>,
+    /// Set once the cluster has a member: from then on every link must be
+    /// sealed, since a member (which holds no secret) relaying a plaintext
+    /// handshake could speak on the relayed connection.
+    pub seal: Arc<AtomicBool>,
 }
 
 fn now_ms() -> u64 {
@@ -113,7 +120,6 @@ impl Identities {
             Ok(v.clamp(1, u32::MAX as u64) as u32)
         };
         t.next_token = get("next_token_id")?;
-        t.next_member = get("next_member_id")?;
         let revoked = Arc::new(Revoked::default());
         revoked.extend(
             t.members
@@ -121,9 +127,11 @@ impl Identities {
                 .filter(|(_, m)| m.revoked)
                 .map(|(id, _)| *id),
         );
+        let seal = Arc::new(AtomicBool::new(!t.members.is_empty()));
         Ok(Identities {
             tables: Mutex::new(t),
             revoked,
+            seal,
         })
     }
 
@@ -138,14 +146,6 @@ impl Identities {
             }
             Secret::from_hex(&tok.key).ok().map(|s| *s.as_bytes())
         })
-    }
-
-    /// The key of token `id`, used or not (to wrap the key of the member
-    /// it made).
-    pub fn token_key_any(&self, id: u32) -> Option<[u8; KEY_LEN]> {
-        let t = lock(&self.tables);
-        let tok = t.tokens.get(&id)?;
-        Secret::from_hex(&tok.key).ok().map(|s| *s.as_bytes())
     }
 
     /// A new one-time token for a daemon of `role`, valid `ttl_s` seconds.
@@ -179,7 +179,8 @@ impl Identities {
     }
 
     /// Token `token` (proven by the handshake) makes a member of `role`;
-    /// returns its id and key. The token is spent even if the answer is lost.
+    /// returns its id and its key wrapped with the token
+    /// ([`JoinToken::wrap`]). The token is spent even if the answer is lost.
     pub fn join(
         &self,
         db: &Db,
@@ -189,6 +190,7 @@ impl Identities {
     ) -> Result<(u32, [u8; KEY_LEN]), Reject> {
         let mut t = lock(&self.tables);
         let refuse = |why: String| Reject::new(ErrorCode::NotEntitled, why);
+        let internal = |e: lego_wire::WireError| Reject::new(ErrorCode::Internal, e.to_string());
         let Some(tok) = t.tokens.get(&token).cloned() else {
             return Err(refuse(format!("join token {token} is unknown")));
         };
@@ -206,31 +208,40 @@ impl Identities {
                 tok.role
             )));
         }
-        let id = t.next_member;
+        // Random, never reused: a member key derives from the secret and the
+        // id, so an id given again (a database restored from an old copy)
+        // would give an old, maybe revoked, key.
+        let id = loop {
+            let r = random_bytes().map_err(internal)?;
+            let id = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            if id != 0 && !t.members.contains_key(&id) {
+                break id;
+            }
+        };
+        let token_key = Secret::from_hex(&tok.key).map_err(internal)?;
         let member = Member {
             role,
             token,
             component: None,
             joined_unix_s: now_ms() / 1000,
             revoked: false,
+            revoked_addr: None,
         };
+        // Spent: its key is kept no longer (what it wrapped stays hidden).
         let spent = Token {
             used_by: Some(id),
+            key: String::new(),
             ..tok
         };
-        write(
-            db,
-            &[
-                Row::Token(token, &spent),
-                Row::Member(id, &member),
-                Row::Meta("next_member_id", id as u64 + 1),
-            ],
-        )
-        .map_err(rejected)?;
+        write(db, &[Row::Token(token, &spent), Row::Member(id, &member)]).map_err(rejected)?;
         t.tokens.insert(token, spent);
         t.members.insert(id, member);
-        t.next_member = id + 1;
-        Ok((id, secret.member_key(id)))
+        self.seal.store(true, Ordering::Relaxed);
+        let wrap = JoinToken {
+            id: token,
+            key: *token_key.as_bytes(),
+        };
+        Ok((id, wrap.wrap(id, &secret.member_key(id))))
     }
 
     /// Member `id`'s role, if it exists and is not revoked.
@@ -265,46 +276,50 @@ impl Identities {
         Ok(())
     }
 
-    /// Revokes the member that registered as `component`; returns its id.
-    pub fn revoke(&self, db: &Db, component: ComponentId) -> Result<u32, Reject> {
-        let id = {
+    /// The member that registered as `component`.
+    pub fn member_of(&self, component: ComponentId) -> Option<u32> {
+        let t = lock(&self.tables);
+        t.members
+            .iter()
+            .find(|(_, m)| m.component == Some(component))
+            .map(|(&id, _)| id)
+    }
+
+    /// Revokes member `id`, whose component served at `addr`.
+    pub fn revoke(&self, db: &Db, id: u32, addr: Option<String>) -> Result<(), Reject> {
+        {
             let mut t = lock(&self.tables);
-            let Some((&id, m)) = t
-                .members
-                .iter()
-                .find(|(_, m)| m.component == Some(component))
-            else {
+            let Some(m) = t.members.get(&id) else {
                 return Err(Reject::new(
                     ErrorCode::NotFound,
-                    format!("component {component} holds no key of its own (it was started with the cluster secret, or is unknown): only a component that joined with a token can be revoked alone"),
+                    format!("member {id} is unknown"),
                 ));
             };
             if m.revoked {
                 return Err(Reject::new(
                     ErrorCode::Conflict,
-                    format!("component {component} (member {id}) is revoked already"),
+                    format!("member {id} is revoked already"),
                 ));
             }
             let m = Member {
                 revoked: true,
+                revoked_addr: addr,
                 ..m.clone()
             };
             write(db, &[Row::Member(id, &m)]).map_err(rejected)?;
             t.members.insert(id, m);
-            id
-        };
+        }
         // Refused from now on, and its open connections closed.
         self.revoked.extend([id]);
-        Ok(id)
+        Ok(())
     }
 
-    /// Each revoked member's component.
-    pub fn revoked_components(&self) -> Vec<(u32, ComponentId)> {
+    /// Where each revoked member served when it was revoked.
+    pub fn revoked_addrs(&self) -> Vec<(u32, String)> {
         let t = lock(&self.tables);
         t.members
             .iter()
-            .filter(|(_, m)| m.revoked)
-            .filter_map(|(&id, m)| Some((id, m.component?)))
+            .filter_map(|(&id, m)| Some((id, m.revoked_addr.clone()?)))
             .collect()
     }
 

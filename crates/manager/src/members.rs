@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use lego_transport::{PeerInfo, Reject};
-use lego_wire::auth::{hex, peer_key, Claim, JoinToken};
+use lego_wire::auth::{hex, peer_key, Claim};
 use lego_wire::identity::*;
 use lego_wire::types::EventKind;
 use lego_wire::{ComponentId, ErrorCode, Role};
@@ -39,9 +39,9 @@ impl ManagerService {
                 peer.claim
             )));
         };
-        let (member, key) = self
-            .identities
-            .join(self.state.db(), &self.secret, token, req.role)?;
+        let (member, wrapped) =
+            self.identities
+                .join(self.state.db(), &self.secret, token, req.role)?;
         info!(member, token, role = %req.role, peer = %peer.addr, "a daemon joined with a token");
         self.journal.record(
             EventKind::Joined,
@@ -51,18 +51,9 @@ impl ManagerService {
             ),
             None,
         );
-        // The token's key is what the handshake proved: the wrapped key is
-        // readable only by whoever holds it.
-        let tok = JoinToken {
-            id: token,
-            key: self
-                .identities
-                .token_key_any(token)
-                .ok_or_else(|| Reject::new(ErrorCode::Internal, "the token vanished"))?,
-        };
         Ok(JoinResp {
             member,
-            wrapped_key: hex(&tok.wrap(member, &key)),
+            wrapped_key: hex(&wrapped),
         })
     }
 
@@ -90,6 +81,12 @@ impl ManagerService {
                 )))
             }
         }
+        if self.state.read(|st| st.vnode(req.vnode).is_none()) {
+            return Err(Reject::new(
+                ErrorCode::NotFound,
+                format!("vnode {} is unknown", req.vnode),
+            ));
+        }
         Ok(JobKeys {
             vnode_key: hex(&self.secret.vnode_key(req.vnode)),
             job_proof: self.secret.job_proof_hex(req.job, req.vnode),
@@ -97,28 +94,51 @@ impl ManagerService {
     }
 
     pub(crate) fn revoke(&self, req: RevokeReq) -> Result<RevokeResp, Reject> {
-        let member = self.identities.revoke(self.state.db(), req.component)?;
+        let member = match (req.member, req.component) {
+            (Some(m), None) => m,
+            (None, Some(c)) => self.identities.member_of(c).ok_or_else(|| {
+                Reject::new(
+                    ErrorCode::NotFound,
+                    format!("component {c} holds no key of its own (it was started with the cluster secret, or is unknown): only a component that joined with a token can be revoked alone"),
+                )
+            })?,
+            _ => {
+                return Err(Reject::new(
+                    ErrorCode::BadRequest,
+                    "name a component or a member, one of the two",
+                ))
+            }
+        };
+        let component = self.identities.component_of(member);
+        let addr = component.and_then(|c| {
+            self.state
+                .read(|st| st.component(c).map(|x| x.addr.clone()))
+        });
+        self.identities
+            .revoke(self.state.db(), member, addr.clone())?;
         warn!(
             member,
-            component = req.component,
-            "key revoked: the component's connections are closed and it is declared dead"
+            ?component,
+            "key revoked: the member's connections are closed and its component is declared dead"
         );
         self.journal.record(
             EventKind::Revoked,
-            format!("member {member} (component {})", req.component),
+            match component {
+                Some(c) => format!("member {member} (component {c})"),
+                None => format!("member {member} (never registered)"),
+            },
             None,
         );
         self.counters.revocations.fetch_add(1, Ordering::Relaxed);
-        let addr = self
-            .state
-            .read(|st| st.component(req.component).map(|c| c.addr.clone()));
-        let _ = self.change(|st, now| {
-            st.declare_dead(now, req.component);
-            Ok(())
-        });
+        if let Some(c) = component {
+            let _ = self.change(|st, now| {
+                st.declare_dead(now, c);
+                Ok(())
+            });
+        }
         // The manager's own connections to it (the other daemons abort
         // theirs when their heartbeat tells them).
-        if let Some(a) = addr {
+        if let Some(a) = addr.filter(|a| !self.served_by_live(a)) {
             match lego_transport::link::sever(&a) {
                 Ok(n) => {
                     info!(addr = %a, connections = n, "aborted the connections to the revoked component")
@@ -128,14 +148,31 @@ impl ManagerService {
                 }
             }
         }
-        Ok(RevokeResp {
-            member,
-            component: req.component,
+        Ok(RevokeResp { member, component })
+    }
+
+    /// Whether a live component serves at `addr` (then it is not the
+    /// revoked one's any more: its connections are left alone).
+    pub(crate) fn served_by_live(&self, addr: &str) -> bool {
+        self.state.read(|st| {
+            st.components()
+                .any(|c| c.addr == addr && c.health != lego_wire::Health::Dead)
         })
     }
 
-    /// A member's connection may register only in its role, and heartbeat
-    /// only for the component it registered as.
+    /// Where the members revoked served, unless a live component serves
+    /// there now: each daemon aborts its connections there.
+    pub(crate) fn revoked_addrs(&self) -> std::collections::BTreeMap<u32, String> {
+        self.identities
+            .revoked_addrs()
+            .into_iter()
+            .filter(|(_, a)| !self.served_by_live(a))
+            .collect()
+    }
+
+    /// A member's connection may register only in its role (under no
+    /// earlier id but its own), and heartbeat only for the component it
+    /// registered as.
     pub(crate) fn check_member(
         &self,
         peer: &PeerInfo,

@@ -196,6 +196,14 @@ impl ManagerService {
 
     fn register(&self, peer: &PeerInfo, req: RegisterReq) -> Result<RegisterResp, Reject> {
         self.check_member(peer, Some(req.role), None)?;
+        if let (Claim::Member(m), Some(p)) = (peer.claim, req.previous) {
+            if self.identities.component_of(m) != Some(p) {
+                return Err(Reject::new(
+                    ErrorCode::NotEntitled,
+                    format!("member {m} never registered as component {p}: it may not take its id"),
+                ));
+            }
+        }
         // An address no one can dial is refused now, with why, rather than
         // found out by the first program placed there.
         crate::reachable::check_form(&req.addr, &peer.addr)
@@ -233,16 +241,10 @@ impl ManagerService {
         self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         lock(&self.reports).insert(req.id, req.counters);
         self.set_served_vips(req.id, req.vips);
-        let revoked = self.identities.revoked_components();
-        let revoked_addrs = self.state.read(|st| {
-            revoked
-                .iter()
-                .filter_map(|(m, c)| Some((*m, st.component(*c)?.addr.clone())))
-                .collect()
-        });
         Ok(HeartbeatResp {
             revoked: self.identities.revoked.all(),
-            revoked_addrs,
+            revoked_addrs: self.revoked_addrs(),
+            seal: self.identities.seal.load(Ordering::Relaxed),
         })
     }
 
@@ -266,6 +268,13 @@ impl Handler for ManagerService {
         body: &[u8],
         reply: &mut Vec<u8>,
     ) -> Result<(), Reject> {
+        // A member revoked while this connection was being set up.
+        if matches!(peer.claim, Claim::Member(m) if self.identities.revoked.contains(m)) {
+            return Err(Reject::new(
+                ErrorCode::NotEntitled,
+                format!("{} has been revoked", peer.claim),
+            ));
+        }
         // A joining daemon may only join.
         if matches!(peer.claim, Claim::Join(_)) != (op == Op::Join) {
             return Err(Reject::new(
@@ -274,7 +283,10 @@ impl Handler for ManagerService {
             ));
         }
         // What only the holders of the cluster secret (the operator) may ask.
-        if matches!(op, Op::TokenCreate | Op::Revoke | Op::Members) {
+        if matches!(
+            op,
+            Op::TokenCreate | Op::Revoke | Op::Members | Op::VnodeCreate | Op::VnodeDelete
+        ) {
             peer.require_secret(op)?;
         }
         // What only components (daemons, the CLI) may ask.

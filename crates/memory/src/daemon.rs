@@ -46,6 +46,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
     // The members the manager revoked: refused here, learnt by the agent.
     let revoked = Arc::new(Revoked::default());
     let keys = Keyring::new(cfg.auth.clone()).with_revoked(revoked.clone());
+    let seal = keys.seal.clone();
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
@@ -74,6 +75,7 @@ pub fn run(cfg: MemoryConfig) -> Result<RunningMemory, TransportError> {
             manager: cfg.manager,
             auth: cfg.auth,
             revoked,
+            seal,
             role: lego_wire::Role::Memory,
             addr: advertised.clone(),
             capacity: cfg.capacity,

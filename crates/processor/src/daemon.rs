@@ -141,6 +141,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
     }));
     let revoked = Arc::new(Revoked::default());
     let keys = Keyring::new(cfg.auth.clone()).with_revoked(revoked.clone());
+    let seal = keys.seal.clone();
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
@@ -200,6 +201,7 @@ pub fn run(cfg: ProcessorConfig) -> Result<RunningProcessor, ProcessorError> {
             manager: cfg.manager,
             auth: cfg.auth,
             revoked,
+            seal,
             role: lego_wire::Role::Processor,
             addr: advertised.clone(),
             capacity: cfg.excache,

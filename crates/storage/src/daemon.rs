@@ -61,6 +61,7 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
     // The members the manager revoked: refused here, learnt by the agent.
     let revoked = Arc::new(Revoked::default());
     let keys = Keyring::new(cfg.auth.clone()).with_revoked(revoked.clone());
+    let seal = keys.seal.clone();
     let listener = listen(&cfg.listen)?;
     let server = spawn_server(
         listener,
@@ -88,6 +89,7 @@ pub fn run(cfg: StorageConfig) -> Result<RunningStorage, StorageError> {
             manager: cfg.manager,
             auth: cfg.auth,
             revoked,
+            seal,
             role: lego_wire::Role::Storage,
             addr: advertised.clone(),
             capacity,

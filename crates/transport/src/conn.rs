@@ -260,7 +260,8 @@ fn handshake(
     cfg: &ServerConfig,
 ) -> Result<(PeerInfo, Option<SessionKeys>), Unshaken> {
     let nonce = random_bytes().map_err(|e| e.to_string())?;
-    let challenge = encode_challenge(&nonce, cfg.seal, cfg.keys.server_id());
+    let must_seal = cfg.seal || cfg.keys.must_seal();
+    let challenge = encode_challenge(&nonce, must_seal, cfg.keys.server_id());
     write_frame(writer, Op::Challenge, 0, 0, &[&challenge]).map_err(|e| e.to_string())?;
     writer.flush().map_err(|e| e.to_string())?;
     let refuse = |writer: &mut BufWriter<_>, code, msg: String| {
@@ -293,9 +294,9 @@ fn handshake(
         );
         return Err(refuse(writer, ErrorCode::AuthFailed, msg).into());
     }
-    if cfg.seal && hello.seal.is_none() {
+    if must_seal && hello.seal.is_none() {
         let msg = format!(
-            "this server seals its links (--encrypt) and the peer (claim '{}') asked for plaintext",
+            "this server seals its links (--encrypt, or its cluster has members that joined with tokens) and the peer (claim '{}') asked for plaintext",
             hello.claim
         );
         return Err(refuse(writer, ErrorCode::AuthFailed, msg).into());

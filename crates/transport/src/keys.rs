@@ -13,6 +13,7 @@
 //!   when either end is revoked.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use lego_wire::auth::{peer_key, Claim, JoinToken, Secret, KEY_LEN};
@@ -137,6 +138,11 @@ pub struct Keyring {
     identity: Identity,
     pub revoked: Arc<Revoked>,
     tokens: Option<TokenKeys>,
+    /// Every link must be sealed: set for a member, and for a holder of the
+    /// secret once its cluster has members (a member relaying a plaintext
+    /// handshake between a client and another server could then speak on
+    /// the relayed connection; a sealed one it can only pass on or drop).
+    pub seal: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -159,11 +165,28 @@ impl From<Identity> for Keyring {
 
 impl Keyring {
     pub fn new(identity: Identity) -> Self {
+        let member = matches!(identity, Identity::Member { .. });
         Keyring {
             identity,
             revoked: Arc::new(Revoked::default()),
             tokens: None,
+            seal: Arc::new(AtomicBool::new(member)),
         }
+    }
+
+    /// Shares the flag that says every link must be sealed (the manager's
+    /// members, or what heartbeats say); a member seals regardless.
+    pub fn with_seal(mut self, seal: Arc<AtomicBool>) -> Self {
+        if matches!(self.identity, Identity::Member { .. }) {
+            seal.store(true, Ordering::Relaxed);
+        }
+        self.seal = seal;
+        self
+    }
+
+    /// Whether every link must be sealed, whatever the server's own setting.
+    pub fn must_seal(&self) -> bool {
+        self.seal.load(Ordering::Relaxed)
     }
 
     /// Shares `revoked` (kept up to date by the daemon's agent or, in the
@@ -350,7 +373,7 @@ impl KeyFetch {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 

@@ -77,17 +77,22 @@ pub struct JobKeys {
     pub job_proof: String,
 }
 
-/// `Revoke` (operator only): end the access of the member that component
-/// `component` registered as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Revoke` (operator only): end the access of member `member`, or of the
+/// member that component `component` registered as (one of the two).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeReq {
-    pub component: ComponentId,
+    #[serde(default)]
+    pub component: Option<ComponentId>,
+    #[serde(default)]
+    pub member: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeResp {
     pub member: u32,
-    pub component: ComponentId,
+    /// The component it had registered as, declared dead (None: it never
+    /// registered).
+    pub component: Option<ComponentId>,
 }
 
 /// `Members` (operator only): every member, revoked ones too.
@@ -117,6 +122,11 @@ pub struct HeartbeatResp {
     /// to it are aborted ([`crate::auth`] cannot close what it serves).
     #[serde(default)]
     pub revoked_addrs: std::collections::BTreeMap<u32, String>,
+    /// The cluster has members: every link must be sealed (a member, which
+    /// holds no secret, relaying a plaintext handshake could otherwise
+    /// speak on the relayed connection).
+    #[serde(default)]
+    pub seal: bool,
 }
 
 crate::json_request! {
