@@ -107,14 +107,14 @@ pub fn component(a: ComponentArgs) -> Result<()> {
         ComponentCmd::List => {
             let list = client.call(&MembersReq)?;
             println!(
-                "{:>6}  {:<9} {:>9}  {:>6}  {:<8}",
+                "{:>10}  {:<9} {:>9}  {:>6}  {:<8}",
                 "MEMBER", "ROLE", "COMPONENT", "TOKEN", "KEY"
             );
             for m in list {
                 println!(
-                    "{:>6}  {:<9} {:>9}  {:>6}  {:<8}",
+                    "{:>10}  {:<9} {:>9}  {:>6}  {:<8}",
                     m.id,
-                    m.role.to_string(),
+                    m.role,
                     m.component.map_or("-".into(), |c| c.to_string()),
                     m.token,
                     if m.revoked { "revoked" } else { "valid" }
