@@ -129,13 +129,16 @@ pub struct ManagerArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct MemoryArgs {
+    #[command(subcommand)]
+    pub action: Option<crate::elastic::MemoryCmd>,
     /// Memory this monitor may hold for pages (e.g. 4GiB)
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub capacity: u64,
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", required = true)]
+    pub capacity: Option<u64>,
     /// The manager's address
-    #[arg(long, value_name = "ADDR")]
-    pub manager: String,
+    #[arg(long, value_name = "ADDR", required = true)]
+    pub manager: Option<String>,
     /// Address to serve pages on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub listen: String,
@@ -275,13 +278,19 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
 }
 
 pub fn memory(a: MemoryArgs) -> Result<()> {
+    if let Some(cmd) = a.action {
+        return crate::elastic::memory(cmd);
+    }
+    // Both required by the parser when there is no subcommand.
+    let manager = a.manager.clone().context("--manager is needed")?;
+    let capacity = a.capacity.context("--capacity is needed")?;
     a.daemon.pin()?;
-    let auth = a.daemon.auth(&a.manager, Role::Memory)?;
+    let auth = a.daemon.auth(&manager, Role::Memory)?;
     let m = lego_memory::run(lego_memory::MemoryConfig {
-        capacity: a.capacity,
+        capacity,
         listen: a.listen.clone(),
         advertise: a.advertise.clone(),
-        manager: a.manager.clone(),
+        manager,
         auth,
         spin: std::time::Duration::from_micros(a.spin_us),
         seal: a

@@ -8,6 +8,7 @@
 
 mod config;
 mod daemons;
+mod elastic;
 mod keys;
 mod run;
 mod status;
@@ -41,7 +42,11 @@ enum Cmd {
     /// Run the global manager: membership, failure detection, vRegion and vNode placement
     Manager(daemons::ManagerArgs),
     /// Run a memory monitor: a capacity-bounded page store for vRegions
+    /// (or, with `drain`/`undrain`, empty one while programs run)
     Memory(daemons::MemoryArgs),
+    /// Even out the memory monitors' use: moves vRegion copies from the
+    /// fullest to the emptiest, live
+    Rebalance(elastic::RebalanceArgs),
     /// Run a processor monitor: starts programs under the ExCache runtime, each with a quota of its ExCache
     Processor(daemons::ProcessorArgs),
     /// Run a storage monitor: the files of vNodes on local disk, served by message
@@ -120,6 +125,7 @@ fn main() {
         Cmd::Up(a) => up::run(a),
         Cmd::Status(a) => status::run(a),
         Cmd::Token(a) => keys::token(a),
+        Cmd::Rebalance(a) => elastic::rebalance(a),
         Cmd::Component(a) => keys::component(a),
         Cmd::HttpToken(a) => a.cluster.resolve().map_err(anyhow::Error::from).map(|t| {
             println!("{}", t.secret.http_token_hex());

@@ -217,6 +217,26 @@ pub fn render(st: &ClusterState) -> String {
             counter("bytes_out_total"),
             secs(c.last_heard_ms_ago)
         );
+        if let Some(d) = &c.drain {
+            let _ = writeln!(
+                o,
+                "       {}",
+                match (d.copies, d.eta_s) {
+                    (0, _) => format!(
+                        "drained: holds no copy ({} copies, {} moved); it can be stopped",
+                        d.copies_moved,
+                        human(d.bytes_moved)
+                    ),
+                    (n, eta) => format!(
+                        "draining: {n} copies left, {} copies ({}) moved at {}/s{}",
+                        d.copies_moved,
+                        human(d.bytes_moved),
+                        human(d.rate),
+                        eta.map_or(String::new(), |s| format!(", about {s} s to go"))
+                    ),
+                }
+            );
+        }
     }
     // Hosts: the components by the host part of their address.
     let host = |a: &str| a.rsplit_once(':').map_or(a, |(h, _)| h).to_string();

@@ -122,6 +122,18 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
             }
         })
         .map_err(ManagerError::Thread)?;
+    let s = svc.clone();
+    std::thread::Builder::new()
+        .name("manager-mover".into())
+        .spawn(move || {
+            let mut failed = FailedCopies::new();
+            loop {
+                if !s.move_once(&mut failed) {
+                    std::thread::sleep(period);
+                }
+            }
+        })
+        .map_err(ManagerError::Thread)?;
     info!(addr = %server.local_addr, http = ?http, heartbeat_ms = cfg.heartbeat_ms,
         dead_after_ms = cfg.dead_after_ms, "manager serving");
     Ok(RunningManager {

@@ -13,6 +13,8 @@
 //!   memory monitors; its [`journal`] is what `lego status` shows.
 //! - [`identity`]: join tokens, members with keys of their own, revocation
 //!   (durable, and looked up by every handshake); [`members`]: its requests.
+//! - [`migrate`]: drains and rebalancing: the mover that copies vRegions
+//!   off live memory monitors and commits the moves.
 //! - [`peers`]: what the manager asks of other components.
 //! - [`vip`]: vNodes' virtual IP addresses; [`vnet`]: where they are
 //!   served, for every host's routes.
@@ -27,6 +29,7 @@ pub mod identity;
 pub mod journal;
 pub mod members;
 pub mod metrics;
+pub mod migrate;
 pub mod peers;
 pub mod reachable;
 pub mod recovery;

@@ -77,6 +77,9 @@ pub fn metrics(svc: &ManagerService) -> String {
         ),
         ("lego_manager_refused_total", &c.refused),
         ("lego_manager_revocations_total", &c.revocations),
+        ("lego_manager_moves_total", &c.moves),
+        ("lego_manager_moves_failed_total", &c.moves_failed),
+        ("lego_manager_moved_bytes_total", &c.bytes_moved),
     ] {
         f.add(name, String::new(), v.load(Ordering::Relaxed));
     }

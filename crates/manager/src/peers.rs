@@ -70,6 +70,15 @@ impl Peers {
         Redial::new(addr, self.creds.clone(), opts).call(req)
     }
 
+    /// Tells a memory monitor that a vRegion's copy moved away from it.
+    pub fn withdraw(
+        &self,
+        addr: &str,
+        req: &lego_wire::elastic::WithdrawReq,
+    ) -> Result<u64, TransportError> {
+        self.pool.call(addr, req)
+    }
+
     /// Kills a job at its processor monitor.
     pub fn kill_job(&self, addr: &str, job: u64) -> Result<(), TransportError> {
         self.pool

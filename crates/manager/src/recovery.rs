@@ -26,9 +26,9 @@ use crate::service::ManagerService;
 /// How often a memory monitor is probed on processes' word.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// vRegions copied at once.
-const PARALLEL_COPIES: usize = 4;
+pub(crate) const PARALLEL_COPIES: usize = 4;
 /// A copy that failed is not retried for this long.
-const RETRY_AFTER: Duration = Duration::from_millis(500);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// The re-replication worker's memory of copies that failed, and when.
 pub type FailedCopies = BTreeMap<VRegionKey, Instant>;

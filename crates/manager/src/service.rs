@@ -46,6 +46,10 @@ pub struct ManagerCounters {
     pub refused: AtomicU64,
     /// Members' keys revoked.
     pub revocations: AtomicU64,
+    /// Copies of vRegions moved off live memory monitors (drains, rebalancing).
+    pub moves: AtomicU64,
+    pub moves_failed: AtomicU64,
+    pub bytes_moved: AtomicU64,
 }
 
 /// Fixed facts about this manager.
@@ -78,6 +82,8 @@ pub struct ManagerService {
     pub(crate) probed: Mutex<HashMap<ComponentId, std::time::Instant>>,
     /// Join tokens, members and revocations ([`crate::identity`]).
     pub identities: Arc<Identities>,
+    /// Drains and queued moves ([`crate::migrate`]).
+    pub(crate) mover: crate::migrate::Mover,
 }
 
 impl ManagerService {
@@ -100,6 +106,7 @@ impl ManagerService {
             secret: secret.clone(),
             probed: Mutex::new(HashMap::new()),
             identities,
+            mover: crate::migrate::Mover::default(),
         }
     }
 
@@ -156,6 +163,7 @@ impl ManagerService {
                     last_heard_ms_ago: now.saturating_sub(c.last_heard_ms),
                     counters: reports.get(&c.id).cloned().unwrap_or_default(),
                     vips: self.served_vips(c.id),
+                    drain: self.drain_info(st, c.id),
                 })
                 .collect(),
             vnodes: st.vnodes().map(|v| self.vnode_info(st, v)).collect(),
@@ -285,7 +293,13 @@ impl Handler for ManagerService {
         // What only the holders of the cluster secret (the operator) may ask.
         if matches!(
             op,
-            Op::TokenCreate | Op::Revoke | Op::Members | Op::VnodeCreate | Op::VnodeDelete
+            Op::TokenCreate
+                | Op::Revoke
+                | Op::Members
+                | Op::VnodeCreate
+                | Op::VnodeDelete
+                | Op::Drain
+                | Op::Rebalance
         ) {
             peer.require_secret(op)?;
         }
@@ -316,6 +330,8 @@ impl Handler for ManagerService {
             Op::JobKeys => answer(b, reply, |r| self.job_keys(peer, r)),
             Op::Revoke => answer(b, reply, |r| self.revoke(r)),
             Op::Members => answer(b, reply, |_: MembersReq| Ok(self.identities.list())),
+            Op::Drain => answer(b, reply, |r| self.drain(r)),
+            Op::Rebalance => answer(b, reply, |r| self.rebalance(r)),
             Op::AssignVRegion => answer(b, reply, |r| self.assign(peer, r)),
             Op::CreateSpace => answer(b, reply, |r| self.create_space(peer, r)),
             Op::ForkSpace => answer(b, reply, |r| self.fork_space(peer, r)),

@@ -21,6 +21,8 @@ struct Inner {
     shift: u32,
     spaces: HashMap<Asid, HashSet<VRegionIdx>>,
     quotas: HashMap<VnodeId, u64>,
+    /// vRegions whose copy moved away from here (withdrawn).
+    moved: HashMap<Asid, HashSet<VRegionIdx>>,
 }
 
 /// The grants of this monitor.
@@ -45,6 +47,9 @@ impl Grants {
             .entry(req.asid)
             .or_default()
             .extend(req.indices.iter().copied());
+        if let Some(m) = g.moved.get_mut(&req.asid) {
+            m.retain(|i| !req.indices.contains(i));
+        }
         match req.vnode_quota_pages {
             Some(q) => g.quotas.insert(req.asid.vnode(), q),
             None => g.quotas.remove(&req.asid.vnode()),
@@ -78,15 +83,36 @@ impl Grants {
         }
     }
 
+    /// vRegion `index` of `asid` moved away: its writes are refused from
+    /// now on.
+    pub fn withdraw(&self, asid: Asid, index: VRegionIdx) {
+        let mut g = lock(&self.inner);
+        if let Some(s) = g.spaces.get_mut(&asid) {
+            s.remove(&index);
+        }
+        g.moved.entry(asid).or_default().insert(index);
+    }
+
+    /// Whether `page` of `asid` is in a vRegion whose copy moved away.
+    pub fn moved(&self, asid: Asid, page: PageNo) -> bool {
+        let g = lock(&self.inner);
+        g.moved
+            .get(&asid)
+            .is_some_and(|m| m.contains(&VRegionIdx(page.0 >> g.shift)))
+    }
+
     /// The address space is gone.
     pub fn forget_space(&self, asid: Asid) {
-        lock(&self.inner).spaces.remove(&asid);
+        let mut g = lock(&self.inner);
+        g.spaces.remove(&asid);
+        g.moved.remove(&asid);
     }
 
     /// The vNode is gone: every grant of it.
     pub fn forget_vnode(&self, vnode: VnodeId) {
         let mut g = lock(&self.inner);
         g.spaces.retain(|a, _| a.vnode() != vnode);
+        g.moved.retain(|a, _| a.vnode() != vnode);
         g.quotas.remove(&vnode);
     }
 }

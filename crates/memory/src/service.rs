@@ -15,10 +15,11 @@ use std::sync::Arc;
 use lego_transport::{answer, Credentials, Handler, PeerInfo, Reject, ServerCounters};
 use lego_wire::auth::Claim;
 use lego_wire::control::{FreeVnodeReq, GrantReq, MemStats, MemStatsReq, ReplicateReq};
+use lego_wire::elastic::WithdrawReq;
 use lego_wire::pages::{
     CloneSpace, CopyPages, FreeRange, FreeSpace, ReadPages, ReadPagesReply, WritePages, WriteReply,
 };
-use lego_wire::{Asid, ErrorCode, Op, Ping, PAGE_SIZE};
+use lego_wire::{Asid, ErrorCode, Op, PageNo, Ping, PAGE_SIZE};
 
 use crate::grants::Grants;
 use crate::mirror::Mirrors;
@@ -110,6 +111,13 @@ impl MemoryService {
             return Ok(None);
         }
         if let Some(p) = self.grants.ungranted(asid, pages) {
+            // Its copy moved: the writer learns where from the manager.
+            if self.grants.moved(asid, p) {
+                return Err(Reject::new(
+                    ErrorCode::Conflict,
+                    format!("moved: the vRegion of {p} of address space {asid} is no longer placed on this memory monitor"),
+                ));
+            }
             self.not_entitled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(conn = peer.conn, %asid, page = %p, "refused a write outside the vRegions placed here");
             return Err(Reject::new(
@@ -166,6 +174,16 @@ impl Handler for MemoryService {
             Op::ReadPages => {
                 let req = ReadPages::decode(body)?;
                 self.check(peer, req.asid)?;
+                // A moved copy's pages are gone: the reader asks the manager
+                // where they are now rather than taking them for absent.
+                if !peer.claim.is_component() {
+                    if let Some(p) = req.pages.iter().find(|p| self.grants.moved(req.asid, **p)) {
+                        return Err(Reject::new(
+                            ErrorCode::Conflict,
+                            format!("moved: the vRegion of {p} of address space {} is no longer placed on this memory monitor", req.asid),
+                        ));
+                    }
+                }
                 // Room for the head and every page; the head is written last.
                 let head_len = ReadPagesReply::encode_head(&vec![false; req.pages.len()]).len();
                 reply.resize(head_len, 0);
@@ -238,6 +256,23 @@ impl Handler for MemoryService {
                         Reject::new(ErrorCode::OutOfMemory, e.to_string())
                     })?;
                     self.grants.clone_space(from, to);
+                    Ok(n)
+                })
+            }
+            Op::Withdraw => {
+                self.require_component(peer, op)?;
+                answer(body, reply, |req: WithdrawReq| {
+                    let pages = req.vregion_bytes / lego_wire::PAGE_SIZE as u64;
+                    if pages == 0 || !pages.is_power_of_two() {
+                        return Err(Reject::bad_request(
+                            "a vRegion size is a power of two of pages",
+                        ));
+                    }
+                    // Refused first, then freed: no write lands in between.
+                    self.grants.withdraw(req.asid, req.index);
+                    let first = PageNo(req.index.0 * pages);
+                    let n = self.store.free_range(req.asid, first, pages);
+                    tracing::info!(asid = %req.asid, index = req.index.0, pages = n, "a vRegion's copy moved away: its pages freed");
                     Ok(n)
                 })
             }

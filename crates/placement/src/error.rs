@@ -38,6 +38,8 @@ pub enum PlacementError {
     NotAReplica { key: VRegionKey, id: ComponentId },
     #[error("{key} has no bad copy to rebuild")]
     NoBadCopy { key: VRegionKey },
+    #[error("component {0} is not a memory monitor")]
+    NotMemory(ComponentId),
     #[error("no alive processor monitor has {excache} bytes of ExCache free ({alive} alive)")]
     NoProcessor { alive: usize, excache: u64 },
     #[error("unknown vnode {0:?}")]

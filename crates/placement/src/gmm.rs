@@ -100,7 +100,8 @@ impl Placement {
             .collect()
     }
 
-    /// Alive memory monitors not in `exclude`, least loaded first.
+    /// Alive memory monitors not in `exclude` and not drained, least loaded
+    /// first.
     pub(crate) fn ranked_memory_monitors(&self, exclude: &[ComponentId]) -> Vec<ComponentId> {
         let mut replicas: BTreeMap<ComponentId, u64> = BTreeMap::new();
         for id in self.vregions.values().flat_map(|a| a.copies()) {
@@ -109,7 +110,7 @@ impl Placement {
         let mut candidates: Vec<(f64, u64, ComponentId)> = self
             .components
             .values()
-            .filter(|c| c.role == Role::Memory && c.health == Health::Alive)
+            .filter(|c| c.role == Role::Memory && c.health == Health::Alive && !c.drained)
             .filter(|c| !exclude.contains(&c.id))
             .map(|c| {
                 let load = c.used as f64 / c.capacity.max(1) as f64;

@@ -8,6 +8,7 @@
 //! - `membership`: registration, heartbeats, failure detection;
 //! - `gmm`: vRegion placement on memory monitors;
 //! - `recovery`: failover and re-replication when memory monitors die;
+//! - `migrate`: moving copies off live memory monitors (drains, rebalancing);
 //! - `vnodes`: vNodes and their address spaces;
 //! - `gsm`: storage placement of vNodes, and memory leases within quotas.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ mod gmm;
 mod gpm;
 mod gsm;
 mod membership;
+mod migrate;
 mod recovery;
 mod types;
 mod vnodes;
@@ -28,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use error::PlacementError;
 pub use types::{
-    Asid, Backup, Component, ComponentId, Event, Health, PlacementConfig, Record, Records,
+    Asid, Backup, Component, ComponentId, Event, Health, Move, PlacementConfig, Record, Records,
     Recovery, Role, Stored, VRegionAssignment, VRegionIdx, VRegionKey, VRegionState, Vnode,
     VnodeId, DEFAULT_MOUNT,
 };

@@ -55,6 +55,10 @@ impl Placement {
             }
         };
         let rejoined = old.is_some();
+        // Still being emptied after a reconnect (not after a restart: a
+        // restarted memory monitor holds nothing, but the operator's word
+        // stands until undrained).
+        let drained = old.is_some_and(|o| o.drained);
         if let Some(old) = stale {
             self.events.push(Event::StaleIdentity {
                 old,
@@ -80,6 +84,7 @@ impl Placement {
                 instance,
                 health: Health::Alive,
                 last_heard_ms: now_ms,
+                drained,
             },
         );
         self.touch(Record::Component(id));

@@ -25,6 +25,10 @@ pub struct Component {
     pub instance: u64,
     pub health: Health,
     pub last_heard_ms: u64,
+    /// A memory monitor being emptied (`lego memory drain`): it gets no new
+    /// copies, and the manager moves the ones it holds elsewhere.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// A named virtual node.
@@ -135,6 +139,18 @@ pub struct Recovery {
     /// The copy being replaced: a dead monitor's, or a bad one.
     pub failed: Backup<ComponentId>,
     pub target: ComponentId,
+}
+
+/// Moving one copy of a vRegion off a live memory monitor (a drain or a
+/// rebalance): `source` (the other copy, or `from` itself for a vRegion
+/// with one copy) copies the vRegion onto `to`, forwarding later writes;
+/// then `to` replaces `from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub key: VRegionKey,
+    pub from: ComponentId,
+    pub source: ComponentId,
+    pub to: ComponentId,
 }
 
 /// Things the manager must log or act on.

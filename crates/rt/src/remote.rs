@@ -362,10 +362,17 @@ impl Remote {
         } = p;
         let at = data_alignment(body.len());
         let primary = copies.primary;
+        let mut moved = false;
         if let Some((c, id)) = sent {
             let r = c.wait_into(id, out, at);
             if let Err(e) = &r {
                 self.report_unreachable(&primary, e);
+                // Its copy moved away (a drain): never asked again; the
+                // placement is asked anew once the read is served.
+                if e.remote_code() == Some(lego_wire::ErrorCode::Conflict) {
+                    self.stale.insert((index, primary.id));
+                    moved = true;
+                }
             }
             match take_pages(r, out, at, "primary") {
                 Ok(at) => return Ok(at),
@@ -396,6 +403,11 @@ impl Remote {
                 match take_pages(r, out, at, role) {
                     Ok(at) => {
                         COUNTERS.add(&COUNTERS.backup_reads, 1);
+                        if moved {
+                            COUNTERS.add(&COUNTERS.moved_copies, 1);
+                            self.refreshed.remove(&index);
+                            self.maybe_refresh(index);
+                        }
                         return Ok(at);
                     }
                     Err(e) => why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr)),
@@ -518,8 +530,16 @@ impl Remote {
         let mut stored = 0;
         let mut why = Vec::new();
         let mut missed = Vec::new();
+        let mut moved = false;
         for SentWrite { role, ep, sent } in sent {
             match sent.and_then(|(c, id)| c.wait(id)) {
+                // Its copy moved away (a drain, a rebalance): nothing is
+                // wrong with it, and the manager knows where the copy is.
+                Err(e) if e.remote_code() == Some(lego_wire::ErrorCode::Conflict) => {
+                    why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr));
+                    self.stale.insert((index, ep.id));
+                    moved = true;
+                }
                 Ok(f) => {
                     stored += 1;
                     // A copy being rebuilt that this one forwarded to, and
@@ -556,7 +576,11 @@ impl Remote {
             }
             return Err(why.join("; "));
         }
-        if stored < 1 + copies.backup.is_some() as usize {
+        if moved {
+            COUNTERS.add(&COUNTERS.moved_copies, 1);
+            self.refreshed.remove(&index);
+            self.maybe_refresh(index);
+        } else if stored < 1 + copies.backup.is_some() as usize {
             COUNTERS.add(&COUNTERS.degraded_writes, 1);
             self.maybe_refresh(index);
         }

@@ -41,6 +41,7 @@ counters! {
     excache_pages,
     backup_reads,
     degraded_writes,
+    moved_copies,
     remote_fault_ns_total,
     remote_faults_timed,
     pages_freed,

@@ -303,6 +303,9 @@ pub struct ComponentInfo {
     /// vIPs served here (processor monitors).
     #[serde(default)]
     pub vips: Vec<String>,
+    /// A memory monitor being drained: its progress (None: not drained).
+    #[serde(default)]
+    pub drain: Option<crate::elastic::DrainInfo>,
 }
 
 impl ComponentInfo {

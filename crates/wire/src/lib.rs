@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod control;
+pub mod elastic;
 pub mod error;
 pub mod frame;
 pub mod fs;

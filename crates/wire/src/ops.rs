@@ -71,6 +71,9 @@ u16_enum! {
         /// Memory monitor, from the manager: rebuild the copy of a vRegion
         /// on another memory monitor, forwarding later writes to it.
         Replicate = 0x0107, "replicate";
+        /// Memory monitor, from the manager: a vRegion's copy moved away;
+        /// refuse its writes, free its pages.
+        Withdraw = 0x010a, "withdraw";
         /// Manager: a component registers.
         Register = 0x0200, "register";
         /// Manager: a component is alive and reports its load.
@@ -121,6 +124,10 @@ u16_enum! {
         Revoke = 0x0234, "revoke";
         /// Manager (operator): every member.
         Members = 0x0235, "members";
+        /// Manager (operator): drain a memory monitor, or undrain it.
+        Drain = 0x0240, "drain";
+        /// Manager (operator): even out the memory monitors' use.
+        Rebalance = 0x0241, "rebalance";
         /// Processor monitor: start a program.
         Launch = 0x0300, "launch";
         /// Processor monitor: output and exit of a job (long poll).

@@ -229,6 +229,10 @@ named_enum! {
         Joined = "joined",
         /// The operator revoked a member's key.
         Revoked = "revoked",
+        /// A memory monitor was drained, or undrained.
+        Drain = "drain",
+        /// A copy of a vRegion moved to another memory monitor.
+        Moved = "moved",
     }
 }
 

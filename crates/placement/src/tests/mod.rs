@@ -5,6 +5,7 @@
 
 mod gmm;
 mod membership;
+mod migrate;
 mod misc;
 mod recovery;
 mod restore;
@@ -101,6 +102,25 @@ pub(crate) enum Op {
     ),
     /// `commit_recovery` of (key, survivor, failed, target): new (primary, backup).
     Commit(
+        (VRegionKey, ComponentId, ComponentId, ComponentId),
+        Result<(ComponentId, ComponentId), PlacementError>,
+    ),
+    /// `set_drained(id, drained)`.
+    Drain(ComponentId, bool, Result<(), PlacementError>),
+    /// `drain_moves(busy)` plans exactly these (key, from, source, to).
+    DrainMoves(
+        Vec<VRegionKey>,
+        Vec<(VRegionKey, ComponentId, ComponentId, ComponentId)>,
+    ),
+    /// `rebalance_moves(vregion_bytes, threshold, max)` plans exactly these.
+    Rebalance(
+        u64,
+        f64,
+        usize,
+        Vec<(VRegionKey, ComponentId, ComponentId, ComponentId)>,
+    ),
+    /// `commit_move` of (key, from, source, to): new (primary, backup).
+    CommitMove(
         (VRegionKey, ComponentId, ComponentId, ComponentId),
         Result<(ComponentId, ComponentId), PlacementError>,
     ),
@@ -389,6 +409,35 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
                 target,
             };
             let got = p.commit_recovery(&r).map(|a| (a.primary, code(a.backup)));
+            assert_eq!(got, expect, "{at}");
+        }
+        Op::Drain(id, drained, expect) => {
+            assert_eq!(p.set_drained(id, drained), expect, "{at}");
+        }
+        Op::DrainMoves(busy, expect) => {
+            let got: Vec<_> = p
+                .drain_moves(&busy.into_iter().collect())
+                .into_iter()
+                .map(|m| (m.key, m.from, m.source, m.to))
+                .collect();
+            assert_eq!(got, expect, "{at}");
+        }
+        Op::Rebalance(bytes, threshold, max, expect) => {
+            let got: Vec<_> = p
+                .rebalance_moves(bytes, threshold, max)
+                .into_iter()
+                .map(|m| (m.key, m.from, m.source, m.to))
+                .collect();
+            assert_eq!(got, expect, "{at}");
+        }
+        Op::CommitMove((key, from, source, to), expect) => {
+            let m = Move {
+                key,
+                from,
+                source,
+                to,
+            };
+            let got = p.commit_move(&m).map(|a| (a.primary, code(a.backup)));
             assert_eq!(got, expect, "{at}");
         }
         Op::DeclareDead(now, id, expect) => {

@@ -1,0 +1,195 @@
+//! Elastic memory (issue 14): a memory monitor drained while python pages
+//! through its memory: every copy it held moves to the others while the
+//! program runs, no vRegion is ever degraded (watched every 20 ms), the
+//! drained monitor ends with no page, and the output is byte for byte the
+//! same as without lego; a monitor added to a loaded cluster takes copies
+//! (`lego rebalance`) until use is even within the threshold, while the
+//! program runs on with the right output.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use lego_transport::{Client, ClientOptions};
+use lego_wire::types::EventKind;
+use lego_wire::{Role, VRegionState};
+
+/// Fills `mib` MiB, says "started", then hashes it all in `passes`
+/// passes, printing each digest.
+fn hashing(mib: usize, passes: usize) -> String {
+    format!(
+        r#"
+import hashlib, random
+r = random.Random(7)
+chunks = [r.randbytes(1 << 20) for _ in range({mib})]
+print("started", flush=True)
+for p in range({passes}):
+    h = hashlib.sha256()
+    for c in (chunks if p % 2 == 0 else reversed(chunks)):
+        h.update(c)
+    print(p, h.hexdigest(), flush=True)
+"#
+    )
+}
+
+/// Three memory monitors (16 MiB vRegions), a processor monitor.
+fn cluster(memories: usize) -> TestCluster {
+    ensure_runtime();
+    let mut c = TestCluster::start_with(memories, "2GiB", 300, &["--vregion-size", "16MiB"]);
+    c.start_processor("1GiB");
+    c
+}
+
+#[test]
+fn a_monitor_drained_while_python_runs_ends_empty_with_no_vregion_degraded() {
+    let c = cluster(3);
+    let script = hashing(512, 3);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(local.status.success());
+    let running = start_cmd(c.run_command(&["--excache", "64MiB"], &[&python(), "-c", &script]));
+    let st = c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 30);
+    let (victim, id) = busiest_primary(&c, &st);
+    let held = st
+        .vregions
+        .iter()
+        .filter(|r| r.primary == id || r.backup.and_then(|b| b.on().copied()) == Some(id));
+    let copies = held.count();
+    assert!(copies > 0);
+
+    // Watch every vRegion's state while the drain runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, target) = (stop.clone(), c.target());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let state = target
+                    .connect()
+                    .ok()
+                    .and_then(|m| m.call(&lego_wire::control::ClusterStateReq).ok());
+                if let Some(s) = state {
+                    for r in &s.vregions {
+                        if r.state != VRegionState::Healthy {
+                            seen.push(format!("{}.{} {:?}", r.asid, r.index.0, r.state));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    let out = c.cli(&["memory", "drain", &id.to_string(), "--wait"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("is empty after"), "{said}");
+    eprintln!("{said}");
+
+    let (status, out, err) = finish(running, Duration::from_secs(300));
+    stop.store(true, Ordering::Relaxed);
+    let unhealthy = watcher.join().unwrap();
+    assert!(status.success(), "the program under lego: {err}");
+    assert_eq!(out, local.stdout, "the same output as without lego");
+    assert!(
+        unhealthy.is_empty(),
+        "no vRegion degraded while its copy moved: {unhealthy:?}"
+    );
+
+    // The drained monitor holds nothing; the journal has every move.
+    let monitor = Client::connect(
+        &c.memories[victim].addr,
+        &c.creds(),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(mem_stats(&monitor).pages_held, 0);
+    let st = c.cluster_state();
+    assert!(
+        st.events
+            .iter()
+            .filter(|e| e.kind == EventKind::Moved)
+            .count()
+            >= copies
+    );
+    assert!(
+        !st.events.iter().any(|e| matches!(
+            e.kind,
+            EventKind::Failover | EventKind::BadCopy | EventKind::Lost
+        )),
+        "{:?}",
+        st.events
+    );
+    let drained = st.components.iter().find(|m| m.id == id).unwrap();
+    assert_eq!(drained.drain.map(|d| d.copies), Some(0));
+    let status = String::from_utf8_lossy(&c.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("drained: holds no copy"), "{status}");
+    // It takes nothing new until undrained.
+    let out = c.cli(&["memory", "undrain", &id.to_string()]);
+    assert!(out.status.success());
+    assert_eq!(
+        c.cluster_state()
+            .components
+            .iter()
+            .find(|m| m.id == id)
+            .unwrap()
+            .drain,
+        None
+    );
+    c.assert_no_pages("the drained program");
+}
+
+#[test]
+fn a_monitor_added_to_a_loaded_cluster_takes_copies_until_use_is_even() {
+    let mut c = cluster(2);
+    let script = hashing(256, 4);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let running = start_cmd(c.run_command(&["--excache", "64MiB"], &[&python(), "-c", &script]));
+    c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 14);
+    c.start_memory("2GiB");
+    let plan = c.cli(&["rebalance", "--dry-run"]);
+    let said = String::from_utf8_lossy(&plan.stdout);
+    assert!(said.contains("dry run"), "{said}");
+    let out = c.cli(&["rebalance", "--threshold", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = c.wait_until("copies even within 2% of capacity", |s| {
+        let held: Vec<usize> = s
+            .alive(Role::Memory)
+            .map(|m| {
+                s.vregions
+                    .iter()
+                    .filter(|r| {
+                        r.primary == m.id || r.backup.and_then(|b| b.on().copied()) == Some(m.id)
+                    })
+                    .count()
+            })
+            .collect();
+        let (lo, hi) = (held.iter().min().copied(), held.iter().max().copied());
+        // 16 MiB a copy on 2 GiB monitors: 2% is about 2.6 copies.
+        held.len() == 3
+            && lo
+                .zip(hi)
+                .is_some_and(|(lo, hi)| lo > 0 && (hi - lo) * 16 <= 41)
+    });
+    assert!(st.vregions.iter().all(|r| r.state == VRegionState::Healthy));
+    let (status, out, err) = finish(running, Duration::from_secs(300));
+    assert!(status.success(), "the program under lego: {err}");
+    assert_eq!(out, local.stdout, "the same output as without lego");
+}
