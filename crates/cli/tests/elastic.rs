@@ -193,3 +193,108 @@ fn a_monitor_added_to_a_loaded_cluster_takes_copies_until_use_is_even() {
     assert!(status.success(), "the program under lego: {err}");
     assert_eq!(out, local.stdout, "the same output as without lego");
 }
+
+/// Copies held by component `id`.
+fn copies_on(s: &lego_wire::control::ClusterState, id: u64) -> usize {
+    s.vregions
+        .iter()
+        .filter(|r| r.primary == id || r.backup.and_then(|b| b.on().copied()) == Some(id))
+        .count()
+}
+
+/// Starts a slow drain (30 MiB/s: half a second a copy) of the busiest
+/// primary under a running program; returns (program, its local output,
+/// victim index, victim id) once the first copy moved.
+fn slow_drain(c: &TestCluster) -> (Running, Vec<u8>, usize, u64) {
+    let script = hashing(256, 16);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(local.status.success());
+    let running = start_cmd(c.run_command(&["--excache", "64MiB"], &[&python(), "-c", &script]));
+    let st = c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 14);
+    let (victim, id) = busiest_primary(c, &st);
+    let out = c.cli(&["memory", "drain", &id.to_string(), "--rate", "30MiB/s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_until("a first copy moved", |s| {
+        s.events.iter().any(|e| e.kind == EventKind::Moved)
+    });
+    (running, local.stdout, victim, id)
+}
+
+/// Waits (up to 60 s) until `id` holds no copy and every vRegion is
+/// healthy without the components `gone`, the program still running (its
+/// vRegions still there).
+fn wait_emptied(c: &TestCluster, id: u64, gone: &[u64]) {
+    wait_for(Duration::from_secs(60), "the drain to end", || {
+        let s = c.state().ok()?;
+        (copies_on(&s, id) == 0 && all_healthy_without(&s, gone)).then_some(())
+    });
+}
+
+#[test]
+fn a_drain_whose_target_dies_is_planned_again_and_loses_nothing() {
+    let mut c = cluster(4);
+    let (running, local, victim, id) = slow_drain(&c);
+    // The monitor with the fewest copies is where copies are moving to.
+    let st = c.cluster_state();
+    let target = alive_memory(&st)
+        .into_iter()
+        .filter(|m| m.id != id)
+        .min_by_key(|m| (copies_on(&st, m.id), m.id))
+        .map(|m| (m.id, m.addr.clone()))
+        .unwrap();
+    c.memory_at(&target.1).unwrap().kill9();
+    wait_emptied(&c, id, &[id, target.0]);
+    let (status, out, err) = finish(running, Duration::from_secs(300));
+    assert!(status.success(), "the program under lego: {err}");
+    assert_eq!(out, local, "the same output as without lego");
+    let monitor = Client::connect(
+        &c.memories[victim].addr,
+        &c.creds(),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        mem_stats(&monitor).pages_held,
+        0,
+        "the drained monitor is empty"
+    );
+    c.assert_no_pages("the program, after a drain and a death");
+}
+
+#[test]
+fn a_drain_goes_on_after_the_manager_restarts() {
+    let mut c = cluster(3);
+    let (running, local, victim, id) = slow_drain(&c);
+    c.kill_manager();
+    std::thread::sleep(Duration::from_millis(500));
+    c.restart_manager();
+    // Still drained, at the same rate, and it goes on to the end.
+    let st = c.wait_until("the monitors back", |s| alive_memory(s).len() == 3);
+    assert!(st
+        .components
+        .iter()
+        .any(|m| m.id == id && m.drain.is_some()));
+    wait_emptied(&c, id, &[id]);
+    let (status, out, err) = finish(running, Duration::from_secs(300));
+    assert!(status.success(), "the program under lego: {err}");
+    assert_eq!(out, local, "the same output as without lego");
+    let monitor = Client::connect(
+        &c.memories[victim].addr,
+        &c.creds(),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        mem_stats(&monitor).pages_held,
+        0,
+        "the drained monitor is empty"
+    );
+    c.assert_no_pages("the program, after a drain across a manager restart");
+}

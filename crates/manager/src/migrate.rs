@@ -43,12 +43,11 @@ use crate::service::ManagerService;
 /// The most moves one `lego rebalance` plans.
 pub const MAX_REBALANCE_MOVES: u32 = 256;
 
-/// How a drain goes.
+/// How a drain goes (since this manager started, for one that was
+/// running before).
 #[derive(Clone, Debug)]
 pub(crate) struct Draining {
     started: Instant,
-    /// Bytes a second at most (None: as fast as copies go).
-    rate: Option<u64>,
     copies_moved: u64,
     bytes_moved: u64,
     /// Whether its end was journaled.
@@ -65,7 +64,8 @@ pub(crate) struct Mover {
 
 impl ManagerService {
     pub(crate) fn drain(&self, req: DrainReq) -> Result<DrainResp, Reject> {
-        self.change(|st, _| st.set_drained(req.id, req.drained))?;
+        let rate = req.rate.filter(|r| *r > 0);
+        self.change(|st, _| st.set_drained(req.id, req.drained, rate))?;
         let copies = self.state.read(|st| st.copies_on(req.id)) as u64;
         let mut drains = lock(&self.mover.drains);
         if req.drained {
@@ -84,7 +84,6 @@ impl ManagerService {
                 req.id,
                 Draining {
                     started: Instant::now(),
-                    rate: req.rate.filter(|r| *r > 0),
                     copies_moved: 0,
                     bytes_moved: 0,
                     done: copies == 0,
@@ -178,12 +177,34 @@ impl ManagerService {
         if moves.is_empty() {
             return false;
         }
-        let limited: BTreeSet<ComponentId> = lock(&self.mover.drains)
-            .iter()
-            .filter(|(_, d)| d.rate.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        let parallel = if moves.iter().any(|m| limited.contains(&m.from)) {
+        // The drained monitors and their rates, durable with them.
+        let (drained, rates): (BTreeSet<ComponentId>, BTreeMap<ComponentId, u64>) =
+            self.state.read(|st| {
+                let drained = st
+                    .components()
+                    .filter(|c| c.drained)
+                    .map(|c| c.id)
+                    .collect();
+                let rates = st
+                    .components()
+                    .filter(|c| c.drained)
+                    .filter_map(|c| Some((c.id, c.drain_rate?)))
+                    .collect();
+                (drained, rates)
+            });
+        {
+            // Drains that were running before this manager started.
+            let mut drains = lock(&self.mover.drains);
+            for m in moves.iter().filter(|m| drained.contains(&m.from)) {
+                drains.entry(m.from).or_insert_with(|| Draining {
+                    started: Instant::now(),
+                    copies_moved: 0,
+                    bytes_moved: 0,
+                    done: false,
+                });
+            }
+        }
+        let parallel = if moves.iter().any(|m| rates.contains_key(&m.from)) {
             1
         } else {
             PARALLEL_COPIES
@@ -203,13 +224,13 @@ impl ManagerService {
                         if let Some(d) = lock(&self.mover.drains).get_mut(&m.from) {
                             d.copies_moved += 1;
                             d.bytes_moved += bytes;
-                            // At most `rate`: wait out what this copy was
-                            // too fast for.
-                            if let Some(rate) = d.rate {
-                                let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
-                                if let Some(wait) = due.checked_sub(t.elapsed()) {
-                                    std::thread::sleep(wait.min(Duration::from_secs(60)));
-                                }
+                        }
+                        // At most `rate`: wait out what this copy was too
+                        // fast for.
+                        if let Some(&rate) = rates.get(&m.from) {
+                            let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(t.elapsed()) {
+                                std::thread::sleep(wait.min(Duration::from_secs(60)));
                             }
                         }
                     }

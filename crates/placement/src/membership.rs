@@ -59,6 +59,7 @@ impl Placement {
         // restarted memory monitor holds nothing, but the operator's word
         // stands until undrained).
         let drained = old.is_some_and(|o| o.drained);
+        let drain_rate = old.and_then(|o| o.drain_rate);
         if let Some(old) = stale {
             self.events.push(Event::StaleIdentity {
                 old,
@@ -85,6 +86,7 @@ impl Placement {
                 health: Health::Alive,
                 last_heard_ms: now_ms,
                 drained,
+                drain_rate,
             },
         );
         self.touch(Record::Component(id));

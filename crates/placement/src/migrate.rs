@@ -14,8 +14,13 @@ use crate::{
 
 impl Placement {
     /// Marks memory monitor `id` drained (no new copies go there; the
-    /// manager moves its copies away) or not.
-    pub fn set_drained(&mut self, id: ComponentId, drained: bool) -> Result<(), PlacementError> {
+    /// manager moves its copies away, at most `rate` bytes a second) or not.
+    pub fn set_drained(
+        &mut self,
+        id: ComponentId,
+        drained: bool,
+        rate: Option<u64>,
+    ) -> Result<(), PlacementError> {
         let c = self
             .components
             .get_mut(&id)
@@ -24,6 +29,7 @@ impl Placement {
             return Err(PlacementError::NotMemory(id));
         }
         c.drained = drained;
+        c.drain_rate = rate.filter(|_| drained);
         self.touch(Record::Component(id));
         Ok(())
     }

@@ -29,6 +29,9 @@ pub struct Component {
     /// copies, and the manager moves the ones it holds elsewhere.
     #[serde(default)]
     pub drained: bool,
+    /// Bytes a second its copies move at, at most (None: as fast as they go).
+    #[serde(default)]
+    pub drain_rate: Option<u64>,
 }
 
 /// A named virtual node.

@@ -412,7 +412,7 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
             assert_eq!(got, expect, "{at}");
         }
         Op::Drain(id, drained, expect) => {
-            assert_eq!(p.set_drained(id, drained), expect, "{at}");
+            assert_eq!(p.set_drained(id, drained, None), expect, "{at}");
         }
         Op::DrainMoves(busy, expect) => {
             let got: Vec<_> = p
