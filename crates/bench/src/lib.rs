@@ -21,6 +21,7 @@ mod child;
 mod cprog;
 pub mod excache;
 mod memory;
+mod migrate;
 pub(crate) mod placement;
 mod progress;
 mod rtt;
@@ -156,6 +157,8 @@ pub enum BenchCmd {
     Excache(excache::ExcacheBenchArgs),
     /// File throughput and small-file operations through a vNode's mount, beside the local disk
     Storage(storage::StorageBenchArgs),
+    /// A memory monitor drained while a program pages at 25% ExCache: drain throughput beside bare bulk TCP, fault p50/p99 during against before
+    Migrate(migrate::MigrateBenchArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
@@ -163,6 +166,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Memory(a) => memory::run(a),
         BenchCmd::Excache(a) => excache::run(a),
         BenchCmd::Storage(a) => storage::run(a),
+        BenchCmd::Migrate(a) => migrate::run(a),
     }
 }
 

@@ -124,6 +124,12 @@ pub struct ManagerArgs {
     /// base address plus N
     #[arg(long, default_value = "10.77.0.0/16", value_name = "CIDR")]
     pub vip_range: lego_manager::VipRange,
+    /// Even out the memory monitors' use on its own: when the fullest holds
+    /// more than PERCENT of its capacity above the emptiest (a monitor that
+    /// joined, copies piled up after failures), copies move, one at a time,
+    /// looked at every 5 s [default: only on `lego rebalance`]
+    #[arg(long, value_name = "PERCENT")]
+    pub rebalance: Option<f64>,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -271,6 +277,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         vregion_bytes: a.vregion_size,
         vips: a.vip_range,
         seal: a.daemon.seals("manager", &a.listen, None),
+        rebalance: a.rebalance.map(|p| (p / 100.0).clamp(0.0, 1.0)),
     })
     .context("the manager cannot start")?;
     ready(&a.daemon, &m.addr, m.http.as_deref())?;

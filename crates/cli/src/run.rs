@@ -588,11 +588,15 @@ fn print_stats(main: &Client, job: u64, quota: u64) {
             return;
         }
     };
-    let counters = jobs
+    let counters: std::collections::BTreeMap<String, u64> = jobs
         .into_iter()
         .find(|j| j.job == job)
         .map(|j| j.counters)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        // The fault histogram's buckets: summed up by the percentiles.
+        .filter(|(k, _)| !k.starts_with("remote_fault_hist_us_"))
+        .collect();
     let mut o = std::io::stderr().lock();
     if counters.is_empty() {
         let _ = writeln!(

@@ -149,6 +149,44 @@ fn a_monitor_drained_while_python_runs_ends_empty_with_no_vregion_degraded() {
     c.assert_no_pages("the drained program");
 }
 
+/// Whether every live memory monitor holds copies, within `copies` of
+/// each other.
+fn even(s: &lego_wire::control::ClusterState, monitors: usize, copies: usize) -> bool {
+    let held: Vec<usize> = s.alive(Role::Memory).map(|m| copies_on(s, m.id)).collect();
+    let (lo, hi) = (held.iter().min().copied(), held.iter().max().copied());
+    held.len() == monitors
+        && lo
+            .zip(hi)
+            .is_some_and(|(lo, hi)| lo > 0 && hi - lo <= copies)
+}
+
+#[test]
+fn a_manager_with_rebalance_evens_out_a_monitor_that_joins_on_its_own() {
+    ensure_runtime();
+    let mut c = TestCluster::start_with(
+        2,
+        "2GiB",
+        300,
+        &["--vregion-size", "16MiB", "--rebalance", "2"],
+    );
+    c.start_processor("1GiB");
+    let script = hashing(256, 6);
+    let local = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let running = start_cmd(c.run_command(&["--excache", "64MiB"], &[&python(), "-c", &script]));
+    c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 14);
+    c.start_memory("2GiB");
+    // 2% of 2 GiB is about 2.6 copies of 16 MiB.
+    let st = c.wait_until("copies even within 2% of capacity", |s| even(s, 3, 3));
+    assert!(st.vregions.iter().all(|r| r.state == VRegionState::Healthy));
+    assert!(st.events.iter().any(|e| e.kind == EventKind::Moved));
+    let (status, out, err) = finish(running, Duration::from_secs(300));
+    assert!(status.success(), "the program under lego: {err}");
+    assert_eq!(out, local.stdout, "the same output as without lego");
+}
+
 #[test]
 fn a_monitor_added_to_a_loaded_cluster_takes_copies_until_use_is_even() {
     let mut c = cluster(2);
@@ -169,25 +207,8 @@ fn a_monitor_added_to_a_loaded_cluster_takes_copies_until_use_is_even() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st = c.wait_until("copies even within 2% of capacity", |s| {
-        let held: Vec<usize> = s
-            .alive(Role::Memory)
-            .map(|m| {
-                s.vregions
-                    .iter()
-                    .filter(|r| {
-                        r.primary == m.id || r.backup.and_then(|b| b.on().copied()) == Some(m.id)
-                    })
-                    .count()
-            })
-            .collect();
-        let (lo, hi) = (held.iter().min().copied(), held.iter().max().copied());
-        // 16 MiB a copy on 2 GiB monitors: 2% is about 2.6 copies.
-        held.len() == 3
-            && lo
-                .zip(hi)
-                .is_some_and(|(lo, hi)| lo > 0 && (hi - lo) * 16 <= 41)
-    });
+    // 2% of 2 GiB is about 2.6 copies of 16 MiB.
+    let st = c.wait_until("copies even within 2% of capacity", |s| even(s, 3, 3));
     assert!(st.vregions.iter().all(|r| r.state == VRegionState::Healthy));
     let (status, out, err) = finish(running, Duration::from_secs(300));
     assert!(status.success(), "the program under lego: {err}");

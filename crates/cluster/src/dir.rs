@@ -106,8 +106,13 @@ pub struct Target {
 }
 
 impl Target {
-    fn creds(&self) -> Credentials {
+    /// How a client of this cluster proves itself (the operator's secret).
+    pub fn credentials(&self) -> Credentials {
         Credentials::component(&self.secret)
+    }
+
+    fn creds(&self) -> Credentials {
+        self.credentials()
     }
 
     /// An authenticated connection to the manager, made now.

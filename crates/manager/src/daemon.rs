@@ -33,6 +33,8 @@ pub struct ManagerConfig {
     /// Seal every connection to this daemon (encrypt and authenticate
     /// each frame after the handshake); clients that ask for plaintext are refused.
     pub seal: bool,
+    /// See [`ServiceConfig::rebalance`].
+    pub rebalance: Option<f64>,
 }
 
 /// A running manager.
@@ -73,6 +75,7 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
             dead_after_ms: cfg.dead_after_ms,
             vregion_bytes: cfg.vregion_bytes,
             vips: cfg.vips,
+            rebalance: cfg.rebalance,
         },
         &cfg.secret,
         identities.clone(),

@@ -37,11 +37,13 @@ use lego_wire::types::{vregion_shift, EventKind};
 use lego_wire::{ErrorCode, PAGE_SIZE};
 use tracing::{info, warn};
 
-use crate::recovery::{FailedCopies, PARALLEL_COPIES, RETRY_AFTER};
+use crate::recovery::{FailedCopies, RETRY_AFTER};
 use crate::service::ManagerService;
 
 /// The most moves one `lego rebalance` plans.
 pub const MAX_REBALANCE_MOVES: u32 = 256;
+/// How often `--rebalance` looks at the memory monitors' use.
+pub const REBALANCE_EVERY: Duration = Duration::from_secs(5);
 
 /// How a drain goes (since this manager started, for one that was
 /// running before).
@@ -58,8 +60,10 @@ pub(crate) struct Draining {
 #[derive(Default)]
 pub(crate) struct Mover {
     pub(crate) drains: std::sync::Mutex<BTreeMap<ComponentId, Draining>>,
-    /// Moves asked for by `lego rebalance`, run before new drain moves.
+    /// Moves asked for by `lego rebalance` (or planned by `--rebalance`),
+    /// run before new drain moves.
     queued: std::sync::Mutex<Vec<Move>>,
+    last_rebalance: std::sync::Mutex<Option<Instant>>,
 }
 
 impl ManagerService {
@@ -137,6 +141,31 @@ impl ManagerService {
         Ok(plan)
     }
 
+    /// With `--rebalance PERCENT`: every [`REBALANCE_EVERY`], when nothing
+    /// is moving, queues the moves that even out use past the threshold (a
+    /// monitor that joined, copies that piled up after failures).
+    fn maybe_rebalance(&self) {
+        let Some(threshold) = self.cfg.rebalance else {
+            return;
+        };
+        {
+            let mut last = lock(&self.mover.last_rebalance);
+            if last.is_some_and(|t| t.elapsed() < REBALANCE_EVERY)
+                || !lock(&self.mover.queued).is_empty()
+            {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let moves = self
+            .state
+            .read(|st| st.rebalance_moves(self.cfg.vregion_bytes, threshold, 8));
+        if !moves.is_empty() {
+            info!(moves = moves.len(), threshold, "use is uneven: rebalancing");
+            lock(&self.mover.queued).extend(moves);
+        }
+    }
+
     /// A drained memory monitor's progress, for `lego status`.
     pub(crate) fn drain_info(&self, st: &Placement, id: ComponentId) -> Option<DrainInfo> {
         let c = st.component(id)?;
@@ -171,6 +200,7 @@ impl ManagerService {
     pub fn move_once(&self, failed: &mut FailedCopies) -> bool {
         failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
         let busy: BTreeSet<VRegionKey> = failed.keys().copied().collect();
+        self.maybe_rebalance();
         let mut moves: Vec<Move> = std::mem::take(&mut *lock(&self.mover.queued));
         let draining: Vec<Move> = self.state.read(|st| st.drain_moves(&busy));
         moves.extend(draining);
@@ -204,17 +234,18 @@ impl ManagerService {
                 });
             }
         }
-        let parallel = if moves.iter().any(|m| rates.contains_key(&m.from)) {
-            1
-        } else {
-            PARALLEL_COPIES
-        };
-        for batch in moves.chunks(parallel) {
+        // One copy at a time: on the memory monitors' CPUs a copy competes
+        // with the programs' faults, and several at once move no faster
+        // (`lego bench migrate`).
+        for batch in moves.chunks(1) {
             let t = Instant::now();
             let done: Vec<(Move, Result<u64, String>)> = std::thread::scope(|scope| {
                 let running: Vec<_> = batch
                     .iter()
-                    .map(|m| scope.spawn(move || (*m, self.run_move(m))))
+                    .map(|m| {
+                        let rate = rates.get(&m.from).copied();
+                        scope.spawn(move || (*m, self.run_move(m, rate)))
+                    })
                     .collect();
                 running.into_iter().filter_map(|h| h.join().ok()).collect()
             });
@@ -281,8 +312,9 @@ impl ManagerService {
         }
     }
 
-    /// Runs one move; returns the bytes copied.
-    fn run_move(&self, m: &Move) -> Result<u64, String> {
+    /// Runs one move, the copy paced to `rate` bytes a second if given;
+    /// returns the bytes copied.
+    fn run_move(&self, m: &Move, rate: Option<u64>) -> Result<u64, String> {
         let t = Instant::now();
         let (source, to, from) = self.state.read(|st| {
             (
@@ -298,6 +330,7 @@ impl ManagerService {
             first_page,
             pages,
             target: to,
+            rate,
         };
         let copied = self
             .peers

@@ -206,6 +206,7 @@ impl ManagerService {
             first_page,
             pages,
             target,
+            rate: None,
         };
         info!(key = %r.key, survivor = r.survivor, target = r.target, "re-replicating");
         self.grant(r.key, [r.target]);

@@ -60,6 +60,9 @@ pub struct ServiceConfig {
     pub vregion_bytes: u64,
     /// Where vNodes' virtual IP addresses come from.
     pub vips: VipRange,
+    /// Rebalance on its own when the memory monitors' use differs by more
+    /// than this fraction of capacity (None: only on `lego rebalance`).
+    pub rebalance: Option<f64>,
 }
 
 /// The manager: its state, the components it talks to, what it reports.

@@ -30,6 +30,16 @@ use crate::store::PageStore;
 
 /// Pages per copy message.
 const COPY_BATCH: usize = 256;
+/// Copy messages sent before the first answer is waited for.
+const COPIES_IN_FLIGHT: usize = 4;
+/// The nice value of a thread copying a vRegion (serving threads are 0).
+const COPY_NICE: i32 = 19;
+
+/// Lowers the calling thread's priority to [`COPY_NICE`]: it copies in
+/// bulk, and programs' requests come first. Best effort.
+pub(crate) fn background() {
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), COPY_NICE);
+}
 
 /// Why a copy could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -259,8 +269,22 @@ impl Mirrors {
         failed: &AtomicBool,
     ) -> Result<u64, MirrorError> {
         let held = store.held_in(req.asid, req.first_page, req.pages);
+        let copy_err = |source| MirrorError::Copy {
+            id: req.target.id,
+            addr: req.target.addr.clone(),
+            source,
+        };
+        // Programs reading from either monitor meanwhile come first: the
+        // copy threads at both ends (this connection's, for this one
+        // request, and the target's for the copy connection) yield the CPU
+        // to them, and take what they leave.
+        background();
+        client.call_raw(Op::Background, &[]).map_err(copy_err)?;
+        let started = Instant::now();
         let mut copied = 0u64;
         let mut data = Vec::with_capacity(COPY_BATCH * PAGE_SIZE);
+        // A few batches in flight: the copy is not one round trip a batch.
+        let mut in_flight = std::collections::VecDeque::new();
         for chunk in held.chunks(COPY_BATCH) {
             data.clear();
             let versions = store.read_versions(req.asid, chunk, &mut data);
@@ -273,20 +297,32 @@ impl Mirrors {
             if pages.is_empty() {
                 continue;
             }
+            if in_flight.len() >= COPIES_IN_FLIGHT {
+                let id = in_flight.pop_front().expect("non-empty");
+                client.wait(id).map_err(copy_err)?;
+            }
             let head = CopyPages::encode_head(req.asid, &pages);
-            client
-                .call_raw(Op::CopyPages, &[&head, &data])
-                .map_err(|source| MirrorError::Copy {
-                    id: req.target.id,
-                    addr: req.target.addr.clone(),
-                    source,
-                })?;
+            let id = client
+                .send(Op::CopyPages, &[&head, &data])
+                .map_err(copy_err)?;
+            in_flight.push_back(id);
             copied += pages.len() as u64;
             self.copied_pages
                 .fetch_add(pages.len() as u64, Ordering::Relaxed);
             if failed.load(Ordering::Relaxed) {
                 return Err(MirrorError::ForwardFailed(req.target.id));
             }
+            // Paced: no faster than the rate, batch by batch, so that the
+            // programs reading from this monitor meanwhile are not starved.
+            if let Some(rate) = req.rate.filter(|r| *r > 0) {
+                let due = Duration::from_secs_f64((copied * PAGE_SIZE as u64) as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        for id in in_flight {
+            client.wait(id).map_err(copy_err)?;
         }
         if failed.load(Ordering::Relaxed) {
             return Err(MirrorError::ForwardFailed(req.target.id));

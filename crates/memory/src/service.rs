@@ -226,6 +226,11 @@ impl Handler for MemoryService {
                 reply.extend_from_slice(&n.to_le_bytes());
                 Ok(())
             }
+            Op::Background => {
+                self.require_component(peer, op)?;
+                crate::mirror::background();
+                Ok(())
+            }
             Op::Replicate => {
                 self.require_component(peer, op)?;
                 answer(body, reply, |req: ReplicateReq| {

@@ -181,9 +181,13 @@ impl ProcessorService {
 }
 
 /// Whether a runtime counter means something summed over jobs (an address
-/// space id or a percentile does not).
+/// space id or a percentile does not; a histogram's buckets are left to
+/// the job's own counters).
 fn additive(name: &str) -> bool {
-    name != "asid" && !name.contains("_p50") && !name.contains("_p99")
+    name != "asid"
+        && !name.contains("_p50")
+        && !name.contains("_p99")
+        && !name.starts_with("remote_fault_hist_us_")
 }
 
 impl Handler for ProcessorService {

@@ -125,6 +125,17 @@ pub fn to_json(asid: u64) -> String {
     for (k, v) in COUNTERS.snapshot() {
         s.push_str(&format!("\"{k}\":{v},"));
     }
+    // The histogram itself, by bucket midpoint in µs (non-empty buckets
+    // only), so that a reader can take percentiles over any interval.
+    for (i, c) in FAULT_HIST.iter().enumerate() {
+        let n = c.load(Ordering::Relaxed);
+        if n > 0 {
+            s.push_str(&format!(
+                "\"{HIST_PREFIX}{}\":{n},",
+                bucket_mid(i).round() as u64
+            ));
+        }
+    }
     s.push_str(&format!(
         "\"remote_fault_p50_us\":{},\"remote_fault_p99_us\":{},\"asid\":{asid}}}",
         fault_p50_us(),
@@ -132,6 +143,10 @@ pub fn to_json(asid: u64) -> String {
     ));
     s
 }
+
+/// Names of the histogram's buckets in [`to_json`]: the prefix, then the
+/// bucket's midpoint in µs.
+pub const HIST_PREFIX: &str = "remote_fault_hist_us_";
 
 #[cfg(test)]
 mod tests {

@@ -376,6 +376,10 @@ pub struct ReplicateReq {
     pub first_page: crate::types::PageNo,
     pub pages: u64,
     pub target: Endpoint,
+    /// Copy at most this many bytes a second (a drain with a rate), paced
+    /// batch by batch; None: as fast as the target takes them.
+    #[serde(default)]
+    pub rate: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -74,6 +74,9 @@ u16_enum! {
         /// Memory monitor, from the manager: a vRegion's copy moved away;
         /// refuse its writes, free its pages.
         Withdraw = 0x010a, "withdraw";
+        /// Memory monitor, between monitors: this connection carries bulk
+        /// copies; serve it below the programs' requests (empty body).
+        Background = 0x010b, "background";
         /// Manager: a component registers.
         Register = 0x0200, "register";
         /// Manager: a component is alive and reports its load.
