@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,24 +16,6 @@ use common::*;
 use lego_transport::{Client, ClientOptions};
 use lego_wire::types::EventKind;
 use lego_wire::{Role, VRegionState};
-
-/// Fills `mib` MiB, says "started", then hashes it all in `passes`
-/// passes, printing each digest.
-fn hashing(mib: usize, passes: usize) -> String {
-    format!(
-        r#"
-import hashlib, random
-r = random.Random(7)
-chunks = [r.randbytes(1 << 20) for _ in range({mib})]
-print("started", flush=True)
-for p in range({passes}):
-    h = hashlib.sha256()
-    for c in (chunks if p % 2 == 0 else reversed(chunks)):
-        h.update(c)
-    print(p, h.hexdigest(), flush=True)
-"#
-    )
-}
 
 /// Three memory monitors (16 MiB vRegions), a processor monitor.
 fn cluster(memories: usize) -> TestCluster {
@@ -48,11 +29,7 @@ fn cluster(memories: usize) -> TestCluster {
 fn a_monitor_drained_while_python_runs_ends_empty_with_no_vregion_degraded() {
     let c = cluster(3);
     let script = hashing(512, 3);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(local.status.success());
+    let local = local_output(&script);
     let running = start_cmd(c.run_command(&["--excache", "64MiB"], &[&python(), "-c", &script]));
     let st = c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 30);
     let (victim, id) = busiest_primary(&c, &st);
@@ -100,7 +77,7 @@ fn a_monitor_drained_while_python_runs_ends_empty_with_no_vregion_degraded() {
     stop.store(true, Ordering::Relaxed);
     let unhealthy = watcher.join().unwrap();
     assert!(status.success(), "the program under lego: {err}");
-    assert_eq!(out, local.stdout, "the same output as without lego");
+    assert_eq!(out, local, "the same output as without lego");
     assert!(
         unhealthy.is_empty(),
         "no vRegion degraded while its copy moved: {unhealthy:?}"
@@ -171,10 +148,7 @@ fn a_manager_with_rebalance_evens_out_a_monitor_that_joins_on_its_own() {
     );
     c.start_processor("1GiB");
     let script = hashing(256, 6);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let local = local_output(&script);
     let running = start_cmd(c.run_command(&["--excache", "64MiB"], &[&python(), "-c", &script]));
     c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 14);
     c.start_memory("2GiB");
@@ -184,17 +158,14 @@ fn a_manager_with_rebalance_evens_out_a_monitor_that_joins_on_its_own() {
     assert!(st.events.iter().any(|e| e.kind == EventKind::Moved));
     let (status, out, err) = finish(running, Duration::from_secs(300));
     assert!(status.success(), "the program under lego: {err}");
-    assert_eq!(out, local.stdout, "the same output as without lego");
+    assert_eq!(out, local, "the same output as without lego");
 }
 
 #[test]
 fn a_monitor_added_to_a_loaded_cluster_takes_copies_until_use_is_even() {
     let mut c = cluster(2);
     let script = hashing(256, 4);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let local = local_output(&script);
     let running = start_cmd(c.run_command(&["--excache", "64MiB"], &[&python(), "-c", &script]));
     c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 14);
     c.start_memory("2GiB");
@@ -212,7 +183,7 @@ fn a_monitor_added_to_a_loaded_cluster_takes_copies_until_use_is_even() {
     assert!(st.vregions.iter().all(|r| r.state == VRegionState::Healthy));
     let (status, out, err) = finish(running, Duration::from_secs(300));
     assert!(status.success(), "the program under lego: {err}");
-    assert_eq!(out, local.stdout, "the same output as without lego");
+    assert_eq!(out, local, "the same output as without lego");
 }
 
 /// Copies held by component `id`.
@@ -228,11 +199,7 @@ fn copies_on(s: &lego_wire::control::ClusterState, id: u64) -> usize {
 /// victim index, victim id) once the first copy moved.
 fn slow_drain(c: &TestCluster) -> (Running, Vec<u8>, usize, u64) {
     let script = hashing(256, 16);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(local.status.success());
+    let local = local_output(&script);
     let running = start_cmd(c.run_command(&["--excache", "64MiB"], &[&python(), "-c", &script]));
     let st = c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 14);
     let (victim, id) = busiest_primary(c, &st);
@@ -245,7 +212,7 @@ fn slow_drain(c: &TestCluster) -> (Running, Vec<u8>, usize, u64) {
     c.wait_until("a first copy moved", |s| {
         s.events.iter().any(|e| e.kind == EventKind::Moved)
     });
-    (running, local.stdout, victim, id)
+    (running, local, victim, id)
 }
 
 /// Waits (up to 60 s) until `id` holds no copy and every vRegion is
@@ -272,21 +239,7 @@ fn a_drain_whose_target_dies_is_planned_again_and_loses_nothing() {
         .unwrap();
     c.memory_at(&target.1).unwrap().kill9();
     wait_emptied(&c, id, &[id, target.0]);
-    let (status, out, err) = finish(running, Duration::from_secs(300));
-    assert!(status.success(), "the program under lego: {err}");
-    assert_eq!(out, local, "the same output as without lego");
-    let monitor = Client::connect(
-        &c.memories[victim].addr,
-        &c.creds(),
-        &ClientOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(
-        mem_stats(&monitor).pages_held,
-        0,
-        "the drained monitor is empty"
-    );
-    c.assert_no_pages("the program, after a drain and a death");
+    ends_right_and_empty(&c, running, &local, victim, "a drain and a death");
 }
 
 #[test]
@@ -303,6 +256,25 @@ fn a_drain_goes_on_after_the_manager_restarts() {
         .iter()
         .any(|m| m.id == id && m.drain.is_some()));
     wait_emptied(&c, id, &[id]);
+    ends_right_and_empty(
+        &c,
+        running,
+        &local,
+        victim,
+        "a drain across a manager restart",
+    );
+}
+
+/// The program ends with the output it has without lego, the drained
+/// monitor (`c.memories[victim]`) holds no page, and no monitor does once
+/// the program is gone.
+fn ends_right_and_empty(
+    c: &TestCluster,
+    running: Running,
+    local: &[u8],
+    victim: usize,
+    after: &str,
+) {
     let (status, out, err) = finish(running, Duration::from_secs(300));
     assert!(status.success(), "the program under lego: {err}");
     assert_eq!(out, local, "the same output as without lego");
@@ -317,5 +289,5 @@ fn a_drain_goes_on_after_the_manager_restarts() {
         0,
         "the drained monitor is empty"
     );
-    c.assert_no_pages("the program, after a drain across a manager restart");
+    c.assert_no_pages(&format!("the program, after {after}"));
 }

@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -64,11 +63,7 @@ fn rack_cluster(hosts: usize, memories: usize) -> TestCluster {
 fn a_killed_memory_monitor_is_replaced_while_the_program_runs() {
     let mut c = cluster();
     let script = script(6);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(local.status.success());
+    let local = local_output(&script);
     let run = start(&c, &script);
     let s = c.cluster_state();
     let (victim, victim_id) = busiest_primary(&c, &s);
@@ -88,7 +83,7 @@ fn a_killed_memory_monitor_is_replaced_while_the_program_runs() {
     let (status, out, err) = finish(run, Duration::from_secs(240));
     assert!(status.success(), "{status}: {err}");
     assert!(
-        out == local.stdout,
+        out == local,
         "output differs from the run without lego:\n{}",
         String::from_utf8_lossy(&out)
     );
@@ -192,12 +187,9 @@ fn killing_both_copies_of_a_vregion_stops_the_program_naming_it() {
 
 /// The 4-pass script started under lego, with its output run locally, and
 /// the memory monitor (index, id) that is primary of the most of its vRegions.
-fn running_with_victim(c: &TestCluster) -> (String, Output, Running, usize, u64) {
+fn running_with_victim(c: &TestCluster) -> (String, Vec<u8>, Running, usize, u64) {
     let script = script(4);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let local = local_output(&script);
     let run = start(c, &script);
     let (victim, victim_id) = busiest_primary(c, &c.cluster_state());
     (script, local, run, victim, victim_id)
@@ -259,7 +251,7 @@ fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
     c.memories[victim].signal(Signal::SIGSTOP).unwrap();
     wait_rebuilt_without(&c, victim_id);
     c.memories[victim].signal(Signal::SIGCONT).unwrap();
-    let back = comes_back_new(&c, victim, victim_id, run, &local.stdout);
+    let back = comes_back_new(&c, victim, victim_id, run, &local);
     // It takes new placements: a second run with its 16 MiB vRegions on
     // three live monitors uses it.
     let again = start(&c, &script);
@@ -272,7 +264,7 @@ fn a_memory_monitor_declared_dead_while_stopped_comes_back_as_a_new_one() {
         s.vregions
     );
     let (status, out, _) = finish(again, Duration::from_secs(240));
-    assert!(status.success() && out == local.stdout);
+    assert!(status.success() && out == local);
     c.assert_no_pages("both runs");
 }
 
@@ -282,10 +274,7 @@ fn a_memory_monitor_that_dies_while_the_manager_is_down_is_replaced_when_it_is_b
 
     // Long enough to outlive the restarted manager's grace and the rebuild.
     let script = script(16);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let local = local_output(&script);
     let run = start(&c, &script);
     let s = c.cluster_state();
     let (victim, victim_id) = busiest_primary(&c, &s);
@@ -317,10 +306,7 @@ fn a_memory_monitor_that_dies_while_the_manager_is_down_is_replaced_when_it_is_b
     let _ = s;
     let (status, out, err) = finish(run, Duration::from_secs(240));
     assert!(status.success(), "{status}: {err}");
-    assert!(
-        out == local.stdout,
-        "output differs from the run without lego"
-    );
+    assert!(out == local, "output differs from the run without lego");
     let kinds: Vec<EventKind> = c.cluster_state().events.iter().map(|e| e.kind).collect();
     assert!(kinds.contains(&EventKind::ReReplicated), "{kinds:?}");
     c.assert_no_pages("the program whose memory monitor died while the manager was down");
@@ -337,7 +323,7 @@ fn a_memory_host_cut_off_for_5_s_comes_back_new_and_its_old_pages_are_never_read
     wait_rebuilt_without(&c, victim_id);
     std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
     c.rack().unwrap().set_link(host, true).unwrap();
-    comes_back_new(&c, victim, victim_id, run, &local.stdout);
+    comes_back_new(&c, victim, victim_id, run, &local);
     c.assert_no_pages("the run across the partition");
 }
 
@@ -348,10 +334,7 @@ fn the_manager_host_cut_off_for_5_s_loses_nothing() {
     // is cut off.
     let c = rack_cluster(5, 3);
     let script = script(6);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let local = local_output(&script);
     let run = start_on_host(&c, 4, &script);
     let rack = c.rack().unwrap();
     let before = c.cluster_state();
@@ -367,10 +350,7 @@ fn the_manager_host_cut_off_for_5_s_loses_nothing() {
         .map(|e| format!("{:?}: {}", e.kind, e.text))
         .collect();
     assert!(status.success(), "{status}: {err}\n{events:#?}");
-    assert!(
-        out == local.stdout,
-        "output differs from the run without lego"
-    );
+    assert!(out == local, "output differs from the run without lego");
     // The manager took itself for cut off: nobody declared dead, no copy
     // dropped, every component still under its id.
     assert!(

@@ -51,6 +51,18 @@ fn refusal(c: &TestCluster, addr: &str, claim: Claim) -> String {
     e.message
 }
 
+/// A registration as `role` (at an address nobody serves: refused before
+/// the manager would dial it), naming `previous`.
+fn registration(role: Role, previous: Option<u64>) -> RegisterReq {
+    RegisterReq {
+        role,
+        addr: "127.0.0.1:1".into(),
+        capacity: 1,
+        instance: 1,
+        previous,
+    }
+}
+
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
@@ -113,11 +125,7 @@ fn monitors_that_joined_hold_their_own_keys_and_a_revoked_one_is_refused_everywh
     assert_eq!(out.stdout, b"joined\n");
 
     let script = script(6);
-    let local = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(local.status.success());
+    let local = local_output(&script);
     let running = start(&c, &script);
     let st = c.wait_until("the program's vRegions placed", |s| s.vregions.len() >= 10);
     let (victim, id) = busiest_primary(&c, &st);
@@ -147,7 +155,7 @@ fn monitors_that_joined_hold_their_own_keys_and_a_revoked_one_is_refused_everywh
     );
     let (status, out, err) = finish(running, Duration::from_secs(120));
     assert!(status.success(), "the program under lego: {err}");
-    assert_eq!(out, local.stdout, "the same output as without lego");
+    assert_eq!(out, local, "the same output as without lego");
 
     // Refused everywhere: by the manager (its key is revoked there) ...
     let (_, vkey) = key_file(&victim_file);
@@ -343,25 +351,12 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
         "did not register as component",
     );
     refused(
-        me.call(&RegisterReq {
-            role: Role::Storage,
-            addr: "127.0.0.1:1".into(),
-            capacity: 1,
-            instance: 1,
-            previous: None,
-        })
-        .unwrap_err(),
+        me.call(&registration(Role::Storage, None)).unwrap_err(),
         "cannot register as a storage monitor",
     );
     refused(
-        me.call(&RegisterReq {
-            role: Role::Memory,
-            addr: "127.0.0.1:1".into(),
-            capacity: 1,
-            instance: 1,
-            previous: Some(component + 100),
-        })
-        .unwrap_err(),
+        me.call(&registration(Role::Memory, Some(component + 100)))
+            .unwrap_err(),
         "may not take its id",
     );
     // A vNode's process gets no job keys; a joining daemon may only join.
@@ -388,15 +383,7 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
         "a cluster with members seals every link: a member relaying a plaintext handshake could speak on it"
     );
     refused(
-        joiner
-            .call(&RegisterReq {
-                role: Role::Memory,
-                addr: "127.0.0.1:1".into(),
-                capacity: 1,
-                instance: 1,
-                previous: None,
-            })
-            .unwrap_err(),
+        joiner.call(&registration(Role::Memory, None)).unwrap_err(),
         "join token",
     );
     refused(

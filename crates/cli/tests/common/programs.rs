@@ -12,15 +12,15 @@ use lego_wire::VRegionState;
 
 use super::{alive_memory, python, wait_for, TestCluster};
 
-/// Fills 160 MiB, says "started", then hashes it all in `passes` passes,
-/// printing each pass's digest. With a 40 MiB ExCache (25%) every pass
-/// pages most of it in from the memory monitors.
-pub fn script(passes: usize) -> String {
+/// Fills `mib` MiB, says "started", then hashes it all in `passes`
+/// passes, printing each pass's digest: at an ExCache of a quarter of it,
+/// every pass pages most of it in from the memory monitors.
+pub fn hashing(mib: usize, passes: usize) -> String {
     format!(
         r#"
-import hashlib, random, sys
+import hashlib, random
 r = random.Random(11)
-chunks = [r.randbytes(1 << 20) for _ in range(160)]
+chunks = [r.randbytes(1 << 20) for _ in range({mib})]
 print("started", flush=True)
 for p in range({passes}):
     h = hashlib.sha256()
@@ -29,6 +29,21 @@ for p in range({passes}):
     print(p, h.hexdigest(), flush=True)
 "#
     )
+}
+
+/// [`hashing`] 160 MiB (a 40 MiB ExCache is 25%).
+pub fn script(passes: usize) -> String {
+    hashing(160, passes)
+}
+
+/// What `script` prints run by python without lego.
+pub fn local_output(script: &str) -> Vec<u8> {
+    let local = Command::new(python())
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "python without lego");
+    local.stdout
 }
 
 pub struct Running {
