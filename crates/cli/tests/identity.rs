@@ -63,6 +63,15 @@ fn registration(role: Role, previous: Option<u64>) -> RegisterReq {
     }
 }
 
+/// A connection to the manager proving member `member`'s `key`.
+fn as_member(c: &TestCluster, member: u32, key: [u8; 32]) -> Result<Client, TransportError> {
+    Client::connect(
+        &c.manager_addr,
+        &Credentials::member(member, key),
+        &ClientOptions::default(),
+    )
+}
+
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
@@ -159,13 +168,9 @@ fn monitors_that_joined_hold_their_own_keys_and_a_revoked_one_is_refused_everywh
 
     // Refused everywhere: by the manager (its key is revoked there) ...
     let (_, vkey) = key_file(&victim_file);
-    let err = Client::connect(
-        &c.manager_addr,
-        &Credentials::member(member, vkey),
-        &ClientOptions::default(),
-    )
-    .err()
-    .expect("the manager refuses a revoked key");
+    let err = as_member(&c, member, vkey)
+        .err()
+        .expect("the manager refuses a revoked key");
     assert!(
         matches!(&err, TransportError::AuthRefused { message, .. } if message.contains("revoked")),
         "{err}"
@@ -311,12 +316,7 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
 
     // The member's own key: a component's rights, not the operator's, and
     // only for itself.
-    let me = Client::connect(
-        &c.manager_addr,
-        &Credentials::member(member, key),
-        &ClientOptions::default(),
-    )
-    .unwrap();
+    let me = as_member(&c, member, key).unwrap();
     let refused = |e: TransportError, says: &str| {
         assert_eq!(e.remote_code(), Some(ErrorCode::NotEntitled), "{e}");
         assert!(e.to_string().contains(says), "{e}");
@@ -400,12 +400,7 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
     });
     let err = failed(joining(&c, "memory", &t, &dir.path().join("d")));
     assert!(err.contains("unknown, used or expired"), "{err}");
-    let me = Client::connect(
-        &c.manager_addr,
-        &Credentials::member(member, key),
-        &ClientOptions::default(),
-    )
-    .unwrap();
+    let me = as_member(&c, member, key).unwrap();
 
     // A member that never registered can be revoked by its member id.
     let fresh: lego_wire::auth::JoinToken = token(&c, "memory", "60s").parse().unwrap();
@@ -448,12 +443,6 @@ fn join_tokens_work_once_for_their_role_and_a_member_gets_no_more_than_its_role(
     // And it stays revoked across a restart.
     c.kill_manager();
     c.restart_manager();
-    let err = Client::connect(
-        &c.manager_addr,
-        &Credentials::member(member, key),
-        &ClientOptions::default(),
-    )
-    .err()
-    .expect("still refused");
+    let err = as_member(&c, member, key).err().expect("still refused");
     assert!(err.to_string().contains("revoked"), "{err}");
 }
