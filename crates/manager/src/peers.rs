@@ -62,9 +62,14 @@ impl Peers {
         addr: &str,
         req: &ReplicateReq,
     ) -> Result<ReplicateResp, TransportError> {
+        // A copy paced to a rate takes as long as the rate says: twice that,
+        // and never less than two minutes.
+        let paced = req.rate.filter(|r| *r > 0).map_or(0, |r| {
+            req.pages.saturating_mul(lego_wire::PAGE_SIZE as u64) / r * 2
+        });
         let opts = ClientOptions {
             connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(paced.max(120)),
             ..ClientOptions::default()
         };
         Redial::new(addr, self.creds.clone(), opts).call(req)
