@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use lego_cluster::cpus::pin_current_thread;
-use lego_cluster::size::{human, parse_size};
+use lego_cluster::size::{human, parse_rate, parse_size};
 use lego_cluster::{ProcessorSpec, Spec};
 use lego_transport::{Client, ClientOptions};
 use lego_wire::control::ClusterStateReq;
@@ -45,10 +45,6 @@ pub struct MigrateBenchArgs {
     /// Where threads run [default: split when there are two CPUs or more]
     #[arg(long, value_enum, value_name = "HOW")]
     pub placement: Option<PlacementArg>,
-}
-
-fn parse_rate(s: &str) -> std::result::Result<u64, String> {
-    parse_size(s.trim().trim_end_matches("/s")).map_err(|e| e.to_string())
 }
 
 /// Bytes a second of one TCP stream between two threads on `cpus`.

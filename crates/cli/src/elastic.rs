@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use lego_cluster::size::{human, parse_size};
+use lego_cluster::size::{human, parse_rate};
 use lego_cluster::ClusterArgs;
 use lego_wire::elastic::{DrainReq, RebalanceReq};
 
@@ -51,10 +51,6 @@ pub struct RebalanceArgs {
     pub max: u32,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-}
-
-fn parse_rate(s: &str) -> Result<u64, String> {
-    parse_size(s.trim().trim_end_matches("/s")).map_err(|e| e.to_string())
 }
 
 pub fn memory(cmd: MemoryCmd) -> Result<()> {

@@ -2,6 +2,11 @@
 //! K/M/G/T are powers of 1024 with or without `iB`; `B` alone is bytes.
 
 /// Parses a size; the error says what was expected.
+/// A rate such as `200MiB/s` (or `200MiB`): bytes a second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    parse_size(s.trim().trim_end_matches("/s"))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t

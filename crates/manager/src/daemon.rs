@@ -113,30 +113,14 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
         .name("manager-routes".into())
         .spawn(move || crate::vnet::keep_routes(s, every))
         .map_err(ManagerError::Thread)?;
+    // Re-replication and moves (drains, rebalancing): each a loop of
+    // rounds, pausing only when a round found nothing to do.
     let s = svc.clone();
-    std::thread::Builder::new()
-        .name("manager-recovery".into())
-        .spawn(move || {
-            let mut failed = FailedCopies::new();
-            loop {
-                if !s.recover_once(&mut failed) {
-                    std::thread::sleep(period);
-                }
-            }
-        })
-        .map_err(ManagerError::Thread)?;
+    worker("manager-recovery", period, move |failed| {
+        s.recover_once(failed)
+    })?;
     let s = svc.clone();
-    std::thread::Builder::new()
-        .name("manager-mover".into())
-        .spawn(move || {
-            let mut failed = FailedCopies::new();
-            loop {
-                if !s.move_once(&mut failed) {
-                    std::thread::sleep(period);
-                }
-            }
-        })
-        .map_err(ManagerError::Thread)?;
+    worker("manager-mover", period, move |failed| s.move_once(failed))?;
     info!(addr = %server.local_addr, http = ?http, heartbeat_ms = cfg.heartbeat_ms,
         dead_after_ms = cfg.dead_after_ms, "manager serving");
     Ok(RunningManager {
@@ -144,4 +128,25 @@ pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
         http,
         service: svc,
     })
+}
+
+/// Runs `round` for ever on a thread named `name`, pausing `period` after a
+/// round that had nothing to do; the copies that failed lately are its own.
+fn worker(
+    name: &str,
+    period: Duration,
+    round: impl Fn(&mut FailedCopies) -> bool + Send + 'static,
+) -> Result<(), ManagerError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut failed = FailedCopies::new();
+            loop {
+                if !round(&mut failed) {
+                    std::thread::sleep(period);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(ManagerError::Thread)
 }

@@ -293,6 +293,14 @@ impl Remote {
         }
     }
 
+    /// A copy of `index` moved away (a drain, a rebalance): ask the manager
+    /// where it is now, at once.
+    fn moved_away(&mut self, index: VRegionIdx) {
+        COUNTERS.add(&COUNTERS.moved_copies, 1);
+        self.refreshed.remove(&index);
+        self.maybe_refresh(index);
+    }
+
     /// Tells the manager once that a memory monitor does not answer.
     fn report_unreachable(&mut self, ep: &Endpoint, e: &TransportError) {
         if !e.is_unreachable() || !self.reported.insert(ep.id) {
@@ -404,9 +412,7 @@ impl Remote {
                     Ok(at) => {
                         COUNTERS.add(&COUNTERS.backup_reads, 1);
                         if moved {
-                            COUNTERS.add(&COUNTERS.moved_copies, 1);
-                            self.refreshed.remove(&index);
-                            self.maybe_refresh(index);
+                            self.moved_away(index);
                         }
                         return Ok(at);
                     }
@@ -577,9 +583,7 @@ impl Remote {
             return Err(why.join("; "));
         }
         if moved {
-            COUNTERS.add(&COUNTERS.moved_copies, 1);
-            self.refreshed.remove(&index);
-            self.maybe_refresh(index);
+            self.moved_away(index);
         } else if stored < 1 + copies.backup.is_some() as usize {
             COUNTERS.add(&COUNTERS.degraded_writes, 1);
             self.maybe_refresh(index);
