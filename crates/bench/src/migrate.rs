@@ -45,17 +45,60 @@ pub struct MigrateBenchArgs {
     /// Where threads run [default: split when there are two CPUs or more]
     #[arg(long, value_enum, value_name = "HOW")]
     pub placement: Option<PlacementArg>,
+    /// Run on a rack of 5 hosts made on this machine (network namespaces:
+    /// manager, 3 memory monitors, processor); the bare bulk transfer is
+    /// then between two memory hosts
+    #[arg(long)]
+    pub rack: bool,
+    /// With --rack, shape each host's link to this rate (tc syntax: 10gbit,
+    /// 1gbit) [default: unshaped]
+    #[arg(long, value_name = "RATE", requires = "rack")]
+    pub link: Option<String>,
 }
 
-/// Bytes a second of one TCP stream between two threads on `cpus`.
-fn bare_bulk(cpus: Option<lego_cluster::CpuList>, bytes: u64) -> Result<f64> {
-    let l = TcpListener::bind("127.0.0.1:0").io(|| "cannot listen on loopback".into())?;
-    let addr = l.local_addr().io(|| "no local address".into())?;
+/// How long the bare bulk transfer runs at most.
+const BULK_TIME: Duration = Duration::from_secs(3);
+
+/// Where the bare bulk transfer runs: on loopback, or from one rack host
+/// (its namespace) to another (its namespace and address).
+struct BulkPath {
+    from_ns: Option<String>,
+    to: Option<(String, std::net::Ipv4Addr)>,
+}
+
+/// Bytes a second of one TCP stream between two threads on `cpus`, for
+/// `bytes` or [`BULK_TIME`], whichever ends first.
+fn bare_bulk(cpus: Option<lego_cluster::CpuList>, bytes: u64, path: BulkPath) -> Result<f64> {
+    let (to_ns, ip) = match path.to {
+        Some((ns, ip)) => (Some(ns), std::net::IpAddr::V4(ip)),
+        None => (None, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+    };
+    let enter = |ns: &Option<String>| -> std::io::Result<()> {
+        match ns {
+            Some(ns) => lego_cluster::rack::enter(ns).map_err(std::io::Error::other),
+            None => Ok(()),
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
     let pin = cpus.clone();
     let receiver = std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
         if let Some(c) = &pin {
             let _ = pin_current_thread(&c.0);
         }
+        let listening = (|| {
+            enter(&to_ns)?;
+            TcpListener::bind((ip, 0))
+        })();
+        let l = match listening {
+            Ok(l) => {
+                let _ = tx.send(l.local_addr());
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                return Err(e);
+            }
+        };
         let (mut s, _) = l.accept()?;
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0u64;
@@ -70,14 +113,21 @@ fn bare_bulk(cpus: Option<lego_cluster::CpuList>, bytes: u64) -> Result<f64> {
         }
         Ok((got, t0.map_or(Duration::ZERO, |t| t.elapsed())))
     });
+    let addr = rx
+        .recv()
+        .map_err(|_| crate::BenchError::Failed("the bulk receiver ended".into()))?
+        .io(|| "cannot listen for the bulk transfer".into())?;
+    let from_ns = path.from_ns;
     let sender = std::thread::spawn(move || -> std::io::Result<()> {
         if let Some(c) = &cpus {
             let _ = pin_current_thread(&c.0);
         }
+        enter(&from_ns)?;
         let mut s = TcpStream::connect(addr)?;
         let chunk = vec![0x5au8; 1 << 20];
         let mut sent = 0;
-        while sent < bytes {
+        let t = Instant::now();
+        while sent < bytes && t.elapsed() < BULK_TIME {
             s.write_all(&chunk)?;
             sent += chunk.len() as u64;
         }
@@ -156,7 +206,6 @@ pub fn run(a: MigrateBenchArgs) -> Result<()> {
     let placement = Placement::choose(a.placement)?;
     placement.pin_bench()?;
     println!("lego bench migrate\n{}", crate::environment(&placement));
-    let bulk = bare_bulk(placement.memory_cpus(), 1 << 30)?;
     let dir = std::env::temp_dir().join(format!("lego-bench-migrate-{}", std::process::id()));
     let vregion = 64u64 << 20;
     let spec = Spec {
@@ -167,7 +216,10 @@ pub fn run(a: MigrateBenchArgs) -> Result<()> {
         encrypt: lego_cluster::Encrypt::Auto,
         join: false,
         manager_args: vec!["--vregion-size".into(), vregion.to_string()],
-        rack: None,
+        rack: a.rack.then(|| lego_cluster::RackSpec {
+            hosts: 5,
+            link: a.link.clone(),
+        }),
     };
     let quota = a.size * a.excache_percent.clamp(1, 100) / 100;
     let processor = ProcessorSpec {
@@ -176,6 +228,31 @@ pub fn run(a: MigrateBenchArgs) -> Result<()> {
         cpus: placement.app_cpus(),
     };
     let cluster = crate::TempCluster::start(dir, 300, &spec, Some(&processor))?;
+    let path = match cluster.rack() {
+        Some(r) => {
+            let host = |name: &str| {
+                cluster
+                    .host_index(name)
+                    .map(|h| &r.hosts[h])
+                    .ok_or_else(|| crate::BenchError::Failed(format!("{name} is on no host")))
+            };
+            let (from, to) = (host("memory-1")?, host("memory-2")?);
+            println!(
+                "rack of {} hosts (network namespaces on a bridge), links {}; copies of vRegions are sent as bulk traffic (DSCP CS1), which the links' HTB shaping sends after everything else",
+                r.hosts.len(),
+                r.rate.as_deref().unwrap_or("unshaped")
+            );
+            BulkPath {
+                from_ns: Some(from.ns.clone()),
+                to: Some((to.ns.clone(), to.ip)),
+            }
+        }
+        None => BulkPath {
+            from_ns: None,
+            to: None,
+        },
+    };
+    let bulk = bare_bulk(placement.memory_cpus(), 1 << 30, path)?;
     let target = cluster.target();
     let mgr = target.manager();
     println!(
@@ -267,7 +344,7 @@ pub fn run(a: MigrateBenchArgs) -> Result<()> {
         Ok(format!(
             "\n{:<34} {:>16} {:>16}\n{:<34} {:>16} {:>16}\n{:<34} {:>13} µs {:>13} µs\n{:<34} {:>13} µs {:>13} µs\n\n\
              drain of memory monitor {victim}: {} copies, {} in {:.2} s = {}/s{}\n\
-             bare bulk TCP between the memory monitors' CPUs, same run: {}/s\n\
+             bare bulk TCP between the memory monitors' {}, same run: {}/s\n\
              drain / bare bulk: {:.0}% (target >= 50%: {})\n\
              remote-fault p99 during / before: {:.1}x (target <= 5x: {})",
             "",
@@ -287,6 +364,7 @@ pub fn run(a: MigrateBenchArgs) -> Result<()> {
             took.as_secs_f64(),
             human(rate as u64),
             a.rate.map_or(String::new(), |r| format!(" (limit {}/s)", human(r))),
+            if a.rack { "hosts" } else { "CPUs" },
             human(bulk as u64),
             share * 100.0,
             verdict(share >= 0.5),

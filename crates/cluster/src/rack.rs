@@ -1,12 +1,13 @@
 //! A rack on one machine: each "host" is a network namespace with one
-//! address on a bridge, its link shaped with tc (tbf) in both directions.
+//! address on a bridge, its link shaped with tc (HTB, a bulk class under
+//! the default one) in both directions.
 //!
 //! ```text
 //!   netns lego<PID>-h0        netns lego<PID>-h1   ...   netns lego<PID>-h<N-1>
 //!   eth0 10.99.0.1/24         eth0 10.99.0.2/24          eth0 10.99.0.N/24
-//!    |  tbf RATE (egress)      |                          |
+//!    |  htb RATE (egress)      |                          |
 //!    +--- veth ---+            +--- veth ---+             +--- veth ---+
-//!                 p0 (tbf RATE)             p1                         p<N-1>
+//!                 p0 (htb RATE)             p1                         p<N-1>
 //!                 +------------- br0 in netns lego<PID>-sw ------------+
 //! ```
 //!
@@ -239,12 +240,71 @@ impl Rack {
     }
 }
 
-/// Shapes `dev`'s egress in `ns` to `rate` with a token bucket.
+/// Shapes `dev`'s egress in `ns` to `rate` with HTB, in two classes as a
+/// datacenter's switches would: bulk traffic (DSCP CS1, which copies of
+/// vRegions are sent as) takes only what programs' requests leave, and
+/// never queues in front of them.
+///
+/// ```text
+///   1: htb, default 1:10
+///   └─ 1:1  rate RATE
+///      ├─ 1:10 rate RATE, prio 0          everything else
+///      └─ 1:20 rate 1% of RATE, ceil RATE, prio 1   tos 0x20/0xfc (CS1)
+/// ```
 fn shape(ns: &str, dev: &str, rate: &str) -> Result<(), ClusterError> {
-    run(&[
-        "tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "1mb",
-        "latency", "20ms",
+    let tc = |args: &[&str]| {
+        let mut all = vec!["tc", "-n", ns];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    let floor = format!("{}bit", (rate_bits(rate)? / 100).max(8_000));
+    let tos = format!("{:#04x}", lego_transport::BULK_TOS);
+    tc(&[
+        "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+    ])?;
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "burst",
+        "1mb", "cburst", "1mb",
+    ])?;
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:1", "classid", "1:10", "htb", "rate", rate,
+        "ceil", rate, "prio", "0", "burst", "1mb", "cburst", "1mb", "quantum", "200000",
+    ])?;
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:1", "classid", "1:20", "htb", "rate", &floor,
+        "ceil", rate, "prio", "1", "burst", "256kb", "cburst", "256kb", "quantum", "200000",
+    ])?;
+    tc(&[
+        "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match",
+        "ip", "tos", &tos, "0xfc", "flowid", "1:20",
     ])
+}
+
+/// Bits a second of a tc rate (`10gbit`, `500mbit`, `100kbit`, `8bit`).
+fn rate_bits(rate: &str) -> Result<u64, ClusterError> {
+    let r = rate.to_ascii_lowercase();
+    let (num, mult) = [
+        ("gbit", 1_000_000_000u64),
+        ("mbit", 1_000_000),
+        ("kbit", 1_000),
+        ("bit", 1),
+    ]
+    .iter()
+    .find_map(|(unit, m)| r.strip_suffix(unit).map(|n| (n, *m)))
+    .ok_or_else(|| {
+        ClusterError::Rack(format!(
+            "link rate {rate:?}: give it as NUMgbit, NUMmbit, NUMkbit or NUMbit"
+        ))
+    })?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| ClusterError::Rack(format!("link rate {rate:?}: {num:?} is not a number")))?;
+    if !(n > 0.0) {
+        return Err(ClusterError::Rack(format!(
+            "link rate {rate:?} is not positive"
+        )));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 impl Drop for Rack {
@@ -290,6 +350,17 @@ mod tests {
             "lego1r0-br",
         ] {
             assert_eq!(owner_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn link_rates_in_bits() {
+        assert_eq!(rate_bits("10gbit").unwrap(), 10_000_000_000);
+        assert_eq!(rate_bits("1Gbit").unwrap(), 1_000_000_000);
+        assert_eq!(rate_bits("2.5mbit").unwrap(), 2_500_000);
+        assert_eq!(rate_bits("800kbit").unwrap(), 800_000);
+        for bad in ["10gb", "fast", "0mbit", "-1gbit", "gbit"] {
+            assert!(rate_bits(bad).is_err(), "{bad}");
         }
     }
 }

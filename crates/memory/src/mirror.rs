@@ -207,7 +207,12 @@ impl Mirrors {
                 source,
             })
         };
-        let client = connect(&opts)?;
+        // The copy is bulk traffic; forwarded writes are not (a program
+        // waits for each).
+        let client = connect(&ClientOptions {
+            bulk: true,
+            ..opts.clone()
+        })?;
         let forwards = connect(&ClientOptions {
             request_timeout: FORWARD_TIMEOUT,
             ..opts.clone()

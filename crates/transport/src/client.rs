@@ -42,6 +42,9 @@ pub struct ClientOptions {
     /// Ask for a sealed link even if the server does not require one (a
     /// server that requires it is always obeyed).
     pub seal: bool,
+    /// Send as bulk traffic ([`crate::Link::mark_bulk`]): copies of whole
+    /// vRegions, which programs' requests should overtake on a shaped link.
+    pub bulk: bool,
 }
 
 /// Whether this process's clients ask for sealing by default (see
@@ -64,6 +67,7 @@ impl Default for ClientOptions {
             spin: Duration::ZERO,
             max_idle: MAX_IDLE,
             seal: SEAL_BY_DEFAULT.load(Ordering::Relaxed),
+            bulk: false,
         }
     }
 }
@@ -121,6 +125,10 @@ impl Client {
         opts: &ClientOptions,
     ) -> Result<Client, TransportError> {
         let link = connect(addr, opts.connect_timeout)?;
+        if opts.bulk {
+            // Best effort: an unmarked copy is only slower for programs.
+            let _ = link.mark_bulk();
+        }
         Client::over(link, addr, creds, opts)
     }
 

@@ -34,7 +34,7 @@ pub mod sync;
 pub use client::{seal_by_default, Client, ClientOptions, Credentials};
 pub use error::TransportError;
 pub use keys::{Identity, Keyring, Revoked};
-pub use link::{connect, listen, Link, Listener, Transport};
+pub use link::{connect, listen, Link, Listener, Transport, BULK_TOS};
 pub use redial::{DialFn, Patience, Pool, Redial};
 pub use server::{
     answer, spawn_server, Handler, PeerInfo, Reject, ServerConfig, ServerCounters, ServerHandle,

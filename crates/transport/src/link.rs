@@ -81,7 +81,18 @@ pub trait Link: Send {
     fn into_fd(self: Box<Self>) -> std::os::fd::OwnedFd;
     /// A handle that can end the connection from another thread.
     fn closer(&self) -> io::Result<Closer>;
+    /// Marks what this end sends as bulk traffic (DSCP CS1, "lower effort
+    /// than best effort"), so that links shaped with traffic classes (the
+    /// rack's, or a datacenter's switches) send programs' requests first. A
+    /// no-op where there is no IP header.
+    fn mark_bulk(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
+
+/// The IP TOS byte of bulk traffic: DSCP CS1 (8) shifted past the two ECN
+/// bits. The rack's shaping sends it in its own, lower class.
+pub const BULK_TOS: u32 = 0x20;
 
 /// A bound endpoint that accepts links.
 pub trait Listener: Send {
@@ -132,6 +143,13 @@ impl Closer {
 }
 
 impl Link for TcpLink {
+    fn mark_bulk(&self) -> io::Result<()> {
+        let sock = socket2::SockRef::from(&self.0);
+        match self.0.peer_addr()? {
+            std::net::SocketAddr::V4(_) => sock.set_tos(BULK_TOS),
+            std::net::SocketAddr::V6(_) => sock.set_tclass_v6(BULK_TOS),
+        }
+    }
     fn peer(&self) -> String {
         self.0
             .peer_addr()
