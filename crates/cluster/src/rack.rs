@@ -299,7 +299,7 @@ fn rate_bits(rate: &str) -> Result<u64, ClusterError> {
     let n: f64 = num
         .parse()
         .map_err(|_| ClusterError::Rack(format!("link rate {rate:?}: {num:?} is not a number")))?;
-    if !(n > 0.0) {
+    if n.is_nan() || n <= 0.0 {
         return Err(ClusterError::Rack(format!(
             "link rate {rate:?} is not positive"
         )));
