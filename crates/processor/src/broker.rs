@@ -232,15 +232,24 @@ impl Shared {
         if addr == self.cfg.manager {
             return true;
         }
-        if lock(&self.dialable).1.iter().any(|a| a == addr) {
-            return true;
+        {
+            let known = lock(&self.dialable);
+            if known.1.alive.iter().any(|a| a == addr) {
+                return true;
+            }
+            // A monitor the manager declared dead is refused at once: a
+            // process tries a dead copy until it learns better, and every
+            // try waiting out the interval would slow each of its faults.
+            if known.1.dead.iter().any(|a| a == addr) {
+                return false;
+            }
         }
         let since = lock(&self.dialable).0.map(|t| t.elapsed());
         if let Some(wait) = since.and_then(|s| ASK_EVERY.checked_sub(s)) {
             std::thread::sleep(wait);
         }
         self.refresh_dialable(Duration::ZERO);
-        lock(&self.dialable).1.iter().any(|a| a == addr)
+        lock(&self.dialable).1.alive.iter().any(|a| a == addr)
     }
 
     /// Asks the manager for the memory monitors, unless it was asked less

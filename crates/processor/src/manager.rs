@@ -27,6 +27,15 @@ const RELEASE_PATIENCE: Patience = Patience {
     unavailable: false,
 };
 
+/// The memory monitors the manager knows, by address.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryMonitors {
+    /// Alive or suspected: jobs may dial them.
+    pub alive: Vec<String>,
+    /// Declared dead: a job's dial is refused at once.
+    pub dead: Vec<String>,
+}
+
 /// A connection to the manager, made again when it breaks.
 pub struct ManagerLink {
     link: Redial,
@@ -112,14 +121,19 @@ impl ManagerLink {
 
     /// Where the memory monitors the manager knows serve (alive or not yet
     /// heard from since a restart).
-    pub fn memory_monitors(&self) -> Result<Vec<String>, ProcessorError> {
+    pub fn memory_monitors(&self) -> Result<MemoryMonitors, ProcessorError> {
         let st = self.link.call(&ClusterStateReq).map_err(|e| self.err(e))?;
-        Ok(st
-            .components
-            .into_iter()
-            .filter(|c| c.role == Role::Memory && c.health != Health::Dead)
-            .map(|c| c.addr)
-            .collect())
+        let mut m = MemoryMonitors::default();
+        for c in st.components.into_iter().filter(|c| c.role == Role::Memory) {
+            match c.health {
+                Health::Dead => m.dead.push(c.addr),
+                _ => m.alive.push(c.addr),
+            }
+        }
+        // An address in both (a monitor restarted where a dead one was)
+        // is alive.
+        m.dead.retain(|a| !m.alive.contains(a));
+        Ok(m)
     }
 
     /// Frees every address space of job `owner` on every memory monitor,

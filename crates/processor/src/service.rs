@@ -55,7 +55,7 @@ impl ProcessorService {
                 manager,
                 jobs: Mutex::new(BTreeMap::new()),
                 granted: Mutex::new(0),
-                dialable: Mutex::new((None, Vec::new())),
+                dialable: Mutex::new((None, Default::default())),
                 counters: Counters::default(),
                 vnets: crate::vnet::Vnets::new(),
                 published: Mutex::new(BTreeMap::new()),

@@ -54,7 +54,7 @@ pub(crate) struct Shared {
     pub(crate) granted: Mutex<u64>,
     pub(crate) counters: Counters,
     /// Memory monitors jobs may be connected to, and when they were asked.
-    pub(crate) dialable: Mutex<(Option<Instant>, Vec<String>)>,
+    pub(crate) dialable: Mutex<(Option<Instant>, crate::manager::MemoryMonitors)>,
     /// The vNode networks on this host.
     pub(crate) vnets: crate::vnet::Vnets,
     /// Ports forwarded to jobs (`lego run --publish`), by job.

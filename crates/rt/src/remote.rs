@@ -140,6 +140,10 @@ pub struct Remote {
     /// Replicas that missed a write-back: (vRegion, component). They hold
     /// an old copy of some page, so they are never read or written again.
     stale: HashSet<(VRegionIdx, ComponentId)>,
+    /// Of those, the copies that moved away (a drain, a rebalance) rather
+    /// than missed a write: trusted again if the manager places the
+    /// vRegion on that monitor anew (a later move brought it back).
+    moved: HashSet<(VRegionIdx, ComponentId)>,
     /// When each degraded vRegion's placement was last asked again.
     refreshed: HashMap<VRegionIdx, Instant>,
     /// Memory monitors already reported unreachable to the manager.
@@ -201,6 +205,7 @@ impl Remote {
             vregion_shift: vregion_shift(space.vregion_bytes),
             regions: HashMap::new(),
             stale: HashSet::new(),
+            moved: HashSet::new(),
             refreshed: HashMap::new(),
             reported: HashSet::new(),
             unconfirmed: HashSet::new(),
@@ -244,6 +249,13 @@ impl Remote {
     /// such known copy missed one of its writes, the new one holds the same
     /// old pages, and is not trusted either.
     fn adopt(&mut self, index: VRegionIdx, new: Copies) -> Copies {
+        // A copy that moved away and is placed here again was copied anew
+        // (after the commit that moved it, which came before its refusal).
+        for id in new.ids() {
+            if self.moved.remove(&(index, id)) {
+                self.stale.remove(&(index, id));
+            }
+        }
         if let Some(old) = self.regions.get(&index) {
             let known: Vec<ComponentId> = old.ids().collect();
             let ids: Vec<ComponentId> = new.ids().collect();
@@ -290,6 +302,27 @@ impl Remote {
         self.refreshed.insert(index, Instant::now());
         if let Ok(a) = self.ask_placement(index, &Patience::NONE) {
             self.adopt(index, Copies::of(a));
+        }
+    }
+
+    /// The copy of `index` on `id` refused us: it moved away. Never used
+    /// again, unless placed there anew.
+    fn copy_moved(&mut self, index: VRegionIdx, id: ComponentId) {
+        self.stale.insert((index, id));
+        self.moved.insert((index, id));
+    }
+
+    /// The primary of `index` failed a read that the copy on `id` served:
+    /// read there first from now on (a dead primary with no spare monitor
+    /// to rebuild on stays in the placement, and would cost every read a
+    /// failed try).
+    fn prefer(&mut self, index: VRegionIdx, id: ComponentId) {
+        if let Some(c) = self.regions.get_mut(&index) {
+            if let Some(Backup::On(b)) = &mut c.backup {
+                if b.id == id {
+                    std::mem::swap(&mut c.primary, b);
+                }
+            }
         }
     }
 
@@ -378,7 +411,7 @@ impl Remote {
                 // Its copy moved away (a drain): never asked again; the
                 // placement is asked anew once the read is served.
                 if e.remote_code() == Some(lego_wire::ErrorCode::Conflict) {
-                    self.stale.insert((index, primary.id));
+                    self.copy_moved(index, primary.id);
                     moved = true;
                 }
             }
@@ -413,6 +446,8 @@ impl Remote {
                         COUNTERS.add(&COUNTERS.backup_reads, 1);
                         if moved {
                             self.moved_away(index);
+                        } else {
+                            self.prefer(index, ep.id);
                         }
                         return Ok(at);
                     }
@@ -471,10 +506,29 @@ impl Remote {
             version,
             sent,
         } = w;
+        let stale_before: Vec<ComponentId> = copies
+            .ids()
+            .filter(|&id| self.stale.contains(&(index, id)))
+            .collect();
         match self.take_write(index, &copies, sent, data.len()) {
             Ok(()) => Ok(()),
             Err(why) => {
-                let now = self.region(index, true)?;
+                // Copies that missed only this write (one died, one moved
+                // away) hold every write before it: a copy made from them
+                // lacks only this one, which is sent to it again below. So
+                // they do not make new copies untrusted (see `adopt`).
+                let fresh: Vec<ComponentId> = copies
+                    .ids()
+                    .filter(|&id| self.stale.contains(&(index, id)) && !stale_before.contains(&id))
+                    .collect();
+                for &id in &fresh {
+                    self.stale.remove(&(index, id));
+                }
+                let now = self.region(index, true);
+                for &id in &fresh {
+                    self.stale.insert((index, id));
+                }
+                let now = now?;
                 if now == copies {
                     return Err(self.lost(index, why));
                 }
@@ -543,7 +597,7 @@ impl Remote {
                 // wrong with it, and the manager knows where the copy is.
                 Err(e) if e.remote_code() == Some(lego_wire::ErrorCode::Conflict) => {
                     why.push(format!("{role} {} ({}): {e}", ep.id, ep.addr));
-                    self.stale.insert((index, ep.id));
+                    self.copy_moved(index, ep.id);
                     moved = true;
                 }
                 Ok(f) => {
