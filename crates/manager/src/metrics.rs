@@ -79,6 +79,7 @@ pub fn metrics(svc: &ManagerService) -> String {
         ("lego_manager_revocations_total", &c.revocations),
         ("lego_manager_moves_total", &c.moves),
         ("lego_manager_moves_failed_total", &c.moves_failed),
+        ("lego_manager_withdrawals_total", &c.withdrawals),
         ("lego_manager_moved_bytes_total", &c.bytes_moved),
     ] {
         f.add(name, String::new(), v.load(Ordering::Relaxed));

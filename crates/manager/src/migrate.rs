@@ -10,12 +10,19 @@
 //! 2. Replicate K from `source` onto `to`: `source` forwards every write
 //!    that did not also go to `to`, then copies its pages (versions keep
 //!    the newest of each page)
-//! 3. commit: K is on (source, to) from now on, durably
-//! 4. Withdraw K on `from`: its writes are refused from then on, its pages
-//!    freed. A process still writing to `from` is refused, takes `from`
-//!    for stale and asks where K is; its write is on `source`, which
-//!    forwards it to `to` until the process writes naming `to`. A read from
-//!    `from` finds no pages and goes to the other copy.
+//! 3. (two copies) Replicate K from `from` onto `to`, `sync`: `from` too
+//!    forwards its writes from now on, and sends the pages it holds newer
+//!    than `to` does: a write that reached `from` but not `source` (which
+//!    the process then reports; `source` becomes the copy rebuilt) is on
+//!    `to` before the commit, not lost with `from`
+//! 4. commit: K is on (source, to) from now on, durably
+//! 5. Withdraw K on `from`: its writes are refused from then on, its
+//!    mirror forgotten, its pages freed. A process still writing to `from`
+//!    is refused, takes `from` for stale and asks where K is; its write is
+//!    on `source`, which forwards it to `to` until the process writes
+//!    naming `to`. A read from `from` finds no pages and goes to the other
+//!    copy. A monitor that cannot be told is told again every round until
+//!    it is, or is dead.
 //! ```
 //!
 //! Until the commit, K keeps both its copies: a drain never leaves a vRegion
@@ -27,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lego_placement::{ComponentId, Move, Placement, VRegionKey};
+use lego_placement::{ComponentId, Health, Move, Placement, VRegionKey};
 use lego_transport::{lock, Reject};
 use lego_wire::control::ReplicateReq;
 use lego_wire::elastic::{
@@ -64,6 +71,8 @@ pub(crate) struct Mover {
     /// run before new drain moves.
     queued: std::sync::Mutex<Vec<Move>>,
     last_rebalance: std::sync::Mutex<Option<Instant>>,
+    /// Copies to withdraw that could not be yet: (vRegion, monitor).
+    withdrawals: std::sync::Mutex<Vec<(VRegionKey, ComponentId)>>,
 }
 
 impl ManagerService {
@@ -199,10 +208,13 @@ impl ManagerService {
     /// for a drain with a rate); returns whether there was any.
     pub fn move_once(&self, failed: &mut FailedCopies) -> bool {
         failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
+        self.withdraw_pending();
         let busy: BTreeSet<VRegionKey> = failed.keys().copied().collect();
         self.maybe_rebalance();
         let mut moves: Vec<Move> = std::mem::take(&mut *lock(&self.mover.queued));
-        let draining: Vec<Move> = self.state.read(|st| st.drain_moves(&busy));
+        let draining: Vec<Move> = self
+            .state
+            .read(|st| st.drain_moves(&busy, self.cfg.vregion_bytes));
         moves.extend(draining);
         if moves.is_empty() {
             return false;
@@ -324,41 +336,53 @@ impl ManagerService {
             )
         });
         let (first_page, pages) = m.key.index.pages(vregion_shift(self.cfg.vregion_bytes));
-        self.grant(m.key, [m.to]);
+        let granted = self.try_grant(m.key, [m.to]);
         let req = ReplicateReq {
             asid: m.key.asid,
             first_page,
             pages,
             target: to,
             rate,
+            sync: false,
         };
-        let copied = self
-            .peers
-            .replicate(&source.addr, &req)
-            .map_err(|e| e.to_string())
+        let copied = granted
+            .and_then(|()| {
+                self.peers
+                    .replicate(&source.addr, &req)
+                    .map_err(|e| e.to_string())
+            })
             .and_then(|resp| {
+                if m.from == m.source {
+                    return Ok(resp.pages);
+                }
+                // What reached only the old copy goes to the new one too.
+                let sync = ReplicateReq {
+                    sync: true,
+                    ..req.clone()
+                };
+                let more = self
+                    .peers
+                    .replicate(&from.addr, &sync)
+                    .map_err(|e| e.to_string())?;
+                Ok(resp.pages + more.pages)
+            })
+            .and_then(|copied| {
                 self.change(|st, _| st.commit_move(m))
                     .map_err(|e| e.message)?;
-                Ok(resp.pages)
+                Ok(copied)
             });
         let copied = match copied {
             Ok(p) => p,
             Err(e) => {
                 self.counters.moves_failed.fetch_add(1, Ordering::Relaxed);
+                // The pages copied to `to` stay there until the address
+                // space is released: recovery may be placing K on `to` at
+                // this moment, and a withdraw would undo its copy.
                 warn!(key = %m.key, from = m.from, to = m.to, "a move failed, will plan it again: {e}");
                 return Err(e);
             }
         };
-        // The old copy: refused from now on, and freed. A monitor that
-        // cannot be told keeps pages nobody reads until it restarts.
-        let w = WithdrawReq {
-            asid: m.key.asid,
-            index: m.key.index,
-            vregion_bytes: self.cfg.vregion_bytes,
-        };
-        if let Err(e) = self.peers.withdraw(&from.addr, &w) {
-            warn!(key = %m.key, id = m.from, "cannot tell the old copy it moved: {e}");
-        }
+        self.withdraw_later(m.key, m.from);
         let bytes = copied * PAGE_SIZE as u64;
         let took = t.elapsed().as_millis() as u64;
         self.counters.moves.fetch_add(1, Ordering::Relaxed);
@@ -375,5 +399,45 @@ impl ManagerService {
             Some(took),
         );
         Ok(bytes)
+    }
+
+    /// Withdraws the copy of `key` on `id` (refused from then on, freed),
+    /// now if it can be told, else in a later round.
+    fn withdraw_later(&self, key: VRegionKey, id: ComponentId) {
+        lock(&self.mover.withdrawals).push((key, id));
+        self.withdraw_pending();
+    }
+
+    /// Tells each monitor of a pending withdrawal, keeping those that
+    /// cannot be told yet. One that died (its pages are gone with it) or
+    /// that holds the vRegion again (a later placement) is let be.
+    fn withdraw_pending(&self) {
+        let pending = std::mem::take(&mut *lock(&self.mover.withdrawals));
+        let mut left = Vec::new();
+        for (key, id) in pending {
+            let addr = self.state.read(|st| {
+                let holds = st.vregion(key).is_some_and(|a| a.holds(id));
+                st.component(id)
+                    .filter(|c| c.health == Health::Alive && !holds)
+                    .map(|c| c.addr.clone())
+            });
+            let Some(addr) = addr else {
+                continue;
+            };
+            let w = WithdrawReq {
+                asid: key.asid,
+                index: key.index,
+                vregion_bytes: self.cfg.vregion_bytes,
+            };
+            match self.peers.withdraw(&addr, &w) {
+                Ok(_) => self.counters.withdrawals.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    warn!(%key, id, "cannot tell a memory monitor that a copy left it; will again: {e}");
+                    left.push((key, id));
+                    0
+                }
+            };
+        }
+        lock(&self.mover.withdrawals).extend(left);
     }
 }

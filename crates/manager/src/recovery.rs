@@ -207,6 +207,7 @@ impl ManagerService {
             pages,
             target,
             rate: None,
+            sync: false,
         };
         info!(key = %r.key, survivor = r.survivor, target = r.target, "re-replicating");
         self.grant(r.key, [r.target]);

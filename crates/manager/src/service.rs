@@ -49,6 +49,8 @@ pub struct ManagerCounters {
     /// Copies of vRegions moved off live memory monitors (drains, rebalancing).
     pub moves: AtomicU64,
     pub moves_failed: AtomicU64,
+    /// Old copies of moved vRegions withdrawn from their monitors.
+    pub withdrawals: AtomicU64,
     pub bytes_moved: AtomicU64,
 }
 

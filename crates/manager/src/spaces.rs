@@ -132,6 +132,17 @@ impl ManagerService {
     /// cannot be told refuses the process's writes, which then go to the
     /// other copy, as with any failed copy.
     pub(crate) fn grant(&self, key: VRegionKey, on: impl IntoIterator<Item = ComponentId>) {
+        let _ = self.try_grant(key, on);
+    }
+
+    /// [`ManagerService::grant`], saying which monitor could not be told: a
+    /// move onto it must not commit (the process's writes would be refused
+    /// there for good).
+    pub(crate) fn try_grant(
+        &self,
+        key: VRegionKey,
+        on: impl IntoIterator<Item = ComponentId>,
+    ) -> Result<(), String> {
         let (req, addrs) = self.state.read(|st| {
             let quota = st
                 .vnode(key.asid.vnode())
@@ -145,12 +156,15 @@ impl ManagerService {
             };
             (req, live_addrs(st, on.into_iter()))
         });
+        let mut result = Ok(());
         for (id, addr) in addrs {
             let Some(addr) = addr else { continue };
             if let Err(e) = self.peers.grant(&addr, &req) {
                 warn!(%key, id, "cannot tell a memory monitor of a vregion placed on it: {e}");
+                result = Err(format!("cannot grant {key} on memory monitor {id}: {e}"));
             }
         }
+        result
     }
 
     /// Releases address spaces: drops their records durably, then frees

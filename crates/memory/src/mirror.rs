@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use lego_transport::{lock, Client, ClientOptions, Credentials, TransportError};
 use lego_wire::control::{ReplicateReq, ReplicateResp};
+use lego_wire::elastic::PageVersionsReq;
 use lego_wire::pages::{CopyPages, FreeRange, FreeSpace};
 use lego_wire::{Asid, ComponentId, Op, PageNo, PAGE_SIZE};
 use tracing::{info, warn};
@@ -81,7 +82,9 @@ struct Mirror {
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Where one write must also go.
-struct Forward {
+/// Where one write is forwarded: looked up before the write is checked
+/// (see [`Mirrors::forward_of`]).
+pub struct Forward {
     mirror: u64,
     target: ComponentId,
     client: Client,
@@ -100,6 +103,15 @@ pub struct Mirrors {
 }
 
 impl Mirrors {
+    /// Where a write of `pages` of `asid` must also go, unless the writer
+    /// sent it to the target itself (`peer`). Looked up *before* the write
+    /// is checked against the grants: a `Withdraw` refuses writes first and
+    /// forgets the mirror after, so a write that passed the check was
+    /// looked up while the mirror was there, and is forwarded.
+    pub fn forward_of(&self, asid: Asid, pages: &[PageNo], peer: ComponentId) -> Option<Forward> {
+        self.target_of(asid, *pages.first()?, peer)
+    }
+
     /// Where a write of `page` of `asid` must also go: (target, client),
     /// unless the writer sent it to the target itself (`peer`).
     fn target_of(&self, asid: Asid, page: PageNo, peer: ComponentId) -> Option<Forward> {
@@ -135,18 +147,18 @@ impl Mirrors {
     /// did not take it (0: none, or no mirror).
     pub fn forward_write(
         &self,
+        forward: Option<Forward>,
         asid: Asid,
         pages: &[PageNo],
         data: &[u8],
         version: u64,
-        peer: ComponentId,
     ) -> ComponentId {
         let Some(Forward {
             mirror,
             target,
             client,
             failed,
-        }) = self.target_of(asid, pages[0], peer)
+        }) = forward
         else {
             return 0;
         };
@@ -175,6 +187,17 @@ impl Mirrors {
     pub fn forward_free(&self, r: &FreeRange) {
         if let Some(f) = self.target_of(r.asid, r.first, 0) {
             let _ = f.client.call(r);
+        }
+    }
+
+    /// Forgets the mirror of the vRegion starting at `first` (its copy here
+    /// moved away: nothing is written here any more).
+    pub fn forget_range(&self, asid: Asid, first: PageNo) {
+        if let Some(v) = lock(&self.by_space).get_mut(&asid) {
+            for m in v.iter().filter(|m| m.first == first) {
+                m.failed.store(true, Ordering::Relaxed);
+            }
+            v.retain(|m| m.first != first);
         }
     }
 
@@ -273,11 +296,33 @@ impl Mirrors {
         req: &ReplicateReq,
         failed: &AtomicBool,
     ) -> Result<u64, MirrorError> {
-        let held = store.held_in(req.asid, req.first_page, req.pages);
         let copy_err = |source| MirrorError::Copy {
             id: req.target.id,
             addr: req.target.addr.clone(),
             source,
+        };
+        let held = if req.sync {
+            // Only what the target lacks or holds older: after a move's
+            // copy from the other copy, the writes that reached only this
+            // one. Later writes are forwarded by the mirror.
+            let theirs: HashMap<u64, u64> = client
+                .call(&PageVersionsReq {
+                    asid: req.asid,
+                    first: req.first_page,
+                    count: req.pages,
+                })
+                .map_err(copy_err)?
+                .held
+                .into_iter()
+                .collect();
+            store
+                .versions_in(req.asid, req.first_page, req.pages)
+                .into_iter()
+                .filter(|(p, v)| theirs.get(&p.0).is_none_or(|t| t < v))
+                .map(|(p, _)| p)
+                .collect()
+        } else {
+            store.held_in(req.asid, req.first_page, req.pages)
         };
         // Programs reading from either monitor meanwhile come first: the
         // copy threads at both ends (this connection's, for this one

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use lego_transport::{answer, Credentials, Handler, PeerInfo, Reject, ServerCounters};
 use lego_wire::auth::Claim;
 use lego_wire::control::{FreeVnodeReq, GrantReq, MemStats, MemStatsReq, ReplicateReq};
-use lego_wire::elastic::WithdrawReq;
+use lego_wire::elastic::{PageVersions, PageVersionsReq, WithdrawReq};
 use lego_wire::pages::{
     CloneSpace, CopyPages, FreeRange, FreeSpace, ReadPages, ReadPagesReply, WritePages, WriteReply,
 };
@@ -194,17 +194,18 @@ impl Handler for MemoryService {
             }
             Op::WritePages => {
                 let req = WritePages::decode(body)?;
+                let forward = self.mirrors.forward_of(req.asid, &req.pages, req.peer);
                 let quota = self.check_write(peer, req.asid, &req.pages)?;
                 let allocated = self
                     .store
                     .write(req.asid, &req.pages, req.data, req.version, quota)
                     .map_err(|e| store_error(req.asid, e))?;
                 let missed = self.mirrors.forward_write(
+                    forward,
                     req.asid,
                     &req.pages,
                     req.data,
                     req.version,
-                    req.peer,
                 );
                 reply.extend_from_slice(
                     &WriteReply {
@@ -237,6 +238,15 @@ impl Handler for MemoryService {
                     self.mirrors
                         .replicate(&self.store, &self.creds, &req)
                         .map_err(|e| Reject::new(ErrorCode::Unavailable, e.to_string()))
+                })
+            }
+            Op::PageVersions => {
+                self.require_component(peer, op)?;
+                answer(body, reply, |req: PageVersionsReq| {
+                    let held = self.store.versions_in(req.asid, req.first, req.count);
+                    Ok(PageVersions {
+                        held: held.into_iter().map(|(p, v)| (p.0, v)).collect(),
+                    })
                 })
             }
             Op::FreeRange => answer(body, reply, |req: FreeRange| {
@@ -276,6 +286,7 @@ impl Handler for MemoryService {
                     // Refused first, then freed: no write lands in between.
                     self.grants.withdraw(req.asid, req.index);
                     let first = PageNo(req.index.0 * pages);
+                    self.mirrors.forget_range(req.asid, first);
                     let n = self.store.free_range(req.asid, first, pages);
                     tracing::info!(asid = %req.asid, index = req.index.0, pages = n, "a vRegion's copy moved away: its pages freed");
                     Ok(n)

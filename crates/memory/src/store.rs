@@ -286,6 +286,21 @@ impl PageStore {
         held
     }
 
+    /// Like [`PageStore::held_in`], with the version of each page.
+    pub fn versions_in(&self, asid: Asid, first: PageNo, count: u64) -> Vec<(PageNo, u64)> {
+        let mut held = Vec::new();
+        for s in &self.shards {
+            held.extend(
+                lock(s)
+                    .iter()
+                    .filter(|(&(a, p), _)| a == asid && p >= first && p.0 - first.0 < count)
+                    .map(|(&(_, p), page)| (p, page.version)),
+            );
+        }
+        held.sort_unstable();
+        held
+    }
+
     /// Drops every page: what this monitor held belongs to an identity the
     /// cluster no longer trusts. Returns how many there were.
     pub fn wipe(&self) -> u64 {

@@ -103,6 +103,16 @@ impl Placement {
     /// Alive memory monitors not in `exclude` and not drained, least loaded
     /// first.
     pub(crate) fn ranked_memory_monitors(&self, exclude: &[ComponentId]) -> Vec<ComponentId> {
+        self.ranked_memory_monitors_with(exclude, &BTreeMap::new())
+    }
+
+    /// Like [`Placement::ranked_memory_monitors`], counting `extra` bytes
+    /// (copies planned but not made yet) as used on each monitor listed.
+    pub(crate) fn ranked_memory_monitors_with(
+        &self,
+        exclude: &[ComponentId],
+        extra: &BTreeMap<ComponentId, u64>,
+    ) -> Vec<ComponentId> {
         let mut replicas: BTreeMap<ComponentId, u64> = BTreeMap::new();
         for id in self.vregions.values().flat_map(|a| a.copies()) {
             *replicas.entry(id).or_default() += 1;
@@ -113,7 +123,8 @@ impl Placement {
             .filter(|c| c.role == Role::Memory && c.health == Health::Alive && !c.drained)
             .filter(|c| !exclude.contains(&c.id))
             .map(|c| {
-                let load = c.used as f64 / c.capacity.max(1) as f64;
+                let planned = extra.get(&c.id).copied().unwrap_or(0);
+                let load = (c.used + planned) as f64 / c.capacity.max(1) as f64;
                 (load, replicas.get(&c.id).copied().unwrap_or(0), c.id)
             })
             .collect();

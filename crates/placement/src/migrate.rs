@@ -40,6 +40,17 @@ impl Placement {
     /// source of a two-copy vRegion), or from `from` for a one-copy
     /// vRegion. Changes nothing.
     pub fn plan_move(&self, key: VRegionKey, from: ComponentId) -> Result<Move, PlacementError> {
+        self.plan_move_with(key, from, &BTreeMap::new())
+    }
+
+    /// [`Placement::plan_move`], counting `extra` bytes as used on the
+    /// monitors listed (moves planned before this one).
+    fn plan_move_with(
+        &self,
+        key: VRegionKey,
+        from: ComponentId,
+        extra: &BTreeMap<ComponentId, u64>,
+    ) -> Result<Move, PlacementError> {
         let a = self
             .vregion(key)
             .ok_or(PlacementError::UnknownVRegion(key))?;
@@ -61,7 +72,7 @@ impl Placement {
         }
         let exclude: Vec<ComponentId> = a.copies().collect();
         let to = *self
-            .ranked_memory_monitors(&exclude)
+            .ranked_memory_monitors_with(&exclude, extra)
             .first()
             .ok_or(PlacementError::NoSpareMemoryMonitor(key))?;
         Ok(Move {
@@ -73,8 +84,10 @@ impl Placement {
     }
 
     /// The moves that empty drained memory monitors, one per copy not in
-    /// `busy`, in key order; copies with nowhere to go are left out.
-    pub fn drain_moves(&self, busy: &BTreeSet<VRegionKey>) -> Vec<Move> {
+    /// `busy`, in key order; copies with nowhere to go are left out. Each
+    /// move's target counts the copies planned onto it before (a vRegion
+    /// of `vregion_bytes` each), so the copies spread over the monitors.
+    pub fn drain_moves(&self, busy: &BTreeSet<VRegionKey>, vregion_bytes: u64) -> Vec<Move> {
         let drained: Vec<ComponentId> = self
             .components
             .values()
@@ -82,12 +95,14 @@ impl Placement {
             .map(|c| c.id)
             .collect();
         let mut moves = Vec::new();
+        let mut planned: BTreeMap<ComponentId, u64> = BTreeMap::new();
         for (key, a) in &self.vregions {
             if busy.contains(key) {
                 continue;
             }
             if let Some(from) = a.copies().find(|id| drained.contains(id)) {
-                if let Ok(m) = self.plan_move(*key, from) {
+                if let Ok(m) = self.plan_move_with(*key, from, &planned) {
+                    *planned.entry(m.to).or_default() += vregion_bytes;
                     moves.push(m);
                 }
             }

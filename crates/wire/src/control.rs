@@ -380,6 +380,11 @@ pub struct ReplicateReq {
     /// batch by batch; None: as fast as the target takes them.
     #[serde(default)]
     pub rate: Option<u64>,
+    /// The target already holds a copy (a move's, made from the other
+    /// copy): send only the pages it lacks or holds at an older version,
+    /// which it is asked for first (`PageVersions`).
+    #[serde(default)]
+    pub sync: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Asid, ComponentId, Op, VRegionIdx};
+use crate::{Asid, ComponentId, Op, PageNo, VRegionIdx};
 
 /// `Drain` (operator only): empty memory monitor `id` (`drained`), moving
 /// at most `rate` bytes a second (None: as fast as copies go); or take it
@@ -80,7 +80,23 @@ pub struct WithdrawReq {
     pub vregion_bytes: u64,
 }
 
+/// `PageVersions` (memory monitor to memory monitor): the pages of
+/// `first..first + count` of `asid` held, each with its version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageVersionsReq {
+    pub asid: Asid,
+    pub first: PageNo,
+    pub count: u64,
+}
+
+/// The answer to [`PageVersionsReq`]: (page, version) of each page held.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageVersions {
+    pub held: Vec<(u64, u64)>,
+}
+
 crate::json_request! {
+    PageVersionsReq => PageVersions, Op::PageVersions;
     DrainReq => DrainResp, Op::Drain;
     RebalanceReq => RebalancePlan, Op::Rebalance;
     WithdrawReq => u64, Op::Withdraw;

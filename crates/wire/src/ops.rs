@@ -77,6 +77,9 @@ u16_enum! {
         /// Memory monitor, between monitors: this connection carries bulk
         /// copies; serve it below the programs' requests (empty body).
         Background = 0x010b, "background";
+        /// Memory monitor, between monitors: the versions of the pages it
+        /// holds in a range (a move's old copy handing over what is newer).
+        PageVersions = 0x010c, "page_versions";
         /// Manager: a component registers.
         Register = 0x0200, "register";
         /// Manager: a component is alive and reports its load.

@@ -91,6 +91,29 @@ fn drains() {
             ]),
         ),
         (
+            "a drain's copies spread over the spare monitors: each target counts the copies planned onto it",
+            with_space(vec![
+                join(0, Memory, 1),
+                Op::SetReplicas(1, 1, Ok(())),
+                Op::Assign(k0, Ok((1, 0, true))),
+                Op::Assign(k1, Ok((1, 0, true))),
+                Op::Assign(key(1, 1, 2), Ok((1, 0, true))),
+                Op::Assign(key(1, 1, 3), Ok((1, 0, true))),
+                join(0, Memory, 2),
+                join(0, Memory, 3),
+                Op::Drain(1, true, Ok(())),
+                Op::DrainMoves(
+                    vec![],
+                    vec![
+                        (k0, 1, 1, 2),
+                        (k1, 1, 1, 3),
+                        (key(1, 1, 2), 1, 1, 2),
+                        (key(1, 1, 3), 1, 1, 3),
+                    ],
+                ),
+            ]),
+        ),
+        (
             "only memory monitors are drained",
             with_space(vec![
                 join(0, Role::Processor, 1),

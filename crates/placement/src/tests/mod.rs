@@ -107,7 +107,7 @@ pub(crate) enum Op {
     ),
     /// `set_drained(id, drained)`.
     Drain(ComponentId, bool, Result<(), PlacementError>),
-    /// `drain_moves(busy)` plans exactly these (key, from, source, to).
+    /// `drain_moves(busy, 64 MiB)` plans exactly these (key, from, source, to).
     DrainMoves(
         Vec<VRegionKey>,
         Vec<(VRegionKey, ComponentId, ComponentId, ComponentId)>,
@@ -416,7 +416,7 @@ fn apply(p: &mut Placement, op: Op, at: &str) {
         }
         Op::DrainMoves(busy, expect) => {
             let got: Vec<_> = p
-                .drain_moves(&busy.into_iter().collect())
+                .drain_moves(&busy.into_iter().collect(), 64 << 20)
                 .into_iter()
                 .map(|m| (m.key, m.from, m.source, m.to))
                 .collect();
