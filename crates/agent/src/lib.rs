@@ -336,6 +336,8 @@ pub fn advertised_addr(advertise: Option<&str>, bound: &str, manager: &str) -> S
     if !sa.ip().is_unspecified() {
         return bound.to_string();
     }
+    // With several managers (A,B,C), the route to the first.
+    let manager = manager.split(',').next().unwrap_or(manager);
     let route = manager
         .to_socket_addrs()
         .ok()

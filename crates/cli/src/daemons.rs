@@ -111,6 +111,19 @@ pub struct ManagerArgs {
     /// The metadata database (redb); survives restarts
     #[arg(long, default_value = "lego-manager.redb", value_name = "PATH")]
     pub db: PathBuf,
+    /// Keep the metadata on etcd instead (etcd://HOST:PORT[,HOST:PORT...]):
+    /// several managers on one etcd elect a leader, the others stand by
+    /// (not listening) and take over when it stops; give each its own
+    /// fixed --listen, and clients all of them (--manager A,B,C)
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// The etcd key prefix of this cluster's records (with --store etcd)
+    #[arg(long, default_value = "/lego", value_name = "PREFIX")]
+    pub etcd_prefix: String,
+    /// The leader's lease on etcd, in seconds: a leader that cannot renew
+    /// it for half of this stops; a standby leads within about this long
+    #[arg(long, default_value_t = 4, value_name = "S")]
+    pub lease_ttl: u64,
     /// How often components heartbeat, in milliseconds
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub heartbeat_ms: u64,
@@ -271,6 +284,9 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         listen: a.listen.clone(),
         http,
         db: a.db.clone(),
+        store: a.store.clone().filter(|s| s != "redb"),
+        etcd_prefix: a.etcd_prefix.clone(),
+        lease_ttl: std::time::Duration::from_secs(a.lease_ttl.max(2)),
         secret,
         heartbeat_ms: a.heartbeat_ms.max(1),
         dead_after_ms: a.dead_after_ms.unwrap_or(a.heartbeat_ms * 2),

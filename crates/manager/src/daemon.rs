@@ -22,8 +22,17 @@ pub struct ManagerConfig {
     pub listen: String,
     /// Where to serve HTTP (`None`: not at all).
     pub http: Option<String>,
-    /// The redb file holding the metadata.
+    /// The redb file holding the metadata (unless `store` names etcd).
     pub db: PathBuf,
+    /// `etcd://HOST:PORT[,HOST:PORT...]`: the metadata on etcd, this
+    /// manager one of several that elect a leader there; it stands by
+    /// (not listening) until elected. `None`: redb, alone.
+    pub store: Option<String>,
+    /// The etcd key prefix of this cluster's records.
+    pub etcd_prefix: String,
+    /// The leader's lease on etcd: a leader that cannot renew it for half
+    /// of this stops; a standby takes over within about this long.
+    pub lease_ttl: Duration,
     pub secret: Secret,
     pub heartbeat_ms: u64,
     pub dead_after_ms: u64,
@@ -46,9 +55,25 @@ pub struct RunningManager {
 
 /// Starts the manager; returns once it is listening.
 pub fn run(cfg: ManagerConfig) -> Result<RunningManager, ManagerError> {
-    let db = Db::open(&cfg.db)?;
+    let db = match &cfg.store {
+        None => Db::open(&cfg.db)?,
+        Some(url) => {
+            let mut etcd = crate::etcd::Etcd::connect(url, &cfg.etcd_prefix)?;
+            info!(store = %url, listen = %cfg.listen, "standing by until elected leader");
+            etcd.campaign(&cfg.listen, cfg.lease_ttl, |leader| match leader {
+                Some(l) => info!(leader = %l, "standing by: another manager leads"),
+                None => info!("standing by: no leader yet"),
+            })?;
+            etcd.keep_leading(cfg.lease_ttl, |why| {
+                tracing::error!("{why}: this manager may no longer be the leader; it stops now");
+                std::process::exit(3);
+            })?;
+            Db::on_etcd(etcd)
+        }
+    };
     let records = db.load()?;
     info!(
+        store = %db.describe(),
         db = %cfg.db.display(),
         components = records.components.len(),
         vnodes = records.vnodes.len(),

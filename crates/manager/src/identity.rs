@@ -88,38 +88,10 @@ fn rejected(e: ManagerError) -> Reject {
 impl Identities {
     /// Loads tokens and members (creating the tables if needed).
     pub fn load(db: &Db) -> Result<Self, ManagerError> {
-        let d = db.database();
-        let tx = d.begin_write().map_err(ManagerError::db)?;
-        tx.open_table(TOKENS).map_err(ManagerError::db)?;
-        tx.open_table(MEMBERS).map_err(ManagerError::db)?;
-        tx.commit().map_err(ManagerError::db)?;
-        let tx = d.begin_read().map_err(ManagerError::db)?;
-        let mut t = Tables::default();
-        let tokens = tx.open_table(TOKENS).map_err(ManagerError::db)?;
-        for row in tokens.iter().map_err(ManagerError::db)? {
-            let (k, v) = row.map_err(ManagerError::db)?;
-            t.tokens.insert(
-                k.value(),
-                parse(&format!("token {}", k.value()), v.value())?,
-            );
-        }
-        let members = tx.open_table(MEMBERS).map_err(ManagerError::db)?;
-        for row in members.iter().map_err(ManagerError::db)? {
-            let (k, v) = row.map_err(ManagerError::db)?;
-            t.members.insert(
-                k.value(),
-                parse(&format!("member {}", k.value()), v.value())?,
-            );
-        }
-        let meta = tx.open_table(META).map_err(ManagerError::db)?;
-        let get = |k: &str| -> Result<u32, ManagerError> {
-            let v = meta
-                .get(k)
-                .map_err(ManagerError::db)?
-                .map_or(1, |v| v.value());
-            Ok(v.clamp(1, u32::MAX as u64) as u32)
+        let t = match db.backend() {
+            Ok(d) => load_redb(d)?,
+            Err(e) => load_etcd(e)?,
         };
-        t.next_token = get("next_token_id")?;
         let revoked = Arc::new(Revoked::default());
         revoked.extend(
             t.members
@@ -339,6 +311,75 @@ impl Identities {
     }
 }
 
+/// Tokens and members from redb (creating the tables if needed).
+fn load_redb(d: &redb::Database) -> Result<Tables, ManagerError> {
+    let tx = d.begin_write().map_err(ManagerError::db)?;
+    tx.open_table(TOKENS).map_err(ManagerError::db)?;
+    tx.open_table(MEMBERS).map_err(ManagerError::db)?;
+    tx.commit().map_err(ManagerError::db)?;
+    let tx = d.begin_read().map_err(ManagerError::db)?;
+    let mut t = Tables::default();
+    let tokens = tx.open_table(TOKENS).map_err(ManagerError::db)?;
+    for row in tokens.iter().map_err(ManagerError::db)? {
+        let (k, v) = row.map_err(ManagerError::db)?;
+        t.tokens.insert(
+            k.value(),
+            parse(&format!("token {}", k.value()), v.value())?,
+        );
+    }
+    let members = tx.open_table(MEMBERS).map_err(ManagerError::db)?;
+    for row in members.iter().map_err(ManagerError::db)? {
+        let (k, v) = row.map_err(ManagerError::db)?;
+        t.members.insert(
+            k.value(),
+            parse(&format!("member {}", k.value()), v.value())?,
+        );
+    }
+    let meta = tx.open_table(META).map_err(ManagerError::db)?;
+    let get = |k: &str| -> Result<u32, ManagerError> {
+        let v = meta
+            .get(k)
+            .map_err(ManagerError::db)?
+            .map_or(1, |v| v.value());
+        Ok(v.clamp(1, u32::MAX as u64) as u32)
+    };
+    t.next_token = get("next_token_id")?;
+    Ok(t)
+}
+
+/// Tokens and members from etcd.
+fn load_etcd(e: &crate::etcd::Etcd) -> Result<Tables, ManagerError> {
+    let mut t = Tables::default();
+    let text = |what: &str, v: Vec<u8>| {
+        String::from_utf8(v).map_err(|_| ManagerError::Etcd(format!("{what} is not UTF-8")))
+    };
+    let id = |what: &str, k: &str| {
+        k.parse::<u32>()
+            .map_err(|_| ManagerError::Etcd(format!("{what}: the key {k:?} is not a number")))
+    };
+    for (k, v) in e.scan("tokens")? {
+        let what = format!("token {k}");
+        t.tokens
+            .insert(id(&what, &k)?, parse(&what, &text(&what, v)?)?);
+    }
+    for (k, v) in e.scan("members")? {
+        let what = format!("member {k}");
+        t.members
+            .insert(id(&what, &k)?, parse(&what, &text(&what, v)?)?);
+    }
+    t.next_token = 1;
+    for (k, v) in e.scan("meta")? {
+        if k == "next_token_id" {
+            let v = text("next token id", v)?;
+            t.next_token = v
+                .parse::<u64>()
+                .map_err(|_| ManagerError::Etcd(format!("next token id is not a number: {v:?}")))?
+                .clamp(1, u32::MAX as u64) as u32;
+        }
+    }
+    Ok(t)
+}
+
 enum Row<'a> {
     Token(u32, &'a Token),
     Member(u32, &'a Member),
@@ -347,7 +388,34 @@ enum Row<'a> {
 
 /// Writes rows in one durable transaction.
 fn write(db: &Db, rows: &[Row<'_>]) -> Result<(), ManagerError> {
-    let tx = db.database().begin_write().map_err(ManagerError::db)?;
+    let d = match db.backend() {
+        Ok(d) => d,
+        Err(e) => {
+            let json = |v: String| v.into_bytes();
+            let changes: Vec<crate::etcd::Change> = rows
+                .iter()
+                .map(|r| match r {
+                    Row::Token(id, t) => crate::etcd::Change {
+                        table: "tokens",
+                        key: id.to_string(),
+                        value: Some(json(crate::store::json(t))),
+                    },
+                    Row::Member(id, m) => crate::etcd::Change {
+                        table: "members",
+                        key: id.to_string(),
+                        value: Some(json(crate::store::json(m))),
+                    },
+                    Row::Meta(k, v) => crate::etcd::Change {
+                        table: "meta",
+                        key: k.to_string(),
+                        value: Some(v.to_string().into_bytes()),
+                    },
+                })
+                .collect();
+            return e.commit(&changes);
+        }
+    };
+    let tx = d.begin_write().map_err(ManagerError::db)?;
     {
         let mut tokens = tx.open_table(TOKENS).map_err(ManagerError::db)?;
         let mut members = tx.open_table(MEMBERS).map_err(ManagerError::db)?;

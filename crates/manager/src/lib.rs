@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod daemon;
+pub mod etcd;
 pub mod http;
 pub mod identity;
 pub mod journal;
@@ -61,6 +62,10 @@ pub enum ManagerError {
     Http { addr: String, reason: String },
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("this manager is no longer the leader (another was elected): it stops")]
+    Deposed,
 }
 
 impl ManagerError {

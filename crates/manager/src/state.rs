@@ -81,6 +81,12 @@ impl State {
         drop(st);
         let answer = match stored {
             Ok(()) => answer,
+            // Another manager leads (fenced by etcd): acting on would be
+            // split brain. Nothing is answered; clients go to the leader.
+            Err(crate::ManagerError::Deposed) => {
+                tracing::error!("etcd refused a write: another manager leads; this one stops now");
+                std::process::exit(3);
+            }
             Err(e) => {
                 warn!("cannot make a change durable: {e}");
                 Err(Reject::new(

@@ -263,7 +263,39 @@ pub fn transport_for(addr: &str) -> (&'static dyn Transport, &str) {
 }
 
 /// Connects to `addr` over the transport it names.
+///
+/// `addr` may list several addresses, `A,B,C` (the managers of a cluster
+/// whose leader is elected on etcd: only the leader listens): they are
+/// tried in turn, from the one that answered last, and the first that
+/// connects is used.
 pub fn connect(addr: &str, timeout: Duration) -> Result<Box<dyn Link>, TransportError> {
+    if !addr.contains(',') {
+        return connect_one(addr, timeout);
+    }
+    let list: Vec<&str> = addr.split(',').filter(|a| !a.is_empty()).collect();
+    let start = crate::lock(&LAST_GOOD).get(addr).copied().unwrap_or(0);
+    let mut last = None;
+    for i in 0..list.len() {
+        let n = (start + i) % list.len();
+        match connect_one(list[n], timeout) {
+            Ok(l) => {
+                crate::lock(&LAST_GOOD).insert(addr.to_string(), n);
+                return Ok(l);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| TransportError::Connect {
+        addr: addr.to_string(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "no address in the list"),
+    }))
+}
+
+/// For each list of addresses, the one that connected last.
+static LAST_GOOD: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn connect_one(addr: &str, timeout: Duration) -> Result<Box<dyn Link>, TransportError> {
     let (t, a) = transport_for(addr);
     t.connect(a, timeout)
         .map_err(|source| TransportError::Connect {

@@ -16,6 +16,7 @@ use lego_transport::{Client, ClientOptions, Credentials, Redial};
 use lego_wire::control::*;
 use lego_wire::{Asid, Role, VRegionIdx, VnodeId};
 
+pub mod etcd;
 mod programs;
 #[allow(unused_imports)]
 pub use programs::*;
@@ -174,6 +175,33 @@ impl TestCluster {
     /// A manager (heartbeat `heartbeat_ms`) and `n` memory monitors of `capacity`.
     pub fn start(n: usize, capacity: &str, heartbeat_ms: u64) -> Self {
         Self::start_with(n, capacity, heartbeat_ms, &[])
+    }
+
+    /// A manager at `addr` (a fixed address: with `--store etcd`, the
+    /// leader's key names it) with `manager_flags`, no memory monitor yet.
+    pub fn with_manager_at(addr: &str, manager_flags: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = LocalCluster::new(Options {
+            dir: dir.path().to_path_buf(),
+            exe: PathBuf::from(LEGO),
+            heartbeat_ms: 200,
+            log: Some("debug".into()),
+        })
+        .unwrap();
+        c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
+        c.manager_addr = addr.to_string();
+        c.start_manager().unwrap();
+        TestCluster {
+            cluster: Some(c),
+            dir,
+            work: shared_dir(),
+        }
+    }
+
+    /// Where components and programs started from now on find the manager
+    /// (`A,B`: several, the leader among them).
+    pub fn set_manager_addr(&mut self, addr: &str) {
+        self.cluster.as_mut().unwrap().manager_addr = addr.to_string();
     }
 
     /// [`TestCluster::start`] with extra flags for the manager.

@@ -1,0 +1,151 @@
+//! A manager that survives its host (issue 15): the metadata on a real
+//! 3-member etcd cluster, managers electing a leader there, writes fenced
+//! by the leader's term.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::etcd::{free_port, EtcdCluster};
+use common::*;
+use lego_manager::etcd::{Change, Etcd};
+use lego_manager::ManagerError;
+
+/// A deposed leader's write is refused by etcd itself: manager A is
+/// elected, its lease ends (as when it is cut off or paused past its TTL),
+/// B is elected, and A's next write fails with `Deposed`, while B's goes
+/// through; nothing of A's write is stored.
+#[test]
+fn a_deposed_leaders_write_is_refused_by_the_store() {
+    let etcd = EtcdCluster::start(3);
+    let mut a = Etcd::connect(&etcd.url(), "/fence").unwrap();
+    a.campaign("a:1", Duration::from_secs(2), |_| {}).unwrap();
+    let put = |v: &str| {
+        vec![Change {
+            table: "meta",
+            key: "probe".into(),
+            value: Some(v.as_bytes().to_vec()),
+        }]
+    };
+    a.commit(&put("from a")).unwrap();
+    // B stands by while A's lease lives (A does not renew it here).
+    let mut b = Etcd::connect(&etcd.url(), "/fence").unwrap();
+    let t = Instant::now();
+    let mut seen = Vec::new();
+    b.campaign("b:1", Duration::from_secs(2), |l| {
+        seen.push(l.map(str::to_string))
+    })
+    .unwrap();
+    let took = t.elapsed();
+    assert!(
+        seen.contains(&Some("a:1".to_string())),
+        "B saw A lead: {seen:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "B waited for A's lease: {took:?}"
+    );
+    eprintln!("B elected {took:?} after A stopped renewing (TTL 2 s)");
+    assert_eq!(b.leader().unwrap().as_deref(), Some("b:1"));
+    match a.commit(&put("from deposed a")) {
+        Err(ManagerError::Deposed) => {}
+        other => panic!("A's write after B's election: {other:?}"),
+    }
+    b.commit(&put("from b")).unwrap();
+    let stored = b.scan("meta").unwrap();
+    assert_eq!(stored, vec![("probe".to_string(), b"from b".to_vec())]);
+}
+
+/// The leader manager killed (kill -9) while python fills 384 MiB at
+/// 64 MiB ExCache and needs new vRegions meanwhile: the standby leads
+/// within its lease (3 s) and a half, the process's placements wait for it
+/// and go on, and the output is byte for byte the one without lego.
+#[test]
+fn the_leader_killed_while_python_runs_a_standby_takes_over() {
+    let etcd = EtcdCluster::start(3);
+    let url = etcd.url();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let flags = [
+        "--store",
+        &url,
+        "--lease-ttl",
+        "3",
+        "--vregion-size",
+        "16MiB",
+    ];
+    // A first: alone, it is elected; then B, which stands by.
+    let mut c = TestCluster::with_manager_at(&a, &flags);
+    let standby_ready = c.path().join("run").join("manager-b.ready");
+    let mut standby = std::process::Command::new(LEGO)
+        .args([
+            "manager",
+            "--listen",
+            &b,
+            "--http",
+            "none",
+            "--heartbeat-ms",
+            "200",
+        ])
+        .args(flags)
+        .arg("--db")
+        .arg(c.path().join("b.redb"))
+        .arg("--secret-file")
+        .arg(c.path().join("secret"))
+        .arg("--ready-file")
+        .arg(&standby_ready)
+        .arg("--exit-with")
+        .arg(std::process::id().to_string())
+        .stderr(std::fs::File::create(c.path().join("logs").join("manager-b.log")).unwrap())
+        .spawn()
+        .unwrap();
+    c.set_manager_addr(&format!("{a},{b}"));
+    for _ in 0..3 {
+        c.start_memory("1GiB");
+    }
+    ensure_runtime();
+    c.start_processor("1GiB");
+    let script = hashing(384, 2);
+    let local = local_output(&script);
+    let mut child = c
+        .run_command(&["--excache", "64MiB"], &[&python(), "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut so, &mut v).map(|_| v)
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = String::new();
+        std::io::Read::read_to_string(&mut se, &mut v).map(|_| v)
+    });
+    // Killed while the program still places vRegions: its fill needs 24.
+    let placed = c.wait_until("a few vRegions placed", |s| s.vregions.len() >= 4);
+    assert!(placed.vregions.len() < 20, "killed during the fill");
+    assert!(!standby_ready.exists(), "B stands by while A leads");
+    let t = Instant::now();
+    c.kill_manager();
+    wait_for(Duration::from_secs(10), "the standby to lead", || {
+        standby_ready.exists().then_some(())
+    });
+    let took = t.elapsed();
+    eprintln!("the standby leads {took:?} after the leader was killed");
+    assert!(
+        took < Duration::from_secs(5),
+        "a standby leads within 5 s: {took:?}"
+    );
+    let status = wait_for(Duration::from_secs(300), "the program to end", || {
+        child.try_wait().unwrap()
+    });
+    let (out, err) = (out.join().unwrap().unwrap(), err.join().unwrap().unwrap());
+    assert!(status.success(), "the program under lego: {err}");
+    assert_eq!(out, local, "the same output as without lego");
+    // B serves: the monitors registered with it, all alive.
+    let st = c.cluster_state();
+    assert_eq!(alive_memory(&st).len(), 3);
+    let _ = standby.kill();
+    let _ = standby.wait();
+}

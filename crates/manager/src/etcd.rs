@@ -1,0 +1,302 @@
+//! The manager's durable state on etcd (`--store etcd://HOST:PORT,...`),
+//! and the election of one leader among the managers that share it.
+//!
+//! ```text
+//! PREFIX/leader            the leader's address, under its lease (TTL)
+//! PREFIX/t/TABLE/KEY       one record: the same tables as the redb store
+//!                          (components, vnodes, vregions, owners, leases,
+//!                          meta, tokens, members), values as there
+//! ```
+//!
+//! Election: a manager campaigns by creating `PREFIX/leader` under a lease
+//! of its own, in a transaction that succeeds only if the key does not
+//! exist; the key's create revision is its term. Until then it stands by,
+//! asking again every second, and does not serve. A leader keeps its lease
+//! alive every third of the TTL; if it could not for half the TTL it stops
+//! acting at once (the process exits: a supervisor starts it again, as a
+//! standby), well before the lease ends and another can be elected.
+//!
+//! Fencing: every write is one transaction guarded by "the leader key's
+//! create revision is still my term". A deposed leader's write (its lease
+//! lost, another elected) is refused by etcd itself, and the deposed
+//! manager exits.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use tracing::{error, info, warn};
+
+use crate::ManagerError;
+
+/// How long one etcd call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a standby asks whether the leader is gone.
+const CAMPAIGN_EVERY: Duration = Duration::from_millis(500);
+/// The most operations in one transaction (etcd's default limit is 128;
+/// `lego up` starts etcd with a larger one).
+pub const MAX_TXN_OPS: usize = 10_000;
+
+/// A connection to etcd, and this manager's term once elected.
+pub struct Etcd {
+    /// One worker thread, always running: the client's connections are
+    /// driven by tasks on it (a runtime driven only inside `block_on`
+    /// would leave the lease keeper's calls hanging between writes).
+    rt: std::sync::Arc<tokio::runtime::Runtime>,
+    client: Client,
+    prefix: String,
+    endpoints: String,
+    /// (lease id, create revision of the leader key) once elected.
+    term: Option<(i64, i64)>,
+}
+
+/// One change of a record: put (`Some`) or delete (`None`).
+pub struct Change {
+    pub table: &'static str,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+fn etcd_err(what: &str, e: impl std::fmt::Display) -> ManagerError {
+    ManagerError::Etcd(format!("{what}: {e}"))
+}
+
+impl Etcd {
+    /// Connects to the etcd cluster at `url`: `etcd://HOST:PORT[,HOST:PORT...]`.
+    pub fn connect(url: &str, prefix: &str) -> Result<Etcd, ManagerError> {
+        let hosts = url.strip_prefix("etcd://").ok_or_else(|| {
+            ManagerError::Etcd(format!(
+                "a store is redb (the default) or etcd://HOST:PORT[,HOST:PORT...], not {url:?}"
+            ))
+        })?;
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("http://{h}"))
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ManagerError::Etcd(format!("{url:?} names no etcd host")));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("manager-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| etcd_err("cannot start the etcd client's runtime", e))?;
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let client = rt
+            .block_on(Client::connect(endpoints.clone(), Some(opts)))
+            .map_err(|e| etcd_err(&format!("cannot reach etcd at {hosts}"), e))?;
+        Ok(Etcd {
+            rt: std::sync::Arc::new(rt),
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            endpoints: hosts.to_string(),
+            term: None,
+        })
+    }
+
+    /// Where the store is, for logs and `lego status`.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    fn leader_key(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+
+    fn table_prefix(&self, table: &str) -> String {
+        format!("{}/t/{table}/", self.prefix)
+    }
+
+    /// The leader's address, if there is one.
+    pub fn leader(&self) -> Result<Option<String>, ManagerError> {
+        let mut c = self.client.clone();
+        let key = self.leader_key();
+        let r = self
+            .rt
+            .block_on(c.get(key, None))
+            .map_err(|e| etcd_err("cannot read the leader", e))?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Stands by until this manager (`me`, the address it serves at) is
+    /// elected leader with a lease of `ttl`; `standing_by` is told who
+    /// leads meanwhile (each time that changes).
+    pub fn campaign(
+        &mut self,
+        me: &str,
+        ttl: Duration,
+        mut standing_by: impl FnMut(Option<&str>),
+    ) -> Result<(), ManagerError> {
+        let ttl_s = ttl.as_secs().max(2) as i64;
+        let key = self.leader_key();
+        let mut last_seen: Option<Option<String>> = None;
+        loop {
+            let mut c = self.client.clone();
+            let tried = self.rt.block_on(async {
+                let lease = c.lease_grant(ttl_s, None).await?.id();
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.clone(),
+                        me,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([TxnOp::get(key.clone(), None)]);
+                let r = c.txn(txn).await?;
+                if r.succeeded() {
+                    let term = r.header().map_or(0, |h| h.revision());
+                    return Ok::<_, etcd_client::Error>(Ok((lease, term)));
+                }
+                let _ = c.lease_revoke(lease).await;
+                let leader = r.op_responses().into_iter().find_map(|op| match op {
+                    etcd_client::TxnOpResponse::Get(g) => g
+                        .kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                    _ => None,
+                });
+                Ok(Err(leader))
+            });
+            match tried {
+                Ok(Ok(term)) => {
+                    self.term = Some(term);
+                    info!(store = %self.endpoints, term = term.1, "elected leader");
+                    return Ok(());
+                }
+                Ok(Err(leader)) => {
+                    if last_seen.as_ref() != Some(&leader) {
+                        standing_by(leader.as_deref());
+                        last_seen = Some(leader);
+                    }
+                }
+                Err(e) => {
+                    if last_seen.as_ref() != Some(&None) {
+                        warn!(store = %self.endpoints, "cannot campaign, trying again: {e}");
+                        standing_by(None);
+                        last_seen = Some(None);
+                    }
+                }
+            }
+            std::thread::sleep(CAMPAIGN_EVERY);
+        }
+    }
+
+    /// Keeps the leader's lease alive on a thread of its own. If it could
+    /// not for half of `ttl`, this manager may no longer be the leader by
+    /// the time anyone acts on its answers: `lost` is called (it exits).
+    pub fn keep_leading(
+        &self,
+        ttl: Duration,
+        lost: impl FnOnce(String) + Send + 'static,
+    ) -> Result<(), ManagerError> {
+        let (lease, _) = self
+            .term
+            .ok_or_else(|| ManagerError::Etcd("not elected".into()))?;
+        let client = self.client.clone();
+        let rt = self.rt.clone();
+        std::thread::Builder::new()
+            .name("manager-lease".into())
+            .spawn(move || {
+                let every = ttl / 3;
+                let mut last_ok = Instant::now();
+                loop {
+                    std::thread::sleep(every);
+                    let mut c = client.clone();
+                    // Opening the keep-alive stream renews the lease once
+                    // and reads the answer: that is all a renewal needs.
+                    let kept = rt.block_on(async {
+                        tokio::time::timeout(every, c.lease_keep_alive(lease)).await
+                    });
+                    match kept {
+                        Ok(Ok(_)) => last_ok = Instant::now(),
+                        Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) => {
+                            return lost(format!("the leader's lease is gone ({e})"))
+                        }
+                        Ok(Err(e)) => warn!("cannot renew the leader's lease: {e}"),
+                        Err(_) => warn!("renewing the leader's lease timed out"),
+                    }
+                    if last_ok.elapsed() >= ttl / 2 {
+                        return lost(format!(
+                            "the leader's lease could not be renewed for {:?}",
+                            last_ok.elapsed()
+                        ));
+                    }
+                }
+            })
+            .map_err(|e| etcd_err("cannot start the lease keeper", e))?;
+        Ok(())
+    }
+
+    /// Every record of `table`: (key, value).
+    pub fn scan(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, ManagerError> {
+        let prefix = self.table_prefix(table);
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.get(prefix.clone(), Some(GetOptions::new().with_prefix())))
+            .map_err(|e| etcd_err(&format!("cannot read {table}"), e))?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                let k = String::from_utf8_lossy(kv.key());
+                (
+                    k.strip_prefix(&prefix).unwrap_or(&k).to_string(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
+    }
+
+    /// Writes `changes` in one transaction, only while this manager's term
+    /// lasts (fenced): a deposed leader's write is refused by etcd.
+    pub fn commit(&self, changes: &[Change]) -> Result<(), ManagerError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (_, term) = self
+            .term
+            .ok_or_else(|| ManagerError::Etcd("writing before being elected".into()))?;
+        if changes.len() > MAX_TXN_OPS {
+            return Err(ManagerError::Etcd(format!(
+                "{} changes in one transaction; at most {MAX_TXN_OPS}",
+                changes.len()
+            )));
+        }
+        let ops: Vec<TxnOp> = changes
+            .iter()
+            .map(|c| {
+                let key = format!("{}{}", self.table_prefix(c.table), c.key);
+                match &c.value {
+                    Some(v) => TxnOp::put(key, v.clone(), None),
+                    None => TxnOp::delete(key, None),
+                }
+            })
+            .collect();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.leader_key(),
+                CompareOp::Equal,
+                term,
+            )])
+            .and_then(ops);
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.txn(txn))
+            .map_err(|e| etcd_err("cannot write to etcd", e))?;
+        if !r.succeeded() {
+            error!(
+                term,
+                "etcd refused a write: this manager is no longer the leader"
+            );
+            return Err(ManagerError::Deposed);
+        }
+        Ok(())
+    }
+}
