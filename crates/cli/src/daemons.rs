@@ -121,7 +121,7 @@ pub struct ManagerArgs {
     #[arg(long, default_value = "/lego", value_name = "PREFIX")]
     pub etcd_prefix: String,
     /// The leader's lease on etcd, in seconds: a leader that cannot renew
-    /// it for half of this stops; a standby leads within about this long
+    /// it for two thirds of this stops; a standby leads within about this long
     #[arg(long, default_value_t = 4, value_name = "S")]
     pub lease_ttl: u64,
     /// How often components heartbeat, in milliseconds
@@ -279,6 +279,19 @@ fn stay_up(args: &DaemonArgs) -> Result<()> {
 pub fn manager(a: ManagerArgs) -> Result<()> {
     a.daemon.pin()?;
     let secret = a.daemon.secret.secret()?;
+    // A standby (--store etcd) waits in `run` until elected: it must still
+    // go when its supervisor does.
+    if let Some(pid) = a.daemon.exit_with {
+        std::thread::Builder::new()
+            .name("exit-with".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(200));
+                if std::os::unix::process::parent_id() != pid {
+                    tracing::warn!(pid, "supervising process is gone; exiting");
+                    std::process::exit(0);
+                }
+            })?;
+    }
     let http = (a.http != "none").then(|| a.http.clone());
     let m = lego_manager::run(lego_manager::ManagerConfig {
         listen: a.listen.clone(),

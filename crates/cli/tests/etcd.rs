@@ -10,6 +10,8 @@ use common::etcd::{free_port, EtcdCluster};
 use common::*;
 use lego_manager::etcd::{Change, Etcd};
 use lego_manager::ManagerError;
+use lego_transport::{Client, ClientOptions};
+use lego_wire::control::VnodeCreateReq;
 
 /// A deposed leader's write is refused by etcd itself: manager A is
 /// elected, its lease ends (as when it is cut off or paused past its TTL),
@@ -76,29 +78,7 @@ fn the_leader_killed_while_python_runs_a_standby_takes_over() {
     ];
     // A first: alone, it is elected; then B, which stands by.
     let mut c = TestCluster::with_manager_at(&a, &flags);
-    let standby_ready = c.path().join("run").join("manager-b.ready");
-    let mut standby = std::process::Command::new(LEGO)
-        .args([
-            "manager",
-            "--listen",
-            &b,
-            "--http",
-            "none",
-            "--heartbeat-ms",
-            "200",
-        ])
-        .args(flags)
-        .arg("--db")
-        .arg(c.path().join("b.redb"))
-        .arg("--secret-file")
-        .arg(c.path().join("secret"))
-        .arg("--ready-file")
-        .arg(&standby_ready)
-        .arg("--exit-with")
-        .arg(std::process::id().to_string())
-        .stderr(std::fs::File::create(c.path().join("logs").join("manager-b.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut standby, standby_ready) = standby(&c, "manager-b", &b, &flags);
     c.set_manager_addr(&format!("{a},{b}"));
     for _ in 0..3 {
         c.start_memory("1GiB");
@@ -148,4 +128,168 @@ fn the_leader_killed_while_python_runs_a_standby_takes_over() {
     assert_eq!(alive_memory(&st).len(), 3);
     let _ = standby.kill();
     let _ = standby.wait();
+}
+
+/// Starts a standby manager at `addr` on the store of `c`'s manager, with
+/// `flags`; returns it and the file it writes once elected.
+fn standby(
+    c: &TestCluster,
+    name: &str,
+    addr: &str,
+    flags: &[&str],
+) -> (KillOnDrop, std::path::PathBuf) {
+    let ready = c.path().join("run").join(format!("{name}.ready"));
+    let child = std::process::Command::new(LEGO)
+        .args([
+            "manager",
+            "--listen",
+            addr,
+            "--http",
+            "none",
+            "--heartbeat-ms",
+            "200",
+        ])
+        .args(flags)
+        .arg("--db")
+        .arg(c.path().join(format!("{name}.redb")))
+        .arg("--secret-file")
+        .arg(c.path().join("secret"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--exit-with")
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(c.path().join("logs").join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    (KillOnDrop(child), ready)
+}
+
+/// A leader paused past its lease (as a host cut off, or stopped) comes
+/// back after a standby took over: it cannot act. The write it was asked
+/// for meanwhile is refused by etcd (or it stops first, on its lost lease),
+/// it exits, and the standby's state has no trace of the write.
+#[test]
+fn a_paused_leader_cannot_act_after_a_standby_took_over() {
+    let etcd = EtcdCluster::start(3);
+    let url = etcd.url();
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let flags = ["--store", url.as_str(), "--lease-ttl", "2"];
+    let mut c = TestCluster::with_manager_at(&a, &flags);
+    let (mut b_child, b_ready) = standby(&c, "manager-b", &b, &flags);
+    let to_a = Client::connect(&a, &c.creds(), &ClientOptions::default()).unwrap();
+    c.manager.as_ref().unwrap().signal(Signal::SIGSTOP).unwrap();
+    let t = Instant::now();
+    wait_for(Duration::from_secs(10), "the standby to lead", || {
+        b_ready.exists().then_some(())
+    });
+    eprintln!(
+        "the standby leads {:?} after the leader was paused",
+        t.elapsed()
+    );
+    // Asked of A while it is paused; A resumes.
+    let asked = std::thread::spawn(move || {
+        to_a.call(&VnodeCreateReq {
+            name: "split-brain".into(),
+            ..VnodeCreateReq::default()
+        })
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    c.manager.as_ref().unwrap().signal(Signal::SIGCONT).unwrap();
+    let answer = asked.join().unwrap();
+    assert!(answer.is_err(), "the deposed leader answered: {answer:?}");
+    wait_for(
+        Duration::from_secs(10),
+        "the deposed leader to stop",
+        || (!c.manager.as_mut().unwrap().running()).then_some(()),
+    );
+    let log = std::fs::read_to_string(c.path().join("logs").join("manager.log")).unwrap();
+    assert!(
+        log.contains("it stops now"),
+        "the deposed leader says why it stops"
+    );
+    c.set_manager_addr(&format!("{a},{b}"));
+    let st = c.cluster_state();
+    assert!(
+        !st.vnodes.iter().any(|v| v.name == "split-brain"),
+        "nothing of the deposed leader's write is stored"
+    );
+    let _ = b_child.kill();
+    let _ = b_child.wait();
+}
+
+/// One etcd member killed: the manager goes on placing. Two killed (no
+/// quorum): the leader cannot renew its lease and stops, with a clear
+/// message; nothing is placed. A member back: the standby leads and
+/// placements go on, the earlier ones kept.
+#[test]
+fn etcd_members_lost_and_back() {
+    let mut etcd = EtcdCluster::start(3);
+    let url = etcd.url();
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let flags = ["--store", url.as_str(), "--lease-ttl", "2"];
+    let mut c = TestCluster::with_manager_at(&a, &flags);
+    let (mut b_child, b_ready) = standby(&c, "manager-b", &b, &flags);
+    c.set_manager_addr(&format!("{a},{b}"));
+    let create = |c: &TestCluster, name: &str| c.cli(&["vnode", "create", name]);
+    etcd.kill(2);
+    let out = create(&c, "one-down");
+    assert!(
+        out.status.success(),
+        "one member down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Past a whole lease: the leader renews it through the other members.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        c.manager.as_mut().unwrap().running() && !b_ready.exists(),
+        "the leader goes on with one etcd member down"
+    );
+    etcd.kill(1);
+    wait_for(
+        Duration::from_secs(10),
+        "the leader to stop without quorum",
+        || (!c.manager.as_mut().unwrap().running()).then_some(()),
+    );
+    let log = std::fs::read_to_string(c.path().join("logs").join("manager.log")).unwrap();
+    assert!(
+        log.contains("could not be renewed"),
+        "the leader says why it stops"
+    );
+    let out = create(&c, "no-quorum");
+    assert!(!out.status.success(), "no manager places without quorum");
+    eprintln!(
+        "without quorum: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(!b_ready.exists(), "no standby is elected without quorum");
+    etcd.restart(1);
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(20),
+        "the standby to lead once quorum is back",
+        || b_ready.exists().then_some(()),
+    );
+    eprintln!(
+        "the standby leads {:?} after a member came back",
+        t.elapsed()
+    );
+    let out = create(&c, "back");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = c.cluster_state();
+    for name in ["one-down", "back"] {
+        assert!(st.vnodes.iter().any(|v| v.name == name), "{name} is kept");
+    }
+    let _ = b_child.kill();
+    let _ = b_child.wait();
 }

@@ -30,7 +30,7 @@ pub struct ManagerConfig {
     pub store: Option<String>,
     /// The etcd key prefix of this cluster's records.
     pub etcd_prefix: String,
-    /// The leader's lease on etcd: a leader that cannot renew it for half
+    /// The leader's lease on etcd: a leader that cannot renew it for two thirds
     /// of this stops; a standby takes over within about this long.
     pub lease_ttl: Duration,
     pub secret: Secret,

@@ -12,7 +12,8 @@
 //! of its own, in a transaction that succeeds only if the key does not
 //! exist; the key's create revision is its term. Until then it stands by,
 //! asking again every second, and does not serve. A leader keeps its lease
-//! alive every third of the TTL; if it could not for half the TTL it stops
+//! alive every quarter of the TTL; if it could not for two thirds of the TTL
+//! it stops
 //! acting at once (the process exits: a supervisor starts it again, as a
 //! standby), well before the lease ends and another can be elected.
 //!
@@ -42,7 +43,7 @@ pub struct Etcd {
     /// driven by tasks on it (a runtime driven only inside `block_on`
     /// would leave the lease keeper's calls hanging between writes).
     rt: std::sync::Arc<tokio::runtime::Runtime>,
-    client: Client,
+    client: Members,
     prefix: String,
     endpoints: String,
     /// (lease id, create revision of the leader key) once elected.
@@ -59,6 +60,27 @@ pub struct Change {
 fn etcd_err(what: &str, e: impl std::fmt::Display) -> ManagerError {
     ManagerError::Etcd(format!("{what}: {e}"))
 }
+
+/// Whether a failed call may succeed on another try: the client spreads
+/// calls over the members, and one that is down fails the calls sent to
+/// it until the channel notices.
+fn transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
+/// How long to wait before trying a call again.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 impl Etcd {
     /// Connects to the etcd cluster at `url`: `etcd://HOST:PORT[,HOST:PORT...]`.
@@ -82,13 +104,12 @@ impl Etcd {
             .enable_all()
             .build()
             .map_err(|e| etcd_err("cannot start the etcd client's runtime", e))?;
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(CALL_TIMEOUT)
-            .with_timeout(CALL_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        let client = rt
-            .block_on(Client::connect(endpoints.clone(), Some(opts)))
-            .map_err(|e| etcd_err(&format!("cannot reach etcd at {hosts}"), e))?;
+        let client = Members::new(endpoints);
+        // Fails early, and clearly, when no member answers at all.
+        retry(&rt, &client, CALL_TIMEOUT, |mut c| async move {
+            c.status().await.map(drop)
+        })
+        .map_err(|e| etcd_err(&format!("cannot reach etcd at {hosts}"), e))?;
         Ok(Etcd {
             rt: std::sync::Arc::new(rt),
             client,
@@ -103,6 +124,15 @@ impl Etcd {
         &self.endpoints
     }
 
+    /// Runs `f` with a client, again while it fails transiently, for at
+    /// most [`CALL_TIMEOUT`].
+    fn call<T, Fut>(&self, what: &str, f: impl Fn(Client) -> Fut) -> Result<T, ManagerError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        retry(&self.rt, &self.client, CALL_TIMEOUT, f).map_err(|e| etcd_err(what, e))
+    }
+
     fn leader_key(&self) -> String {
         format!("{}/leader", self.prefix)
     }
@@ -113,12 +143,11 @@ impl Etcd {
 
     /// The leader's address, if there is one.
     pub fn leader(&self) -> Result<Option<String>, ManagerError> {
-        let mut c = self.client.clone();
         let key = self.leader_key();
-        let r = self
-            .rt
-            .block_on(c.get(key, None))
-            .map_err(|e| etcd_err("cannot read the leader", e))?;
+        let r = self.call("cannot read the leader", |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })?;
         Ok(r.kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
@@ -137,7 +166,19 @@ impl Etcd {
         let key = self.leader_key();
         let mut last_seen: Option<Option<String>> = None;
         loop {
-            let mut c = self.client.clone();
+            let mut c = match self.rt.block_on(self.client.get()) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.client.failed();
+                    if last_seen.as_ref() != Some(&None) {
+                        warn!(store = %self.endpoints, "cannot campaign, trying again: {e}");
+                        standing_by(None);
+                        last_seen = Some(None);
+                    }
+                    std::thread::sleep(CAMPAIGN_EVERY);
+                    continue;
+                }
+            };
             let tried = self.rt.block_on(async {
                 let lease = c.lease_grant(ttl_s, None).await?.id();
                 let txn = Txn::new()
@@ -188,7 +229,7 @@ impl Etcd {
     }
 
     /// Keeps the leader's lease alive on a thread of its own. If it could
-    /// not for half of `ttl`, this manager may no longer be the leader by
+    /// not for two thirds of `ttl`, this manager may no longer be the leader by
     /// the time anyone acts on its answers: `lost` is called (it exits).
     pub fn keep_leading(
         &self,
@@ -203,25 +244,29 @@ impl Etcd {
         std::thread::Builder::new()
             .name("manager-lease".into())
             .spawn(move || {
-                let every = ttl / 3;
+                let every = ttl / 4;
+                // Before the lease can end on etcd's clock (it counts from
+                // when etcd took the last renewal, after we sent it).
+                let give_up = ttl * 2 / 3;
                 let mut last_ok = Instant::now();
                 loop {
                     std::thread::sleep(every);
-                    let mut c = client.clone();
+                    let c = client.clone();
                     // Opening the keep-alive stream renews the lease once
                     // and reads the answer: that is all a renewal needs.
-                    let kept = rt.block_on(async {
-                        tokio::time::timeout(every, c.lease_keep_alive(lease)).await
+                    // Tried again (another member) until two thirds of it are gone.
+                    let left = give_up.saturating_sub(last_ok.elapsed());
+                    let kept = retry(&rt, &c, left, |mut c| async move {
+                        c.lease_keep_alive(lease).await.map(drop)
                     });
                     match kept {
-                        Ok(Ok(_)) => last_ok = Instant::now(),
-                        Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) => {
+                        Ok(()) => last_ok = Instant::now(),
+                        Err(etcd_client::Error::LeaseKeepAliveError(e)) => {
                             return lost(format!("the leader's lease is gone ({e})"))
                         }
-                        Ok(Err(e)) => warn!("cannot renew the leader's lease: {e}"),
-                        Err(_) => warn!("renewing the leader's lease timed out"),
+                        Err(e) => warn!("cannot renew the leader's lease: {e}"),
                     }
-                    if last_ok.elapsed() >= ttl / 2 {
+                    if last_ok.elapsed() >= give_up {
                         return lost(format!(
                             "the leader's lease could not be renewed for {:?}",
                             last_ok.elapsed()
@@ -236,11 +281,10 @@ impl Etcd {
     /// Every record of `table`: (key, value).
     pub fn scan(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, ManagerError> {
         let prefix = self.table_prefix(table);
-        let mut c = self.client.clone();
-        let r = self
-            .rt
-            .block_on(c.get(prefix.clone(), Some(GetOptions::new().with_prefix())))
-            .map_err(|e| etcd_err(&format!("cannot read {table}"), e))?;
+        let r = self.call(&format!("cannot read {table}"), |mut c| {
+            let prefix = prefix.clone();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })?;
         Ok(r.kvs()
             .iter()
             .map(|kv| {
@@ -285,11 +329,12 @@ impl Etcd {
                 term,
             )])
             .and_then(ops);
-        let mut c = self.client.clone();
-        let r = self
-            .rt
-            .block_on(c.txn(txn))
-            .map_err(|e| etcd_err("cannot write to etcd", e))?;
+        // Puts and deletes under the same guard: a try that did go through
+        // before its answer was lost is harmless to repeat.
+        let r = self.call("cannot write to etcd", |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })?;
         if !r.succeeded() {
             error!(
                 term,
@@ -298,5 +343,111 @@ impl Etcd {
             return Err(ManagerError::Deposed);
         }
         Ok(())
+    }
+}
+
+// The client's own error type, as it gives it.
+#[expect(
+    clippy::result_large_err,
+    reason = "etcd_client::Error as the client returns it"
+)]
+/// Runs `f` on `rt` with a client of a member, again (on the next member)
+/// while it fails transiently; each try within [`TRY_TIMEOUT`], all within
+/// `limit`.
+fn retry<T, Fut>(
+    rt: &tokio::runtime::Runtime,
+    members: &Members,
+    limit: Duration,
+    f: impl Fn(Client) -> Fut,
+) -> Result<T, etcd_client::Error>
+where
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = rt.block_on(async {
+            let c = members.get().await?;
+            match tokio::time::timeout(left.min(TRY_TIMEOUT), f(c)).await {
+                Ok(r) => r,
+                Err(_) => Err(etcd_client::Error::GRpcStatus(
+                    tonic::Status::deadline_exceeded(format!(
+                        "no answer within {:?}",
+                        left.min(TRY_TIMEOUT)
+                    )),
+                )),
+            }
+        });
+        match r {
+            Err(e) if transient(&e) => {
+                members.failed();
+                if Instant::now() + RETRY_PAUSE >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(RETRY_PAUSE);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How long one try of a call may take before the next member is tried.
+const TRY_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// A client for each etcd member, connected when first used; calls go to
+/// one member until it fails, then to the next.
+#[derive(Clone)]
+struct Members {
+    inner: std::sync::Arc<std::sync::Mutex<MembersInner>>,
+}
+
+struct MembersInner {
+    endpoints: Vec<String>,
+    clients: Vec<Option<Client>>,
+    current: usize,
+}
+
+impl Members {
+    fn new(endpoints: Vec<String>) -> Members {
+        let n = endpoints.len();
+        Members {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(MembersInner {
+                endpoints,
+                clients: vec![None; n],
+                current: 0,
+            })),
+        }
+    }
+
+    /// The client of the current member (connecting it first if needed).
+    async fn get(&self) -> Result<Client, etcd_client::Error> {
+        let (i, endpoint, have) = {
+            let g = lego_transport::lock(&self.inner);
+            let i = g.current;
+            (i, g.endpoints[i].clone(), g.clients[i].clone())
+        };
+        if let Some(c) = have {
+            return Ok(c);
+        }
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(TRY_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        match Client::connect([endpoint], Some(opts)).await {
+            Ok(c) => {
+                lego_transport::lock(&self.inner).clients[i] = Some(c.clone());
+                Ok(c)
+            }
+            // The caller moves on to the next member.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The current member failed a call: forget its client, use the next.
+    fn failed(&self) {
+        let mut g = lego_transport::lock(&self.inner);
+        let i = g.current;
+        g.clients[i] = None;
+        g.current = (i + 1) % g.endpoints.len();
     }
 }

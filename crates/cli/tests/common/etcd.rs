@@ -18,10 +18,12 @@ pub fn free_port() -> u16 {
 }
 
 pub struct EtcdCluster {
-    members: Vec<Child>,
+    members: Vec<Option<Child>>,
     /// Client URLs' host:port of each member.
     pub clients: Vec<String>,
-    _dir: tempfile::TempDir,
+    ports: Vec<(u16, u16)>,
+    etcd: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl EtcdCluster {
@@ -30,56 +32,73 @@ impl EtcdCluster {
             .expect("etcd is needed for these tests (apt-get install etcd-server; .ci/run does)");
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
-            .collect();
-        let mut members = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let data: PathBuf = dir.path().join(format!("e{i}"));
-            let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).unwrap();
-            members.push(
-                Command::new(&etcd)
-                    .args(["--name", &format!("e{i}")])
-                    .arg("--data-dir")
-                    .arg(&data)
-                    .args([
-                        "--listen-client-urls",
-                        &format!("http://127.0.0.1:{client}"),
-                    ])
-                    .args([
-                        "--advertise-client-urls",
-                        &format!("http://127.0.0.1:{client}"),
-                    ])
-                    .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                    .args([
-                        "--initial-advertise-peer-urls",
-                        &format!("http://127.0.0.1:{peer}"),
-                    ])
-                    .args(["--initial-cluster", &initial.join(",")])
-                    .args(["--initial-cluster-state", "new"])
-                    .args(["--max-txn-ops", "10000"])
-                    .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap(),
-            );
-        }
-        let c = EtcdCluster {
-            members,
+        let mut c = EtcdCluster {
+            members: (0..n).map(|_| None).collect(),
             clients: ports
                 .iter()
                 .map(|(c, _)| format!("127.0.0.1:{c}"))
                 .collect(),
-            _dir: dir,
+            ports,
+            etcd,
+            dir,
         };
+        for i in 0..n {
+            c.spawn(i, "new");
+        }
         wait_for(Duration::from_secs(20), "etcd to serve", || {
             c.healthy().then_some(())
         });
         c
+    }
+
+    /// Starts member `i` (`state`: "new" at first, "existing" again).
+    fn spawn(&mut self, i: usize, state: &str) {
+        let initial: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let (client, peer) = self.ports[i];
+        let data: PathBuf = self.dir.path().join(format!("e{i}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("e{i}.log")))
+            .unwrap();
+        self.members[i] = Some(
+            Command::new(&self.etcd)
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(&data)
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                ])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", state])
+                .args(["--max-txn-ops", "10000"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// Starts member `i` again, over its data.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i, "existing");
     }
 
     /// `etcd://` and every member.
@@ -96,16 +115,17 @@ impl EtcdCluster {
 
     /// Kills member `i` (kill -9).
     pub fn kill(&mut self, i: usize) {
-        let _ = self.members[i].kill();
-        let _ = self.members[i].wait();
+        if let Some(mut m) = self.members[i].take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
     }
 }
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
-        for m in &mut self.members {
-            let _ = m.kill();
-            let _ = m.wait();
+        for i in 0..self.members.len() {
+            self.kill(i);
         }
     }
 }
