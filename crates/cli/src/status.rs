@@ -172,6 +172,13 @@ pub fn render(st: &ClusterState) -> String {
             "          http://{h}/metrics  http://{h}/state (token: lego http-token)"
         );
     }
+    if let Some(store) = m.store.as_deref().filter(|s| s.starts_with("etcd")) {
+        let standbys = match m.standbys.as_slice() {
+            [] => "none".to_string(),
+            s => s.join(", "),
+        };
+        let _ = writeln!(o, "          leader on {store}; standing by: {standbys}");
+    }
     let alive = st
         .components
         .iter()

@@ -80,6 +80,13 @@ fn the_leader_killed_while_python_runs_a_standby_takes_over() {
     let mut c = TestCluster::with_manager_at(&a, &flags);
     let (mut standby, standby_ready) = standby(&c, "manager-b", &b, &flags);
     c.set_manager_addr(&format!("{a},{b}"));
+    // `lego status` names the store and the standby.
+    let status = wait_for(Duration::from_secs(5), "the standby listed", || {
+        let out = c.cli(&["status"]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        said.contains(&format!("standing by: {b}")).then_some(said)
+    });
+    assert!(status.contains(&format!("leader on {url}")), "{status}");
     for _ in 0..3 {
         c.start_memory("1GiB");
     }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! PREFIX/leader            the leader's address, under its lease (TTL)
+//! PREFIX/standby/ADDR      a manager standing by, under a lease of its own
 //! PREFIX/t/TABLE/KEY       one record: the same tables as the redb store
 //!                          (components, vnodes, vregions, owners, leases,
 //!                          meta, tokens, members), values as there
@@ -165,7 +166,9 @@ impl Etcd {
         let ttl_s = ttl.as_secs().max(2) as i64;
         let key = self.leader_key();
         let mut last_seen: Option<Option<String>> = None;
+        let mut listed: Option<i64> = None;
         loop {
+            listed = self.list_standby(me, ttl_s, listed);
             let mut c = match self.rt.block_on(self.client.get()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -206,6 +209,11 @@ impl Etcd {
             });
             match tried {
                 Ok(Ok(term)) => {
+                    if let Some(lease) = listed {
+                        let _ = retry(&self.rt, &self.client, CALL_TIMEOUT, |mut c| async move {
+                            c.lease_revoke(lease).await.map(drop)
+                        });
+                    }
                     self.term = Some(term);
                     info!(store = %self.endpoints, term = term.1, "elected leader");
                     return Ok(());
@@ -226,6 +234,46 @@ impl Etcd {
             }
             std::thread::sleep(CAMPAIGN_EVERY);
         }
+    }
+
+    /// Lists this standby under `PREFIX/standby/ME` (a lease of its own,
+    /// renewed each round); returns the lease, None if etcd cannot be told.
+    fn list_standby(&self, me: &str, ttl_s: i64, lease: Option<i64>) -> Option<i64> {
+        let key = format!("{}/standby/{me}", self.prefix);
+        let r = retry(&self.rt, &self.client, CALL_TIMEOUT, |mut c| {
+            let key = key.clone();
+            async move {
+                if let Some(l) = lease {
+                    if c.lease_keep_alive(l).await.is_ok() {
+                        return Ok(l);
+                    }
+                }
+                let l = c.lease_grant(ttl_s, None).await?.id();
+                c.put(key, "", Some(PutOptions::new().with_lease(l)))
+                    .await?;
+                Ok(l)
+            }
+        });
+        r.ok()
+    }
+
+    /// The managers standing by (their addresses).
+    pub fn standbys(&self) -> Vec<String> {
+        let prefix = format!("{}/standby/", self.prefix);
+        retry(&self.rt, &self.client, CALL_TIMEOUT, |mut c| {
+            let prefix = prefix.clone();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .map(|r| {
+            r.kvs()
+                .iter()
+                .map(|kv| {
+                    let k = String::from_utf8_lossy(kv.key());
+                    k.strip_prefix(&prefix).unwrap_or(&k).to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Keeps the leader's lease alive on a thread of its own. If it could

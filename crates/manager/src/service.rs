@@ -147,6 +147,8 @@ impl ManagerService {
         let now = self.state.now_ms();
         let reports = self.reports();
         let (addr, http) = self.addrs.get().cloned().unwrap_or_default();
+        let store = self.state.db().describe();
+        let standbys = self.state.db().standbys();
         self.state.read(|st| ClusterState {
             manager: ManagerInfo {
                 addr,
@@ -155,6 +157,8 @@ impl ManagerService {
                 heartbeat_ms: self.cfg.heartbeat_ms,
                 dead_after_ms: self.cfg.dead_after_ms,
                 vregion_bytes: self.cfg.vregion_bytes,
+                store: Some(store),
+                standbys,
             },
             components: st
                 .components()

@@ -97,6 +97,14 @@ impl Db {
         }
     }
 
+    /// The managers standing by on the same etcd (none on redb).
+    pub fn standbys(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Redb(_) => Vec::new(),
+            Backend::Etcd(e) => e.standbys(),
+        }
+    }
+
     /// The redb database, or the etcd store, for the tables kept outside
     /// the placement records ([`crate::identity`]).
     pub(crate) fn backend(&self) -> Result<&Database, &crate::etcd::Etcd> {

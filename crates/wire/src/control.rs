@@ -346,6 +346,13 @@ pub struct ManagerInfo {
     pub heartbeat_ms: u64,
     pub dead_after_ms: u64,
     pub vregion_bytes: u64,
+    /// Where its records are: `redb`, or `etcd://...` (this manager the
+    /// elected leader).
+    #[serde(default)]
+    pub store: Option<String>,
+    /// Managers standing by on the same etcd, by address.
+    #[serde(default)]
+    pub standbys: Vec<String>,
 }
 
 /// The answer to [`ClusterStateReq`], also served as JSON over HTTP.
