@@ -172,6 +172,19 @@ fn standby(
     (KillOnDrop(child), ready)
 }
 
+/// Waits until `c`'s first manager (the leader) has stopped, and checks
+/// that its log says why (`says`).
+fn leader_stops(c: &mut TestCluster, says: &str) {
+    wait_for(Duration::from_secs(10), "the leader to stop", || {
+        (!c.manager.as_mut().unwrap().running()).then_some(())
+    });
+    let log = std::fs::read_to_string(c.path().join("logs").join("manager.log")).unwrap();
+    assert!(
+        log.contains(says),
+        "the leader says why it stops ({says:?})"
+    );
+}
+
 /// A leader paused past its lease (as a host cut off, or stopped) comes
 /// back after a standby took over: it cannot act. The write it was asked
 /// for meanwhile is refused by etcd (or it stops first, on its lost lease),
@@ -208,16 +221,7 @@ fn a_paused_leader_cannot_act_after_a_standby_took_over() {
     c.manager.as_ref().unwrap().signal(Signal::SIGCONT).unwrap();
     let answer = asked.join().unwrap();
     assert!(answer.is_err(), "the deposed leader answered: {answer:?}");
-    wait_for(
-        Duration::from_secs(10),
-        "the deposed leader to stop",
-        || (!c.manager.as_mut().unwrap().running()).then_some(()),
-    );
-    let log = std::fs::read_to_string(c.path().join("logs").join("manager.log")).unwrap();
-    assert!(
-        log.contains("it stops now"),
-        "the deposed leader says why it stops"
-    );
+    leader_stops(&mut c, "it stops now");
     c.set_manager_addr(&format!("{a},{b}"));
     let st = c.cluster_state();
     assert!(
@@ -259,16 +263,7 @@ fn etcd_members_lost_and_back() {
         "the leader goes on with one etcd member down"
     );
     etcd.kill(1);
-    wait_for(
-        Duration::from_secs(10),
-        "the leader to stop without quorum",
-        || (!c.manager.as_mut().unwrap().running()).then_some(()),
-    );
-    let log = std::fs::read_to_string(c.path().join("logs").join("manager.log")).unwrap();
-    assert!(
-        log.contains("could not be renewed"),
-        "the leader says why it stops"
-    );
+    leader_stops(&mut c, "could not be renewed");
     let out = create(&c, "no-quorum");
     assert!(!out.status.success(), "no manager places without quorum");
     eprintln!(
