@@ -433,7 +433,12 @@ fn a_processor_host_declared_dead_comes_back_new_and_its_jobs_are_told() {
                 .iter()
                 .find(|x| x.addr == processor && x.health == Health::Alive)?
                 .id;
-            Some((s, back))
+            // The journal's line is written by the manager's event loop,
+            // just after the new registration is answered.
+            s.events
+                .iter()
+                .any(|e| e.kind == EventKind::Stale)
+                .then_some((s, back))
         },
     );
     assert_ne!(back, old, "under a new id");
