@@ -172,6 +172,22 @@ fn standby(
     (KillOnDrop(child), ready)
 }
 
+/// Manager A (elected) and standby B on `etcd`, leases of 2 s: the
+/// cluster, both addresses, B and the file B writes once elected.
+fn leader_and_standby(
+    etcd: &EtcdCluster,
+) -> (TestCluster, String, String, KillOnDrop, std::path::PathBuf) {
+    let url = etcd.url();
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let flags = ["--store", url.as_str(), "--lease-ttl", "2"];
+    let c = TestCluster::with_manager_at(&a, &flags);
+    let (b_child, b_ready) = standby(&c, "manager-b", &b, &flags);
+    (c, a, b, b_child, b_ready)
+}
+
 /// Waits until `c`'s first manager (the leader) has stopped, and checks
 /// that its log says why (`says`).
 fn leader_stops(c: &mut TestCluster, says: &str) {
@@ -192,14 +208,7 @@ fn leader_stops(c: &mut TestCluster, says: &str) {
 #[test]
 fn a_paused_leader_cannot_act_after_a_standby_took_over() {
     let etcd = EtcdCluster::start(3);
-    let url = etcd.url();
-    let (a, b) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let flags = ["--store", url.as_str(), "--lease-ttl", "2"];
-    let mut c = TestCluster::with_manager_at(&a, &flags);
-    let (mut b_child, b_ready) = standby(&c, "manager-b", &b, &flags);
+    let (mut c, a, b, mut b_child, b_ready) = leader_and_standby(&etcd);
     let to_a = Client::connect(&a, &c.creds(), &ClientOptions::default()).unwrap();
     c.manager.as_ref().unwrap().signal(Signal::SIGSTOP).unwrap();
     let t = Instant::now();
@@ -239,14 +248,7 @@ fn a_paused_leader_cannot_act_after_a_standby_took_over() {
 #[test]
 fn etcd_members_lost_and_back() {
     let mut etcd = EtcdCluster::start(3);
-    let url = etcd.url();
-    let (a, b) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let flags = ["--store", url.as_str(), "--lease-ttl", "2"];
-    let mut c = TestCluster::with_manager_at(&a, &flags);
-    let (mut b_child, b_ready) = standby(&c, "manager-b", &b, &flags);
+    let (mut c, a, b, mut b_child, b_ready) = leader_and_standby(&etcd);
     c.set_manager_addr(&format!("{a},{b}"));
     let create = |c: &TestCluster, name: &str| c.cli(&["vnode", "create", name]);
     etcd.kill(2);
