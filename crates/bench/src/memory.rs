@@ -148,6 +148,7 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
             join: false,
             manager_args: Vec::new(),
             rack: None,
+            managers: Default::default(),
         };
         let c = crate::TempCluster::start(dir, 1000, &spec, None)?;
         let t = c.target();

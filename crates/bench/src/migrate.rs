@@ -220,6 +220,7 @@ pub fn run(a: MigrateBenchArgs) -> Result<()> {
             hosts: 5,
             link: a.link.clone(),
         }),
+        managers: Default::default(),
     };
     let quota = a.size * a.excache_percent.clamp(1, 100) / 100;
     let processor = ProcessorSpec {

@@ -126,6 +126,7 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
         join: false,
         manager_args: Vec::new(),
         rack: None,
+        managers: Default::default(),
     };
     let processor = ProcessorSpec {
         excache: 256 << 20,

@@ -252,6 +252,7 @@ fn start_embedded() -> Result<(Embedded, Target), Failure> {
         join: false,
         manager_args: Vec::new(),
         rack: None,
+        managers: Default::default(),
     };
     let processor = ProcessorSpec {
         excache: EMBEDDED_EXCACHE,

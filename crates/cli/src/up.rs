@@ -14,7 +14,7 @@ use clap::Args;
 use lego_cluster::cpus::{parse_cpu_list, CpuList};
 use lego_cluster::dir::default_dir;
 use lego_cluster::size::{human, parse_size};
-use lego_cluster::{LocalCluster, Options, ProcessorSpec, Spec};
+use lego_cluster::{LocalCluster, Managers, Options, ProcessorSpec, Spec, Store};
 use tracing::{info, warn};
 
 #[derive(Args, Debug)]
@@ -68,9 +68,29 @@ pub struct UpArgs {
     /// cluster secret), so `lego component revoke ID` can end one alone
     #[arg(long)]
     pub join: bool,
+    /// How many managers: more than one needs --store etcd; one leads, the
+    /// others stand by and take over if its host dies
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub managers: usize,
+    /// Where the managers keep the cluster's state: `redb` (a file in DIR,
+    /// one manager), `etcd` (a new 3-member etcd cluster started here, its
+    /// data in DIR/etcd; needs the etcd binary, Debian's etcd-server) or
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (an etcd already running)
+    #[arg(long, default_value = "redb", value_parser = Store::parse, value_name = "STORE")]
+    pub store: Store,
+    /// The leader manager's lease on etcd, in seconds: a standby leads
+    /// within about this long after the leader's host dies
+    #[arg(long, default_value_t = 3, value_name = "SECS")]
+    pub lease_ttl: u64,
 }
 
 pub fn run(a: UpArgs) -> Result<()> {
+    if a.managers > 1 && a.store == Store::Redb {
+        anyhow::bail!(
+            "--managers {} needs a store they share: add --store etcd",
+            a.managers
+        );
+    }
     if a.memory_monitors < 2 {
         warn!("with fewer than two memory monitors no vRegion can be placed (each needs a primary and a backup)");
     }
@@ -105,6 +125,11 @@ pub fn run(a: UpArgs) -> Result<()> {
             hosts,
             link: a.link.clone(),
         }),
+        managers: Managers {
+            count: a.managers.max(1),
+            store: a.store.clone(),
+            lease_ttl_s: a.lease_ttl.max(1),
+        },
     };
     let processor = ProcessorSpec {
         excache: a.excache,
@@ -118,7 +143,28 @@ pub fn run(a: UpArgs) -> Result<()> {
         String::new()
     };
     println!("lego cluster up in {}", dir.display());
-    println!("  manager          {}", cluster.manager_addr);
+    if cluster.standbys.is_empty() {
+        println!("  manager          {}", cluster.manager_addr);
+    } else {
+        for d in cluster.managers() {
+            let role = if d.name == "manager" {
+                "leads"
+            } else {
+                "stands by"
+            };
+            println!("  {:<16} {} ({role})", d.name, d.addr);
+        }
+    }
+    if let Some(e) = &cluster.etcd {
+        println!(
+            "  etcd             {} ({} members, data in {})",
+            e.url(),
+            e.len(),
+            dir.join("etcd").display()
+        );
+    } else if let Store::Etcd(url) = &a.store {
+        println!("  etcd             {url}");
+    }
     if let Some(h) = &cluster.http {
         println!("  metrics          http://{h}/metrics");
         println!("  state            http://{h}/state (Authorization: Bearer $(lego http-token --dir {}))", dir.display());
@@ -160,9 +206,17 @@ pub fn run(a: UpArgs) -> Result<()> {
     println!("  secret           {}", dir.join("secret").display());
     println!("  logs             {}", dir.join("logs").display());
     println!("run programs with `lego run{dir_flag} -- CMD`, see it with `lego status{dir_flag}`; Ctrl-C stops the cluster");
+    let mut ticks = 0u64;
     while !stop.load(Ordering::Relaxed) {
         for gone in cluster.check_children() {
             warn!("{gone}; see {}", dir.join("logs").display());
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(10) {
+            // After a failover, clients' HTTP address is the new leader's.
+            if let Err(e) = cluster.follow_leader() {
+                tracing::debug!("cannot find the leading manager: {e}");
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -62,6 +62,8 @@ pub struct Spec {
     /// Monitors join with one-time tokens and hold keys of their own, not
     /// the cluster secret ([`LocalCluster::join`]).
     pub join: bool,
+    /// How many managers, and where they keep the cluster's state.
+    pub managers: crate::Managers,
 }
 
 /// A rack for [`Spec::rack`]: `hosts` network namespaces, links shaped to
@@ -93,7 +95,7 @@ pub struct Daemon {
     child: Child,
     exited: bool,
     /// How it was started, to start it again.
-    args: Vec<OsString>,
+    pub(crate) args: Vec<OsString>,
 }
 
 impl Daemon {
@@ -161,6 +163,11 @@ pub struct LocalCluster {
     /// Its HTTP endpoint, when it has one.
     pub http: Option<String>,
     pub manager: Option<Daemon>,
+    /// More managers on the same etcd (`manager-2`, ...), standing by
+    /// while another leads ([`LocalCluster::start_managers`]).
+    pub standbys: Vec<Daemon>,
+    /// The etcd cluster the managers keep their state on, when started here.
+    pub etcd: Option<crate::etcd::EtcdCluster>,
     pub memories: Vec<Daemon>,
     pub storage: Option<Daemon>,
     pub processor: Option<Daemon>,
@@ -209,6 +216,8 @@ impl LocalCluster {
             manager_addr: String::new(),
             http: None,
             manager: None,
+            standbys: Vec::new(),
+            etcd: None,
             memories: Vec::new(),
             storage: None,
             processor: None,
@@ -287,7 +296,7 @@ impl LocalCluster {
         if let Some(r) = &spec.rack {
             c.set_rack(crate::rack::Rack::create(r.hosts, r.link.as_deref())?)?;
         }
-        c.start_manager()?;
+        c.start_managers(&spec.managers)?;
         for _ in 0..spec.memory_monitors {
             c.add_memory(spec.capacity, spec.memory_cpus.as_ref())?;
         }
@@ -330,7 +339,11 @@ impl LocalCluster {
     /// Starts the manager: on a kernel-chosen port the first time, where it
     /// was before after that.
     pub fn start_manager(&mut self) -> Result<(), ClusterError> {
-        let (listen, http) = if self.manager_addr.is_empty() {
+        let before = self.manager.as_ref().map(|d| d.addr.clone());
+        let (listen, http) = if let Some(addr) = before.filter(|a| !a.is_empty()) {
+            let http = self.http.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+            (addr, http)
+        } else if self.manager_addr.is_empty() {
             let ip = match self.host_of("manager") {
                 Some(h) => self.rack.as_ref().expect("a rack").hosts[h].ip.to_string(),
                 None => "127.0.0.1".to_string(),
@@ -351,8 +364,17 @@ impl LocalCluster {
             self.opts.dir.join("manager.redb").into(),
         ]);
         args.extend(self.manager_flags.iter().map(OsString::from));
+        if self.on_etcd() && self.manager.is_some() {
+            // Started again, it stands by (not ready) while another leads.
+            let (mut d, _) = self.launch("manager", args)?;
+            d.addr = listen;
+            self.manager = Some(d);
+            return Ok(());
+        }
         let (d, ready) = self.spawn("manager", args)?;
-        self.manager_addr = d.addr.clone();
+        if !self.on_etcd() {
+            self.manager_addr = d.addr.clone();
+        }
         self.http = ready["http"].as_str().map(str::to_string);
         self.manager = Some(d);
         Ok(())
@@ -463,11 +485,22 @@ impl LocalCluster {
 
     /// Starts one daemon and waits for its ready file; returns it with
     /// what the file said.
-    fn spawn(
+    pub(crate) fn spawn(
         &mut self,
         name: &str,
         args: Vec<OsString>,
     ) -> Result<(Daemon, serde_json::Value), ClusterError> {
+        let (mut d, ready) = self.launch(name, args)?;
+        let v = wait_ready(&mut d, &ready)?;
+        Ok((d, v))
+    }
+
+    /// Starts one daemon; returns it and the ready file it will write.
+    pub(crate) fn launch(
+        &mut self,
+        name: &str,
+        args: Vec<OsString>,
+    ) -> Result<(Daemon, PathBuf), ClusterError> {
         use std::os::unix::process::CommandExt;
         let dir = &self.opts.dir;
         let ready = dir.join("run").join(format!("{name}.ready"));
@@ -511,7 +544,7 @@ impl LocalCluster {
             "cannot start the {name} ({})",
             self.opts.exe.display()
         )))?;
-        let mut d = Daemon {
+        let d = Daemon {
             name: name.to_string(),
             addr: String::new(),
             log,
@@ -519,32 +552,7 @@ impl LocalCluster {
             exited: false,
             args,
         };
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    d.addr = v["addr"].as_str().unwrap_or_default().to_string();
-                    return Ok((d, v));
-                }
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                d.exited = true;
-                return Err(ClusterError::Exited {
-                    name: name.to_string(),
-                    status: status.to_string(),
-                    log: tail(&d.log),
-                });
-            }
-            if Instant::now() > deadline {
-                d.kill9();
-                return Err(ClusterError::NotReady {
-                    what: format!("the {name} was not ready"),
-                    secs: READY_WITHIN.as_secs(),
-                    log: d.log.clone(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        Ok((d, ready))
     }
 
     /// Waits until the manager sees the component of `role` at `addr` alive.
@@ -616,6 +624,7 @@ impl LocalCluster {
     pub fn daemons(&self) -> impl Iterator<Item = &Daemon> {
         self.manager
             .iter()
+            .chain(&self.standbys)
             .chain(&self.memories)
             .chain(&self.storage)
             .chain(&self.processor)
@@ -625,6 +634,7 @@ impl LocalCluster {
     pub fn daemons_mut(&mut self) -> impl Iterator<Item = &mut Daemon> {
         self.manager
             .iter_mut()
+            .chain(&mut self.standbys)
             .chain(&mut self.memories)
             .chain(&mut self.storage)
             .chain(&mut self.processor)
@@ -669,6 +679,9 @@ impl LocalCluster {
             return Err(ClusterError::NoDaemon(format!("stopped daemon {name}")));
         }
         let args = d.args.clone();
+        if name.starts_with("manager-") {
+            return self.restart_standby(name, args);
+        }
         let (new, _) = self.spawn(name, args)?;
         *self.daemon(name)? = new;
         Ok(())
@@ -694,6 +707,8 @@ impl LocalCluster {
         for d in all.iter_mut().rev() {
             d.stop(Duration::from_secs(5));
         }
+        // The managers' store goes last.
+        self.etcd = None;
     }
 }
 
@@ -706,6 +721,37 @@ impl Drop for LocalCluster {
 fn cpus_arg(args: &mut Vec<OsString>, cpus: Option<&CpuList>) {
     if let Some(c) = cpus {
         args.extend(["--cpus".into(), c.to_string().into()]);
+    }
+}
+
+/// Waits for `d`'s ready file; sets its address from it and returns what
+/// it said.
+fn wait_ready(d: &mut Daemon, ready: &Path) -> Result<serde_json::Value, ClusterError> {
+    let deadline = Instant::now() + READY_WITHIN;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                d.addr = v["addr"].as_str().unwrap_or_default().to_string();
+                return Ok(v);
+            }
+        }
+        if let Ok(Some(status)) = d.child.try_wait() {
+            d.exited = true;
+            return Err(ClusterError::Exited {
+                name: d.name.clone(),
+                status: status.to_string(),
+                log: tail(&d.log),
+            });
+        }
+        if Instant::now() > deadline {
+            d.kill9();
+            return Err(ClusterError::NotReady {
+                what: format!("the {} was not ready", d.name),
+                secs: READY_WITHIN.as_secs(),
+                log: d.log.clone(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

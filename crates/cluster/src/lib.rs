@@ -9,6 +9,8 @@
 //!   all start clusters with it.
 //! - [`dir`]: a cluster's directory (its secret, `cluster.json`) and
 //!   [`Target`], where its manager is.
+//! - [`managers`]: one manager on redb, or several on etcd (one leads), and
+//!   [`etcd`], a real etcd cluster started for them.
 //! - [`rack`]: hosts as network namespaces on a bridge with shaped links,
 //!   for a cluster spread over "hosts" on one machine (`lego up --hosts N`).
 //! - [`args`]: the flags by which commands find a cluster.
@@ -19,7 +21,9 @@
 pub mod args;
 pub mod cpus;
 pub mod dir;
+pub mod etcd;
 pub mod launch;
+pub mod managers;
 pub mod rack;
 pub mod size;
 
@@ -29,6 +33,7 @@ pub use args::{ClusterArgs, Encrypt, SecretArgs};
 pub use cpus::CpuList;
 pub use dir::{ClusterFile, Target};
 pub use launch::{Daemon, LocalCluster, Options, ProcessorSpec, RackSpec, Spec};
+pub use managers::{Managers, Store};
 pub use nix::sys::signal::Signal;
 
 /// `lego run`'s exit status when the command is not found.
@@ -91,6 +96,9 @@ pub enum ClusterError {
     },
     #[error("no {0}")]
     NoDaemon(String),
+    /// Something the cluster needs is not there (a program, a setting).
+    #[error("{0}")]
+    Missing(String),
     #[error(
         "cannot run on CPUs {cpus} (does this machine have them, and may this process use them?)"
     )]

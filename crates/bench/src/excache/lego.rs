@@ -188,6 +188,7 @@ fn start_cluster(
         join: false,
         manager_args: Vec::new(),
         rack: v.rack.clone(),
+        managers: Default::default(),
     };
     let processor = ProcessorSpec {
         excache,
