@@ -125,21 +125,37 @@ fn kill_memory(
 /// Kills the manager and starts it again; `memory`: the memory monitors
 /// that must be back for it to count as recovered.
 fn kill_manager(c: &Chaos, memory: usize, rng: &mut Rng, n: usize) -> Option<Injected> {
+    // With several managers on etcd, the one that leads now.
+    let name = {
+        let cluster = lock(&c.cluster);
+        if cluster.standbys.is_empty() {
+            "manager".to_string()
+        } else {
+            match cluster.leader() {
+                Ok((name, _)) => name,
+                Err(e) => {
+                    c.say(&format!("#{n} skipped: no manager leads ({e})"));
+                    return None;
+                }
+            }
+        }
+    };
     let t = Instant::now();
-    if let Err(e) = lock(&c.cluster).kill9("manager") {
-        c.say(&format!("#{n} cannot kill the manager: {e}"));
+    if let Err(e) = lock(&c.cluster).kill9(&name) {
+        c.say(&format!("#{n} cannot kill the {name}: {e}"));
         return None;
     }
     let down = Duration::from_millis(500 + rng.below(2500));
     std::thread::sleep(down);
-    if let Err(e) = lock(&c.cluster).restart("manager") {
-        c.say(&format!("#{n} cannot restart the manager: {e}"));
+    if let Err(e) = lock(&c.cluster).restart(&name) {
+        c.say(&format!("#{n} cannot restart the {name}: {e}"));
         return None;
     }
     let back = c.wait(Duration::from_secs(60), |s| complete(s, memory));
     let rec = back.map(|_| t.elapsed().as_millis() as u64);
     c.say(&format!(
-        "#{n} kill -9 manager, restarted after {}: every component registered again {} after its kill",
+        "#{n} kill -9 {name}{}, restarted after {}: every component registered again {} after its kill",
+        if name == "manager" && lock(&c.cluster).standbys.is_empty() { "" } else { " (the leader)" },
         secs(down.as_millis() as u64),
         rec.map_or("NEVER (60 s)".into(), secs)
     ));

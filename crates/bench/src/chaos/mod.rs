@@ -59,6 +59,14 @@ pub struct ChaosArgs {
     /// The runtime library (liblego_rt.so) [default: next to the lego executable]
     #[arg(long, env = "LEGO_RUNTIME", value_name = "PATH")]
     pub runtime: Option<PathBuf>,
+    /// Managers: more than one needs --store etcd; the manager kills then
+    /// kill the one that leads, and a standby takes over
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub managers: usize,
+    /// Where the managers keep the cluster's state: redb, etcd (a local
+    /// 3-member etcd cluster) or etcd://HOST:PORT[,...]
+    #[arg(long, default_value = "redb", value_parser = lego_cluster::Store::parse, value_name = "STORE")]
+    pub store: lego_cluster::Store,
 }
 
 /// A tiny deterministic generator for the failure sequence.
@@ -198,6 +206,12 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
     if a.workers == 0 || a.size < (8 << 20) {
         fail!("lego chaos needs at least 1 worker and --size of at least 8MiB");
     }
+    if a.managers > 1 && a.store == lego_cluster::Store::Redb {
+        fail!(
+            "--managers {} needs a store they share: add --store etcd",
+            a.managers
+        );
+    }
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -219,6 +233,18 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
         a.workers,
         mib / 4
     );
+    if a.managers > 1 || a.store != lego_cluster::Store::Redb {
+        println!(
+            "managers: {} on {}; a manager kill kills the one that leads",
+            a.managers.max(1),
+            match &a.store {
+                lego_cluster::Store::Redb => "redb".to_string(),
+                lego_cluster::Store::LocalEtcd { members } =>
+                    format!("a local etcd cluster of {members} members"),
+                lego_cluster::Store::Etcd(url) => url.clone(),
+            }
+        );
+    }
     println!(
         "{}",
         crate::environment(&crate::placement::Placement::Shared)
@@ -236,6 +262,11 @@ pub fn run(a: ChaosArgs) -> Result<i32> {
         join: false,
         manager_args: vec!["--vregion-size".into(), "16MiB".into()],
         rack: None,
+        managers: lego_cluster::Managers {
+            count: a.managers.max(1),
+            store: a.store.clone(),
+            lease_ttl_s: 3,
+        },
     };
     let processor = ProcessorSpec {
         excache,
