@@ -20,6 +20,7 @@ pub mod chaos;
 mod child;
 mod cprog;
 pub mod excache;
+mod manager;
 mod memory;
 mod migrate;
 pub(crate) mod placement;
@@ -159,6 +160,8 @@ pub enum BenchCmd {
     Storage(storage::StorageBenchArgs),
     /// A memory monitor drained while a program pages at 25% ExCache: drain throughput beside bare bulk TCP, fault p50/p99 during against before
     Migrate(migrate::MigrateBenchArgs),
+    /// The manager's store: placement and lease operations per second and their latency on redb and on etcd, and the time from killing the leader to the next placement served
+    Manager(manager::ManagerBenchArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
@@ -167,6 +170,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Excache(a) => excache::run(a),
         BenchCmd::Storage(a) => storage::run(a),
         BenchCmd::Migrate(a) => migrate::run(a),
+        BenchCmd::Manager(a) => manager::run(a),
     }
 }
 

@@ -19,6 +19,14 @@ impl Samples {
         self.ns.push(d.as_nanos() as u64);
     }
 
+    /// The mean in microseconds.
+    pub fn mean_us(&self) -> f64 {
+        if self.ns.is_empty() {
+            return 0.0;
+        }
+        self.ns.iter().sum::<u64>() as f64 / self.ns.len() as f64 / 1000.0
+    }
+
     /// The `p`-th percentile in microseconds (0 < p <= 100).
     pub fn percentile_us(&mut self, p: f64) -> f64 {
         if self.ns.is_empty() {
