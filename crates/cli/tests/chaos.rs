@@ -1,4 +1,5 @@
-//! `lego chaos` itself: a short run on its embedded cluster injects
+//! `lego chaos` itself: a short run on its embedded cluster (its manager on
+//! redb, or three managers on etcd) injects
 //! failures of every kind, every program's output is right, no page is
 //! left behind, and it says PASS (the 10-minute run is the same command
 //! with `--duration 10m`).
@@ -43,6 +44,36 @@ fn a_short_chaos_run_passes() {
     ] {
         assert!(text.contains(kind), "no {kind}:\n{text}");
     }
+}
+
+/// The same with three managers on a real 3-member etcd cluster: every
+/// manager kill kills the one that leads, and a standby takes over.
+#[test]
+fn a_short_chaos_run_with_managers_on_etcd_passes() {
+    ensure_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(LEGO)
+        .args(["chaos", "--duration", "45s", "--every", "3s", "--seed", "5"])
+        .args(["--managers", "3", "--store", "etcd"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "lego chaos failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("verdict: PASS"), "{text}");
+    assert!(text.contains("0 WRONG, 0 failed"), "{text}");
+    assert!(text.contains("leaked pages at the end: 0 "), "{text}");
+    assert!(
+        text.contains("(the leader)"),
+        "a leading manager was killed:\n{text}"
+    );
 }
 
 #[test]

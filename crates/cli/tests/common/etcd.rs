@@ -1,139 +1,114 @@
-//! A real etcd cluster for tests: `n` members of the distribution's etcd
-//! (Debian's etcd-server; .ci/run installs it) on loopback ports, each in
-//! its own data directory, killed when dropped.
+//! A real etcd cluster for tests ([`lego_cluster::etcd::EtcdCluster`], the
+//! one `lego up --store etcd` starts, in a directory of its own), and
+//! [`Blackhole`]: a TCP relay in front of etcd that can stop passing bytes
+//! without closing anything, as a firewall dropping a host's packets would.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::wait_for;
+pub use lego_cluster::etcd::EtcdCluster;
+
+/// An etcd cluster and the directory it lives in.
+pub struct Etcd {
+    pub cluster: EtcdCluster,
+    _dir: tempfile::TempDir,
+}
+
+/// `n` etcd members on loopback, serving.
+pub fn start(n: usize) -> Etcd {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(dir.path(), n)
+        .expect("etcd is needed for these tests (apt-get install etcd-server; .ci/run does)");
+    Etcd { cluster, _dir: dir }
+}
+
+impl std::ops::Deref for Etcd {
+    type Target = EtcdCluster;
+    fn deref(&self) -> &EtcdCluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for Etcd {
+    fn deref_mut(&mut self) -> &mut EtcdCluster {
+        &mut self.cluster
+    }
+}
 
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lego_cluster::etcd::free_port().unwrap()
 }
 
-pub struct EtcdCluster {
-    members: Vec<Option<Child>>,
-    /// Client URLs' host:port of each member.
-    pub clients: Vec<String>,
-    ports: Vec<(u16, u16)>,
-    etcd: PathBuf,
-    dir: tempfile::TempDir,
+/// Relays every member of an etcd cluster on ports of its own; once cut,
+/// it passes nothing more either way on any connection, old or new, and
+/// closes none (the peer sees silence, not an error).
+pub struct Blackhole {
+    /// `etcd://` and every relay: the store URL of whoever is to be cut off.
+    pub url: String,
+    cut: Arc<AtomicBool>,
 }
 
-impl EtcdCluster {
-    pub fn start(n: usize) -> EtcdCluster {
-        let etcd = which("etcd")
-            .expect("etcd is needed for these tests (apt-get install etcd-server; .ci/run does)");
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let mut c = EtcdCluster {
-            members: (0..n).map(|_| None).collect(),
-            clients: ports
-                .iter()
-                .map(|(c, _)| format!("127.0.0.1:{c}"))
-                .collect(),
-            ports,
-            etcd,
-            dir,
-        };
-        for i in 0..n {
-            c.spawn(i, "new");
+impl Blackhole {
+    pub fn new(etcd: &EtcdCluster) -> Blackhole {
+        let cut = Arc::new(AtomicBool::new(false));
+        let mut relays = Vec::new();
+        for upstream in &etcd.clients {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            relays.push(l.local_addr().unwrap().to_string());
+            let (cut, upstream) = (cut.clone(), upstream.clone());
+            std::thread::spawn(move || {
+                for conn in l.incoming().flatten() {
+                    let Ok(up) = TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    pump(conn.try_clone().unwrap(), up.try_clone().unwrap(), &cut);
+                    pump(up, conn, &cut);
+                }
+            });
         }
-        wait_for(Duration::from_secs(20), "etcd to serve", || {
-            c.healthy().then_some(())
-        });
-        c
+        Blackhole {
+            url: format!("etcd://{}", relays.join(",")),
+            cut,
+        }
     }
 
-    /// Starts member `i` (`state`: "new" at first, "existing" again).
-    fn spawn(&mut self, i: usize, state: &str) {
-        let initial: Vec<String> = self
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
-            .collect();
-        let (client, peer) = self.ports[i];
-        let data: PathBuf = self.dir.path().join(format!("e{i}"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("e{i}.log")))
+    /// From now on nothing passes.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes; once `cut`, reads and drops.
+fn pump(mut from: TcpStream, mut to: TcpStream, cut: &Arc<AtomicBool>) {
+    let cut = cut.clone();
+    std::thread::spawn(move || {
+        from.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        self.members[i] = Some(
-            Command::new(&self.etcd)
-                .args(["--name", &format!("e{i}")])
-                .arg("--data-dir")
-                .arg(&data)
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args([
-                    "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                ])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-state", state])
-                .args(["--max-txn-ops", "10000"])
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    /// Starts member `i` again, over its data.
-    pub fn restart(&mut self, i: usize) {
-        self.spawn(i, "existing");
-    }
-
-    /// `etcd://` and every member.
-    pub fn url(&self) -> String {
-        format!("etcd://{}", self.clients.join(","))
-    }
-
-    /// Whether the cluster answers a read (it has a leader).
-    fn healthy(&self) -> bool {
-        lego_manager::etcd::Etcd::connect(&self.url(), "/health")
-            .and_then(|e| e.leader())
-            .is_ok()
-    }
-
-    /// Kills member `i` (kill -9).
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut m) = self.members[i].take() {
-            let _ = m.kill();
-            let _ = m.wait();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) if cut.load(Ordering::SeqCst) => {}
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
         }
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
+        // Cut off: keep both ends open and silent.
+        if cut.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(3600));
         }
-    }
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| Path::new(p).is_file())
-    })
+    });
 }

@@ -198,6 +198,32 @@ impl TestCluster {
         }
     }
 
+    /// `count` managers on the etcd at `url` (leases of `ttl_s`), with
+    /// `manager_flags`: the first leads, the others (`manager-2`, ...)
+    /// stand by; clients are given them all. No memory monitor yet.
+    pub fn with_managers(count: usize, url: &str, ttl_s: u64, manager_flags: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = LocalCluster::new(Options {
+            dir: dir.path().to_path_buf(),
+            exe: PathBuf::from(LEGO),
+            heartbeat_ms: 200,
+            log: Some("debug".into()),
+        })
+        .unwrap();
+        c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
+        c.start_managers(&lego_cluster::Managers {
+            count,
+            store: lego_cluster::Store::Etcd(url.to_string()),
+            lease_ttl_s: ttl_s,
+        })
+        .unwrap();
+        TestCluster {
+            cluster: Some(c),
+            dir,
+            work: shared_dir(),
+        }
+    }
+
     /// Where components and programs started from now on find the manager
     /// (`A,B`: several, the leader among them).
     pub fn set_manager_addr(&mut self, addr: &str) {
