@@ -118,6 +118,25 @@ fn the_leader_killed_while_python_runs_a_standby_takes_over() {
         "a standby leads within 5 s: {took:?}"
     );
     let during = c.cluster_state().vregions.len();
+    // It stood by warm: elected, it read only what changed since its last
+    // catch-up, not every record.
+    let new_log = c.daemon(&leader).unwrap().log_text();
+    let elected = new_log
+        .lines()
+        .find(|l| l.contains("INFO elected leader"))
+        .expect("the new leader logs its election")
+        .to_string();
+    let field = |name: &str| -> usize {
+        elected
+            .split(&format!("{name}="))
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {elected:?}"))
+    };
+    eprintln!("{elected}");
+    assert!(field("records") > 0, "{elected}");
+    assert!(field("changed") < field("records"), "{elected}");
     let status = wait_for(Duration::from_secs(300), "the program to end", || {
         child.try_wait().unwrap()
     });

@@ -18,6 +18,11 @@
 //! acting at once (the process exits: a supervisor starts it again, as a
 //! standby), well before the lease ends and another can be elected.
 //!
+//! Warm standbys: a standby keeps a copy of every record, read whole once
+//! and then brought up to date every second by reading only the keys
+//! modified since (and the key list, for deletes); elected, it catches up
+//! once more and loads from the copy.
+//!
 //! Fencing: every write is one transaction guarded by "the leader key's
 //! create revision is still my term". A deposed leader's write (its lease
 //! lost, another elected) is refused by etcd itself, and the deposed
@@ -49,7 +54,23 @@ pub struct Etcd {
     endpoints: String,
     /// (lease id, create revision of the leader key) once elected.
     term: Option<(i64, i64)>,
+    /// The records as a standby keeps them ([`Warm`]); read by `scan`
+    /// until this leader's first write.
+    warm: std::sync::Mutex<Option<Warm>>,
 }
+
+/// Every record (`PREFIX/t/...`, full key to value) as of etcd revision
+/// `rev`: a standby reads them all once, then every second only what
+/// changed (keys modified since `rev`, and the list of keys, for deletes),
+/// and once more when elected; so a new leader reads only the last
+/// second's changes, not the whole state.
+struct Warm {
+    rev: i64,
+    kvs: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// How often a standby brings its copy of the records up to date.
+const WARM_EVERY: Duration = Duration::from_secs(1);
 
 /// One change of a record: put (`Some`) or delete (`None`).
 pub struct Change {
@@ -117,6 +138,7 @@ impl Etcd {
             prefix: prefix.trim_end_matches('/').to_string(),
             endpoints: hosts.to_string(),
             term: None,
+            warm: std::sync::Mutex::new(None),
         })
     }
 
@@ -167,8 +189,13 @@ impl Etcd {
         let key = self.leader_key();
         let mut last_seen: Option<Option<String>> = None;
         let mut listed: Option<i64> = None;
+        let mut warmed: Option<Instant> = None;
         loop {
             listed = self.list_standby(me, ttl_s, listed);
+            if warmed.is_none_or(|t| t.elapsed() >= WARM_EVERY) {
+                self.warm_up();
+                warmed = Some(Instant::now());
+            }
             let mut c = match self.rt.block_on(self.client.get()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -215,7 +242,12 @@ impl Etcd {
                         });
                     }
                     self.term = Some(term);
-                    info!(store = %self.endpoints, term = term.1, "elected leader");
+                    // Every write before this term is in etcd now, and no
+                    // other can come (fenced): catching up makes it exact.
+                    let t = Instant::now();
+                    let (records, changed) = self.warm_up();
+                    info!(store = %self.endpoints, term = term.1, records, changed,
+                        caught_up_ms = t.elapsed().as_millis() as u64, "elected leader");
                     return Ok(());
                 }
                 Ok(Err(leader)) => {
@@ -326,9 +358,85 @@ impl Etcd {
         Ok(())
     }
 
+    /// Brings the standby's copy of the records up to date ([`Warm`]);
+    /// returns how many records it holds and how many it read now. On
+    /// failure the copy is dropped (the records are then read whole when
+    /// needed).
+    fn warm_up(&self) -> (usize, usize) {
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        let all = format!("{}/t/", self.prefix);
+        let since = warm.as_ref().map(|w| w.rev);
+        let got = self.call("cannot read the records", |mut c| {
+            let all = all.clone();
+            async move {
+                let Some(since) = since else {
+                    let r = c.get(all, Some(GetOptions::new().with_prefix())).await?;
+                    return Ok((r, None));
+                };
+                let changed = c
+                    .get(
+                        all.clone(),
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_min_mod_revision(since + 1),
+                        ),
+                    )
+                    .await?;
+                let rev = changed.header().map_or(0, |h| h.revision());
+                let keys = c
+                    .get(
+                        all,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_keys_only()
+                                .with_revision(rev),
+                        ),
+                    )
+                    .await?;
+                Ok((changed, Some(keys)))
+            }
+        });
+        let (changed, keys) = match got {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot keep the records warm: {e}");
+                *warm = None;
+                return (0, 0);
+            }
+        };
+        let rev = changed.header().map_or(0, |h| h.revision());
+        let w = warm.get_or_insert_with(|| Warm {
+            rev,
+            kvs: Default::default(),
+        });
+        w.rev = rev;
+        if let Some(keys) = keys {
+            let live: std::collections::BTreeSet<&[u8]> =
+                keys.kvs().iter().map(|kv| kv.key()).collect();
+            w.kvs.retain(|k, _| live.contains(k.as_bytes()));
+        }
+        for kv in changed.kvs() {
+            w.kvs.insert(
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            );
+        }
+        (w.kvs.len(), changed.kvs().len())
+    }
+
     /// Every record of `table`: (key, value).
     pub fn scan(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, ManagerError> {
         let prefix = self.table_prefix(table);
+        if let Some(w) = self.warm.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(w
+                .kvs
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, v)| (k[prefix.len()..].to_string(), v.clone()))
+                .collect());
+        }
         let r = self.call(&format!("cannot read {table}"), |mut c| {
             let prefix = prefix.clone();
             async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
@@ -348,6 +456,8 @@ impl Etcd {
     /// Writes `changes` in one transaction, only while this manager's term
     /// lasts (fenced): a deposed leader's write is refused by etcd.
     pub fn commit(&self, changes: &[Change]) -> Result<(), ManagerError> {
+        // From this leader's first write on, etcd alone is the truth.
+        *self.warm.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if changes.is_empty() {
             return Ok(());
         }
