@@ -18,6 +18,17 @@ impl Placement {
         &mut self,
         key: VRegionKey,
     ) -> Result<(VRegionAssignment, bool), PlacementError> {
+        self.assign_vregion_sized(key, 0)
+    }
+
+    /// [`Placement::assign_vregion`] onto monitors with at least `bytes`
+    /// free only (capacity less the use they last reported): a placer that
+    /// knows a vRegion will be filled (`lego sim`) never overfills one.
+    pub fn assign_vregion_sized(
+        &mut self,
+        key: VRegionKey,
+        bytes: u64,
+    ) -> Result<(VRegionAssignment, bool), PlacementError> {
         if let Some(existing) = self.vregions.get(&key) {
             return Ok((*existing, false));
         }
@@ -37,7 +48,21 @@ impl Placement {
             });
         }
         let needed = self.vnodes[&vnode].replicas.clamp(1, 2) as usize;
-        let ranked = self.ranked_memory_monitors(&[]);
+        // The least loaded first (an index, not a scan: see `index`).
+        let ranked: Vec<ComponentId> = self
+            .index
+            .memory
+            .iter()
+            .map(|&(_, _, id)| id)
+            .filter(|id| {
+                bytes == 0
+                    || self.components[id]
+                        .capacity
+                        .saturating_sub(self.components[id].used)
+                        >= bytes
+            })
+            .take(needed)
+            .collect();
         if ranked.len() < needed {
             return Err(PlacementError::NotEnoughMemoryMonitors {
                 alive: ranked.len(),
@@ -48,7 +73,7 @@ impl Placement {
             primary: ranked[0],
             backup: (needed == 2).then(|| Backup::On(ranked[1])),
         };
-        self.vregions.insert(key, assignment);
+        self.put_vregion(key, assignment);
         self.touch(Record::VRegion(key));
         Ok((assignment, true))
     }
@@ -66,10 +91,12 @@ impl Placement {
     /// The vRegions of which `id` holds a replica (primary or backup),
     /// ordered by key: what to recover when it dies.
     pub fn vregions_on(&self, id: ComponentId) -> Vec<(VRegionKey, VRegionAssignment)> {
-        self.vregions
-            .iter()
-            .filter(|(_, assignment)| assignment.holds(id))
-            .map(|(key, assignment)| (*key, *assignment))
+        self.index
+            .copies
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|key| (*key, self.vregions[key]))
             .collect()
     }
 
@@ -95,40 +122,40 @@ impl Placement {
         keys.into_iter()
             .filter_map(|key| {
                 self.dirty.insert(Record::VRegion(key));
-                self.vregions.remove(&key).map(|a| (key, a))
+                self.take_vregion(key).map(|a| (key, a))
             })
             .collect()
     }
 
-    /// Alive memory monitors not in `exclude` and not drained, least loaded
-    /// first.
-    pub(crate) fn ranked_memory_monitors(&self, exclude: &[ComponentId]) -> Vec<ComponentId> {
-        self.ranked_memory_monitors_with(exclude, &BTreeMap::new())
-    }
-
-    /// Like [`Placement::ranked_memory_monitors`], counting `extra` bytes
-    /// (copies planned but not made yet) as used on each monitor listed.
-    pub(crate) fn ranked_memory_monitors_with(
+    /// The least-loaded alive memory monitor not in `exclude` and not
+    /// drained, counting `extra` bytes (copies planned but not made yet) as
+    /// used on each monitor listed there. The ranked index gives the best
+    /// of those without extra; each of those with extra is weighed anew.
+    pub(crate) fn least_loaded_memory(
         &self,
         exclude: &[ComponentId],
         extra: &BTreeMap<ComponentId, u64>,
-    ) -> Vec<ComponentId> {
-        let mut replicas: BTreeMap<ComponentId, u64> = BTreeMap::new();
-        for id in self.vregions.values().flat_map(|a| a.copies()) {
-            *replicas.entry(id).or_default() += 1;
-        }
-        let mut candidates: Vec<(f64, u64, ComponentId)> = self
-            .components
-            .values()
-            .filter(|c| c.role == Role::Memory && c.health == Health::Alive && !c.drained)
-            .filter(|c| !exclude.contains(&c.id))
-            .map(|c| {
-                let planned = extra.get(&c.id).copied().unwrap_or(0);
-                let load = (c.used + planned) as f64 / c.capacity.max(1) as f64;
-                (load, replicas.get(&c.id).copied().unwrap_or(0), c.id)
+    ) -> Option<ComponentId> {
+        let plain = self
+            .index
+            .memory
+            .iter()
+            .find(|(_, _, id)| !exclude.contains(id) && !extra.contains_key(id))
+            .copied();
+        let planned = extra.iter().filter_map(|(&id, &bytes)| {
+            let c = self.components.get(&id)?;
+            (c.role == Role::Memory
+                && c.health == Health::Alive
+                && !c.drained
+                && !exclude.contains(&id))
+            .then(|| {
+                (
+                    crate::index::load_key(c.used + bytes, c.capacity),
+                    self.copies_held(id),
+                    id,
+                )
             })
-            .collect();
-        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        candidates.into_iter().map(|(_, _, id)| id).collect()
+        });
+        plain.into_iter().chain(planned).min().map(|(_, _, id)| id)
     }
 }

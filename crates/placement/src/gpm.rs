@@ -2,24 +2,21 @@
 //! address space of a forked child, which starts as a copy of its parent's.
 
 use crate::{
-    Asid, ComponentId, Health, Placement, PlacementError, Record, Role, VRegionAssignment,
-    VRegionKey, Vnode,
+    Asid, ComponentId, Placement, PlacementError, Record, VRegionAssignment, VRegionKey, Vnode,
 };
 
 impl Placement {
     /// Picks the alive processor monitor with the most free ExCache that has at
     /// least `excache` bytes free (ties: fewer used bytes, then lower id).
     pub fn place_process(&self, excache: u64) -> Result<ComponentId, PlacementError> {
-        let mut alive = 0;
-        let best = self
-            .components
-            .values()
-            .filter(|c| c.role == Role::Processor && c.health == Health::Alive)
-            .inspect(|_| alive += 1)
-            .filter(|c| c.capacity.saturating_sub(c.used) >= excache)
-            .min_by_key(|c| (std::cmp::Reverse(c.capacity - c.used), c.used, c.id))
-            .map(|c| c.id);
-        best.ok_or(PlacementError::NoProcessor { alive, excache })
+        // The most free first (an index, not a scan: see `index`).
+        match self.index.processors.first() {
+            Some(&(std::cmp::Reverse(free), _, id)) if free >= excache => Ok(id),
+            _ => Err(PlacementError::NoProcessor {
+                alive: self.index.processors.len(),
+                excache,
+            }),
+        }
     }
 
     /// Creates the address space of a forked child of `parent`, in the same
@@ -61,7 +58,7 @@ impl Placement {
             })
             .collect();
         for (k, a) in &copied {
-            self.vregions.insert(*k, *a);
+            self.put_vregion(*k, *a);
             self.touch(Record::VRegion(*k));
         }
         Ok((child, vnode, copied))

@@ -31,12 +31,12 @@ impl Placement {
                 }),
             };
         }
-        let placed_on = |c: ComponentId| {
-            self.vnodes
-                .values()
-                .filter(|v| v.storage == Some(c))
-                .count()
-        };
+        // vNodes per storage monitor, counted once (not once per monitor).
+        let mut counts: std::collections::BTreeMap<ComponentId, usize> = Default::default();
+        for s in self.vnodes.values().filter_map(|v| v.storage) {
+            *counts.entry(s).or_default() += 1;
+        }
+        let placed_on = |c: ComponentId| counts.get(&c).copied().unwrap_or(0);
         let best = self
             .components
             .values()

@@ -17,6 +17,7 @@ mod error;
 mod gmm;
 mod gpm;
 mod gsm;
+mod index;
 mod membership;
 mod migrate;
 mod recovery;
@@ -75,6 +76,8 @@ pub struct Placement {
     /// When the failure detector last ran: a longer gap than half the dead
     /// interval means the manager itself was paused.
     last_tick: Option<u64>,
+    /// Copies per monitor and monitors ranked for placement (see `index`).
+    index: index::Index,
 }
 
 impl Placement {
@@ -95,6 +98,7 @@ impl Placement {
             dirty: BTreeSet::new(),
             isolated_since: None,
             last_tick: None,
+            index: index::Index::default(),
         }
     }
 
@@ -143,6 +147,7 @@ impl Placement {
         }
         state.next_component = state.next_component.max(records.next_component);
         state.next_vnode = state.next_vnode.max(records.next_vnode);
+        state.rebuild_index();
         state
     }
 

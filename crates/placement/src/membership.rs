@@ -89,6 +89,7 @@ impl Placement {
                 drain_rate,
             },
         );
+        self.reindex(id);
         self.touch(Record::Component(id));
         self.touch(Record::NextIds);
         Ok(id)
@@ -118,9 +119,13 @@ impl Placement {
         if component.health == Health::Dead {
             return Err(PlacementError::ComponentDead(id));
         }
+        let moved = component.used != used || component.health != Health::Alive;
         component.used = used;
         component.last_heard_ms = component.last_heard_ms.max(now_ms);
         component.health = Health::Alive;
+        if moved {
+            self.reindex(id);
+        }
         self.end_isolation(now_ms);
         Ok(())
     }
@@ -223,6 +228,11 @@ impl Placement {
         }
         self.events.extend(events.iter().cloned());
         for e in &events {
+            if let Event::ComponentDead { id, .. } = e {
+                self.reindex(*id);
+            }
+        }
+        for e in &events {
             if let Event::ComponentDead {
                 id,
                 role: Role::Memory,
@@ -251,8 +261,10 @@ impl Placement {
             addr: c.addr.clone(),
             silent_ms: now_ms.saturating_sub(c.last_heard_ms),
         };
+        let memory = c.role == Role::Memory;
         self.events.push(e.clone());
-        if c.role == Role::Memory {
+        self.reindex(id);
+        if memory {
             self.fail_over(id);
         }
         Some(e)

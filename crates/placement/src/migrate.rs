@@ -30,6 +30,7 @@ impl Placement {
         }
         c.drained = drained;
         c.drain_rate = rate.filter(|_| drained);
+        self.reindex(id);
         self.touch(Record::Component(id));
         Ok(())
     }
@@ -71,9 +72,8 @@ impl Placement {
             });
         }
         let exclude: Vec<ComponentId> = a.copies().collect();
-        let to = *self
-            .ranked_memory_monitors_with(&exclude, extra)
-            .first()
+        let to = self
+            .least_loaded_memory(&exclude, extra)
             .ok_or(PlacementError::NoSpareMemoryMonitor(key))?;
         Ok(Move {
             key,
@@ -222,7 +222,7 @@ impl Placement {
             return Err(outdated);
         }
         let new = replaced(a, m.from, m.to, m.source);
-        self.vregions.insert(m.key, new);
+        self.put_vregion(m.key, new);
         self.touch(Record::VRegion(m.key));
         Ok(new)
     }

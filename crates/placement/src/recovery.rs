@@ -37,20 +37,24 @@ impl Placement {
     /// vRegion of which it held the last live copy.
     pub(crate) fn fail_over(&mut self, dead: ComponentId) {
         let keys: Vec<VRegionKey> = self
-            .vregions
-            .iter()
-            .filter(|(_, a)| a.holds(dead))
-            .map(|(k, _)| *k)
-            .collect();
+            .index
+            .copies
+            .get(&dead)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
         for key in keys {
             let a = self.vregions[&key];
             let survivor = a.copies().find(|&id| id != dead && self.alive(id));
             match survivor {
                 None => self.events.push(Event::VRegionLost { key, dead }),
                 Some(s) if a.primary == dead => {
-                    let a = self.vregions.get_mut(&key).expect("listed");
-                    a.primary = s;
-                    a.backup = Some(Backup::On(dead));
+                    self.put_vregion(
+                        key,
+                        VRegionAssignment {
+                            primary: s,
+                            backup: Some(Backup::On(dead)),
+                        },
+                    );
                     self.dirty.insert(Record::VRegion(key));
                     self.events.push(Event::Failover {
                         key,
@@ -83,7 +87,7 @@ impl Placement {
             primary: other,
             backup: Some(Backup::Bad),
         };
-        self.vregions.insert(key, new);
+        self.put_vregion(key, new);
         self.touch(Record::VRegion(key));
         Some(new)
     }
@@ -113,9 +117,8 @@ impl Placement {
         }
         let mut exclude = vec![survivor];
         exclude.extend(failed.on().copied());
-        let target = *self
-            .ranked_memory_monitors(&exclude)
-            .first()
+        let target = self
+            .least_loaded_memory(&exclude, &Default::default())
             .ok_or(PlacementError::NoSpareMemoryMonitor(key))?;
         Ok(Recovery {
             key,
@@ -172,7 +175,7 @@ impl Placement {
             primary: r.survivor,
             backup: Some(Backup::On(r.target)),
         };
-        self.vregions.insert(r.key, a);
+        self.put_vregion(r.key, a);
         self.touch(Record::VRegion(r.key));
         Ok(a)
     }
