@@ -2,7 +2,7 @@
 //!
 //! Roles (daemons): `manager`, `memory`, `processor`, `storage`. User actions: `run` (a
 //! program on the cluster, or on an embedded one), `up` (a local cluster on
-//! loopback), `status`, `vnode`, `token`, `component`, `bench`. Logs go to stderr; set
+//! loopback), `status`, `vnode`, `token`, `component`, `bench`, `sim`. Logs go to stderr; set
 //! `LEGO_LOG` (e.g. `debug`, `lego_transport=debug`) to change what is shown.
 #![forbid(unsafe_code)]
 
@@ -70,6 +70,9 @@ enum Cmd {
     /// Measure lego against the machine's own floors, side by side
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Simulate a datacenter of thousands of components through lego's own
+    /// placement code, beside monolithic servers of the same CPU and memory
+    Sim(lego_sim::SimArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -131,6 +134,7 @@ fn main() {
             println!("{}", t.secret.http_token_hex());
         }),
         Cmd::Bench(b) => lego_bench::run(b).map_err(anyhow::Error::from),
+        Cmd::Sim(a) => lego_sim::run(a).map_err(anyhow::Error::from),
         Cmd::Chaos(a) => match chaos::run(a) {
             Ok(0) => Ok(()),
             Ok(code) => std::process::exit(code),

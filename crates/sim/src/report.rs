@@ -1,0 +1,402 @@
+//! What `lego sim` prints (the two designs side by side, the state
+//! machine's decision times) and the SVG plots it writes: CPU and memory
+//! use over time, and jobs running, for both designs.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use crate::engine::{Outcome, Sample};
+use crate::{Results, SimError};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn pct(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        100.0 * part / whole
+    } else {
+        0.0
+    }
+}
+
+/// Time-weighted mean of `f` over the samples (they are evenly spaced).
+fn mean(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.iter().map(f).sum::<f64>() / samples.len() as f64
+}
+
+fn wait_pct(o: &Outcome, p: f64) -> f64 {
+    if o.waits_ms.is_empty() {
+        return 0.0;
+    }
+    let mut w = o.waits_ms.clone();
+    w.sort_unstable();
+    let i = (((p / 100.0) * (w.len() - 1) as f64).round() as usize).min(w.len() - 1);
+    w[i] as f64 / 1000.0
+}
+
+/// One cell of the table: from a design's outcome and its capacity.
+type Cell = Box<dyn Fn(&Outcome, (u64, u64)) -> String>;
+
+/// One line of a chart: its label, colour and (x, y) points.
+type Series = (String, &'static str, Vec<(f64, f64)>);
+
+/// The report.
+pub fn text(r: &Results) -> String {
+    let a = &r.args;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "lego sim: {} components, {} h, workload {} ({}), offered load {:.0}% of the scarcer resource, seed {}",
+        r.components, a.hours, r.shape.name, r.shape.description, a.load * 100.0, a.seed
+    );
+    let _ = writeln!(
+        o,
+        "jobs arrive at {:.0}/h; a unit fails every {} days on average and is back after {} h; a job gives up after waiting {} min",
+        r.per_hour, a.mtbf_days, a.repair_hours, a.max_wait_min
+    );
+    for (name, _, _, took) in [&r.mono, &r.disagg] {
+        let _ = writeln!(o, "  {name}  (simulated in {:.1} s)", took.as_secs_f64());
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "{:<34} {:>14} {:>14}", "", "monolithic", "disaggregated");
+    let rows: Vec<(&str, Cell)> = vec![
+        (
+            "jobs arrived",
+            Box::new(|o: &Outcome, _| o.arrived.to_string()),
+        ),
+        (
+            "jobs admitted",
+            Box::new(|o: &Outcome, _| o.admitted.to_string()),
+        ),
+        (
+            "  of those arrived",
+            Box::new(|o: &Outcome, _| format!("{:.2}%", pct(o.admitted as f64, o.arrived as f64))),
+        ),
+        (
+            "jobs gave up waiting",
+            Box::new(|o: &Outcome, _| o.dropped.to_string()),
+        ),
+        (
+            "jobs completed",
+            Box::new(|o: &Outcome, _| o.completed.to_string()),
+        ),
+        (
+            "unit failures",
+            Box::new(|o: &Outcome, _| o.failures.to_string()),
+        ),
+        (
+            "jobs killed by failures",
+            Box::new(|o: &Outcome, _| o.killed.to_string()),
+        ),
+        (
+            "queueing delay p50",
+            Box::new(|o: &Outcome, _| format!("{:.1} s", wait_pct(o, 50.0))),
+        ),
+        (
+            "queueing delay p99",
+            Box::new(|o: &Outcome, _| format!("{:.1} s", wait_pct(o, 99.0))),
+        ),
+        (
+            "CPU in use (mean)",
+            Box::new(|o: &Outcome, c: (u64, u64)| {
+                format!(
+                    "{:.1}%",
+                    pct(mean(&o.samples, |s| s.cpu_used as f64), c.0 as f64)
+                )
+            }),
+        ),
+        (
+            "memory in use (mean)",
+            Box::new(|o: &Outcome, c: (u64, u64)| {
+                format!(
+                    "{:.1}%",
+                    pct(mean(&o.samples, |s| s.mem_used as f64), c.1 as f64)
+                )
+            }),
+        ),
+        (
+            "stranded memory (mean)",
+            Box::new(|o: &Outcome, c: (u64, u64)| {
+                format!(
+                    "{:.1}%",
+                    pct(mean(&o.samples, |s| s.stranded_mem as f64), c.1 as f64)
+                )
+            }),
+        ),
+        (
+            "stranded memory (mean), TiB",
+            Box::new(|o: &Outcome, _| {
+                format!(
+                    "{:.1}",
+                    mean(&o.samples, |s| s.stranded_mem as f64) / GIB / 1024.0
+                )
+            }),
+        ),
+        (
+            "stranded CPU (mean)",
+            Box::new(|o: &Outcome, c: (u64, u64)| {
+                format!(
+                    "{:.1}%",
+                    pct(mean(&o.samples, |s| s.stranded_cpu as f64), c.0 as f64)
+                )
+            }),
+        ),
+        (
+            "jobs running (mean)",
+            Box::new(|o: &Outcome, _| format!("{:.0}", mean(&o.samples, |s| s.running as f64))),
+        ),
+    ];
+    for (label, f) in rows {
+        let _ = writeln!(
+            o,
+            "{label:<34} {:>14} {:>14}",
+            f(&r.mono.2, r.mono.1),
+            f(&r.disagg.2, r.disagg.1)
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "stranded: free memory on units without the CPU a median job asks (see docs/scale.md), and free CPU on units without its memory; pooled memory is stranded only when no processor monitor has that CPU"
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "lego-placement decisions in this run (one thread; wall time of each call)"
+    );
+    let _ = writeln!(
+        o,
+        "{:<36} {:>10} {:>9} {:>9} {:>9}",
+        "decision", "calls", "p50 µs", "p99 µs", "max µs"
+    );
+    for (label, s) in [
+        ("place a process (GPM)", &r.lat.process),
+        ("place a vRegion (GMM)", &r.lat.vregion),
+        ("fail over a memory monitor", &r.lat.failover),
+        ("plan a vRegion's recovery", &r.lat.recovery),
+        ("place a vNode's storage (GSM)", &r.lat.storage),
+    ] {
+        let _ = writeln!(
+            o,
+            "{label:<36} {:>10} {:>9.1} {:>9.1} {:>9.1}",
+            s.0.len(),
+            s.percentile_us(50.0),
+            s.percentile_us(99.0),
+            s.percentile_us(100.0)
+        );
+    }
+    o
+}
+
+/// A line chart: `series` of (label, colour, points), y from 0 to `y_max`.
+fn chart(title: &str, y_label: &str, x_max: f64, y_max: f64, series: &[Series]) -> String {
+    let (w, h, l, r, t, b) = (720.0, 400.0, 70.0, 20.0, 40.0, 50.0);
+    let x = |v: f64| l + (w - l - r) * v / x_max.max(1e-9);
+    let y = |v: f64| h - b - (h - t - b) * v / y_max.max(1e-9);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="15">{}</text>"#,
+        w / 2.0,
+        esc(title)
+    );
+    for i in 0..=4 {
+        let v = y_max * i as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            w - r,
+            y(v),
+            y(v),
+            l - 6.0,
+            y(v) + 4.0,
+            fmt_tick(v)
+        );
+    }
+    for i in 0..=6 {
+        let v = x_max * i as f64 / 6.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#,
+            x(v),
+            h - b + 18.0,
+            v
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">hours</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">{}</text>"#,
+        (l + w - r) / 2.0,
+        h - 10.0,
+        h / 2.0,
+        h / 2.0,
+        esc(y_label)
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{l}" x2="{l}" y1="{t}" y2="{}" stroke="black"/><line x1="{l}" x2="{}" y1="{}" y2="{}" stroke="black"/>"#,
+        h - b,
+        w - r,
+        h - b,
+        h - b
+    );
+    for (i, (label, colour, pts)) in series.iter().enumerate() {
+        let d: Vec<String> = pts
+            .iter()
+            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline class="series" data-label="{}" fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+            esc(label),
+            d.join(" ")
+        );
+        let ly = t + 8.0 + 16.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+            l + 12.0,
+            l + 32.0,
+            l + 38.0,
+            ly + 4.0,
+            esc(label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Writes `utilisation.svg`, `stranded.svg` and `running.svg` into `dir`.
+pub fn plots(r: &Results, dir: &Path) -> Result<Vec<PathBuf>, SimError> {
+    std::fs::create_dir_all(dir).map_err(|source| SimError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let hours = r.args.hours;
+    let h = |s: &Sample| s.at_ms as f64 / 3_600_000.0;
+    let line = |o: &Outcome, f: &dyn Fn(&Sample) -> f64| -> Vec<(f64, f64)> {
+        o.samples.iter().map(|s| (h(s), f(s))).collect()
+    };
+    let (mc, mm) = (r.mono.1 .0 as f64, r.mono.1 .1 as f64);
+    let (dc, dm) = (r.disagg.1 .0 as f64, r.disagg.1 .1 as f64);
+    let util = chart(
+        "CPU and memory in use",
+        "% of installed",
+        hours,
+        100.0,
+        &[
+            (
+                "monolithic CPU".into(),
+                "#d62728",
+                line(&r.mono.2, &|s| pct(s.cpu_used as f64, mc)),
+            ),
+            (
+                "monolithic memory".into(),
+                "#ff9896",
+                line(&r.mono.2, &|s| pct(s.mem_used as f64, mm)),
+            ),
+            (
+                "disaggregated CPU".into(),
+                "#1f77b4",
+                line(&r.disagg.2, &|s| pct(s.cpu_used as f64, dc)),
+            ),
+            (
+                "disaggregated memory".into(),
+                "#aec7e8",
+                line(&r.disagg.2, &|s| pct(s.mem_used as f64, dm)),
+            ),
+        ],
+    );
+    let stranded = chart(
+        "Stranded memory (free, but no CPU beside it for a median job)",
+        "% of installed memory",
+        hours,
+        100.0,
+        &[
+            (
+                "monolithic".into(),
+                "#d62728",
+                line(&r.mono.2, &|s| pct(s.stranded_mem as f64, mm)),
+            ),
+            (
+                "disaggregated".into(),
+                "#1f77b4",
+                line(&r.disagg.2, &|s| pct(s.stranded_mem as f64, dm)),
+            ),
+        ],
+    );
+    let peak = r
+        .mono
+        .2
+        .samples
+        .iter()
+        .chain(&r.disagg.2.samples)
+        .map(|s| s.running.max(s.queued))
+        .max()
+        .unwrap_or(1) as f64;
+    let running = chart(
+        "Jobs running and waiting",
+        "jobs",
+        hours,
+        peak * 1.1,
+        &[
+            (
+                "monolithic running".into(),
+                "#d62728",
+                line(&r.mono.2, &|s| s.running as f64),
+            ),
+            (
+                "disaggregated running".into(),
+                "#1f77b4",
+                line(&r.disagg.2, &|s| s.running as f64),
+            ),
+            (
+                "monolithic waiting".into(),
+                "#ff9896",
+                line(&r.mono.2, &|s| s.queued as f64),
+            ),
+            (
+                "disaggregated waiting".into(),
+                "#aec7e8",
+                line(&r.disagg.2, &|s| s.queued as f64),
+            ),
+        ],
+    );
+    let mut out = Vec::new();
+    for (name, svg) in [
+        ("utilisation.svg", util),
+        ("stranded.svg", stranded),
+        ("running.svg", running),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, svg).map_err(|source| SimError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        out.push(path);
+    }
+    Ok(out)
+}
