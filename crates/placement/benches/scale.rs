@@ -4,7 +4,8 @@
 //! (two per vRegion). Each decision is timed alone, on a state kept at the
 //! same size: placing a vRegion (GMM), placing a process (GPM), failing
 //! over a memory monitor's vRegions when it dies, planning one vRegion's
-//! recovery. Run: `cargo bench -p lego-placement --bench scale`.
+//! recovery. Run: `cargo bench -p lego-placement --bench scale`
+//! (`LEGO_BENCH_SIZES=1000,10000` for some sizes only).
 
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,12 @@ fn bench(c: &mut Criterion) {
     g.sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    for n in [1_000usize, 10_000, 100_000] {
+    // LEGO_BENCH_SIZES=1000,10000 runs only those sizes.
+    let sizes: Vec<usize> = std::env::var("LEGO_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
+    for n in sizes {
         let mut dc = datacenter(n);
         g.bench_with_input(BenchmarkId::new("place a vRegion", n), &n, |b, _| {
             b.iter_custom(|iters| {
@@ -157,8 +163,11 @@ fn bench(c: &mut Criterion) {
             BenchmarkId::new("plan a vRegion's recovery", n),
             &n,
             |b, _| {
-                // One monitor dead for this bench: its vRegions are degraded.
-                let idx = 0;
+                // One monitor dead for this bench (the one holding the
+                // most copies): its vRegions are degraded.
+                let idx = (0..dc.memories.len())
+                    .max_by_key(|&i| dc.p.copies_on(dc.memories[i]))
+                    .expect("memory monitors");
                 let dead = dc.memories[idx];
                 dc.p.declare_dead(1, dead);
                 let keys: Vec<VRegionKey> =
@@ -178,7 +187,7 @@ fn bench(c: &mut Criterion) {
                     dc.p.register(
                         1,
                         Role::Memory,
-                        "m0".into(),
+                        format!("m{idx}"),
                         64 << 30,
                         dc.next_instance,
                         None,

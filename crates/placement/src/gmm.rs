@@ -49,10 +49,18 @@ impl Placement {
         }
         let needed = self.vnodes[&vnode].replicas.clamp(1, 2) as usize;
         // The least loaded first (an index, not a scan: see `index`).
+        // With a room to find: monitors are in load order, so once even the
+        // largest capacity at this load leaves too little room, none further
+        // down has it either.
+        let max_cap = self.index.max_memory_capacity as u128;
         let ranked: Vec<ComponentId> = self
             .index
             .memory
             .iter()
+            .take_while(|&&(load, _, _)| {
+                bytes == 0
+                    || max_cap - ((max_cap * load as u128) >> 32).min(max_cap) >= bytes as u128
+            })
             .map(|&(_, _, id)| id)
             .filter(|id| {
                 bytes == 0

@@ -32,6 +32,9 @@ pub(crate) struct Index {
     pub(crate) memory: BTreeSet<MemoryRank>,
     /// Alive processor monitors, most free first.
     pub(crate) processors: BTreeSet<ProcessorRank>,
+    /// The largest capacity a ranked memory monitor has had: with a load
+    /// fraction it bounds the room any monitor further down can have.
+    pub(crate) max_memory_capacity: u64,
     /// Where each component is in `memory` or `processors`.
     ranked: BTreeMap<ComponentId, Ranked>,
 }
@@ -113,6 +116,8 @@ impl Placement {
         match rank {
             Some(Ranked::Memory(k)) => {
                 self.index.memory.insert(k);
+                let cap = self.components[&id].capacity;
+                self.index.max_memory_capacity = self.index.max_memory_capacity.max(cap);
             }
             Some(Ranked::Processor(k)) => {
                 self.index.processors.insert(k);
@@ -143,6 +148,7 @@ impl Placement {
     pub fn check_index(&self) -> Result<(), String> {
         let mut fresh = self.clone();
         fresh.rebuild_index();
+        fresh.index.max_memory_capacity = self.index.max_memory_capacity;
         if fresh.index.copies != self.index.copies {
             return Err("the copies each monitor holds are not indexed right".into());
         }

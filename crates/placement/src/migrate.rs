@@ -96,7 +96,15 @@ impl Placement {
             .collect();
         let mut moves = Vec::new();
         let mut planned: BTreeMap<ComponentId, u64> = BTreeMap::new();
-        for (key, a) in &self.vregions {
+        // The drained monitors' copies (from the index), in key order.
+        let keys: BTreeSet<VRegionKey> = drained
+            .iter()
+            .filter_map(|d| self.index.copies.get(d))
+            .flatten()
+            .copied()
+            .collect();
+        for key in &keys {
+            let a = &self.vregions[key];
             if busy.contains(key) {
                 continue;
             }
@@ -112,7 +120,7 @@ impl Placement {
 
     /// Copies of vRegions held by `id`.
     pub fn copies_on(&self, id: ComponentId) -> usize {
-        self.vregions.values().filter(|a| a.holds(id)).count()
+        self.copies_held(id) as usize
     }
 
     /// Moves that even out the copies held by live, undrained memory
