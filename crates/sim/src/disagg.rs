@@ -58,6 +58,9 @@ pub struct Disaggregated {
     /// vRegions left with one copy, waiting for a monitor with room for a
     /// second (tried again whenever a component is repaired).
     pending: BTreeSet<(VRegionKey, ComponentId)>,
+    /// Free bytes on all live memory monitors: a job that cannot fit in it
+    /// is not tried (as a scheduler checks capacity before it places).
+    mem_free: i128,
     pub lat: Latencies,
 }
 
@@ -76,9 +79,11 @@ impl Disaggregated {
             on_processor: HashMap::new(),
             tenants: Vec::new(),
             pending: BTreeSet::new(),
+            mem_free: 0,
             lat: Latencies::default(),
             shape: shape.clone(),
         };
+        d.mem_free = (shape.memories as u64 * shape.bytes_per_memory) as i128;
         let roles = std::iter::repeat_n(Role::Processor, shape.processors)
             .chain(std::iter::repeat_n(Role::Memory, shape.memories))
             .chain(std::iter::repeat_n(Role::Storage, shape.storages));
@@ -125,6 +130,13 @@ impl Disaggregated {
 
     /// Tells the state machine a component's use, as its heartbeat would.
     fn beat(&mut self, now: u64, id: ComponentId, delta: i128) {
+        if self
+            .p
+            .component(id)
+            .is_some_and(|c| c.role == Role::Memory && c.health != Health::Dead)
+        {
+            self.mem_free -= delta;
+        }
         let u = self.used.entry(id).or_default();
         *u = (*u as i128 + delta).max(0) as u64;
         let used = *u;
@@ -202,6 +214,9 @@ impl Design for Disaggregated {
     }
 
     fn place(&mut self, now: u64, job: &Job) -> bool {
+        if (job.mem_bytes as i128) * self.shape.replicas as i128 > self.mem_free {
+            return false;
+        }
         let t = Instant::now();
         let processor = self.p.place_process(job.cpu_milli);
         self.lat.process.push(t.elapsed());
@@ -271,7 +286,11 @@ impl Design for Disaggregated {
         if died.is_none() {
             return Vec::new();
         }
-        self.used.remove(&id);
+        let held = self.used.remove(&id).unwrap_or(0);
+        if role == Role::Memory {
+            // Its free space is gone with it (what it held, too).
+            self.mem_free -= self.shape.bytes_per_memory.saturating_sub(held) as i128;
+        }
         let mut killed: BTreeSet<u64> = BTreeSet::new();
         match role {
             Role::Processor => {
@@ -303,6 +322,9 @@ impl Design for Disaggregated {
         let role = self.units[unit].0;
         let id = self.register(now, unit, role);
         self.units[unit] = (role, id);
+        if role == Role::Memory {
+            self.mem_free += self.shape.bytes_per_memory as i128;
+        }
         self.recover(now);
     }
 
@@ -366,6 +388,18 @@ impl Design for Disaggregated {
                     return Err(format!("{key}: a copy on dead monitor {id}"));
                 }
             }
+        }
+        let free: i128 = self
+            .p
+            .components()
+            .filter(|c| c.role == Role::Memory && c.health != Health::Dead)
+            .map(|c| c.capacity as i128 - c.used as i128)
+            .sum();
+        if free != self.mem_free {
+            return Err(format!(
+                "free memory counted {} but the monitors have {free}",
+                self.mem_free
+            ));
         }
         for c in self.p.components().filter(|c| c.health != Health::Dead) {
             if c.used > c.capacity {

@@ -22,6 +22,8 @@ pub struct Sample {
     pub stranded_cpu: u64,
     pub running: u64,
     pub queued: u64,
+    /// Jobs admitted so far.
+    pub admitted: u64,
 }
 
 /// A way of building the datacenter: whole servers, or lego's split kernel.
@@ -158,6 +160,7 @@ pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
                 s.at_ms = now;
                 s.running = running.len() as u64;
                 s.queued = queue.len() as u64;
+                s.admitted = out.admitted;
                 out.samples.push(s);
                 push(&mut events, now + r.sample_every_ms, Ev::Sample);
             }

@@ -101,7 +101,8 @@ pub struct SimArgs {
     /// Seed of the jobs and failures
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Write SVG plots (use over time, running jobs) into this directory
+    /// Write SVG plots (jobs admitted, use, stranded memory, jobs running
+    /// and waiting over time) into this directory
     #[arg(long, value_name = "DIR")]
     pub plot: Option<PathBuf>,
     /// Check every design's invariants after every event (slow; for tests)

@@ -289,7 +289,8 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Writes `utilisation.svg`, `stranded.svg` and `running.svg` into `dir`.
+/// Writes `admitted.svg`, `utilisation.svg`, `stranded.svg` and
+/// `running.svg` into `dir`.
 pub fn plots(r: &Results, dir: &Path) -> Result<Vec<PathBuf>, SimError> {
     std::fs::create_dir_all(dir).map_err(|source| SimError::Write {
         path: dir.to_path_buf(),
@@ -385,8 +386,36 @@ pub fn plots(r: &Results, dir: &Path) -> Result<Vec<PathBuf>, SimError> {
             ),
         ],
     );
+    let most = r
+        .mono
+        .2
+        .samples
+        .iter()
+        .chain(&r.disagg.2.samples)
+        .map(|s| s.admitted)
+        .max()
+        .unwrap_or(1) as f64;
+    let admitted = chart(
+        "Jobs admitted so far",
+        "jobs",
+        hours,
+        most * 1.05,
+        &[
+            (
+                "monolithic".into(),
+                "#d62728",
+                line(&r.mono.2, &|s| s.admitted as f64),
+            ),
+            (
+                "disaggregated".into(),
+                "#1f77b4",
+                line(&r.disagg.2, &|s| s.admitted as f64),
+            ),
+        ],
+    );
     let mut out = Vec::new();
     for (name, svg) in [
+        ("admitted.svg", admitted),
         ("utilisation.svg", util),
         ("stranded.svg", stranded),
         ("running.svg", running),

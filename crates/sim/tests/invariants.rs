@@ -61,7 +61,9 @@ fn plots_are_svg_with_one_series_per_design_and_resource() {
     let r = simulate(&a).unwrap();
     let dir = std::env::temp_dir().join(format!("lego-sim-plots-{}", std::process::id()));
     let written = lego_sim::report::plots(&r, &dir).unwrap();
-    assert_eq!(written.len(), 3);
+    assert_eq!(written.len(), 4);
+    let admitted = std::fs::read_to_string(dir.join("admitted.svg")).unwrap();
+    assert_eq!(admitted.matches("class=\"series\"").count(), 2);
     let util = std::fs::read_to_string(dir.join("utilisation.svg")).unwrap();
     assert!(util.starts_with("<svg") && util.trim_end().ends_with("</svg>"));
     assert_eq!(util.matches("class=\"series\"").count(), 4);
