@@ -120,21 +120,41 @@ pub struct Latencies {
     pub storage: Samples,
 }
 
-/// Durations, for percentiles.
+/// Durations, for percentiles: every one up to [`Samples::KEEP`], then a
+/// uniform sample of that many (reservoir sampling; a day at 10,000
+/// components makes hundreds of millions of calls).
 #[derive(Default, Debug, Clone)]
-pub struct Samples(pub Vec<u32>);
+pub struct Samples {
+    pub kept: Vec<u32>,
+    /// Calls seen, kept or not.
+    pub calls: u64,
+    rng: u64,
+}
 
 impl Samples {
+    pub const KEEP: usize = 1 << 20;
+
     pub fn push(&mut self, d: Duration) {
-        self.0.push(d.as_nanos().min(u32::MAX as u128) as u32);
+        let ns = d.as_nanos().min(u32::MAX as u128) as u32;
+        self.calls += 1;
+        if self.kept.len() < Self::KEEP {
+            self.kept.push(ns);
+            return;
+        }
+        let mut r = workload::Rng(self.rng);
+        let i = r.below(self.calls) as usize;
+        self.rng = r.0;
+        if i < Self::KEEP {
+            self.kept[i] = ns;
+        }
     }
 
     /// The `p`-th percentile in microseconds.
     pub fn percentile_us(&self, p: f64) -> f64 {
-        if self.0.is_empty() {
+        if self.kept.is_empty() {
             return 0.0;
         }
-        let mut v = self.0.clone();
+        let mut v = self.kept.clone();
         let i = (((p / 100.0) * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
         let (_, x, _) = v.select_nth_unstable(i);
         *x as f64 / 1000.0

@@ -181,7 +181,7 @@ pub fn text(r: &Results) -> String {
         let _ = writeln!(
             o,
             "{label:<36} {:>10} {:>9.1} {:>9.1} {:>9.1}",
-            s.0.len(),
+            s.calls,
             s.percentile_us(50.0),
             s.percentile_us(99.0),
             s.percentile_us(100.0)
