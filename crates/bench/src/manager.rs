@@ -193,17 +193,7 @@ fn failover(c: &mut TempCluster, round: usize) -> Result<Duration> {
         c.leader()?.0
     };
     let target = c.target();
-    let asid = {
-        let m = target.connect()?;
-        let s = m
-            .call(&CreateSpaceReq {
-                vnode: "bench".into(),
-                owner: None,
-                proof: None,
-            })
-            .call_for(|| "cannot create an address space".into())?;
-        s.asid
-    };
+    let asid = new_space(&target.connect()?, &mut Samples::default())?;
     let t = Instant::now();
     c.kill9(&leader)?;
     if c.standbys.is_empty() {

@@ -79,6 +79,30 @@ fn datacenter(n: usize) -> Dc {
     }
 }
 
+impl Dc {
+    /// After memory monitor `dead` (number `idx`) died: its vRegions get
+    /// their second copy back, and it comes back as a new monitor.
+    fn replace(&mut self, idx: usize, dead: ComponentId) {
+        for (key, _) in self.p.vregions_on(dead) {
+            if let Ok(r) = self.p.plan_recovery(key, Backup::On(dead)) {
+                let _ = self.p.commit_recovery(&r);
+            }
+        }
+        self.next_instance += 1;
+        self.memories[idx] = self
+            .p
+            .register(
+                1,
+                Role::Memory,
+                format!("m{idx}"),
+                64 << 30,
+                self.next_instance,
+                None,
+            )
+            .unwrap();
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("placement");
     g.sample_size(30)
@@ -136,24 +160,8 @@ fn bench(c: &mut Criterion) {
                         let t = Instant::now();
                         std::hint::black_box(dc.p.declare_dead(1, dead));
                         took += t.elapsed();
-                        // Untimed: its vRegions get their second copy back, and
-                        // it comes back as a new monitor (the state keeps its size).
-                        for (key, _) in dc.p.vregions_on(dead) {
-                            if let Ok(r) = dc.p.plan_recovery(key, Backup::On(dead)) {
-                                let _ = dc.p.commit_recovery(&r);
-                            }
-                        }
-                        dc.next_instance += 1;
-                        dc.memories[idx] =
-                            dc.p.register(
-                                1,
-                                Role::Memory,
-                                format!("m{idx}"),
-                                64 << 30,
-                                dc.next_instance,
-                                None,
-                            )
-                            .unwrap();
+                        // Untimed: the state keeps its size.
+                        dc.replace(idx, dead);
                     }
                     took
                 })
@@ -177,22 +185,7 @@ fn bench(c: &mut Criterion) {
                     i = (i + 1) % keys.len();
                     std::hint::black_box(dc.p.plan_recovery(keys[i], Backup::On(dead)).unwrap())
                 });
-                for k in keys {
-                    if let Ok(r) = dc.p.plan_recovery(k, Backup::On(dead)) {
-                        let _ = dc.p.commit_recovery(&r);
-                    }
-                }
-                dc.next_instance += 1;
-                dc.memories[idx] =
-                    dc.p.register(
-                        1,
-                        Role::Memory,
-                        format!("m{idx}"),
-                        64 << 30,
-                        dc.next_instance,
-                        None,
-                    )
-                    .unwrap();
+                dc.replace(idx, dead);
             },
         );
     }

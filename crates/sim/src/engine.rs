@@ -99,6 +99,29 @@ enum Ev {
 /// How many queued jobs are tried when room frees up.
 const QUEUE_TRIES: usize = 64;
 
+/// Places `job` now if it fits: it runs under a new generation (returned),
+/// and counts as admitted (with its wait) the first time.
+fn try_place(
+    design: &mut dyn Design,
+    now: u64,
+    job: &Job,
+    running: &mut HashMap<u64, u64>,
+    placed_once: &mut HashMap<u64, ()>,
+    out: &mut Outcome,
+    generation: &mut u64,
+) -> Option<u64> {
+    if !design.place(now, job) {
+        return None;
+    }
+    *generation += 1;
+    running.insert(job.id, *generation);
+    if placed_once.insert(job.id, ()).is_none() {
+        out.admitted += 1;
+        out.waits_ms.push(now.saturating_sub(job.arrival_ms));
+    }
+    Some(*generation)
+}
+
 /// Runs `design` through the jobs of `gen`.
 pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
     let mut out = Outcome::default();
@@ -130,25 +153,6 @@ pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
             }
         }
     }
-    let try_place = |design: &mut dyn Design,
-                     now: u64,
-                     job: &Job,
-                     running: &mut HashMap<u64, u64>,
-                     placed_once: &mut HashMap<u64, ()>,
-                     out: &mut Outcome,
-                     generation: &mut u64|
-     -> Option<u64> {
-        if !design.place(now, job) {
-            return None;
-        }
-        *generation += 1;
-        running.insert(job.id, *generation);
-        if placed_once.insert(job.id, ()).is_none() {
-            out.admitted += 1;
-            out.waits_ms.push(now.saturating_sub(job.arrival_ms));
-        }
-        Some(*generation)
-    };
     while let Some(Reverse((now, _, ev))) = events.pop() {
         if now > r.duration_ms {
             break;

@@ -225,13 +225,16 @@ pub fn simulate(a: &SimArgs) -> Result<Results, SimError> {
     };
     let mem_per_server = memories as u64 * (a.memory_gib << 30) / processors as u64;
     let mut mono = mono::Monolithic::new(processors, a.cores * 1000, mem_per_server);
-    let t = Instant::now();
-    let mono_out = engine::run(
-        &mut mono,
-        workload::Generator::new(shape.clone(), a.seed),
-        &run,
-    );
-    let mono_took = t.elapsed();
+    let timed = |design: &mut dyn Design| {
+        let t = Instant::now();
+        let out = engine::run(
+            design,
+            workload::Generator::new(shape.clone(), a.seed),
+            &run,
+        );
+        (out, t.elapsed())
+    };
+    let (mono_out, mono_took) = timed(&mut mono);
     let mut split = disagg::Disaggregated::new(disagg::Shape {
         processors,
         memories,
@@ -242,13 +245,7 @@ pub fn simulate(a: &SimArgs) -> Result<Results, SimError> {
         replicas: a.replicas,
         tenants,
     });
-    let t = Instant::now();
-    let split_out = engine::run(
-        &mut split,
-        workload::Generator::new(shape.clone(), a.seed),
-        &run,
-    );
-    let split_took = t.elapsed();
+    let (split_out, split_took) = timed(&mut split);
     for (name, out) in [(mono.name(), &mono_out), (split.name(), &split_out)] {
         if let Some(what) = &out.broken {
             return Err(SimError::Invariant {

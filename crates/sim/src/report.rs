@@ -42,6 +42,18 @@ type Cell = Box<dyn Fn(&Outcome, (u64, u64)) -> String>;
 /// One line of a chart: its label, colour and (x, y) points.
 type Series = (String, &'static str, Vec<(f64, f64)>);
 
+/// A cell: the mean of a sample field as a share of the installed CPU
+/// (`of` 0) or memory (`of` 1).
+fn share(field: fn(&Sample) -> u64, of: usize) -> Cell {
+    Box::new(move |o: &Outcome, c: (u64, u64)| {
+        let whole = if of == 0 { c.0 } else { c.1 };
+        format!(
+            "{:.1}%",
+            pct(mean(&o.samples, |s| field(s) as f64), whole as f64)
+        )
+    })
+}
+
 /// The report.
 pub fn text(r: &Results) -> String {
     let a = &r.args;
@@ -98,33 +110,9 @@ pub fn text(r: &Results) -> String {
             "queueing delay p99",
             Box::new(|o: &Outcome, _| format!("{:.1} s", wait_pct(o, 99.0))),
         ),
-        (
-            "CPU in use (mean)",
-            Box::new(|o: &Outcome, c: (u64, u64)| {
-                format!(
-                    "{:.1}%",
-                    pct(mean(&o.samples, |s| s.cpu_used as f64), c.0 as f64)
-                )
-            }),
-        ),
-        (
-            "memory in use (mean)",
-            Box::new(|o: &Outcome, c: (u64, u64)| {
-                format!(
-                    "{:.1}%",
-                    pct(mean(&o.samples, |s| s.mem_used as f64), c.1 as f64)
-                )
-            }),
-        ),
-        (
-            "stranded memory (mean)",
-            Box::new(|o: &Outcome, c: (u64, u64)| {
-                format!(
-                    "{:.1}%",
-                    pct(mean(&o.samples, |s| s.stranded_mem as f64), c.1 as f64)
-                )
-            }),
-        ),
+        ("CPU in use (mean)", share(|s| s.cpu_used, 0)),
+        ("memory in use (mean)", share(|s| s.mem_used, 1)),
+        ("stranded memory (mean)", share(|s| s.stranded_mem, 1)),
         (
             "stranded memory (mean), TiB",
             Box::new(|o: &Outcome, _| {
@@ -134,15 +122,7 @@ pub fn text(r: &Results) -> String {
                 )
             }),
         ),
-        (
-            "stranded CPU (mean)",
-            Box::new(|o: &Outcome, c: (u64, u64)| {
-                format!(
-                    "{:.1}%",
-                    pct(mean(&o.samples, |s| s.stranded_cpu as f64), c.0 as f64)
-                )
-            }),
-        ),
+        ("stranded CPU (mean)", share(|s| s.stranded_cpu, 0)),
         (
             "jobs running (mean)",
             Box::new(|o: &Outcome, _| format!("{:.0}", mean(&o.samples, |s| s.running as f64))),

@@ -93,6 +93,21 @@ pub fn python() -> String {
     py.to_string()
 }
 
+/// A cluster with no daemon yet in a new directory, its manager to be
+/// started with `manager_flags`.
+fn new_cluster(heartbeat_ms: u64, manager_flags: &[&str]) -> (tempfile::TempDir, LocalCluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::new(Options {
+        dir: dir.path().to_path_buf(),
+        exe: PathBuf::from(LEGO),
+        heartbeat_ms,
+        log: Some("debug".into()),
+    })
+    .unwrap();
+    c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
+    (dir, c)
+}
+
 /// Polls `f` every 5 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -180,15 +195,7 @@ impl TestCluster {
     /// A manager at `addr` (a fixed address: with `--store etcd`, the
     /// leader's key names it) with `manager_flags`, no memory monitor yet.
     pub fn with_manager_at(addr: &str, manager_flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = LocalCluster::new(Options {
-            dir: dir.path().to_path_buf(),
-            exe: PathBuf::from(LEGO),
-            heartbeat_ms: 200,
-            log: Some("debug".into()),
-        })
-        .unwrap();
-        c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
+        let (dir, mut c) = new_cluster(200, manager_flags);
         c.manager_addr = addr.to_string();
         c.start_manager().unwrap();
         TestCluster {
@@ -202,15 +209,7 @@ impl TestCluster {
     /// `manager_flags`: the first leads, the others (`manager-2`, ...)
     /// stand by; clients are given them all. No memory monitor yet.
     pub fn with_managers(count: usize, url: &str, ttl_s: u64, manager_flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = LocalCluster::new(Options {
-            dir: dir.path().to_path_buf(),
-            exe: PathBuf::from(LEGO),
-            heartbeat_ms: 200,
-            log: Some("debug".into()),
-        })
-        .unwrap();
-        c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
+        let (dir, mut c) = new_cluster(200, manager_flags);
         c.start_managers(&lego_cluster::Managers {
             count,
             store: lego_cluster::Store::Etcd(url.to_string()),
@@ -232,15 +231,7 @@ impl TestCluster {
 
     /// [`TestCluster::start`] with extra flags for the manager.
     pub fn start_with(n: usize, capacity: &str, heartbeat_ms: u64, manager_flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = LocalCluster::new(Options {
-            dir: dir.path().to_path_buf(),
-            exe: PathBuf::from(LEGO),
-            heartbeat_ms,
-            log: Some("debug".into()),
-        })
-        .unwrap();
-        c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
+        let (dir, mut c) = new_cluster(heartbeat_ms, manager_flags);
         c.start_manager().unwrap();
         for _ in 0..n {
             c.add_memory(size(capacity), None).unwrap();
@@ -296,15 +287,7 @@ impl TestCluster {
         storage: bool,
         join: bool,
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = LocalCluster::new(Options {
-            dir: dir.path().to_path_buf(),
-            exe: PathBuf::from(LEGO),
-            heartbeat_ms: 300,
-            log: Some("debug".into()),
-        })
-        .unwrap();
-        c.manager_flags = manager_flags.iter().map(|f| f.to_string()).collect();
+        let (dir, mut c) = new_cluster(300, manager_flags);
         c.set_rack(lego_cluster::rack::Rack::create(hosts, link).unwrap())
             .unwrap();
         c.join = join;
