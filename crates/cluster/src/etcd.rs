@@ -18,13 +18,12 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
 
 /// A loopback port free at the time of asking.
 pub fn free_port() -> Result<u16, ClusterError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| ClusterError::Io {
-            what: "cannot find a free loopback port".into(),
-            source,
-        })
+    let addr = crate::managers::free_addr("127.0.0.1")?;
+    Ok(addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0))
 }
 
 /// `n` etcd members on loopback.

@@ -171,7 +171,7 @@ impl LocalCluster {
 }
 
 /// `IP:PORT` with a port free on `ip` at the time of asking.
-fn free_addr(ip: &str) -> Result<String, ClusterError> {
+pub(crate) fn free_addr(ip: &str) -> Result<String, ClusterError> {
     std::net::TcpListener::bind(format!("{ip}:0"))
         .and_then(|l| l.local_addr())
         .map(|a| a.to_string())

@@ -6,7 +6,7 @@
 //! use and stranded resources are taken at a fixed interval.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use crate::workload::{Generator, Job, Rng};
 
@@ -99,27 +99,36 @@ enum Ev {
 /// How many queued jobs are tried when room frees up.
 const QUEUE_TRIES: usize = 64;
 
-/// Places `job` now if it fits: it runs under a new generation (returned),
-/// and counts as admitted (with its wait) the first time.
-fn try_place(
-    design: &mut dyn Design,
-    now: u64,
-    job: &Job,
-    running: &mut HashMap<u64, u64>,
-    placed_once: &mut HashMap<u64, ()>,
-    out: &mut Outcome,
-    generation: &mut u64,
-) -> Option<u64> {
-    if !design.place(now, job) {
-        return None;
+/// The jobs running, each under the generation of its current placement
+/// (a killed job's old departure is then ignored), and those ever placed.
+#[derive(Default)]
+struct Placed {
+    running: HashMap<u64, u64>,
+    once: HashSet<u64>,
+    generation: u64,
+}
+
+impl Placed {
+    /// Places `job` now if it fits: it runs under a new generation
+    /// (returned), and counts as admitted (with its wait) the first time.
+    fn place(
+        &mut self,
+        design: &mut dyn Design,
+        now: u64,
+        job: &Job,
+        out: &mut Outcome,
+    ) -> Option<u64> {
+        if !design.place(now, job) {
+            return None;
+        }
+        self.generation += 1;
+        self.running.insert(job.id, self.generation);
+        if self.once.insert(job.id) {
+            out.admitted += 1;
+            out.waits_ms.push(now.saturating_sub(job.arrival_ms));
+        }
+        Some(self.generation)
     }
-    *generation += 1;
-    running.insert(job.id, *generation);
-    if placed_once.insert(job.id, ()).is_none() {
-        out.admitted += 1;
-        out.waits_ms.push(now.saturating_sub(job.arrival_ms));
-    }
-    Some(*generation)
 }
 
 /// Runs `design` through the jobs of `gen`.
@@ -132,14 +141,11 @@ pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
         events.push(Reverse((at, seq, ev)));
     };
     let mut jobs: HashMap<u64, Job> = HashMap::new();
-    // Running jobs: generation of their current placement.
-    let mut running: HashMap<u64, u64> = HashMap::new();
+    let mut placed = Placed::default();
     let mut queue: VecDeque<(u64, u64)> = VecDeque::new();
-    let mut placed_once: HashMap<u64, ()> = HashMap::new();
     let mut fail_rng = Rng(r.seed ^ 0xfa11);
     let mut next_arrival = 0.0;
     let mut next_id = 1u64;
-    let mut generation = 0u64;
     let (job, at) = gen.next_job(next_id, next_arrival, r.gap_ms, r.tenants);
     next_arrival = at;
     let mut pending = Some(job);
@@ -162,7 +168,7 @@ pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
             Ev::Sample => {
                 let mut s = design.sample(r.typical);
                 s.at_ms = now;
-                s.running = running.len() as u64;
+                s.running = placed.running.len() as u64;
                 s.queued = queue.len() as u64;
                 s.admitted = out.admitted;
                 out.samples.push(s);
@@ -173,15 +179,7 @@ pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
                 out.arrived += 1;
                 jobs.insert(job.id, job);
                 let placed = if queue.is_empty() {
-                    try_place(
-                        design,
-                        now,
-                        &job,
-                        &mut running,
-                        &mut placed_once,
-                        &mut out,
-                        &mut generation,
-                    )
+                    placed.place(design, now, &job, &mut out)
                 } else {
                     None
                 };
@@ -196,8 +194,8 @@ pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
                 push(&mut events, job.arrival_ms, Ev::Arrive);
             }
             Ev::Depart(id, g) => {
-                if running.get(&id) == Some(&g) {
-                    running.remove(&id);
+                if placed.running.get(&id) == Some(&g) {
+                    placed.running.remove(&id);
                     design.remove(now, id);
                     jobs.remove(&id);
                     out.completed += 1;
@@ -207,7 +205,7 @@ pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
             Ev::Fail(u) => {
                 out.failures += 1;
                 for id in design.fail(now, u) {
-                    if running.remove(&id).is_some() {
+                    if placed.running.remove(&id).is_some() {
                         out.killed += 1;
                         // Submitted again, to run its whole duration.
                         queue.push_front((id, now));
@@ -244,15 +242,7 @@ pub fn run(design: &mut dyn Design, mut gen: Generator, r: &Run) -> Outcome {
                     let (id, _) = queue[i];
                     let job = jobs[&id];
                     tried += 1;
-                    match try_place(
-                        design,
-                        now,
-                        &job,
-                        &mut running,
-                        &mut placed_once,
-                        &mut out,
-                        &mut generation,
-                    ) {
+                    match placed.place(design, now, &job, &mut out) {
                         Some(g) => {
                             queue.remove(i);
                             push(&mut events, now + job.duration_ms, Ev::Depart(id, g));
