@@ -2,7 +2,7 @@
 //!
 //! Roles (daemons): `manager`, `memory`, `processor`, `storage`. User actions: `run` (a
 //! program on the cluster, or on an embedded one), `up` (a local cluster on
-//! loopback), `status`, `vnode`, `token`, `component`, `bench`, `sim`. Logs go to stderr; set
+//! loopback), `status`, `top`, `dashboard`, `vnode`, `token`, `component`, `bench`, `sim`. Logs go to stderr; set
 //! `LEGO_LOG` (e.g. `debug`, `lego_transport=debug`) to change what is shown.
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ mod elastic;
 mod keys;
 mod run;
 mod status;
+mod top;
 mod up;
 mod vnode;
 
@@ -59,6 +60,13 @@ enum Cmd {
     Up(up::UpArgs),
     /// Show the cluster: components, health, capacity and use, vNodes, vRegions
     Status(status::StatusArgs),
+    /// Watch the cluster live: components' use and bytes/s, jobs' faults/s,
+    /// evictions and MB/s, vRegions not healthy, the journal (keys: s sort,
+    /// up/down pick, enter histogram, q quit; --once: plain text)
+    Top(top::TopArgs),
+    /// Print the address of the manager's web dashboard, with the token
+    /// that opens it (open it in a browser that can reach the manager)
+    Dashboard(HttpTokenArgs),
     /// Make one-time join tokens: a daemon joins with one and gets a key of its own
     Token(keys::TokenArgs),
     /// List the daemons that hold keys of their own, and revoke one
@@ -127,6 +135,8 @@ fn main() {
         Cmd::Vnode(a) => vnode::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Status(a) => status::run(a),
+        Cmd::Top(a) => top::run(a),
+        Cmd::Dashboard(a) => status::dashboard(&a.cluster),
         Cmd::Token(a) => keys::token(a),
         Cmd::Rebalance(a) => elastic::rebalance(a),
         Cmd::Component(a) => keys::component(a),

@@ -34,7 +34,7 @@ pub struct ProcessorJobs {
 }
 
 /// Asks every alive processor monitor for its jobs.
-fn jobs(st: &ClusterState, secret: &Secret) -> Vec<ProcessorJobs> {
+pub fn jobs(st: &ClusterState, secret: &Secret) -> Vec<ProcessorJobs> {
     let opts = ClientOptions {
         connect_timeout: std::time::Duration::from_secs(1),
         request_timeout: std::time::Duration::from_secs(3),
@@ -74,6 +74,23 @@ pub fn run(a: StatusArgs) -> Result<()> {
         print!("{}", render(&st));
         print!("{}", render_jobs(&jobs));
     }
+    Ok(())
+}
+
+/// `lego dashboard`: the dashboard's address with the token that opens it.
+pub fn dashboard(cluster: &ClusterArgs) -> Result<()> {
+    let target = cluster.resolve()?;
+    let st = target
+        .manager()
+        .call(&ClusterStateReq)
+        .map_err(|e| anyhow::anyhow!("the manager at {} cannot say: {e}", target.manager))?;
+    let Some(http) = st.manager.http else {
+        anyhow::bail!(
+            "the manager at {} serves no HTTP: start it with --http ADDR",
+            target.manager
+        );
+    };
+    println!("http://{http}/?token={}", target.secret.http_token_hex());
     Ok(())
 }
 

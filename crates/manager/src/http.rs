@@ -1,9 +1,16 @@
 //! The manager's HTTP endpoint, a small server of its own (std only):
-//! `/metrics` serves Prometheus text ([`crate::metrics`]) to anyone;
-//! `/state` (or `/`) serves the whole cluster state as JSON only with
-//! `Authorization: Bearer TOKEN`, TOKEN being the cluster's HTTP token
+//! `/metrics` serves Prometheus text ([`crate::metrics`]) to anyone; the
+//! rest only to a holder of the cluster's HTTP token
 //! ([`lego_wire::auth::Secret::http_token_hex`], printed by
-//! `lego http-token`).
+//! `lego http-token`), given as `Authorization: Bearer TOKEN` or as the
+//! `lego_token` cookie:
+//!
+//! | path | what |
+//! |---|---|
+//! | `/state` | the whole cluster state as JSON |
+//! | `/api/history` | the last minutes of use, bytes/s and faults/s ([`crate::history`]) |
+//! | `/` | the dashboard (`dashboard.html`, built in; it reads the two above) |
+//! | `/?token=TOKEN` | sets the cookie (HttpOnly, SameSite=Strict) and sends the browser to `/` |
 //!
 //! Bounds: at most [`MAX_CLIENTS`] requests are served at once (more get
 //! 503 at once), a request must arrive whole within [`REQUEST_DEADLINE`]
@@ -18,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use crate::history::History;
 use crate::service::ManagerService;
 use crate::ManagerError;
 
@@ -35,6 +43,7 @@ pub fn serve(addr: &str, svc: Arc<ManagerService>) -> Result<String, ManagerErro
         reason: e.to_string(),
     };
     let listener = TcpListener::bind(addr).map_err(err)?;
+    let history = crate::history::start(svc.clone()).map_err(ManagerError::Thread)?;
     let bound = listener.local_addr().map_err(err)?.to_string();
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
@@ -45,14 +54,18 @@ pub fn serve(addr: &str, svc: Arc<ManagerService>) -> Result<String, ManagerErro
                 let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                 if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
                     active.fetch_sub(1, Ordering::AcqRel);
-                    let _ = respond(&mut stream, 503, "text/plain", "busy: try again\n", false);
+                    let _ = respond(
+                        &mut stream,
+                        &Answer::new(503, "text/plain", "busy: try again\n"),
+                        false,
+                    );
                     continue;
                 }
-                let (svc, active) = (svc.clone(), active.clone());
+                let (svc, active, history) = (svc.clone(), active.clone(), history.clone());
                 let spawned = std::thread::Builder::new()
                     .name("manager-http-req".into())
                     .spawn(move || {
-                        handle(stream, &svc);
+                        handle(stream, &svc, &history);
                         active.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -97,64 +110,127 @@ fn bearer(head: &str) -> Option<&str> {
     })
 }
 
-fn handle(mut stream: TcpStream, svc: &ManagerService) {
+/// The `lego_token` cookie of a request's head, if it has one.
+fn cookie(head: &str) -> Option<&str> {
+    head.lines().skip(1).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        if !name.trim().eq_ignore_ascii_case("cookie") {
+            return None;
+        }
+        value
+            .split(';')
+            .find_map(|c| c.trim().strip_prefix("lego_token="))
+            .map(str::trim)
+    })
+}
+
+/// An answer: status, content type, extra header lines, body.
+struct Answer {
+    status: u16,
+    ctype: &'static str,
+    headers: String,
+    body: String,
+}
+
+impl Answer {
+    fn new(status: u16, ctype: &'static str, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            ctype,
+            headers: String::new(),
+            body: body.into(),
+        }
+    }
+}
+
+/// What a browser without the token is shown at `/`.
+const LOGIN_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>lego</title></head>\
+<body style=\"font-family:sans-serif\"><h1>lego</h1><p>This dashboard needs the cluster's HTTP token. \
+Open the address <code>lego dashboard</code> prints (it ends in <code>?token=...</code>); \
+<code>lego http-token</code> prints the token alone.</p></body></html>\n";
+
+fn route(head: &str, path: &str, query: &str, svc: &ManagerService, history: &History) -> Answer {
+    if path == "/metrics" {
+        return Answer::new(
+            200,
+            "text/plain; version=0.0.4",
+            crate::metrics::metrics(svc),
+        );
+    }
+    if !matches!(path, "/" | "/state" | "/api/history") {
+        return Answer::new(
+            404,
+            "text/plain",
+            "not found: try /metrics, or /, /state and /api/history with the cluster's token\n",
+        );
+    }
+    // Opening `/?token=TOKEN` trades the token for a cookie, so that the
+    // page's own requests carry it and the address bar does not.
+    if let Some(t) = query.split('&').find_map(|kv| kv.strip_prefix("token=")) {
+        if path == "/" && svc.secret.check_http_token(t) {
+            let mut a = Answer::new(303, "text/plain", "to the dashboard\n");
+            a.headers = format!(
+                "Location: /\r\nSet-Cookie: lego_token={t}; Path=/; HttpOnly; SameSite=Strict\r\n"
+            );
+            return a;
+        }
+    }
+    let entitled = bearer(head)
+        .or_else(|| cookie(head))
+        .is_some_and(|t| svc.secret.check_http_token(t));
+    if !entitled {
+        svc.counters.refused.fetch_add(1, Ordering::Relaxed);
+        return match path {
+            "/" => Answer::new(401, "text/html; charset=utf-8", LOGIN_PAGE),
+            _ => Answer::new(
+                401,
+                "text/plain",
+                "the cluster state needs `Authorization: Bearer TOKEN`; `lego http-token` prints TOKEN\n",
+            ),
+        };
+    }
+    match path {
+        "/state" => Answer::new(
+            200,
+            "application/json",
+            serde_json::to_string_pretty(&svc.cluster_state()).unwrap_or_default(),
+        ),
+        "/api/history" => Answer::new(200, "application/json", history.json()),
+        _ => Answer::new(200, "text/html; charset=utf-8", DASHBOARD),
+    }
+}
+
+/// The dashboard page, built in.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+fn handle(mut stream: TcpStream, svc: &ManagerService, history: &History) {
     let head = match read_head(&mut stream) {
         Ok(h) => h,
         Err((status, why)) => {
-            let _ = respond(&mut stream, status, "text/plain", why, false);
+            let _ = respond(&mut stream, &Answer::new(status, "text/plain", why), false);
             return;
         }
     };
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
-        let _ = respond(&mut stream, 405, "text/plain", "only GET and HEAD\n", false);
+        let a = Answer::new(405, "text/plain", "only GET and HEAD\n");
+        let _ = respond(&mut stream, &a, false);
         return;
     }
-    let (status, ctype, body) = match path {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4",
-            crate::metrics::metrics(svc),
-        ),
-        "/" | "/state" => match bearer(&head) {
-            Some(t) if svc.secret.check_http_token(t) => (
-                200,
-                "application/json",
-                serde_json::to_string_pretty(&svc.cluster_state()).unwrap_or_default(),
-            ),
-            _ => {
-                svc.counters.refused.fetch_add(1, Ordering::Relaxed);
-                (
-                    401,
-                    "text/plain",
-                    "the cluster state needs `Authorization: Bearer TOKEN`; `lego http-token` prints TOKEN\n"
-                        .to_string(),
-                )
-            }
-        },
-        _ => (
-            404,
-            "text/plain",
-            "not found: try /metrics, or /state with the cluster's token\n".into(),
-        ),
-    };
-    if let Err(e) = respond(&mut stream, status, ctype, &body, head_only) {
+    let a = route(&head, path, query, svc, history);
+    if let Err(e) = respond(&mut stream, &a, head_only) {
         debug!("http answer failed: {e}");
     }
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    ctype: &str,
-    body: &str,
-    head_only: bool,
-) -> std::io::Result<()> {
+fn respond(stream: &mut TcpStream, a: &Answer, head_only: bool) -> std::io::Result<()> {
+    let status = a.status;
     let reason = match status {
         200 => "OK",
+        303 => "See Other",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
@@ -165,15 +241,17 @@ fn respond(
     };
     let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n{}",
+        a.ctype,
+        a.body.len(),
+        a.headers
     );
     if status == 401 {
         out.push_str("WWW-Authenticate: Bearer realm=\"lego\"\r\n");
     }
     out.push_str("\r\n");
     if !head_only {
-        out.push_str(body);
+        out.push_str(&a.body);
     }
     stream.write_all(out.as_bytes())?;
     stream.flush()
@@ -181,7 +259,14 @@ fn respond(
 
 #[cfg(test)]
 mod tests {
-    use super::bearer;
+    use super::{bearer, cookie};
+
+    #[test]
+    fn the_token_cookie_is_found_among_others() {
+        let head = "GET / HTTP/1.1\r\nCookie: a=1; lego_token=abc ; b=2\r\n\r\n";
+        assert_eq!(cookie(head), Some("abc"));
+        assert_eq!(cookie("GET / HTTP/1.1\r\nCookie: a=1\r\n\r\n"), None);
+    }
 
     #[test]
     fn the_bearer_token_is_found_in_any_case() {

@@ -18,13 +18,15 @@
 //! - [`peers`]: what the manager asks of other components.
 //! - [`vip`]: vNodes' virtual IP addresses; [`vnet`]: where they are
 //!   served, for every host's routes.
-//! - [`http`]: the HTTP endpoint: `/state` (JSON, with the cluster's token)
-//!   and `/metrics` ([`metrics`], Prometheus text).
+//! - [`http`]: the HTTP endpoint: `/metrics` ([`metrics`], Prometheus
+//!   text), and with the cluster's token `/state` (JSON), the dashboard at
+//!   `/` and the [`history`] its charts draw.
 //! - [`daemon`]: `lego manager`: wires them together with the failure detector.
 #![forbid(unsafe_code)]
 
 pub mod daemon;
 pub mod etcd;
+pub mod history;
 pub mod http;
 pub mod identity;
 pub mod journal;

@@ -117,6 +117,9 @@ pub fn metrics(svc: &ManagerService) -> String {
         );
         f.add("lego_component_used_bytes", labels.clone(), comp.used);
         for (k, v) in &comp.counters {
+            if k.starts_with(HIST_PREFIX) {
+                continue;
+            }
             f.add(
                 &format!("lego_{}_{}", comp.role, sanitize(k)),
                 labels.clone(),
@@ -124,5 +127,113 @@ pub fn metrics(svc: &ManagerService) -> String {
             );
         }
     }
-    f.render()
+    let mut out = f.render();
+    out.push_str(&fault_histogram(&st.components));
+    out
+}
+
+/// The processor monitors' counters of the runtime's fault-latency
+/// histogram: `PREFIX` + the bucket's midpoint in µs.
+const HIST_PREFIX: &str = "rt_remote_fault_hist_us_";
+
+/// Upper bounds of the exported histogram, in µs: powers of two from 2 µs
+/// to 8 s (the runtime's buckets, four per power of two, fall inside one).
+fn bounds_us() -> impl Iterator<Item = u64> {
+    (1..=23).map(|e| 1u64 << e)
+}
+
+/// Every processor monitor's remote fault latency as a Prometheus
+/// histogram (cumulative buckets, `_sum` in seconds, `_count`).
+fn fault_histogram(components: &[lego_wire::control::ComponentInfo]) -> String {
+    let name = "lego_processor_remote_fault_latency_seconds";
+    let mut out = format!(
+        "# HELP {name} Time from a page fault to its page in place, for faults served by a memory monitor.\n# TYPE {name} histogram\n"
+    );
+    for comp in components
+        .iter()
+        .filter(|c| c.role == lego_wire::Role::Processor)
+    {
+        let labels = format!("id=\"{}\",role=\"{}\"", comp.id, comp.role);
+        let mids: Vec<(u64, u64)> = comp
+            .counters
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(HIST_PREFIX)?.parse().ok()?, *v)))
+            .collect();
+        for le in bounds_us() {
+            let count: u64 = mids
+                .iter()
+                .filter(|(mid, _)| *mid < le)
+                .map(|(_, n)| n)
+                .sum();
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{}\"}} {count}",
+                le as f64 / 1e6
+            );
+        }
+        let all: u64 = mids.iter().map(|(_, n)| n).sum();
+        let ns = comp
+            .counters
+            .get("rt_remote_fault_ns_total")
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {all}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {all}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use lego_wire::control::ComponentInfo;
+    use lego_wire::{Health, Role};
+
+    #[test]
+    fn the_fault_histogram_is_cumulative_and_counts_every_fault() {
+        let counters: BTreeMap<String, u64> = [
+            ("rt_remote_fault_hist_us_23", 5),
+            ("rt_remote_fault_hist_us_27", 2),
+            ("rt_remote_fault_hist_us_300", 1),
+            ("rt_remote_fault_ns_total", 400_000),
+            ("rt_faults_fetched_total", 8),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let comp = ComponentInfo {
+            id: 7,
+            role: Role::Processor,
+            addr: "a".into(),
+            health: Health::Alive,
+            capacity: 0,
+            used: 0,
+            last_heard_ms_ago: 0,
+            counters,
+            vips: vec![],
+            drain: None,
+        };
+        let h = super::fault_histogram(&[comp]);
+        let get = |le: &str| -> u64 {
+            let key = format!("_bucket{{id=\"7\",role=\"processor\",le=\"{le}\"}} ");
+            let line = h
+                .lines()
+                .find(|l| l.contains(&key))
+                .unwrap_or_else(|| panic!("{le}: {h}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert_eq!(get("0.000016"), 0);
+        assert_eq!(get("0.000032"), 7);
+        assert_eq!(get("0.000256"), 7);
+        assert_eq!(get("0.000512"), 8);
+        assert_eq!(get("+Inf"), 8);
+        assert!(
+            h.contains("_sum{id=\"7\",role=\"processor\"} 0.0004\n"),
+            "{h}"
+        );
+        assert!(h.contains("_count{id=\"7\",role=\"processor\"} 8\n"), "{h}");
+        assert!(h.contains("# TYPE lego_processor_remote_fault_latency_seconds histogram"));
+    }
 }

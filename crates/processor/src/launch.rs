@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::enter::Confine;
 use crate::job::Job;
 use crate::mounts::MountPlan;
-use crate::shared::{ServiceConfig, Shared};
+use crate::shared::{RtCounter, ServiceConfig, Shared};
 use crate::spawn::{program_env, spawn, EnterVia, RuntimeEnv};
 use crate::{chain, human, ProcessorError};
 
@@ -469,7 +469,15 @@ pub(crate) fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
         job.argv.join(" ")
     );
     job.log_quota_refusals(&counters);
+    // Its totals move to the finished jobs' in the same step as it ends.
+    let mut finished = lock(&shared.finished_rt);
+    for (k, v) in counters {
+        if RtCounter::of(&k) == RtCounter::Total {
+            *finished.entry(k).or_default() += v;
+        }
+    }
     job.finish(code);
+    drop(finished);
 }
 
 /// Where job `id`'s root is built (empty on the host: the root is a tmpfs

@@ -30,7 +30,7 @@ use crate::job::Job;
 use crate::launch::reap_spaces;
 use crate::manager::ManagerLink;
 pub use crate::shared::ServiceConfig;
-use crate::shared::{Counters, Shared};
+use crate::shared::{Counters, RtCounter, Shared};
 use crate::{chain, ProcessorError};
 
 /// How long a finished job's exit code and counters are kept for a client
@@ -59,6 +59,7 @@ impl ProcessorService {
                 counters: Counters::default(),
                 vnets: crate::vnet::Vnets::new(),
                 published: Mutex::new(BTreeMap::new()),
+                finished_rt: Mutex::new(BTreeMap::new()),
             }),
             server: OnceLock::new(),
         }
@@ -74,11 +75,15 @@ impl ProcessorService {
         lock(&self.shared.jobs).values().cloned().collect()
     }
 
-    /// The monitor's counters, and the runtime counters of running jobs
-    /// summed as `rt_NAME`.
+    /// The monitor's counters, and the runtime counters of its jobs as
+    /// `rt_NAME_total` (running and finished jobs: they only grow) or
+    /// `rt_NAME` (levels of the running jobs), see [`RtCounter`].
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let c = &self.shared.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Held while the running jobs are read: a job's end moves its
+        // counters into it under the same lock (each job counted once).
+        let finished = lock(&self.shared.finished_rt);
         let jobs = self.jobs();
         let running: Vec<&Arc<Job>> = jobs.iter().filter(|j| j.running()).collect();
         let granted = self.granted();
@@ -96,9 +101,15 @@ impl ProcessorService {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        for (k, v) in finished.iter() {
+            *m.entry(RtCounter::exported(k)).or_default() += v;
+        }
+        drop(finished);
         for j in running {
-            for (k, v) in j.counters().into_iter().filter(|(k, _)| additive(k)) {
-                *m.entry(format!("rt_{k}")).or_default() += v;
+            for (k, v) in j.counters() {
+                if RtCounter::of(&k) != RtCounter::Skip {
+                    *m.entry(RtCounter::exported(&k)).or_default() += v;
+                }
             }
         }
         if let Some(sc) = self.server.get() {
@@ -178,16 +189,6 @@ impl ProcessorService {
             .cloned()
             .ok_or(ProcessorError::NoSuchJob(id))
     }
-}
-
-/// Whether a runtime counter means something summed over jobs (an address
-/// space id or a percentile does not; a histogram's buckets are left to
-/// the job's own counters).
-fn additive(name: &str) -> bool {
-    name != "asid"
-        && !name.contains("_p50")
-        && !name.contains("_p99")
-        && !name.starts_with("remote_fault_hist_us_")
 }
 
 impl Handler for ProcessorService {

@@ -170,103 +170,24 @@ pub fn text(r: &Results) -> String {
     o
 }
 
-/// A line chart: `series` of (label, colour, points), y from 0 to `y_max`.
+/// A line chart over the simulated hours: `series` of (label, colour,
+/// points), y from 0 to `y_max` ([`lego_plot`]).
 fn chart(title: &str, y_label: &str, x_max: f64, y_max: f64, series: &[Series]) -> String {
-    let (w, h, l, r, t, b) = (720.0, 400.0, 70.0, 20.0, 40.0, 50.0);
-    let x = |v: f64| l + (w - l - r) * v / x_max.max(1e-9);
-    let y = |v: f64| h - b - (h - t - b) * v / y_max.max(1e-9);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="15">{}</text>"#,
-        w / 2.0,
-        esc(title)
-    );
-    for i in 0..=4 {
-        let v = y_max * i as f64 / 4.0;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{l}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
-            w - r,
-            y(v),
-            y(v),
-            l - 6.0,
-            y(v) + 4.0,
-            fmt_tick(v)
-        );
-    }
-    for i in 0..=6 {
-        let v = x_max * i as f64 / 6.0;
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#,
-            x(v),
-            h - b + 18.0,
-            v
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">hours</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">{}</text>"#,
-        (l + w - r) / 2.0,
-        h - 10.0,
-        h / 2.0,
-        h / 2.0,
-        esc(y_label)
-    );
-    let _ = writeln!(
-        s,
-        r#"<line x1="{l}" x2="{l}" y1="{t}" y2="{}" stroke="black"/><line x1="{l}" x2="{}" y1="{}" y2="{}" stroke="black"/>"#,
-        h - b,
-        w - r,
-        h - b,
-        h - b
-    );
-    for (i, (label, colour, pts)) in series.iter().enumerate() {
-        let d: Vec<String> = pts
+    lego_plot::Chart {
+        title: title.into(),
+        x_label: "hours".into(),
+        y_label: y_label.into(),
+        x_range: Some((0.0, x_max)),
+        y_max: Some(y_max),
+        series: series
             .iter()
-            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline class="series" data-label="{}" fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-            esc(label),
-            d.join(" ")
-        );
-        let ly = t + 8.0 + 16.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
-            l + 12.0,
-            l + 32.0,
-            l + 38.0,
-            ly + 4.0,
-            esc(label)
-        );
+            .map(|(label, colour, pts)| {
+                lego_plot::Series::new(label.clone(), pts.clone()).coloured(colour)
+            })
+            .collect(),
+        ..lego_plot::Chart::default()
     }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn fmt_tick(v: f64) -> String {
-    if v >= 10_000.0 {
-        format!("{:.0}k", v / 1000.0)
-    } else if v >= 10.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    .render()
 }
 
 /// Writes `admitted.svg`, `utilisation.svg`, `stranded.svg` and
