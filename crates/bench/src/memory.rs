@@ -35,6 +35,11 @@ pub struct MemoryBenchArgs {
     pub placement: Option<PlacementArg>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Also draw the run as SVG charts in DIR: each measurement's latency
+    /// distribution (`memory-latency.svg`) and pages a second
+    /// (`memory-throughput.svg`)
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// What one row measures.
@@ -80,6 +85,8 @@ struct Row {
     p50: f64,
     p99: f64,
     pages_per_s: f64,
+    /// The latency distribution (µs, % at or below), when kept.
+    cdf: Vec<(f64, f64)>,
 }
 
 impl Row {
@@ -90,6 +97,7 @@ impl Row {
             p50: lat.percentile_us(50.0),
             p99: lat.percentile_us(99.0),
             pages_per_s,
+            cdf: lat.cdf(50),
         }
     }
 }
@@ -203,6 +211,11 @@ pub fn run(a: MemoryBenchArgs) -> Result<()> {
         rows.extend(fill_and_measure(&a, &client, asid)?);
     }
     report(&rows);
+    if let Some(dir) = &a.plot {
+        for p in plot(dir, &rows)? {
+            println!("plot: {}", p.display());
+        }
+    }
     let rel = mgr
         .call(&ReleaseSpaceReq { asid, job: None })
         .call_for(asked("release the address space"))?;
@@ -233,6 +246,7 @@ fn bare_rows(a: &MemoryBenchArgs, placement: &Placement) -> Result<Vec<Row>> {
             p50: r.p50_us,
             p99: r.p99_us,
             pages_per_s: r.per_s,
+            cdf: Vec::new(),
         });
     }
     Ok(rows)
@@ -312,6 +326,83 @@ fn fill_and_measure(a: &MemoryBenchArgs, client: &Client, asid: Asid) -> Result<
     let (mut lat, tput) = pipelined(client, Op::ReadPages, 1, ops / 16, 16, batch, |_, _| Ok(()))?;
     rows.push(Row::of(Measure::ReadBatch16, sealed, &mut lat, tput));
     Ok(rows)
+}
+
+impl Row {
+    /// Its name in the charts.
+    fn name(&self) -> String {
+        let link = if self.sealed { "sealed" } else { "plain" };
+        match self.what {
+            Measure::BareRtt { .. } => self.what.label().to_string(),
+            m => format!("{}, {} in flight, {link}", m.label(), m.in_flight()),
+        }
+    }
+}
+
+/// Writes `memory-latency.svg` (one series per measurement) and
+/// `memory-throughput.svg` (pages a second, a bar per link).
+fn plot(dir: &std::path::Path, rows: &[Row]) -> Result<Vec<std::path::PathBuf>> {
+    use lego_plot::{Chart, Series};
+
+    use crate::IoContext;
+    let latency = Chart {
+        title: "Memory monitor request latency".into(),
+        x_label: "µs (log scale)".into(),
+        y_label: "% of requests at or below".into(),
+        x_log2: true,
+        y_max: Some(100.0),
+        series: rows
+            .iter()
+            .filter(|r| !r.cdf.is_empty())
+            .map(|r| Series::new(r.name(), r.cdf.clone()))
+            .collect(),
+        ..Chart::default()
+    };
+    let ops: Vec<Measure> = rows.iter().fold(Vec::new(), |mut v, r| {
+        if !v.contains(&r.what) {
+            v.push(r.what);
+        }
+        v
+    });
+    let name = |m: Measure| match m {
+        Measure::BareRtt { polled: false } => "bare TCP".to_string(),
+        Measure::BareRtt { polled: true } => "bare, polled".to_string(),
+        Measure::Read { depth } => format!("read x{depth}"),
+        Measure::Write { depth } => format!("write x{depth}"),
+        Measure::ReadBatch16 => "16-page read".to_string(),
+    };
+    let mut series: Vec<Series> = Vec::new();
+    for r in rows {
+        let link = match (r.what, r.sealed) {
+            (Measure::BareRtt { .. }, _) => "bare TCP",
+            (_, true) => "sealed link",
+            (_, false) => "plaintext link",
+        };
+        let i = ops.iter().position(|m| *m == r.what).unwrap_or(0) as f64;
+        match series.iter_mut().find(|s| s.label == link) {
+            Some(s) => s.points.push((i, r.pages_per_s)),
+            None => series.push(Series::new(link, vec![(i, r.pages_per_s)])),
+        }
+    }
+    let throughput = Chart {
+        title: "Pages a second (requests a second for bare TCP)".into(),
+        x_label: "measurement (xN: N requests in flight)".into(),
+        y_label: "pages a second".into(),
+        categories: ops.into_iter().map(name).collect(),
+        series,
+        ..Chart::default()
+    };
+    std::fs::create_dir_all(dir).io(|| format!("cannot create {}", dir.display()))?;
+    let mut out = Vec::new();
+    for (file, chart) in [
+        ("memory-latency.svg", latency),
+        ("memory-throughput.svg", throughput),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, chart.render()).io(|| format!("cannot write {}", path.display()))?;
+        out.push(path);
+    }
+    Ok(out)
 }
 
 fn report(rows: &[Row]) {

@@ -38,6 +38,26 @@ impl Samples {
     }
 }
 
+impl Samples {
+    /// The distribution as `n` + 1 points (µs, % of samples at or below).
+    pub fn cdf(&mut self, n: usize) -> Vec<(f64, f64)> {
+        if self.ns.is_empty() {
+            return Vec::new();
+        }
+        self.ns.sort_unstable();
+        let last = self.ns.len() - 1;
+        (0..=n)
+            .map(|i| {
+                let at = (last * i).div_ceil(n.max(1));
+                (
+                    self.ns[at] as f64 / 1000.0,
+                    100.0 * (at + 1) as f64 / self.ns.len() as f64,
+                )
+            })
+            .collect()
+    }
+}
+
 /// A tiny deterministic generator for benchmark access patterns.
 pub struct XorShift(pub u64);
 

@@ -31,6 +31,10 @@ pub struct StorageBenchArgs {
     /// Where threads run [default: split when there are two CPUs or more]
     #[arg(long, value_enum, value_name = "HOW")]
     pub placement: Option<PlacementArg>,
+    /// Also draw the run as an SVG chart in DIR (`storage.svg`: each
+    /// phase's rate through the vNode's mount as a share of the local disk's)
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 const PHASES: [(&str, &str); 5] = [
@@ -67,6 +71,34 @@ fn rate(r: &Result1, phase: &str) -> f64 {
     } else {
         per_s
     }
+}
+
+/// Writes `storage.svg`: a bar per phase and configuration, as % of the
+/// local disk's rate.
+fn plot(dir: &std::path::Path, local: &Result1, lego: &Result1) -> Result<std::path::PathBuf> {
+    use lego_plot::{Chart, Series};
+    let share = |r: &Result1| -> Vec<(f64, f64)> {
+        PHASES
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| (i as f64, 100.0 * rate(r, p) / rate(local, p)))
+            .collect()
+    };
+    let chart = Chart {
+        title: "File operations through a vNode's mount, against the local disk".into(),
+        x_label: "phase".into(),
+        y_label: "% of the local disk's rate".into(),
+        categories: PHASES.iter().map(|(_, l)| l.to_string()).collect(),
+        series: vec![
+            Series::new("local disk", share(local)),
+            Series::new("lego vNode mount", share(lego)),
+        ],
+        ..Chart::default()
+    };
+    std::fs::create_dir_all(dir).io(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("storage.svg");
+    std::fs::write(&path, chart.render()).io(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 fn fs_of(path: &std::path::Path) -> String {
@@ -195,6 +227,10 @@ pub fn run(a: StorageBenchArgs) -> Result<()> {
             "{:>20}",
             format!("{:.2}x", rate(&lego, p) / rate(&local, p))
         );
+    }
+    if let Some(dir) = &a.plot {
+        let path = plot(dir, &local, &lego)?;
+        println!("\nplot: {}", path.display());
     }
     println!(
         "\n\nreads on both rows come from the host's page cache (the file was just written; \

@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// evictions, bytes moved, ...) to stderr
     #[arg(long)]
     pub stats: bool,
+    /// With --stats, also print the buckets of the remote fault latency
+    /// histogram (`remote_fault_hist_us_MID  COUNT`, MID the bucket's
+    /// midpoint in µs)
+    #[arg(long, requires = "stats")]
+    pub stats_histogram: bool,
     /// Do not share this working directory with the program: it starts in
     /// its vNode's /data (or /). By default the directory is visible to the
     /// program read-only, at the same path
@@ -488,7 +493,7 @@ fn run(a: RunArgs, sig: &Arc<Mutex<SignalState>>) -> Result<i32, Failure> {
     relay_stdin(place.addr.clone(), target.secret.clone(), job);
     let code = relay_output(&main, &ctl, job, &place.addr)?;
     if a.stats {
-        print_stats(&main, job, launched.excache);
+        print_stats(&main, job, launched.excache, a.stats_histogram);
     }
     Ok(code)
 }
@@ -581,7 +586,7 @@ fn relay_output(main: &Client, ctl: &Client, job: u64, addr: &str) -> Result<i32
 }
 
 /// `--stats`: the runtime's final counters, as a table on stderr.
-fn print_stats(main: &Client, job: u64, quota: u64) {
+fn print_stats(main: &Client, job: u64, quota: u64, histogram: bool) {
     let jobs = match main.call(&JobsReq) {
         Ok(j) => j,
         Err(e) => {
@@ -595,8 +600,9 @@ fn print_stats(main: &Client, job: u64, quota: u64) {
         .map(|j| j.counters)
         .unwrap_or_default()
         .into_iter()
-        // The fault histogram's buckets: summed up by the percentiles.
-        .filter(|(k, _)| !k.starts_with("remote_fault_hist_us_"))
+        // The fault histogram's buckets: summed up by the percentiles,
+        // unless asked for.
+        .filter(|(k, _)| histogram || !k.starts_with("remote_fault_hist_us_"))
         .collect();
     let mut o = std::io::stderr().lock();
     if counters.is_empty() {

@@ -3,6 +3,9 @@
 //! write. Each series is one `<polyline class="series" data-label="...">`
 //! (with a `<circle class="point">` per point when asked), so a test reads
 //! a chart back by its labels. The x axis is linear or log2; y starts at 0.
+//! A chart with categories draws grouped bars instead: each series is one
+//! `<g class="series" data-label="...">` of `<rect class="bar">`, a bar
+//! per category (a point's x is its category's index).
 #![forbid(unsafe_code)]
 
 use std::fmt::Write;
@@ -51,6 +54,8 @@ pub struct Chart {
     pub y_max: Option<f64>,
     /// A dot on every point (for series of a few points).
     pub markers: bool,
+    /// Names along x: grouped bars, not lines.
+    pub categories: Vec<String>,
     pub series: Vec<Series>,
 }
 
@@ -77,11 +82,24 @@ pub fn fmt_tick(v: f64) -> String {
     }
 }
 
+/// A round step (1, 2 or 5 times a power of ten) for about `n` ticks over `span`.
+pub fn nice_step(span: f64, n: f64) -> f64 {
+    let raw = (span / n).max(1e-12);
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * p)
+}
+
 impl Chart {
     /// The chart as an SVG document.
     pub fn render(&self) -> String {
         let (w, h, l, r, t, b) = (720.0, 400.0, 70.0, 24.0, 40.0, 50.0);
         let all = || self.series.iter().flat_map(|s| s.points.iter());
+        let bars = !self.categories.is_empty();
+        let n_cat = self.categories.len() as f64;
         let fx = |v: f64| if self.x_log2 { v.max(1e-12).log2() } else { v };
         let (x0, x1) = self
             .x_range
@@ -95,10 +113,16 @@ impl Chart {
                     false => (0.0, 1.0),
                 }
             });
-        let y_max = self
-            .y_max
-            .unwrap_or_else(|| all().map(|p| p.1).fold(0.0, f64::max) * 1.05)
-            .max(1e-9);
+        // Unless given, the top of y is the next round tick above the data.
+        let y_max = self.y_max.unwrap_or_else(|| {
+            let top = all().map(|p| p.1).fold(0.0, f64::max).max(1e-9);
+            let step = nice_step(top, 4.0);
+            (top / step).ceil() * step
+        });
+        let y_step = match self.y_max {
+            Some(m) => m / 4.0,
+            None => nice_step(y_max, 4.0),
+        };
         let x = |v: f64| l + (w - l - r) * (fx(v) - x0) / (x1 - x0).max(1e-12);
         let y = |v: f64| h - b - (h - t - b) * v / y_max;
         let mut s = String::new();
@@ -114,8 +138,9 @@ impl Chart {
             w / 2.0,
             esc(&self.title)
         );
-        for i in 0..=4 {
-            let v = y_max * i as f64 / 4.0;
+        let y_ticks = (y_max / y_step).round() as usize;
+        for i in 0..=y_ticks {
+            let v = y_step * i as f64;
             let _ = writeln!(
                 s,
                 r##"<line x1="{l}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -127,7 +152,17 @@ impl Chart {
                 fmt_tick(v)
             );
         }
+        for (i, name) in self.categories.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+                x(i as f64),
+                h - b + 18.0,
+                esc(name)
+            );
+        }
         let ticks: Vec<f64> = match self.x_log2 {
+            _ if bars => Vec::new(),
             true => {
                 let (a, z) = (x0.floor() as i32, x1.ceil() as i32);
                 let step = ((z - a) / 8).max(1);
@@ -137,7 +172,12 @@ impl Chart {
                     .filter(|v| (x0..=x1).contains(&v.log2()))
                     .collect()
             }
-            false => (0..=6).map(|i| x0 + (x1 - x0) * i as f64 / 6.0).collect(),
+            false => {
+                let step = nice_step(x1 - x0, 6.0);
+                let first = (x0 / step).ceil() as i64;
+                let last = (x1 / step).floor() as i64;
+                (first..=last).map(|i| i as f64 * step).collect()
+            }
         };
         for v in ticks {
             let _ = writeln!(
@@ -168,17 +208,39 @@ impl Chart {
         );
         for (i, se) in self.series.iter().enumerate() {
             let colour = se.colour.unwrap_or(COLOURS[i % COLOURS.len()]);
+            if bars {
+                let n = self.series.len().max(1) as f64;
+                let slot = (w - l - r) / n_cat.max(1.0) * 0.8 / n;
+                let _ = writeln!(
+                    s,
+                    r#"<g class="series" data-label="{}" fill="{colour}">"#,
+                    esc(&se.label)
+                );
+                for (a, v) in &se.points {
+                    let left = x(*a) - slot * n / 2.0 + slot * i as f64;
+                    let _ = writeln!(
+                        s,
+                        r#"<rect class="bar" x="{left:.1}" y="{:.1}" width="{:.1}" height="{:.1}"/>"#,
+                        y(*v),
+                        slot * 0.9,
+                        (y(0.0) - y(*v)).max(0.0)
+                    );
+                }
+                s.push_str("</g>\n");
+            }
             let d: Vec<String> = se
                 .points
                 .iter()
                 .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
                 .collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline class="series" data-label="{}" fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-                esc(&se.label),
-                d.join(" ")
-            );
+            if !bars {
+                let _ = writeln!(
+                    s,
+                    r#"<polyline class="series" data-label="{}" fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                    esc(&se.label),
+                    d.join(" ")
+                );
+            }
             if self.markers {
                 for (a, b) in &se.points {
                     let _ = writeln!(
@@ -252,6 +314,45 @@ mod tests {
         let svg = c.render();
         for t in ["4", "16", "64", "256", "1024"] {
             assert!(svg.contains(&format!(">{t}</text>")), "{t}: {svg}");
+        }
+    }
+
+    #[test]
+    fn categories_make_one_group_of_bars_per_series() {
+        let c = Chart {
+            categories: vec!["a".into(), "b".into(), "c".into()],
+            series: vec![
+                Series::new("local", vec![(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]),
+                Series::new("lego", vec![(0.0, 0.5), (1.0, 1.0), (2.0, 1.5)]),
+            ],
+            ..Chart::default()
+        };
+        let svg = c.render();
+        assert_eq!(svg.matches("class=\"series\"").count(), 2);
+        assert_eq!(svg.matches("class=\"bar\"").count(), 6);
+        assert!(!svg.contains("<polyline"));
+        assert!(svg.contains(">b</text>"));
+    }
+
+    #[test]
+    fn ticks_are_round_numbers() {
+        assert_eq!(nice_step(105.0, 6.0), 20.0);
+        assert_eq!(nice_step(16.0, 4.0), 5.0);
+        assert_eq!(nice_step(0.3, 4.0), 0.1);
+        let c = Chart {
+            x_range: Some((0.0, 105.0)),
+            series: vec![Series::new("s", vec![(25.0, 15.3), (100.0, 1.2)])],
+            ..Chart::default()
+        };
+        let svg = c.render();
+        for t in [
+            ">0</text>",
+            ">20</text>",
+            ">100</text>",
+            ">15</text>",
+            ">20</text>",
+        ] {
+            assert!(svg.contains(t), "{t}: {svg}");
         }
     }
 

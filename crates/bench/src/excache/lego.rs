@@ -112,7 +112,13 @@ pub(super) fn run_job(
     cmd.arg("run")
         .arg("--dir")
         .arg(&cluster.opts.dir)
-        .args(["--vnode", vnode, "--stats", "--excache"])
+        .args([
+            "--vnode",
+            vnode,
+            "--stats",
+            "--stats-histogram",
+            "--excache",
+        ])
         .arg(quota.to_string())
         .arg("--");
     job.append_to(&mut cmd);

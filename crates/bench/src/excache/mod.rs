@@ -24,6 +24,7 @@
 //! and under lego and swap (zram, file) at 50% and 25% of its working set.
 
 mod lego;
+pub mod plot;
 pub mod programs;
 pub mod report;
 mod squeeze;
@@ -179,6 +180,11 @@ pub struct ExcacheBenchArgs {
     /// every link rate, in one table. Programs run with the first only
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [lego_cluster::Encrypt::Auto], value_name = "WHEN")]
     pub encrypt: Vec<lego_cluster::Encrypt>,
+    /// Also draw the run as SVG charts in DIR: slowdown against the
+    /// ExCache share for every configuration, fault latency distributions,
+    /// throughput over time
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
 }
 
 /// One cluster the lego rows run on: its link rate and sealing.
@@ -354,6 +360,17 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
         floor: &floor,
     };
     report.print();
+    if let Some(dir) = &a.plot {
+        let work = plot::Work {
+            words: b.size / 8,
+            forward_passes: a.forward_passes,
+            backward_passes: a.backward_passes,
+            reads: b.reads,
+        };
+        for p in plot::write(dir, &rows, &work)? {
+            println!("plot: {}", p.display());
+        }
+    }
     let mut wrong: Vec<String> = report.check_checksums();
     wrong.extend(programs::print(&progs));
     summary::print_cleanup(
