@@ -209,11 +209,11 @@ pub fn view(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortBy) -> View {
         .filter(|c| c.health == Health::Alive)
         .count();
     let header = format!(
-        "lego top: manager {} ({}) | {} components, {} alive | {} vNodes | {} vRegions | {} jobs",
+        "lego top: {} {} | {}/{} alive | {} vNodes | {} vRegions | {} jobs",
         st.manager.addr,
         st.manager.store.as_deref().unwrap_or("redb"),
-        st.components.len(),
         alive,
+        st.components.len(),
         st.vnodes.len(),
         st.vregions.len(),
         jobs.len()

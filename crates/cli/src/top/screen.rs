@@ -129,7 +129,7 @@ fn draw(f: &mut Frame, view: Option<&View>, ui: &Ui, error: Option<&str>) {
         return;
     };
     let comp_h = (v.comps.len() as u16 + 1).min(7) + 2;
-    let bottom_h = if ui.histogram { 10 } else { 6 };
+    let bottom_h = if ui.histogram { 12 } else { 6 };
     let [head, comps, jobs, bottom, help] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(comp_h),
@@ -218,7 +218,15 @@ fn draw_histogram(f: &mut Frame, v: &View, ui: &Ui, area: Rect) {
     let Some(j) = v.jobs.iter().find(|j| Some(j.id) == ui.picked) else {
         return;
     };
-    let o = octaves(&j.hist);
+    let mut o = octaves(&j.hist);
+    // Too many octaves for the box: the slowest share one line.
+    let keep = area.height.saturating_sub(2) as usize;
+    if o.len() > keep && keep > 1 {
+        let tail: u64 = o[keep - 1..].iter().map(|(_, _, n)| n).sum();
+        let (lo, hi) = (o[keep - 1].0, o[o.len() - 1].1);
+        o.truncate(keep - 1);
+        o.push((lo, hi, tail));
+    }
     let total: u64 = o.iter().map(|(_, _, n)| n).sum();
     let most = o.iter().map(|(_, _, n)| *n).max().unwrap_or(0).max(1);
     let width = area.width.saturating_sub(30) as u64;
@@ -237,17 +245,14 @@ fn draw_histogram(f: &mut Frame, v: &View, ui: &Ui, area: Rect) {
     if ls.is_empty() {
         ls.push("no remote fault yet".into());
     }
-    let keep = area.height.saturating_sub(2) as usize;
-    let skip = ls.len().saturating_sub(keep);
     let title = format!(
-        " fault latency of job {} in vNode {} ({} remote faults since it started) ",
+        " fault latency of job {} (vNode {}): {} remote faults ",
         text::short_id(j.id),
         j.vnode,
         total
     );
     f.render_widget(
-        Paragraph::new(lines(ls.into_iter().skip(skip).collect()))
-            .block(Block::bordered().title(title)),
+        Paragraph::new(lines(ls)).block(Block::bordered().title(title)),
         area,
     );
 }
