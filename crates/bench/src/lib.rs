@@ -24,7 +24,7 @@ mod manager;
 mod memory;
 mod migrate;
 pub(crate) mod placement;
-mod progress;
+pub mod progress;
 mod rtt;
 pub mod stats;
 mod storage;

@@ -1,7 +1,7 @@
 //! Saying what a long run is doing: on a terminal, a spinner (or a bar with
-//! an ETA, for runs of known length) under the output, with the step's
-//! name and how long it has taken; elsewhere (logs, CI), one line per step
-//! on stderr.
+//! an ETA, for runs of known length or known work: a chaos run, a drain,
+//! re-replication) under the output, with the step's name and how long it
+//! has taken; elsewhere (logs, CI), one line per step on stderr.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -44,6 +44,39 @@ impl Progress {
             b
         });
         Progress { bar, prefix }
+    }
+
+    /// Work of `total` things (copies to move, vRegions to repair): a bar
+    /// with how many are done, the rate and the time left.
+    pub fn counted(prefix: &'static str, total: u64, unit: &'static str) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(total.max(1));
+            b.set_style(
+                ProgressStyle::with_template(&format!(
+                    "{{prefix}}: [{{bar:30}}] {{pos}}/{{len}} {unit}, {{per_sec}}, {{eta}} left: {{wide_msg}}"
+                ))
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            b.set_prefix(prefix);
+            b.enable_steady_tick(Duration::from_millis(500));
+            b
+        });
+        Progress { bar, prefix }
+    }
+
+    /// How far counted work is (`total` may grow as more work is found).
+    pub fn count(&self, done: u64, total: u64, msg: impl Into<String>) {
+        if let Some(b) = &self.bar {
+            b.set_length(total.max(1));
+            b.set_position(done);
+            b.set_message(msg.into());
+        }
+    }
+
+    /// Whether it draws on a terminal (else the caller prints lines).
+    pub fn on_terminal(&self) -> bool {
+        self.bar.is_some()
     }
 
     /// A new step starts.

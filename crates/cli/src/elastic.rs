@@ -91,9 +91,12 @@ pub fn memory(cmd: MemoryCmd) -> Result<()> {
     Ok(())
 }
 
-/// Prints the drain's progress every second until the monitor is empty.
+/// Shows the drain's progress until the monitor is empty: a bar with the
+/// copies moved, their rate and the time left on a terminal, else a line
+/// a second.
 fn wait_drained(target: &lego_cluster::dir::Target, id: u64) -> Result<()> {
     let started = Instant::now();
+    let bar = lego_bench::progress::Progress::counted("drain", 0, "copies");
     loop {
         let st = target
             .connect()?
@@ -105,6 +108,7 @@ fn wait_drained(target: &lego_cluster::dir::Target, id: u64) -> Result<()> {
             anyhow::bail!("memory monitor {id} was undrained");
         };
         if d.copies == 0 {
+            bar.finish();
             println!(
                 "memory monitor {id} is empty after {:.1} s: {} copies, {} moved; it can be stopped",
                 started.elapsed().as_secs_f64(),
@@ -113,15 +117,29 @@ fn wait_drained(target: &lego_cluster::dir::Target, id: u64) -> Result<()> {
             );
             return Ok(());
         }
-        println!(
-            "  {} copies left, {} copies ({}) moved, {}/s{}",
-            d.copies,
-            d.copies_moved,
-            human(d.bytes_moved),
-            human(d.rate),
-            d.eta_s
-                .map_or(String::new(), |s| format!(", about {s} s to go"))
-        );
+        match bar.on_terminal() {
+            true => bar.count(
+                d.copies_moved,
+                d.copies_moved + d.copies,
+                format!(
+                    "{} moved at {}/s{}",
+                    human(d.bytes_moved),
+                    human(d.rate),
+                    d.eta_s.map_or(String::new(), |s| format!(
+                        ", the manager expects {s} s more"
+                    ))
+                ),
+            ),
+            false => println!(
+                "  {} copies left, {} copies ({}) moved, {}/s{}",
+                d.copies,
+                d.copies_moved,
+                human(d.bytes_moved),
+                human(d.rate),
+                d.eta_s
+                    .map_or(String::new(), |s| format!(", about {s} s to go"))
+            ),
+        }
         std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -2,6 +2,7 @@
 //! alive processor monitor runs (asked of the processor monitors directly).
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
@@ -21,6 +22,11 @@ pub struct StatusArgs {
     /// Print the raw cluster state as JSON
     #[arg(long)]
     pub json: bool,
+    /// Then wait until every vRegion is healthy again (re-replications
+    /// after a failure done), showing their progress; fails if vRegions are
+    /// lost or SECS pass
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "600")]
+    pub wait_healthy: Option<u64>,
 }
 
 /// The jobs of one processor monitor, or why they could not be read.
@@ -74,7 +80,58 @@ pub fn run(a: StatusArgs) -> Result<()> {
         print!("{}", render(&st));
         print!("{}", render_jobs(&jobs));
     }
-    Ok(())
+    match a.wait_healthy {
+        Some(secs) => wait_healthy(&target, Duration::from_secs(secs)),
+        None => Ok(()),
+    }
+}
+
+/// Waits until no vRegion is degraded: a bar of the vRegions repaired (of
+/// the most seen degraded), their rate and the time left on a terminal,
+/// else a line every 2 s.
+fn wait_healthy(target: &lego_cluster::dir::Target, limit: Duration) -> Result<()> {
+    let started = Instant::now();
+    let bar = lego_bench::progress::Progress::counted("re-replication", 0, "vRegions");
+    let mut most = 0;
+    let mut said = Instant::now() - Duration::from_secs(10);
+    loop {
+        let st = target.manager().call(&ClusterStateReq)?;
+        let count = |s: VRegionState| st.vregions.iter().filter(|v| v.state == s).count() as u64;
+        let (degraded, lost) = (count(VRegionState::Degraded), count(VRegionState::Lost));
+        most = most.max(degraded);
+        if lost > 0 {
+            bar.finish();
+            anyhow::bail!("{lost} vRegions are lost (no copy left): they cannot be re-replicated");
+        }
+        if degraded == 0 {
+            bar.finish();
+            println!(
+                "every vRegion is healthy ({} repaired while waiting, {:.1} s)",
+                most,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            bar.finish();
+            anyhow::bail!(
+                "{degraded} vRegions still degraded after {} s",
+                limit.as_secs()
+            );
+        }
+        match bar.on_terminal() {
+            true => bar.count(most - degraded, most, format!("{degraded} degraded")),
+            false if said.elapsed() >= Duration::from_secs(2) => {
+                said = Instant::now();
+                println!(
+                    "  {degraded} vRegions degraded, {} repaired",
+                    most - degraded
+                );
+            }
+            false => {}
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// `lego dashboard`: the dashboard's address with the token that opens it.
@@ -186,7 +243,7 @@ pub fn render(st: &ClusterState) -> String {
     if let Some(h) = &m.http {
         let _ = writeln!(
             o,
-            "          http://{h}/metrics  http://{h}/state (token: lego http-token)"
+            "          http://{h}/metrics  http://{h}/state (token: lego http-token)  dashboard: lego dashboard"
         );
     }
     if let Some(store) = m.store.as_deref().filter(|s| s.starts_with("etcd")) {

@@ -80,6 +80,11 @@ fn a_killed_memory_monitor_is_replaced_while_the_program_runs() {
         },
     );
     let took = killed.elapsed();
+    // What an operator waits on: every vRegion healthy again.
+    let waited = c.cli(&["status", "--wait-healthy", "30"]);
+    let said = String::from_utf8_lossy(&waited.stdout);
+    assert!(waited.status.success(), "{said}");
+    assert!(said.contains("every vRegion is healthy"), "{said}");
     let (status, out, err) = finish(run, Duration::from_secs(240));
     assert!(status.success(), "{status}: {err}");
     assert!(
