@@ -561,12 +561,12 @@ fn the_benches_plot_valid_svg_with_one_series_per_configuration() {
         "--rtt-ops",
         "2000",
         "--configs",
-        "lego100,lego50,lego25,zram",
+        "lego100,lego50,lego25,loop",
     ]);
     assert!(out.contains(&format!("plot: {d}/slowdown.svg")), "{out}");
     let mut slowdown = svg_series(&dir.path().join("slowdown.svg"));
     slowdown.sort();
-    assert_eq!(slowdown, ["cgroup + swap on zram", "lego"]);
+    assert_eq!(slowdown, ["cgroup + swap on loop/tmpfs", "lego"]);
     let svg = std::fs::read_to_string(dir.path().join("slowdown.svg")).unwrap();
     assert_eq!(
         svg.matches("class=\"point\" data-label=\"lego\"").count(),
@@ -590,7 +590,7 @@ fn the_benches_plot_valid_svg_with_one_series_per_configuration() {
             "lego, ExCache 100%",
             "lego, ExCache 50%",
             "lego, ExCache 25%",
-            "cgroup 25%, swap on zram"
+            "cgroup 25%, swap on loop/tmpfs"
         ]
     );
 
