@@ -196,20 +196,26 @@ fn draw_jobs(f: &mut Frame, v: &View, ui: &Ui, area: Rect) {
 }
 
 fn draw_journal(f: &mut Frame, v: &View, area: Rect) {
-    let mut ls: Vec<String> = match v.troubles.is_empty() {
-        true => vec!["vRegions: all healthy, none moving".into()],
+    let mut ls: Vec<String> = vec![format!("vNodes: {}", v.vnodes.join(", "))];
+    ls.extend(match v.troubles.is_empty() {
+        true => vec!["vRegions: all healthy, none moving".to_string()],
         false => v.troubles.iter().take(2).cloned().collect(),
-    };
-    ls.extend(v.errors.iter().cloned());
-    ls.extend(match v.journal.is_empty() {
-        true => vec!["journal: nothing has failed".to_string()],
-        false => v.journal.clone(),
     });
+    ls.extend(v.errors.iter().cloned());
+    // The newest journal lines fill what is left of the box.
     let keep = area.height.saturating_sub(2) as usize;
-    let skip = ls.len().saturating_sub(keep);
+    let room = keep.saturating_sub(ls.len()).max(1);
+    match v.journal.is_empty() {
+        true => ls.push("journal: nothing has failed".to_string()),
+        false => ls.extend(
+            v.journal
+                .iter()
+                .skip(v.journal.len().saturating_sub(room))
+                .cloned(),
+        ),
+    }
     f.render_widget(
-        Paragraph::new(lines(ls.into_iter().skip(skip).collect()))
-            .block(Block::bordered().title(" vRegions and journal ")),
+        Paragraph::new(lines(ls)).block(Block::bordered().title(" vNodes, vRegions and journal ")),
         area,
     );
 }
