@@ -261,6 +261,19 @@ fn respond(stream: &mut TcpStream, a: &Answer, head_only: bool) -> std::io::Resu
 mod tests {
     use super::{bearer, cookie};
 
+    proptest::proptest! {
+        /// Any head at all: the token is looked for and never panics, and
+        /// is only ever found after its header's name.
+        #[test]
+        fn any_request_head_is_parsed_without_panic(head in "\\PC{0,300}") {
+            let _ = bearer(&head);
+            if let Some(t) = cookie(&head) {
+                proptest::prop_assert!(head.to_ascii_lowercase().contains("cookie"));
+                proptest::prop_assert!(head.contains(t));
+            }
+        }
+    }
+
     #[test]
     fn the_token_cookie_is_found_among_others() {
         let head = "GET / HTTP/1.1\r\nCookie: a=1; lego_token=abc ; b=2\r\n\r\n";

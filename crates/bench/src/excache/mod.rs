@@ -367,7 +367,7 @@ pub fn run(a: ExcacheBenchArgs) -> Result<()> {
             backward_passes: a.backward_passes,
             reads: b.reads,
         };
-        for p in plot::write(dir, &rows, &work)? {
+        for p in plot::write(dir, &rows, &progs, &work)? {
             println!("plot: {}", p.display());
         }
     }

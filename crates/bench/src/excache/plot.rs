@@ -6,12 +6,16 @@
 //! - `fault-latency.svg`: the distribution of remote fault latency of every
 //!   lego row (the runtime's histogram), one series per row;
 //! - `throughput.svg`: 8-byte words read or written a second over the run,
-//!   phase by phase, one series per row (the local run included).
+//!   phase by phase, one series per row (the local run included);
+//! - `programs.svg` (when programs ran): each program's slowdown against
+//!   its local run at 50% and 25% of its working set, one series per
+//!   program and configuration (lego, each kind of swap).
 
 use std::path::{Path, PathBuf};
 
 use lego_plot::{Chart, Series};
 
+use super::programs::ProgramRun;
 use super::report::Row;
 use super::Config;
 use crate::{IoContext, Result};
@@ -130,15 +134,44 @@ pub fn throughput(rows: &[Row], w: &Work) -> Chart {
     }
 }
 
-/// Writes the three charts into `dir` (made if missing).
-pub fn write(dir: &Path, rows: &[Row], w: &Work) -> Result<Vec<PathBuf>> {
+pub fn programs(progs: &[ProgramRun]) -> Chart {
+    let mut series = Vec::new();
+    for p in progs {
+        for (kind, percent, x) in p.slowdowns() {
+            push(
+                &mut series,
+                format!("{}: {kind}", p.program.name()),
+                (percent as f64, x),
+            );
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Chart {
+        title: "Programs: slowdown against the local cache's share of their working set".into(),
+        x_label: "ExCache quota or cgroup limit, % of the program's working set".into(),
+        y_label: "time / local run's".into(),
+        x_range: Some((0.0, 60.0)),
+        markers: true,
+        series,
+        ..Chart::default()
+    }
+}
+
+/// Writes the charts into `dir` (made if missing).
+pub fn write(dir: &Path, rows: &[Row], progs: &[ProgramRun], w: &Work) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).io(|| format!("cannot create {}", dir.display()))?;
     let mut out = Vec::new();
-    for (name, chart) in [
+    let mut charts = vec![
         ("slowdown.svg", slowdown(rows)),
         ("fault-latency.svg", fault_latency(rows)),
         ("throughput.svg", throughput(rows, w)),
-    ] {
+    ];
+    if !progs.is_empty() {
+        charts.push(("programs.svg", programs(progs)));
+    }
+    for (name, chart) in charts {
         let path = dir.join(name);
         std::fs::write(&path, chart.render()).io(|| format!("cannot write {}", path.display()))?;
         out.push(path);

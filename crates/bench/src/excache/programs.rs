@@ -220,6 +220,24 @@ impl ProgramRun {
         }
     }
 
+    /// Its slowdowns against its local run: (configuration, % of its
+    /// working set, time / local time), for every setting that ran.
+    pub fn slowdowns(&self) -> Vec<(String, u64, f64)> {
+        let Some(local) = self.local().map(|r| r.elapsed).filter(|t| *t > 0.0) else {
+            return Vec::new();
+        };
+        Setting::all(self.program)
+            .into_iter()
+            .filter_map(|s| {
+                let kind = match s {
+                    Setting::Lego(_) => "lego".to_string(),
+                    Setting::Swap(k, _) => k.label().to_string(),
+                };
+                Some((kind, s.percent(), self.elapsed(s)? / local))
+            })
+            .collect()
+    }
+
     fn row(&self, s: Setting) -> Option<&ProgRow> {
         self.rows.iter().find(|r| r.setting == s)
     }
