@@ -44,11 +44,12 @@ fn walk_expected() -> Vec<u8> {
     o.stdout
 }
 
-/// A cluster with a processor monitor, and WALK started under lego with a
+/// A cluster of every kind of monitor, and WALK started under lego with a
 /// 16 MiB ExCache (most of its 96 MiB on the memory monitors).
 fn cluster_with_walk() -> (TestCluster, Child) {
     ensure_runtime();
     let mut c = TestCluster::start(2, "512MiB", 200);
+    c.start_storage();
     c.start_processor("256MiB");
     std::fs::write(c.work().join("walk.py"), WALK).unwrap();
     let _ = std::fs::remove_file(c.work().join("stop"));
@@ -243,9 +244,7 @@ fn lego_top_in_tmux_shows_a_running_job_its_faults_and_its_histogram() {
 
 #[test]
 fn fault_latency_is_a_prometheus_histogram_and_the_grafana_queries_name_real_metrics() {
-    let (mut c, walk) = cluster_with_walk();
-    // Every kind of monitor, for the dashboard's queries.
-    c.start_storage();
+    let (c, walk) = cluster_with_walk();
     let addr = c.http.clone().expect("the manager serves HTTP");
     let count = |m: &str| -> f64 {
         samples(m, "lego_processor_remote_fault_latency_seconds_count")
@@ -472,6 +471,10 @@ fn the_dashboard_in_headless_chromium_shows_the_cluster_and_its_charts_move() {
         "the processor monitor's job"
     );
     assert!(first.contains("vRegion copies"));
+    assert!(
+        first.contains("files of 1 vNodes"),
+        "the storage monitor holds the vNode's files"
+    );
     let max: f64 = series_attr(&first, "remote (fetched)", "data-max")
         .parse()
         .unwrap();
