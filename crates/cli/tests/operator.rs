@@ -583,7 +583,7 @@ fn the_benches_plot_valid_svg_with_one_series_per_configuration() {
         "--rtt-ops",
         "2000",
         "--configs",
-        "lego100,lego50,lego25,loop",
+        "lego100,lego50,lego25,loop50,loop",
     ]);
     assert!(out.contains(&format!("plot: {d}/slowdown.svg")), "{out}");
     let mut slowdown = svg_series(&dir.path().join("slowdown.svg"));
@@ -612,6 +612,7 @@ fn the_benches_plot_valid_svg_with_one_series_per_configuration() {
             "lego, ExCache 100%",
             "lego, ExCache 50%",
             "lego, ExCache 25%",
+            "cgroup 50%, swap on loop/tmpfs",
             "cgroup 25%, swap on loop/tmpfs"
         ]
     );

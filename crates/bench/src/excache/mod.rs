@@ -6,9 +6,9 @@
 //!   a temporary embedded cluster started once for the whole bench, and at
 //!   25% again in a vNode that keeps one copy of its memory (the cost of
 //!   replication) ([`lego`]);
-//! - in a cgroup v1 memory cgroup limited to 25% of the working set, with
-//!   swap on a file on disk, on zram, and on a loop device over a tmpfs file
-//!   (one at a time) ([`squeeze`]);
+//! - in a cgroup v1 memory cgroup limited to 50% and to 25% of the working
+//!   set, with swap on a file on disk, on zram, and on a loop device over a
+//!   tmpfs file (one kind at a time) ([`squeeze`]);
 //!
 //! then printed side by side as one table of phase times and slowdowns, with
 //! the runtime's remote-fault p50 beside a bare TCP round trip measured in
@@ -64,23 +64,32 @@ pub enum Config {
     Lego25,
     /// lego, ExCache = 25%, one copy of each vRegion (no replication)
     Lego25Single,
+    /// cgroup limit 50%, swap file on disk
+    SwapFile50,
     /// cgroup limit 25%, swap file on disk
     SwapFile,
+    /// cgroup limit 50%, swap on zram
+    Zram50,
     /// cgroup limit 25%, swap on zram
     Zram,
+    /// cgroup limit 50%, swap on a loop device over a tmpfs file
+    Loop50,
     /// cgroup limit 25%, swap on a loop device over a tmpfs file
     Loop,
 }
 
 impl Config {
     /// Every configuration, in the order of the table.
-    pub const ALL: [Config; 7] = [
+    pub const ALL: [Config; 10] = [
         Config::Lego100,
         Config::Lego50,
         Config::Lego25,
         Config::Lego25Single,
+        Config::SwapFile50,
         Config::SwapFile,
+        Config::Zram50,
         Config::Zram,
+        Config::Loop50,
         Config::Loop,
     ];
 
@@ -91,8 +100,11 @@ impl Config {
             Config::Lego50 => "lego, ExCache 50%",
             Config::Lego25 => "lego, ExCache 25%",
             Config::Lego25Single => "lego, ExCache 25%, 1 copy",
+            Config::SwapFile50 => "cgroup 50%, swap file on disk",
             Config::SwapFile => "cgroup 25%, swap file on disk",
+            Config::Zram50 => "cgroup 50%, swap on zram",
             Config::Zram => "cgroup 25%, swap on zram",
+            Config::Loop50 => "cgroup 50%, swap on loop/tmpfs",
             Config::Loop => "cgroup 25%, swap on loop/tmpfs",
         }
     }
@@ -101,7 +113,7 @@ impl Config {
     pub fn percent(self) -> u64 {
         match self {
             Config::Lego100 => 100,
-            Config::Lego50 => 50,
+            Config::Lego50 | Config::SwapFile50 | Config::Zram50 | Config::Loop50 => 50,
             _ => 25,
         }
     }
@@ -109,9 +121,9 @@ impl Config {
     /// The kind of swap of a cgroup row.
     pub fn swap(self) -> Option<SwapKind> {
         match self {
-            Config::SwapFile => Some(SwapKind::File),
-            Config::Zram => Some(SwapKind::Zram),
-            Config::Loop => Some(SwapKind::LoopTmpfs),
+            Config::SwapFile | Config::SwapFile50 => Some(SwapKind::File),
+            Config::Zram | Config::Zram50 => Some(SwapKind::Zram),
+            Config::Loop | Config::Loop50 => Some(SwapKind::LoopTmpfs),
             _ => None,
         }
     }

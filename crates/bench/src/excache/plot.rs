@@ -34,9 +34,9 @@ fn family(c: Config) -> &'static str {
     match c {
         Config::Lego100 | Config::Lego50 | Config::Lego25 => "lego",
         Config::Lego25Single => "lego, 1 copy",
-        Config::SwapFile => "cgroup + swap file on disk",
-        Config::Zram => "cgroup + swap on zram",
-        Config::Loop => "cgroup + swap on loop/tmpfs",
+        Config::SwapFile | Config::SwapFile50 => "cgroup + swap file on disk",
+        Config::Zram | Config::Zram50 => "cgroup + swap on zram",
+        Config::Loop | Config::Loop50 => "cgroup + swap on loop/tmpfs",
     }
 }
 

@@ -61,23 +61,25 @@ pub(super) fn rows(
     let size = biggest + (64 << 20);
     let mut rows = Vec::new();
     for kind in [SwapKind::File, SwapKind::Zram, SwapKind::LoopTmpfs] {
-        let main = Config::ALL.into_iter().find(|c| c.swap() == Some(kind));
-        let main_wanted = main.is_some_and(selected);
+        let mains: Vec<Config> = Config::ALL
+            .into_iter()
+            .filter(|c| c.swap() == Some(kind))
+            .collect();
+        let wanted: Vec<Config> = mains.iter().copied().filter(|&c| selected(c)).collect();
         let limits: Vec<u64> = progs.iter().flat_map(|p| p.swap_limits(kind)).collect();
-        if !main_wanted && limits.is_empty() {
-            rows.extend(main.map(|c| b.not_run(c)));
+        if wanted.is_empty() && limits.is_empty() {
+            rows.extend(mains.into_iter().map(|c| b.not_run(c)));
             continue;
         }
-        let max_limit = main
-            .filter(|_| main_wanted)
-            .map(|c| b.quota(c))
-            .into_iter()
+        let max_limit = wanted
+            .iter()
+            .map(|&c| b.quota(c))
             .chain(limits)
             .max()
             .unwrap_or(0);
         let squeeze = set_up(b, kind, size, max_limit, &base)?;
-        if let Some(c) = main {
-            rows.push(match main_wanted {
+        for c in mains {
+            rows.push(match wanted.contains(&c) {
                 true => main_row(b, c, &squeeze)?,
                 false => b.not_run(c),
             });

@@ -170,7 +170,7 @@ impl Summary<'_> {
     /// Whether a zram row set zram up (ran, or failed after trying).
     pub fn used_zram(&self) -> bool {
         self.rows.iter().any(|r| {
-            r.config == Some(Config::Zram)
+            r.config.and_then(Config::swap) == Some(SwapKind::Zram)
                 && !matches!(r.outcome, Outcome::Skipped(_) | Outcome::NotSelected)
         })
     }
