@@ -93,7 +93,7 @@ fn wait_healthy(target: &lego_cluster::dir::Target, limit: Duration) -> Result<(
     let started = Instant::now();
     let bar = lego_bench::progress::Progress::counted("re-replication", 0, "vRegions");
     let mut most = 0;
-    let mut said = Instant::now() - Duration::from_secs(10);
+    let mut said: Option<Instant> = None;
     loop {
         let st = target.manager().call(&ClusterStateReq)?;
         let count = |s: VRegionState| st.vregions.iter().filter(|v| v.state == s).count() as u64;
@@ -121,8 +121,8 @@ fn wait_healthy(target: &lego_cluster::dir::Target, limit: Duration) -> Result<(
         }
         match bar.on_terminal() {
             true => bar.count(most - degraded, most, format!("{degraded} degraded")),
-            false if said.elapsed() >= Duration::from_secs(2) => {
-                said = Instant::now();
+            false if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) => {
+                said = Some(Instant::now());
                 println!(
                     "  {degraded} vRegions degraded, {} repaired",
                     most - degraded

@@ -298,6 +298,30 @@ fn fault_latency_is_a_prometheus_histogram_and_the_grafana_queries_name_real_met
     {
         assert!(l.split(' ').nth(2).unwrap().ends_with("_total"), "{l}");
     }
+    // A real Prometheus scrapes the manager; every query of the Grafana
+    // dashboard runs there, and the ones about faults have answers.
+    let answers = prometheus_answers(&addr, &grafana_queries());
+    for (q, n, first) in &answers {
+        if q.contains("fault") && !q.contains("write_protect") && !q.contains("zero_filled") {
+            assert!(*n > 0, "no answer to {q}");
+            assert!(first.is_finite() && *first >= 0.0, "{q}: {first}");
+        }
+    }
+    let p50 = answers
+        .iter()
+        .find(|(q, _, _)| q.starts_with("histogram_quantile(0.5,"))
+        .unwrap()
+        .2;
+    assert!(
+        p50 > 1e-6 && p50 < 0.1,
+        "fault latency p50 from Prometheus: {p50} s"
+    );
+    eprintln!(
+        "Prometheus: remote fault p50 {:.1} µs; {} of {} dashboard queries have answers",
+        p50 * 1e6,
+        answers.iter().filter(|a| a.1 > 0).count(),
+        answers.len()
+    );
     stop_walk(&c, walk);
     let during = count(&m);
     let after = wait_for(Duration::from_secs(10), "the finished job's faults", || {
@@ -314,17 +338,7 @@ fn fault_latency_is_a_prometheus_histogram_and_the_grafana_queries_name_real_met
     );
 
     // Every metric the Grafana dashboard asks for is one the cluster exports.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dash: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("deploy/grafana/lego.json")).unwrap(),
-    )
-    .unwrap();
-    let mut exprs = Vec::new();
-    for p in dash["panels"].as_array().unwrap() {
-        for t in p["targets"].as_array().unwrap() {
-            exprs.push(t["expr"].as_str().unwrap().to_string());
-        }
-    }
+    let exprs = grafana_queries();
     assert!(exprs.len() >= 20, "{exprs:?}");
     let exported: Vec<&str> = after
         .lines()
@@ -344,8 +358,104 @@ fn fault_latency_is_a_prometheus_histogram_and_the_grafana_queries_name_real_met
             assert!(exported.contains(&base), "{name} (in {e}) is not exported");
         }
     }
-    let prom = std::fs::read_to_string(root.join("deploy/prometheus.yml")).unwrap();
-    assert!(prom.contains("metrics_path: /metrics") && prom.contains("scrape_configs:"));
+    let o = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(repo().join("deploy/prometheus.yml"))
+        .output()
+        .expect("promtool is not installed: apt-get install prometheus (.ci/run does)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The queries of `deploy/grafana/lego.json`.
+fn grafana_queries() -> Vec<String> {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/lego.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    exprs
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs Prometheus (the distribution's) on loopback scraping the manager
+/// at `target` every second, waits for a few scrapes, and runs `queries`:
+/// (query, number of series in the answer, the first one's value).
+fn prometheus_answers(target: &str, queries: &[String]) -> Vec<(String, usize, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: lego\n    metrics_path: /metrics\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = lego_cluster::etcd::free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let _prom = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus is not installed: apt-get install prometheus (.ci/run does)"),
+    );
+    let query = |q: &str| -> Option<serde_json::Value> {
+        let s = std::net::TcpStream::connect(&listen).ok()?;
+        drop(s);
+        let out = http(
+            &listen,
+            &format!("/api/v1/query?query={}", url_encode(q)),
+            "",
+        );
+        serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()
+    };
+    // Scraped, with enough samples for rate() over the last minute.
+    wait_for(
+        Duration::from_secs(60),
+        "Prometheus scraping the manager",
+        || {
+            // Successful scrapes only: `up` is 0 when the text does not parse.
+            let v = query("sum_over_time(up{job=\"lego\"}[1m])")?;
+            let n: f64 = v["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
+            (n >= 5.0).then_some(())
+        },
+    );
+    queries
+        .iter()
+        .map(|q| {
+            let v = query(q).unwrap_or_else(|| panic!("Prometheus did not answer {q}"));
+            assert_eq!(v["status"], "success", "{q}: {v}");
+            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            let first = result
+                .first()
+                .and_then(|r| r["value"][1].as_str()?.parse().ok())
+                .unwrap_or(f64::NAN);
+            (q.clone(), result.len(), first)
+        })
+        .collect()
 }
 
 /// Headless Chromium (Debian's), as root, with nothing reaching outside.
@@ -410,16 +520,22 @@ fn the_dashboard_in_headless_chromium_shows_the_cluster_and_its_charts_move() {
         "{page}"
     );
     assert!(http(&addr, "/?token=00", "").starts_with("HTTP/1.1 401"));
-    assert!(http(&addr, "/", "Cookie: lego_token=00\r\n").starts_with("HTTP/1.1 401"));
+    let port = addr.rsplit(':').next().unwrap();
+    assert!(
+        http(&addr, "/", &format!("Cookie: lego_token_{port}=00\r\n")).starts_with("HTTP/1.1 401")
+    );
     assert!(http(&addr, "/api/history", "").starts_with("HTTP/1.1 401"));
     assert!(http(&addr, "/state", "Cookie: a=1\r\n").starts_with("HTTP/1.1 401"));
     // The token buys a cookie that opens the page and its data.
     let opened = http(&addr, &format!("/?token={token}"), "");
     assert!(opened.starts_with("HTTP/1.1 303"), "{opened}");
     assert!(opened.contains(&format!(
-        "Set-Cookie: lego_token={token}; Path=/; HttpOnly; SameSite=Strict"
+        "Set-Cookie: lego_token_{port}={token}; Path=/; HttpOnly; SameSite=Strict"
     )));
-    let cookie = format!("Cookie: lego_token={token}\r\n");
+    // The token under another manager's cookie name opens nothing here.
+    let elsewhere = format!("Cookie: lego_token_1={token}\r\n");
+    assert!(http(&addr, "/", &elsewhere).starts_with("HTTP/1.1 401"));
+    let cookie = format!("Cookie: lego_token_{port}={token}\r\n");
     let page = http(&addr, "/", &cookie);
     assert!(page.starts_with("HTTP/1.1 200") && page.contains("<title>lego</title>"));
     assert!(

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lego_transport::lock;
 use lego_wire::control::ComponentInfo;
@@ -59,6 +59,26 @@ struct Totals {
     wp: u64,
 }
 
+fn point(c: &ComponentInfo, rates: [f64; 5]) -> Point {
+    Point {
+        role: c.role.to_string(),
+        alive: c.health == Health::Alive,
+        used: c.used,
+        capacity: c.capacity,
+        in_bps: rates[0],
+        out_bps: rates[1],
+    }
+}
+
+fn add_faults(s: &mut Sample, c: &ComponentInfo, rates: [f64; 5]) {
+    if c.role == Role::Processor {
+        s.zero_faults += rates[2];
+        s.remote_faults += rates[3];
+        s.wp_faults += rates[4];
+        s.jobs += c.counters.get("jobs_running").copied().unwrap_or(0);
+    }
+}
+
 /// A component's totals of bytes in and out: a memory or storage
 /// monitor's request bytes; a processor monitor's pages fetched and
 /// written back by its jobs. `lego top` takes its rates the same way.
@@ -85,52 +105,66 @@ fn totals(c: &ComponentInfo) -> Totals {
     }
 }
 
+/// What a component's last heartbeat said: when it was heard (ms on the
+/// history's clock), its totals, and the rates last taken.
+#[derive(Clone, Copy, Default)]
+struct Heard {
+    at_ms: u64,
+    totals: Totals,
+    rates: [f64; 5],
+}
+
 /// The last [`KEPT`] samples, newest last.
 #[derive(Default)]
 pub struct History {
     samples: Mutex<VecDeque<Sample>>,
-    last: Mutex<Option<(u64, BTreeMap<u64, Totals>)>>,
+    last: Mutex<BTreeMap<u64, Heard>>,
 }
 
 impl History {
-    /// Takes a sample of `components` at unix time `t_ms`.
-    pub fn record(&self, t_ms: u64, components: &[ComponentInfo]) {
-        let now: BTreeMap<u64, Totals> = components.iter().map(|c| (c.id, totals(c))).collect();
+    /// Takes a sample of `components` at unix time `t_ms`, `mono_ms` on a
+    /// clock that only goes forward. A component's rates are taken between
+    /// two of its heartbeats (when each was heard, not when it was
+    /// sampled), so that a sample that saw no new heartbeat keeps the
+    /// last rates rather than drawing 0 and then twice the truth.
+    pub fn record(&self, t_ms: u64, mono_ms: u64, components: &[ComponentInfo]) {
         let mut last = lock(&self.last);
-        let (secs, before) = match last.as_ref() {
-            Some((t0, b)) if t_ms > *t0 => ((t_ms - t0) as f64 / 1000.0, Some(b)),
-            _ => (1.0, None),
-        };
-        let rate = |id: u64, f: fn(&Totals) -> u64| -> f64 {
-            let (Some(b), Some(n)) = (before.and_then(|b| b.get(&id)), now.get(&id)) else {
-                return 0.0;
-            };
-            f(n).saturating_sub(f(b)) as f64 / secs
-        };
         let mut s = Sample {
             t: t_ms,
             ..Sample::default()
         };
         for c in components {
-            s.components.insert(
-                c.id,
-                Point {
-                    role: c.role.to_string(),
-                    alive: c.health == Health::Alive,
-                    used: c.used,
-                    capacity: c.capacity,
-                    in_bps: rate(c.id, |t| t.bytes_in),
-                    out_bps: rate(c.id, |t| t.bytes_out),
-                },
-            );
-            if c.role == Role::Processor {
-                s.zero_faults += rate(c.id, |t| t.zero);
-                s.remote_faults += rate(c.id, |t| t.remote);
-                s.wp_faults += rate(c.id, |t| t.wp);
-                s.jobs += c.counters.get("jobs_running").copied().unwrap_or(0);
-            }
+            let now = Heard {
+                at_ms: mono_ms.saturating_sub(c.last_heard_ms_ago),
+                totals: totals(c),
+                rates: [0.0; 5],
+            };
+            let rates = match last.get(&c.id) {
+                Some(b) if now.at_ms > b.at_ms + 100 => {
+                    let secs = (now.at_ms - b.at_ms) as f64 / 1000.0;
+                    let (n, o) = (now.totals, b.totals);
+                    [
+                        n.bytes_in.saturating_sub(o.bytes_in),
+                        n.bytes_out.saturating_sub(o.bytes_out),
+                        n.zero.saturating_sub(o.zero),
+                        n.remote.saturating_sub(o.remote),
+                        n.wp.saturating_sub(o.wp),
+                    ]
+                    .map(|d| d as f64 / secs)
+                }
+                // No heartbeat since: the last rates stand.
+                Some(b) => {
+                    s.components.insert(c.id, point(c, b.rates));
+                    add_faults(&mut s, c, b.rates);
+                    continue;
+                }
+                None => [0.0; 5],
+            };
+            last.insert(c.id, Heard { rates, ..now });
+            s.components.insert(c.id, point(c, rates));
+            add_faults(&mut s, c, rates);
         }
-        *last = Some((t_ms, now));
+        last.retain(|id, _| components.iter().any(|c| c.id == *id));
         drop(last);
         let mut samples = lock(&self.samples);
         samples.push_back(s);
@@ -150,13 +184,15 @@ impl History {
 pub fn start(svc: Arc<ManagerService>) -> std::io::Result<Arc<History>> {
     let h = Arc::new(History::default());
     let hist = h.clone();
+    let started = Instant::now();
     std::thread::Builder::new()
         .name("manager-history".into())
         .spawn(move || loop {
             let t = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            hist.record(t, &svc.cluster_state().components);
+            let mono = started.elapsed().as_millis() as u64;
+            hist.record(t, mono, &svc.cluster_state().components);
             std::thread::sleep(Duration::from_secs(1));
         })?;
     Ok(h)
@@ -186,6 +222,7 @@ mod tests {
         let h = History::default();
         h.record(
             1000,
+            1000,
             &[
                 comp(1, Role::Memory, &[("bytes_in_total", 100)]),
                 comp(2, Role::Processor, &[("rt_faults_fetched_total", 5)]),
@@ -193,18 +230,29 @@ mod tests {
         );
         h.record(
             3000,
+            3000,
             &[
                 comp(1, Role::Memory, &[("bytes_in_total", 4100)]),
                 comp(2, Role::Processor, &[("rt_faults_fetched_total", 25)]),
             ],
         );
-        // A restart: totals went down; that second counts 0.
-        h.record(4000, &[comp(1, Role::Memory, &[("bytes_in_total", 50)])]);
+        // A sample that saw no new heartbeat (heard 1 s ago): the last
+        // rate stands.
+        let mut same = comp(1, Role::Memory, &[("bytes_in_total", 4100)]);
+        same.last_heard_ms_ago = 1000;
+        h.record(4000, 4000, &[same]);
+        // A restart: totals went down; that interval counts 0.
+        h.record(
+            5000,
+            5000,
+            &[comp(1, Role::Memory, &[("bytes_in_total", 50)])],
+        );
         let s = lock(&h.samples);
         assert_eq!(s[0].components[&1].in_bps, 0.0);
         assert_eq!(s[1].components[&1].in_bps, 2000.0);
         assert_eq!(s[1].remote_faults, 10.0);
-        assert_eq!(s[2].components[&1].in_bps, 0.0);
+        assert_eq!(s[2].components[&1].in_bps, 2000.0);
+        assert_eq!(s[3].components[&1].in_bps, 0.0);
         drop(s);
         assert!(h.json().starts_with("{\"interval_ms\":1000,\"samples\":[{"));
     }

@@ -3,7 +3,8 @@
 //! rest only to a holder of the cluster's HTTP token
 //! ([`lego_wire::auth::Secret::http_token_hex`], printed by
 //! `lego http-token`), given as `Authorization: Bearer TOKEN` or as the
-//! `lego_token` cookie:
+//! `lego_token_PORT` cookie (PORT: this endpoint's port, so that managers
+//! on one host keep cookies of their own):
 //!
 //! | path | what |
 //! |---|---|
@@ -44,7 +45,9 @@ pub fn serve(addr: &str, svc: Arc<ManagerService>) -> Result<String, ManagerErro
     };
     let listener = TcpListener::bind(addr).map_err(err)?;
     let history = crate::history::start(svc.clone()).map_err(ManagerError::Thread)?;
-    let bound = listener.local_addr().map_err(err)?.to_string();
+    let local = listener.local_addr().map_err(err)?;
+    let bound = local.to_string();
+    let cookie_name: Arc<str> = format!("lego_token_{}", local.port()).into();
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("manager-http".into())
@@ -62,10 +65,16 @@ pub fn serve(addr: &str, svc: Arc<ManagerService>) -> Result<String, ManagerErro
                     continue;
                 }
                 let (svc, active, history) = (svc.clone(), active.clone(), history.clone());
+                let cookie_name = cookie_name.clone();
                 let spawned = std::thread::Builder::new()
                     .name("manager-http-req".into())
                     .spawn(move || {
-                        handle(stream, &svc, &history);
+                        let site = Site {
+                            svc: &svc,
+                            history: &history,
+                            cookie: &cookie_name,
+                        };
+                        handle(stream, &site);
                         active.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -110,8 +119,9 @@ fn bearer(head: &str) -> Option<&str> {
     })
 }
 
-/// The `lego_token` cookie of a request's head, if it has one.
-fn cookie(head: &str) -> Option<&str> {
+/// The cookie `name` of a request's head, if it has one.
+fn cookie<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}=");
     head.lines().skip(1).find_map(|l| {
         let (name, value) = l.split_once(':')?;
         if !name.trim().eq_ignore_ascii_case("cookie") {
@@ -119,7 +129,7 @@ fn cookie(head: &str) -> Option<&str> {
         }
         value
             .split(';')
-            .find_map(|c| c.trim().strip_prefix("lego_token="))
+            .find_map(|c| c.trim().strip_prefix(prefix.as_str()))
             .map(str::trim)
     })
 }
@@ -149,7 +159,16 @@ const LOGIN_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><ti
 Open the address <code>lego dashboard</code> prints (it ends in <code>?token=...</code>); \
 <code>lego http-token</code> prints the token alone.</p></body></html>\n";
 
-fn route(head: &str, path: &str, query: &str, svc: &ManagerService, history: &History) -> Answer {
+/// Where a request is served: the manager, its history, the name of the
+/// cookie holding the token here.
+struct Site<'a> {
+    svc: &'a ManagerService,
+    history: &'a History,
+    cookie: &'a str,
+}
+
+fn route(head: &str, path: &str, query: &str, site: &Site) -> Answer {
+    let (svc, history) = (site.svc, site.history);
     if path == "/metrics" {
         return Answer::new(
             200,
@@ -170,13 +189,14 @@ fn route(head: &str, path: &str, query: &str, svc: &ManagerService, history: &Hi
         if path == "/" && svc.secret.check_http_token(t) {
             let mut a = Answer::new(303, "text/plain", "to the dashboard\n");
             a.headers = format!(
-                "Location: /\r\nSet-Cookie: lego_token={t}; Path=/; HttpOnly; SameSite=Strict\r\n"
+                "Location: /\r\nSet-Cookie: {}={t}; Path=/; HttpOnly; SameSite=Strict\r\n",
+                site.cookie
             );
             return a;
         }
     }
     let entitled = bearer(head)
-        .or_else(|| cookie(head))
+        .or_else(|| cookie(head, site.cookie))
         .is_some_and(|t| svc.secret.check_http_token(t));
     if !entitled {
         svc.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -203,7 +223,7 @@ fn route(head: &str, path: &str, query: &str, svc: &ManagerService, history: &Hi
 /// The dashboard page, built in.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-fn handle(mut stream: TcpStream, svc: &ManagerService, history: &History) {
+fn handle(mut stream: TcpStream, site: &Site) {
     let head = match read_head(&mut stream) {
         Ok(h) => h,
         Err((status, why)) => {
@@ -220,7 +240,7 @@ fn handle(mut stream: TcpStream, svc: &ManagerService, history: &History) {
         let _ = respond(&mut stream, &a, false);
         return;
     }
-    let a = route(&head, path, query, svc, history);
+    let a = route(&head, path, query, site);
     if let Err(e) = respond(&mut stream, &a, head_only) {
         debug!("http answer failed: {e}");
     }
@@ -267,7 +287,7 @@ mod tests {
         #[test]
         fn any_request_head_is_parsed_without_panic(head in "\\PC{0,300}") {
             let _ = bearer(&head);
-            if let Some(t) = cookie(&head) {
+            if let Some(t) = cookie(&head, "lego_token_1") {
                 proptest::prop_assert!(head.to_ascii_lowercase().contains("cookie"));
                 proptest::prop_assert!(head.contains(t));
             }
@@ -276,9 +296,13 @@ mod tests {
 
     #[test]
     fn the_token_cookie_is_found_among_others() {
-        let head = "GET / HTTP/1.1\r\nCookie: a=1; lego_token=abc ; b=2\r\n\r\n";
-        assert_eq!(cookie(head), Some("abc"));
-        assert_eq!(cookie("GET / HTTP/1.1\r\nCookie: a=1\r\n\r\n"), None);
+        let head = "GET / HTTP/1.1\r\nCookie: a=1; lego_token_80=abc ; b=2\r\n\r\n";
+        assert_eq!(cookie(head, "lego_token_80"), Some("abc"));
+        assert_eq!(cookie(head, "lego_token_81"), None);
+        assert_eq!(
+            cookie("GET / HTTP/1.1\r\nCookie: a=1\r\n\r\n", "lego_token_80"),
+            None
+        );
     }
 
     #[test]

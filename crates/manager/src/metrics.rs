@@ -89,7 +89,7 @@ pub fn metrics(svc: &ManagerService) -> String {
         let n = st.vregions.iter().filter(|v| v.state == state).count();
         f.add(
             "lego_manager_vregions_by_state",
-            format!("state=\"{state}\""),
+            format!("{{state=\"{state}\"}}"),
             n as u64,
         );
     }
@@ -153,7 +153,12 @@ fn fault_histogram(components: &[lego_wire::control::ComponentInfo]) -> String {
         .iter()
         .filter(|c| c.role == lego_wire::Role::Processor)
     {
-        let labels = format!("id=\"{}\",role=\"{}\"", comp.id, comp.role);
+        let labels = format!(
+            "id=\"{}\",role=\"{}\",addr=\"{}\"",
+            comp.id,
+            comp.role,
+            comp.addr.replace(['"', '\\'], "_")
+        );
         let mids: Vec<(u64, u64)> = comp
             .counters
             .iter()
@@ -217,7 +222,7 @@ mod tests {
         };
         let h = super::fault_histogram(&[comp]);
         let get = |le: &str| -> u64 {
-            let key = format!("_bucket{{id=\"7\",role=\"processor\",le=\"{le}\"}} ");
+            let key = format!("_bucket{{id=\"7\",role=\"processor\",addr=\"a\",le=\"{le}\"}} ");
             let line = h
                 .lines()
                 .find(|l| l.contains(&key))
@@ -230,10 +235,13 @@ mod tests {
         assert_eq!(get("0.000512"), 8);
         assert_eq!(get("+Inf"), 8);
         assert!(
-            h.contains("_sum{id=\"7\",role=\"processor\"} 0.0004\n"),
+            h.contains("_sum{id=\"7\",role=\"processor\",addr=\"a\"} 0.0004\n"),
             "{h}"
         );
-        assert!(h.contains("_count{id=\"7\",role=\"processor\"} 8\n"), "{h}");
+        assert!(
+            h.contains("_count{id=\"7\",role=\"processor\",addr=\"a\"} 8\n"),
+            "{h}"
+        );
         assert!(h.contains("# TYPE lego_processor_remote_fault_latency_seconds histogram"));
     }
 }

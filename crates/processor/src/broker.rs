@@ -167,6 +167,7 @@ fn serve(shared: &Shared, job: &Job, sock: OwnedFd) {
 /// Frees an address space a process of the job no longer uses, if the
 /// manager records it as the job's.
 pub(crate) fn release(shared: &Shared, job: &Job, asid: Asid) {
+    job.space_gone(asid.0);
     match shared.manager.release_job_space(job.id, asid) {
         Ok(r) => debug!(
             job = format_args!("{:x}", job.id),

@@ -79,8 +79,9 @@ struct JobState {
     /// Nobody will read the output: readers drop it instead of waiting.
     discard: bool,
     pipes_abandoned: bool,
-    /// The runtime's last counters (from the broker), kept after the job ends.
-    counters: BTreeMap<String, u64>,
+    /// The runtime's last counters (from the broker), by address space,
+    /// kept after the job ends.
+    counters: crate::rtstats::JobCounters,
 }
 
 impl Job {
@@ -310,9 +311,15 @@ impl Job {
         self.cond.notify_all();
     }
 
-    /// The runtime's latest counters.
+    /// Address space `asid` of the job is gone: its levels (resident
+    /// pages) no longer count; its totals do.
+    pub fn space_gone(&self, asid: u64) {
+        lock(&self.state).counters.gone(asid);
+    }
+
+    /// A report of the runtime in one of the job's processes.
     pub fn set_counters(&self, counters: BTreeMap<String, u64>) {
-        lock(&self.state).counters = counters;
+        lock(&self.state).counters.report(counters);
     }
 
     /// Records a process's address space; returns the one it had before
@@ -410,7 +417,7 @@ impl Job {
     /// The runtime's counters: the latest while running, the final ones
     /// afterwards.
     pub fn counters(&self) -> BTreeMap<String, u64> {
-        lock(&self.state).counters.clone()
+        lock(&self.state).counters.merged()
     }
 
     pub fn info(&self) -> JobInfo {

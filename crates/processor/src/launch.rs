@@ -25,7 +25,8 @@ use tracing::{info, warn};
 use crate::enter::Confine;
 use crate::job::Job;
 use crate::mounts::MountPlan;
-use crate::shared::{RtCounter, ServiceConfig, Shared};
+use crate::rtstats::RtCounter;
+use crate::shared::{ServiceConfig, Shared};
 use crate::spawn::{program_env, spawn, EnterVia, RuntimeEnv};
 use crate::{chain, human, ProcessorError};
 
@@ -469,11 +470,13 @@ pub(crate) fn wait_job(shared: &Shared, job: &Job, mut child: Child) {
         job.argv.join(" ")
     );
     job.log_quota_refusals(&counters);
-    // Its totals move to the finished jobs' in the same step as it ends.
+    // Its totals move to the finished jobs' in the same step as it ends
+    // (read again under the lock: a late report counts once).
     let mut finished = lock(&shared.finished_rt);
-    for (k, v) in counters {
+    for (k, v) in job.counters() {
         if RtCounter::of(&k) == RtCounter::Total {
-            *finished.entry(k).or_default() += v;
+            let e = finished.entry(k).or_default();
+            *e = e.saturating_add(v);
         }
     }
     job.finish(code);

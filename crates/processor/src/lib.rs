@@ -28,6 +28,7 @@ pub mod launch;
 pub mod manager;
 pub mod mounts;
 pub mod publish;
+pub mod rtstats;
 pub mod service;
 pub mod shared;
 pub mod spawn;

@@ -29,8 +29,9 @@ use tracing::{info, warn};
 use crate::job::Job;
 use crate::launch::reap_spaces;
 use crate::manager::ManagerLink;
+use crate::rtstats::RtCounter;
 pub use crate::shared::ServiceConfig;
-use crate::shared::{Counters, RtCounter, Shared};
+use crate::shared::{Counters, Shared};
 use crate::{chain, ProcessorError};
 
 /// How long a finished job's exit code and counters are kept for a client
@@ -102,13 +103,15 @@ impl ProcessorService {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         for (k, v) in finished.iter() {
-            *m.entry(RtCounter::exported(k)).or_default() += v;
+            let e = m.entry(RtCounter::exported(k)).or_default();
+            *e = e.saturating_add(*v);
         }
         drop(finished);
         for j in running {
             for (k, v) in j.counters() {
                 if RtCounter::of(&k) != RtCounter::Skip {
-                    *m.entry(RtCounter::exported(&k)).or_default() += v;
+                    let e = m.entry(RtCounter::exported(&k)).or_default();
+                    *e = e.saturating_add(v);
                 }
             }
         }

@@ -60,48 +60,9 @@ pub(crate) struct Shared {
     /// Ports forwarded to jobs (`lego run --publish`), by job.
     pub(crate) published: Mutex<BTreeMap<u64, Vec<crate::publish::Forward>>>,
     /// The runtime counters of finished jobs, summed (see
-    /// [`RtCounter`]): with the running jobs' counters added they make
+    /// [`crate::rtstats::RtCounter`]): with the running jobs' counters added they make
     /// totals that never go down while this monitor runs. Taken before a
     /// job's record is marked finished, so that a reader sees each job
     /// counted once.
     pub(crate) finished_rt: Mutex<BTreeMap<String, u64>>,
 }
-
-/// What a runtime counter is, summed over a monitor's jobs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RtCounter {
-    /// Only ever grows in a job (faults, bytes, a histogram bucket): summed
-    /// over running and finished jobs, a `_total`.
-    Total,
-    /// A level (resident pages): summed over running jobs only.
-    Level,
-    /// Means nothing summed (an address space id, a percentile, a peak).
-    Skip,
-}
-
-impl RtCounter {
-    pub(crate) fn of(name: &str) -> RtCounter {
-        match name {
-            "resident_pages" | "excache_pages" => RtCounter::Level,
-            "asid" | "resident_peak_pages" => RtCounter::Skip,
-            n if n.contains("_p50") || n.contains("_p99") => RtCounter::Skip,
-            _ => RtCounter::Total,
-        }
-    }
-
-    /// Its name among the monitor's counters: `rt_NAME`, with `_total` for
-    /// a total (histogram buckets keep their names: the manager turns them
-    /// into one Prometheus histogram).
-    pub(crate) fn exported(name: &str) -> String {
-        match RtCounter::of(name) {
-            RtCounter::Total if !name.ends_with("_total") && !name.starts_with(RT_HIST_PREFIX) => {
-                format!("rt_{name}_total")
-            }
-            _ => format!("rt_{name}"),
-        }
-    }
-}
-
-/// The runtime's fault-latency histogram buckets (`PREFIX` + the bucket's
-/// midpoint in µs).
-pub(crate) const RT_HIST_PREFIX: &str = "remote_fault_hist_us_";

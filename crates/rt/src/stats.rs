@@ -132,7 +132,7 @@ pub fn to_json(asid: u64) -> String {
         if n > 0 {
             s.push_str(&format!(
                 "\"{HIST_PREFIX}{}\":{n},",
-                bucket_mid(i).round() as u64
+                bucket_mid(i).floor() as u64
             ));
         }
     }
@@ -145,12 +145,26 @@ pub fn to_json(asid: u64) -> String {
 }
 
 /// Names of the histogram's buckets in [`to_json`]: the prefix, then the
-/// bucket's midpoint in µs.
-pub const HIST_PREFIX: &str = "remote_fault_hist_us_";
+/// bucket's midpoint in µs, rounded down (so that it lies below the next
+/// power of two, as the bucket does).
+pub const HIST_PREFIX: &str = lego_wire::jobs::RT_HIST_PREFIX;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_counter_is_one_the_processor_monitor_keeps() {
+        for (name, _) in COUNTERS.snapshot() {
+            assert!(lego_wire::jobs::RT_COUNTERS.contains(&name), "{name}");
+        }
+        // A bucket's name lies within it, below the next power of two.
+        for us in 1..100_000 {
+            let b = bucket_of(us);
+            let named = bucket_mid(b).floor() as u64;
+            assert_eq!(bucket_of(named), b, "{us} µs: bucket {b} named {named}");
+        }
+    }
 
     #[test]
     fn buckets_are_within_a_fifth_of_the_value() {

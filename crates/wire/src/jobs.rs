@@ -217,6 +217,49 @@ pub fn decode_stdin(body: &[u8]) -> Result<(u64, &[u8]), WireError> {
     ))
 }
 
+/// The counters the ExCache runtime reports (`lego_rt::stats`): a
+/// processor monitor keeps these names only (and [`RT_HIST_PREFIX`]
+/// buckets), whatever else a job's process sends.
+pub const RT_COUNTERS: &[&str] = &[
+    "faults_zero_filled",
+    "zero_pages_ahead",
+    "faults_fetched",
+    "faults_fetched_together",
+    "faults_write_protect",
+    "prefetched_pages",
+    "prefetch_used",
+    "prefetch_wasted",
+    "readahead_hits",
+    "readahead_dropped",
+    "evictions_clean",
+    "evictions_dirty",
+    "refaults",
+    "second_chances",
+    "bytes_fetched",
+    "bytes_written_back",
+    "resident_pages",
+    "resident_peak_pages",
+    "excache_pages",
+    "backup_reads",
+    "degraded_writes",
+    "moved_copies",
+    "remote_fault_ns_total",
+    "remote_faults_timed",
+    "pages_freed",
+    "forks",
+    "local_shared_maps",
+    "quota_refusals",
+    "leases_ahead",
+    "leases_waited",
+    "remote_fault_p50_us",
+    "remote_fault_p99_us",
+    "asid",
+];
+
+/// The runtime's fault-latency histogram buckets: this prefix, then the
+/// bucket's lowest whole µs.
+pub const RT_HIST_PREFIX: &str = "remote_fault_hist_us_";
+
 #[cfg(test)]
 mod tests {
     use super::*;

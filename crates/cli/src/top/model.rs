@@ -137,8 +137,23 @@ pub fn view(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortBy) -> View {
     let mut comps = Vec::new();
     for c in &st.components {
         let (i, o) = lego_manager::history::bytes_in_out(c);
-        let before = prev.and_then(|p| p.state.components.iter().find(|b| b.id == c.id));
-        let (bi, bo) = before.map(lego_manager::history::bytes_in_out).unzip();
+        let before = prev.and_then(|p| {
+            let b = p.state.components.iter().find(|b| b.id == c.id)?;
+            Some((p.at, b))
+        });
+        // Between the two heartbeats seen (not the two snapshots): counters
+        // change once a heartbeat.
+        let heard = |at: std::time::Instant, c: &lego_wire::control::ComponentInfo| {
+            at.checked_sub(std::time::Duration::from_millis(c.last_heard_ms_ago))
+        };
+        let secs = before.and_then(|(at, b)| {
+            let d = heard(cur.at, c)?.checked_duration_since(heard(at, b)?)?;
+            Some(d.as_secs_f64()).filter(|s| *s > 0.1)
+        });
+        let rate = |now: u64, then: u64| secs.map_or(0.0, |s| now.saturating_sub(then) as f64 / s);
+        let (bi, bo) = before
+            .map(|(_, b)| lego_manager::history::bytes_in_out(b))
+            .unwrap_or((i, o));
         comps.push(CompRow {
             id: c.id,
             role: c.role.to_string(),
@@ -146,8 +161,8 @@ pub fn view(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortBy) -> View {
             health: c.health,
             used: c.used,
             capacity: c.capacity,
-            in_bps: per_s(i, bi),
-            out_bps: per_s(o, bo),
+            in_bps: rate(i, bi),
+            out_bps: rate(o, bo),
         });
     }
     let old_jobs: BTreeMap<u64, &BTreeMap<String, u64>> = prev
@@ -306,7 +321,7 @@ pub fn octaves(hist: &[(u64, u64)]) -> Vec<(u64, u64, u64)> {
         *by.entry(63 - mid.max(&1).leading_zeros()).or_default() += n;
     }
     by.into_iter()
-        .map(|(e, n)| (1u64 << e, 1u64 << (e + 1), n))
+        .map(|(e, n)| (1u64 << e, 1u64.checked_shl(e + 1).unwrap_or(u64::MAX), n))
         .collect()
 }
 

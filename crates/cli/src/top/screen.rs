@@ -58,19 +58,27 @@ fn run_on(
     rx: Receiver<Result<Snapshot, String>>,
 ) -> Result<()> {
     let mut ui = Ui::default();
-    let (mut prev, mut cur): (Option<Snapshot>, Option<Snapshot>) = (None, None);
+    // Rates are taken over the last few snapshots (about 3 s): steadier
+    // than over one refresh.
+    let mut window: std::collections::VecDeque<Snapshot> = std::collections::VecDeque::new();
     let mut error: Option<String> = None;
     loop {
         while let Ok(got) = rx.try_recv() {
             match got {
                 Ok(s) => {
-                    prev = cur.replace(s);
+                    window.push_back(s);
+                    while window.len() > 4 {
+                        window.pop_front();
+                    }
                     error = None;
                 }
                 Err(e) => error = Some(e),
             }
         }
-        let view = cur.as_ref().map(|c| model::view(prev.as_ref(), c, ui.sort));
+        let view = window.back().map(|c| {
+            let prev = (window.len() > 1).then(|| &window[0]);
+            model::view(prev, c, ui.sort)
+        });
         if let Some(v) = &view {
             if ui
                 .picked
@@ -244,7 +252,7 @@ fn draw_histogram(f: &mut Frame, v: &View, ui: &Ui, area: Rect) {
                 us(*lo),
                 us(*hi),
                 n,
-                "#".repeat((n * width).div_ceil(most) as usize)
+                "#".repeat((n.saturating_mul(width)).div_ceil(most) as usize)
             )
         })
         .collect();
