@@ -175,15 +175,7 @@ fn daemons_survive_bad_peers() {
         let mut x = 0x1234_5678u64;
         for i in 0..40 {
             let mut s = TcpStream::connect(&addr).unwrap();
-            let junk: Vec<u8> = (0..(i * 37 % 300))
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            let _ = s.write_all(&junk);
+            let _ = s.write_all(&junk(&mut x, i * 37 % 300));
         }
     }
 

@@ -547,16 +547,9 @@ fn the_dashboard_in_headless_chromium_shows_the_cluster_and_its_charts_move() {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..40 {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        let junk: Vec<u8> = (0..(i * 37 % 700))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .chain(*b"\r\n\r\n")
-            .collect();
-        let _ = s.write_all(&junk);
+        let mut head = junk(&mut x, i * 37 % 700);
+        head.extend_from_slice(b"\r\n\r\n");
+        let _ = s.write_all(&head);
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 4"), "{i}");

@@ -61,14 +61,24 @@ pub fn slowdown(rows: &[Row]) -> Chart {
         };
         push(&mut series, label, (c.percent() as f64, p.total() / local));
     }
+    slowdown_chart(
+        "Slowdown against the local cache's share of the working set",
+        "the working set",
+        105.0,
+        series,
+    )
+}
+
+/// Slowdown (y) against a share of a working set (x, %), points sorted.
+fn slowdown_chart(title: &str, of: &str, x_max: f64, mut series: Vec<Series>) -> Chart {
     for s in &mut series {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     Chart {
-        title: "Slowdown against the local cache's share of the working set".into(),
-        x_label: "ExCache quota or cgroup limit, % of the working set".into(),
-        y_label: "total time / local run's".into(),
-        x_range: Some((0.0, 105.0)),
+        title: title.into(),
+        x_label: format!("ExCache quota or cgroup limit, % of {of}"),
+        y_label: "time / local run's".into(),
+        x_range: Some((0.0, x_max)),
         markers: true,
         series,
         ..Chart::default()
@@ -145,18 +155,12 @@ pub fn programs(progs: &[ProgramRun]) -> Chart {
             );
         }
     }
-    for s in &mut series {
-        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
-    Chart {
-        title: "Programs: slowdown against the local cache's share of their working set".into(),
-        x_label: "ExCache quota or cgroup limit, % of the program's working set".into(),
-        y_label: "time / local run's".into(),
-        x_range: Some((0.0, 60.0)),
-        markers: true,
+    slowdown_chart(
+        "Programs: slowdown against the local cache's share of their working set",
+        "the program's working set",
+        60.0,
         series,
-        ..Chart::default()
-    }
+    )
 }
 
 /// Writes the charts into `dir` (made if missing).

@@ -532,3 +532,15 @@ pub fn output_watched(mut cmd: Command, limit: Duration, mut tick: impl FnMut())
         stderr: err.join().unwrap(),
     }
 }
+
+/// `n` bytes of garbage from the xorshift state `x` (advanced).
+pub fn junk(x: &mut u64, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            *x as u8
+        })
+        .collect()
+}
