@@ -24,10 +24,6 @@ use lego_wire::{ComponentId, Role};
 use crate::placement::{Placement, PlacementArg};
 use crate::{fail, CallContext, IoContext, Result};
 
-/// The runtime's fault histogram in the job's counters: this prefix, then
-/// the bucket's midpoint in µs.
-const HIST_PREFIX: &str = "remote_fault_hist_us_";
-
 #[derive(Args, Debug)]
 pub struct MigrateBenchArgs {
     /// The program's working set
@@ -175,10 +171,8 @@ fn histogram(processor: &Client) -> Result<BTreeMap<u64, u64>> {
         .into_iter()
         .find(|j| j.running)
         .ok_or_else(|| crate::BenchError::Failed("the program is not running".into()))?;
-    Ok(job
-        .counters
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(HIST_PREFIX)?.parse().ok()?, *v)))
+    Ok(lego_wire::jobs::rt_histogram(&job.counters, "")
+        .into_iter()
         .collect())
 }
 

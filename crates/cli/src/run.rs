@@ -602,7 +602,7 @@ fn print_stats(main: &Client, job: u64, quota: u64, histogram: bool) {
         .into_iter()
         // The fault histogram's buckets: summed up by the percentiles,
         // unless asked for.
-        .filter(|(k, _)| histogram || !k.starts_with("remote_fault_hist_us_"))
+        .filter(|(k, _)| histogram || !k.starts_with(lego_wire::jobs::RT_HIST_PREFIX))
         .collect();
     let mut o = std::io::stderr().lock();
     if counters.is_empty() {

@@ -151,6 +151,24 @@ pub fn dashboard(cluster: &ClusterArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where a drain of a memory monitor stands, in a line.
+pub fn drain_line(d: &lego_wire::elastic::DrainInfo) -> String {
+    match (d.copies, d.eta_s) {
+        (0, _) => format!(
+            "drained: holds no copy ({} copies, {} moved); it can be stopped",
+            d.copies_moved,
+            human(d.bytes_moved)
+        ),
+        (n, eta) => format!(
+            "draining: {n} copies left, {} copies ({}) moved at {}/s{}",
+            d.copies_moved,
+            human(d.bytes_moved),
+            human(d.rate),
+            eta.map_or(String::new(), |s| format!(", about {s} s to go"))
+        ),
+    }
+}
+
 /// A counter as a number, or "-" when the runtime does not report it.
 fn sum_prefixed(c: &std::collections::BTreeMap<String, u64>, prefix: &str) -> String {
     let mut found = false;
@@ -299,24 +317,7 @@ pub fn render(st: &ClusterState) -> String {
             secs(c.last_heard_ms_ago)
         );
         if let Some(d) = &c.drain {
-            let _ = writeln!(
-                o,
-                "       {}",
-                match (d.copies, d.eta_s) {
-                    (0, _) => format!(
-                        "drained: holds no copy ({} copies, {} moved); it can be stopped",
-                        d.copies_moved,
-                        human(d.bytes_moved)
-                    ),
-                    (n, eta) => format!(
-                        "draining: {n} copies left, {} copies ({}) moved at {}/s{}",
-                        d.copies_moved,
-                        human(d.bytes_moved),
-                        human(d.rate),
-                        eta.map_or(String::new(), |s| format!(", about {s} s to go"))
-                    ),
-                }
-            );
+            let _ = writeln!(o, "       {}", drain_line(d));
         }
     }
     // Hosts: the components by the host part of their address.

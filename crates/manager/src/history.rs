@@ -49,60 +49,24 @@ pub struct Sample {
     pub jobs: u64,
 }
 
-/// The totals a rate is taken of, by component.
-#[derive(Clone, Copy, Default)]
-struct Totals {
-    bytes_in: u64,
-    bytes_out: u64,
-    zero: u64,
-    remote: u64,
-    wp: u64,
-}
-
-fn point(c: &ComponentInfo, rates: [f64; 5]) -> Point {
-    Point {
-        role: c.role.to_string(),
-        alive: c.health == Health::Alive,
-        used: c.used,
-        capacity: c.capacity,
-        in_bps: rates[0],
-        out_bps: rates[1],
-    }
-}
-
-fn add_faults(s: &mut Sample, c: &ComponentInfo, rates: [f64; 5]) {
-    if c.role == Role::Processor {
-        s.zero_faults += rates[2];
-        s.remote_faults += rates[3];
-        s.wp_faults += rates[4];
-        s.jobs += c.counters.get("jobs_running").copied().unwrap_or(0);
-    }
-}
-
-/// A component's totals of bytes in and out: a memory or storage
-/// monitor's request bytes; a processor monitor's pages fetched and
-/// written back by its jobs. `lego top` takes its rates the same way.
-pub fn bytes_in_out(c: &ComponentInfo) -> (u64, u64) {
-    let g = |k: &str| c.counters.get(k).copied().unwrap_or(0);
-    match c.role {
-        Role::Processor => (
-            g("rt_bytes_fetched_total"),
-            g("rt_bytes_written_back_total"),
-        ),
-        _ => (g("bytes_in_total"), g("bytes_out_total")),
-    }
-}
+/// The totals a rate is taken of, per component, by these indexes.
+type Totals = [u64; 5];
+const IN: usize = 0;
+const OUT: usize = 1;
+const ZERO: usize = 2;
+const REMOTE: usize = 3;
+const WP: usize = 4;
 
 fn totals(c: &ComponentInfo) -> Totals {
     let g = |k: &str| c.counters.get(k).copied().unwrap_or(0);
     let (bytes_in, bytes_out) = bytes_in_out(c);
-    Totals {
+    [
         bytes_in,
         bytes_out,
-        zero: g("rt_faults_zero_filled_total"),
-        remote: g("rt_faults_fetched_total"),
-        wp: g("rt_faults_write_protect_total"),
-    }
+        g("rt_faults_zero_filled_total"),
+        g("rt_faults_fetched_total"),
+        g("rt_faults_write_protect_total"),
+    ]
 }
 
 /// What a component's last heartbeat said: when it was heard (ms on the
@@ -134,35 +98,46 @@ impl History {
             ..Sample::default()
         };
         for c in components {
-            let now = Heard {
-                at_ms: mono_ms.saturating_sub(c.last_heard_ms_ago),
-                totals: totals(c),
-                rates: [0.0; 5],
-            };
+            let (at_ms, totals) = (mono_ms.saturating_sub(c.last_heard_ms_ago), totals(c));
             let rates = match last.get(&c.id) {
-                Some(b) if now.at_ms > b.at_ms + 100 => {
-                    let secs = (now.at_ms - b.at_ms) as f64 / 1000.0;
-                    let (n, o) = (now.totals, b.totals);
-                    [
-                        n.bytes_in.saturating_sub(o.bytes_in),
-                        n.bytes_out.saturating_sub(o.bytes_out),
-                        n.zero.saturating_sub(o.zero),
-                        n.remote.saturating_sub(o.remote),
-                        n.wp.saturating_sub(o.wp),
-                    ]
-                    .map(|d| d as f64 / secs)
+                // A heartbeat since the last one: the rates between them.
+                Some(b) if at_ms > b.at_ms + 100 => {
+                    let secs = (at_ms - b.at_ms) as f64 / 1000.0;
+                    let mut r = [0.0; 5];
+                    for (i, r) in r.iter_mut().enumerate() {
+                        *r = totals[i].saturating_sub(b.totals[i]) as f64 / secs;
+                    }
+                    last.insert(
+                        c.id,
+                        Heard {
+                            at_ms,
+                            totals,
+                            rates: r,
+                        },
+                    );
+                    r
                 }
-                // No heartbeat since: the last rates stand.
-                Some(b) => {
-                    s.components.insert(c.id, point(c, b.rates));
-                    add_faults(&mut s, c, b.rates);
-                    continue;
+                // None since: the last rates stand.
+                Some(b) => b.rates,
+                None => {
+                    last.insert(
+                        c.id,
+                        Heard {
+                            at_ms,
+                            totals,
+                            rates: [0.0; 5],
+                        },
+                    );
+                    [0.0; 5]
                 }
-                None => [0.0; 5],
             };
-            last.insert(c.id, Heard { rates, ..now });
             s.components.insert(c.id, point(c, rates));
-            add_faults(&mut s, c, rates);
+            if c.role == Role::Processor {
+                s.zero_faults += rates[ZERO];
+                s.remote_faults += rates[REMOTE];
+                s.wp_faults += rates[WP];
+                s.jobs += c.counters.get("jobs_running").copied().unwrap_or(0);
+            }
         }
         last.retain(|id, _| components.iter().any(|c| c.id == *id));
         drop(last);
@@ -192,10 +167,35 @@ pub fn start(svc: Arc<ManagerService>) -> std::io::Result<Arc<History>> {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             let mono = started.elapsed().as_millis() as u64;
-            hist.record(t, mono, &svc.cluster_state().components);
+            hist.record(t, mono, &svc.components());
             std::thread::sleep(Duration::from_secs(1));
         })?;
     Ok(h)
+}
+
+fn point(c: &ComponentInfo, rates: [f64; 5]) -> Point {
+    Point {
+        role: c.role.to_string(),
+        alive: c.health == Health::Alive,
+        used: c.used,
+        capacity: c.capacity,
+        in_bps: rates[IN],
+        out_bps: rates[OUT],
+    }
+}
+
+/// A component's totals of bytes in and out: a memory or storage
+/// monitor's request bytes; a processor monitor's pages fetched and
+/// written back by its jobs. `lego top` takes its rates the same way.
+pub fn bytes_in_out(c: &ComponentInfo) -> (u64, u64) {
+    let g = |k: &str| c.counters.get(k).copied().unwrap_or(0);
+    match c.role {
+        Role::Processor => (
+            g("rt_bytes_fetched_total"),
+            g("rt_bytes_written_back_total"),
+        ),
+        _ => (g("bytes_in_total"), g("bytes_out_total")),
+    }
 }
 
 #[cfg(test)]

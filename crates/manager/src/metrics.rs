@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
+use lego_wire::jobs::{rt_histogram, RT_HIST_PREFIX};
 use lego_wire::{Health, VRegionState};
 
 use crate::service::ManagerService;
@@ -117,7 +118,9 @@ pub fn metrics(svc: &ManagerService) -> String {
         );
         f.add("lego_component_used_bytes", labels.clone(), comp.used);
         for (k, v) in &comp.counters {
-            if k.starts_with(HIST_PREFIX) {
+            if k.strip_prefix("rt_")
+                .is_some_and(|k| k.starts_with(RT_HIST_PREFIX))
+            {
                 continue;
             }
             f.add(
@@ -131,10 +134,6 @@ pub fn metrics(svc: &ManagerService) -> String {
     out.push_str(&fault_histogram(&st.components));
     out
 }
-
-/// The processor monitors' counters of the runtime's fault-latency
-/// histogram: `PREFIX` + the bucket's midpoint in µs.
-const HIST_PREFIX: &str = "rt_remote_fault_hist_us_";
 
 /// Upper bounds of the exported histogram, in µs: powers of two from 2 µs
 /// to 8 s (the runtime's buckets, four per power of two, fall inside one).
@@ -159,11 +158,8 @@ fn fault_histogram(components: &[lego_wire::control::ComponentInfo]) -> String {
             comp.role,
             comp.addr.replace(['"', '\\'], "_")
         );
-        let mids: Vec<(u64, u64)> = comp
-            .counters
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix(HIST_PREFIX)?.parse().ok()?, *v)))
-            .collect();
+        // The processor monitor's sums of the runtime's buckets, `rt_`-named.
+        let mids = rt_histogram(&comp.counters, "rt_");
         for le in bounds_us() {
             let count: u64 = mids
                 .iter()

@@ -142,6 +142,37 @@ impl ManagerService {
         lock(&self.reports).clone()
     }
 
+    /// Every component, as [`ManagerService::cluster_state`] shows them
+    /// (without the rest of the cluster, nor a call to the store).
+    pub fn components(&self) -> Vec<ComponentInfo> {
+        let now = self.state.now_ms();
+        let reports = self.reports();
+        self.state
+            .read(|st| self.component_infos(st, now, &reports))
+    }
+
+    fn component_infos(
+        &self,
+        st: &Placement,
+        now: u64,
+        reports: &HashMap<ComponentId, BTreeMap<String, u64>>,
+    ) -> Vec<ComponentInfo> {
+        st.components()
+            .map(|c| ComponentInfo {
+                id: c.id,
+                role: c.role,
+                addr: c.addr.clone(),
+                health: c.health,
+                capacity: c.capacity,
+                used: c.used,
+                last_heard_ms_ago: now.saturating_sub(c.last_heard_ms),
+                counters: reports.get(&c.id).cloned().unwrap_or_default(),
+                vips: self.served_vips(c.id),
+                drain: self.drain_info(st, c.id),
+            })
+            .collect()
+    }
+
     /// A snapshot of the whole cluster, as `lego status` and `/state` show it.
     pub fn cluster_state(&self) -> ClusterState {
         let now = self.state.now_ms();
@@ -160,21 +191,7 @@ impl ManagerService {
                 store: Some(store),
                 standbys,
             },
-            components: st
-                .components()
-                .map(|c| ComponentInfo {
-                    id: c.id,
-                    role: c.role,
-                    addr: c.addr.clone(),
-                    health: c.health,
-                    capacity: c.capacity,
-                    used: c.used,
-                    last_heard_ms_ago: now.saturating_sub(c.last_heard_ms),
-                    counters: reports.get(&c.id).cloned().unwrap_or_default(),
-                    vips: self.served_vips(c.id),
-                    drain: self.drain_info(st, c.id),
-                })
-                .collect(),
+            components: self.component_infos(st, now, &reports),
             vnodes: st.vnodes().map(|v| self.vnode_info(st, v)).collect(),
             vregions: st
                 .vregions()

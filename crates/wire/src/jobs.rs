@@ -257,8 +257,24 @@ pub const RT_COUNTERS: &[&str] = &[
 ];
 
 /// The runtime's fault-latency histogram buckets: this prefix, then the
-/// bucket's lowest whole µs.
+/// bucket's midpoint in µs, rounded down.
 pub const RT_HIST_PREFIX: &str = "remote_fault_hist_us_";
+
+/// The fault-latency histogram among `counters`: (bucket's µs, faults) of
+/// every key that is `prefix` (before [`RT_HIST_PREFIX`]: "" in a job's
+/// counters, "rt_" in a processor monitor's) + `RT_HIST_PREFIX` + µs.
+pub fn rt_histogram<'a>(
+    counters: impl IntoIterator<Item = (&'a String, &'a u64)>,
+    prefix: &str,
+) -> Vec<(u64, u64)> {
+    counters
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let us = k.strip_prefix(prefix)?.strip_prefix(RT_HIST_PREFIX)?;
+            Some((us.parse().ok()?, *v))
+        })
+        .collect()
+}
 
 #[cfg(test)]
 mod tests {

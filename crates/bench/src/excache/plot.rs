@@ -88,13 +88,9 @@ fn slowdown_chart(title: &str, of: &str, x_max: f64, mut series: Vec<Series>) ->
 pub fn fault_latency(rows: &[Row]) -> Chart {
     let mut series = Vec::new();
     for r in rows {
-        let mut hist: Vec<(f64, f64)> = r
-            .counters
-            .iter()
-            .filter_map(|(k, v)| {
-                let mid: f64 = k.strip_prefix("remote_fault_hist_us_")?.parse().ok()?;
-                Some((mid, *v as f64))
-            })
+        let mut hist: Vec<(f64, f64)> = lego_wire::jobs::rt_histogram(&r.counters, "")
+            .into_iter()
+            .map(|(us, n)| (us as f64, n as f64))
             .collect();
         let total: f64 = hist.iter().map(|p| p.1).sum();
         if total == 0.0 {

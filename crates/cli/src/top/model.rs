@@ -134,6 +134,11 @@ pub fn view(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortBy) -> View {
         }
     };
     let st = &cur.state;
+    // A component's rates are taken between the two heartbeats seen (not
+    // the two snapshots): its counters change once a heartbeat.
+    let heard = |at: std::time::Instant, c: &lego_wire::control::ComponentInfo| {
+        at.checked_sub(std::time::Duration::from_millis(c.last_heard_ms_ago))
+    };
     let mut comps = Vec::new();
     for c in &st.components {
         let (i, o) = lego_manager::history::bytes_in_out(c);
@@ -141,11 +146,6 @@ pub fn view(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortBy) -> View {
             let b = p.state.components.iter().find(|b| b.id == c.id)?;
             Some((p.at, b))
         });
-        // Between the two heartbeats seen (not the two snapshots): counters
-        // change once a heartbeat.
-        let heard = |at: std::time::Instant, c: &lego_wire::control::ComponentInfo| {
-            at.checked_sub(std::time::Duration::from_millis(c.last_heard_ms_ago))
-        };
         let secs = before.and_then(|(at, b)| {
             let d = heard(cur.at, c)?.checked_duration_since(heard(at, b)?)?;
             Some(d.as_secs_f64()).filter(|s| *s > 0.1)
@@ -197,12 +197,7 @@ pub fn view(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortBy) -> View {
                 evict_s: rate(&|c| sum_prefix(c, "evictions_")),
                 fetch_bps: rate(&|c| get(c, "bytes_fetched")),
                 writeback_bps: rate(&|c| get(c, "bytes_written_back")),
-                hist: c
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        Some((k.strip_prefix("remote_fault_hist_us_")?.parse().ok()?, *v))
-                    })
-                    .collect(),
+                hist: lego_wire::jobs::rt_histogram(c, ""),
             });
         }
     }
@@ -215,7 +210,7 @@ pub fn view(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortBy) -> View {
         .collect();
     for c in &st.components {
         if let Some(d) = &c.drain {
-            troubles.push(format!("memory {} draining: {}", c.id, drain_text(d)));
+            troubles.push(format!("memory {}: {}", c.id, crate::status::drain_line(d)));
         }
     }
     let alive = st
@@ -260,17 +255,6 @@ pub fn view(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortBy) -> View {
             .collect(),
         errors,
     }
-}
-
-fn drain_text(d: &lego_wire::elastic::DrainInfo) -> String {
-    format!(
-        "{} copies left, {} moved ({}) at {}/s{}",
-        d.copies,
-        d.copies_moved,
-        compact(d.bytes_moved),
-        compact(d.rate),
-        d.eta_s.map_or(String::new(), |s| format!(", {s} s left"))
-    )
 }
 
 /// A size with no space in it (one token in a column): 512B, 12K, 3.4M, 1.2G.
